@@ -1,0 +1,742 @@
+//! Configuration: flags and environment (clap) merged over an optional `gateway.toml`, validated once
+//! into the typed [`Config`] the rest of the gateway reads. A mistake in the file fails at start with
+//! the file, line and column and what was expected; runtime code never sees raw TOML or env.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+use toml::Spanned;
+use url::Url;
+
+/// Command line. Every flag can also come from the environment variable named in its help.
+#[derive(Debug, Parser)]
+#[command(
+    name = "odata-delta-gateway",
+    version,
+    about = "Change tracking (delta links) for OData V4 services that lack it"
+)]
+pub struct Cli {
+    /// What to run; without a command, the gateway.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Gateway options.
+    #[command(flatten)]
+    pub flags: Flags,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a bundled sample OData service and the gateway in front of it, and print curl commands.
+    Demo(DemoFlags),
+}
+
+/// Options of `demo`.
+#[derive(Debug, Args)]
+pub struct DemoFlags {
+    /// Address the gateway listens on.
+    #[arg(long, env = "ODG_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Store directory; a fresh temporary one when not given.
+    #[arg(long, env = "ODG_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Seconds between the sample service's own changes.
+    #[arg(long, default_value_t = 5)]
+    pub change_every_secs: u64,
+}
+
+/// Flags of the gateway; each overrides the same setting in the config file.
+#[derive(Debug, Default, Args)]
+pub struct Flags {
+    /// Upstream OData service root, e.g. http://127.0.0.1:4004/odata/v4/shop. The gateway serves the
+    /// same paths on its own address.
+    #[arg(long, env = "ODG_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "ODG_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Address of the admin listener (/metrics, /healthz, /readyz); off when not given.
+    #[arg(long, env = "ODG_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Directory of the store [default: ./data].
+    #[arg(long, env = "ODG_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Configuration file (gateway.toml).
+    #[arg(long, env = "ODG_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The gateway's public base URL as clients see it, e.g. https://api.example.com/gw.
+    #[arg(long, env = "ODG_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Proxies (CIDRs) whose Forwarded / X-Forwarded-* headers are believed; repeatable or comma-separated.
+    #[arg(
+        long = "trusted-proxy",
+        env = "ODG_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
+    /// How long a delta link stays valid, e.g. 12h, 30d [default: 30d].
+    #[arg(long, env = "ODG_TOKEN_TTL")]
+    pub token_ttl: Option<String>,
+    /// Default page size of tracked responses [default: 1000].
+    #[arg(long, env = "ODG_PAGE_SIZE")]
+    pub page_size: Option<u32>,
+}
+
+/// A configuration mistake, reported at start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("{file}: {message}")]
+    Io {
+        /// The file.
+        file: String,
+        /// The I/O error.
+        message: String,
+    },
+    /// A value in the file is wrong.
+    #[error("{file}:{line}:{column}: {message}")]
+    File {
+        /// The file.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+    /// A flag or environment value is wrong.
+    #[error("{0}")]
+    Flag(String),
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the gateway listens.
+    pub listen: SocketAddr,
+    /// Where the admin endpoints listen, if anywhere.
+    pub admin_listen: Option<SocketAddr>,
+    /// Directory of the store.
+    pub data_dir: PathBuf,
+    /// Upstreams by path prefix, longest prefix first.
+    pub routes: Vec<RouteConfig>,
+    /// Public base URL (scheme, host, optional path prefix) for every link we write; derived from
+    /// the request when absent.
+    pub public_url: Option<Url>,
+    /// Peers whose forwarding headers are honoured.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Delta-link lifetime and tombstone retention (C25).
+    pub token_ttl: Duration,
+    /// Default page size of tracked responses (C21).
+    pub page_size: u32,
+    /// Largest page a client may ask for with maxpagesize.
+    pub max_page_size: u32,
+    /// A refresh younger than this is reused instead of enumerating again.
+    pub min_refresh_interval: Duration,
+    /// How feeds are scoped by identity.
+    pub identity: IdentityScope,
+    /// Talking to upstreams.
+    pub upstream: UpstreamConfig,
+    /// Size limits.
+    pub limits: Limits,
+}
+
+/// One upstream service and where it is mounted on the gateway.
+#[derive(Clone, Debug)]
+pub struct RouteConfig {
+    /// Gateway path prefix without trailing slash (`/odata/v4/shop`; empty for the root).
+    pub prefix: String,
+    /// Upstream service root without trailing slash.
+    pub upstream: Url,
+    /// Per-entity-set settings.
+    pub sets: BTreeMap<String, SetConfig>,
+    /// Where this route was defined, for log messages that tell how to fix something.
+    pub origin: String,
+}
+
+/// Settings of one entity set.
+#[derive(Clone, Debug, Default)]
+pub struct SetConfig {
+    /// Key property names (optionally `Name:Edm.Type`), overriding `$metadata`.
+    pub key: Option<Vec<String>>,
+    /// Properties that do not count as changes (volatile timestamps and the like).
+    pub ignore: Vec<String>,
+}
+
+/// How feeds are scoped by the caller's identity (DESIGN "Identity and security").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdentityScope {
+    /// A keyed hash of these request headers (default: `authorization`).
+    Headers(Vec<String>),
+    /// One scope for everyone: the gateway uses its own upstream credentials.
+    Shared,
+}
+
+/// Upstream client settings.
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    /// Page size asked of the upstream with `Prefer: odata.maxpagesize`.
+    pub page_size: u32,
+    /// Time allowed for one upstream request, headers and body.
+    pub timeout: Duration,
+    /// Time allowed to connect.
+    pub connect_timeout: Duration,
+    /// Retries of 429/503 answers (with `Retry-After`) during one refresh.
+    pub max_retries: u32,
+    /// Longest `Retry-After` we are willing to wait.
+    pub max_retry_wait: Duration,
+}
+
+/// Size limits; exceeding one is a clear error and nothing is committed.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest request body forwarded upstream.
+    pub max_request_body_bytes: u64,
+    /// Largest upstream page read during a refresh.
+    pub max_page_bytes: usize,
+    /// Most entities one feed may hold.
+    pub max_entities_per_feed: u64,
+    /// Largest total request header size.
+    pub max_header_bytes: usize,
+}
+
+/// An IP network, for trusted proxies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parse `10.0.0.0/8`, `::1/128` or a bare address.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("'{s}' is not an IP address or CIDR"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("'{s}' has an invalid prefix length"))?,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+
+    /// Whether `ip` is in this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match (self.addr, ip) {
+            (IpAddr::V4(_), IpAddr::V6(v6)) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            _ => ip,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.prefix)
+                };
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.prefix)
+                };
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Parse a readable duration: `500ms`, `2s`, `5m`, `12h`, `30d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration; expected e.g. 500ms, 2s, 5m, 12h, 30d"))?;
+    let secs = |mult: u64| n.checked_mul(mult).map(Duration::from_secs);
+    let d = match unit.trim() {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        _ => None,
+    };
+    d.ok_or_else(|| {
+        format!(
+            "'{s}' is not a duration; expected a number with a unit: ms, s, m, h or d (e.g. 30d)"
+        )
+    })
+}
+
+// ---------------------------------------------------------------- the file
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    listen: Option<Spanned<String>>,
+    admin_listen: Option<Spanned<String>>,
+    data_dir: Option<PathBuf>,
+    public_url: Option<Spanned<String>>,
+    trusted_proxies: Option<Vec<Spanned<String>>>,
+    token_ttl: Option<Spanned<String>>,
+    page_size: Option<Spanned<u32>>,
+    max_page_size: Option<Spanned<u32>>,
+    min_refresh_interval: Option<Spanned<String>>,
+    identity: Option<Spanned<FileIdentity>>,
+    upstream: Option<FileUpstream>,
+    limits: Option<FileLimits>,
+    #[serde(default)]
+    route: Vec<Spanned<FileRoute>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileIdentity {
+    mode: Spanned<String>,
+    #[serde(default)]
+    headers: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUpstream {
+    page_size: Option<Spanned<u32>>,
+    timeout: Option<Spanned<String>>,
+    connect_timeout: Option<Spanned<String>>,
+    max_retries: Option<u32>,
+    max_retry_wait: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    max_request_body_bytes: Option<u64>,
+    max_page_bytes: Option<usize>,
+    max_entities_per_feed: Option<u64>,
+    max_header_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRoute {
+    prefix: Option<Spanned<String>>,
+    upstream: Spanned<String>,
+    #[serde(default)]
+    sets: BTreeMap<String, Spanned<FileSet>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSet {
+    key: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    ignore: Vec<String>,
+}
+
+/// Turns byte spans of the file into `file:line:column` errors.
+struct Source<'a> {
+    name: String,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn error(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let at = span.map(|s| s.start).unwrap_or(0).min(self.text.len());
+        let before = &self.text[..at];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rfind('\n').map(|i| at - i).unwrap_or(at + 1);
+        ConfigError::File {
+            file: self.name.clone(),
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+
+    fn at<T>(&self, spanned: &Spanned<T>, message: impl Into<String>) -> ConfigError {
+        self.error(Some(spanned.span()), message)
+    }
+
+    fn line_of<T>(&self, spanned: &Spanned<T>) -> usize {
+        self.text[..spanned.span().start.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
+    }
+}
+
+impl Config {
+    /// Build the configuration from flags (already merged with the environment) and, if named,
+    /// the config file.
+    pub fn load(flags: &Flags) -> Result<Self, ConfigError> {
+        match &flags.config {
+            None => Self::from_parts(flags, None),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
+                    file: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                Self::from_parts(flags, Some((path, &text)))
+            }
+        }
+    }
+
+    /// Build from flags and an optional file (path, contents).
+    pub fn from_parts(flags: &Flags, file: Option<(&Path, &str)>) -> Result<Self, ConfigError> {
+        let source = Source {
+            name: file
+                .map(|(p, _)| p.display().to_string())
+                .unwrap_or_default(),
+            text: file.map(|(_, t)| t).unwrap_or(""),
+        };
+        let parsed: File = match file {
+            None => File::default(),
+            Some((_, text)) => {
+                toml::from_str(text).map_err(|e| source.error(e.span(), e.message().to_owned()))?
+            }
+        };
+        let flag = |name: &str, e: String| ConfigError::Flag(format!("--{name}: {e}"));
+
+        let listen = match (flags.listen, &parsed.listen) {
+            (Some(l), _) => l,
+            (None, Some(l)) => l.get_ref().parse().map_err(|_| {
+                source.at(l, "expected a socket address such as \"127.0.0.1:8080\"")
+            })?,
+            (None, None) => SocketAddr::from(([127, 0, 0, 1], 8080)),
+        };
+        let admin_listen = match (flags.admin_listen, &parsed.admin_listen) {
+            (Some(l), _) => Some(l),
+            (None, Some(l)) => Some(l.get_ref().parse().map_err(|_| {
+                source.at(l, "expected a socket address such as \"127.0.0.1:9090\"")
+            })?),
+            (None, None) => None,
+        };
+        let data_dir = flags
+            .data_dir
+            .clone()
+            .or(parsed.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./data"));
+
+        let public_url = match (&flags.public_url, &parsed.public_url) {
+            (Some(u), _) => Some(parse_public_url(u).map_err(|e| flag("public-url", e))?),
+            (None, Some(u)) => Some(parse_public_url(u.get_ref()).map_err(|e| source.at(u, e))?),
+            (None, None) => None,
+        };
+        let trusted_proxies = if !flags.trusted_proxies.is_empty() {
+            flags
+                .trusted_proxies
+                .iter()
+                .map(|c| Cidr::parse(c).map_err(|e| flag("trusted-proxy", e)))
+                .collect::<Result<_, _>>()?
+        } else {
+            parsed
+                .trusted_proxies
+                .iter()
+                .flatten()
+                .map(|c| Cidr::parse(c.get_ref()).map_err(|e| source.at(c, e)))
+                .collect::<Result<_, _>>()?
+        };
+        let duration = |flag_value: Option<&String>,
+                        name: &str,
+                        file_value: &Option<Spanned<String>>,
+                        default: Duration| {
+            match (flag_value, file_value) {
+                (Some(v), _) => parse_duration(v).map_err(|e| flag(name, e)),
+                (None, Some(v)) => parse_duration(v.get_ref()).map_err(|e| source.at(v, e)),
+                (None, None) => Ok(default),
+            }
+        };
+        let token_ttl = duration(
+            flags.token_ttl.as_ref(),
+            "token-ttl",
+            &parsed.token_ttl,
+            Duration::from_secs(30 * 86_400),
+        )?;
+        if token_ttl < Duration::from_secs(1) {
+            return Err(match &parsed.token_ttl {
+                Some(v) if flags.token_ttl.is_none() => {
+                    source.at(v, "token_ttl must be at least 1s")
+                }
+                _ => flag("token-ttl", "must be at least 1s".into()),
+            });
+        }
+        let min_refresh_interval =
+            duration(None, "", &parsed.min_refresh_interval, Duration::ZERO)?;
+
+        let positive =
+            |v: &Option<Spanned<u32>>, what: &str, default: u32| -> Result<u32, ConfigError> {
+                match v {
+                    Some(n) if *n.get_ref() == 0 => {
+                        Err(source.at(n, format!("{what} must be at least 1")))
+                    }
+                    Some(n) => Ok(*n.get_ref()),
+                    None => Ok(default),
+                }
+            };
+        let page_size = match flags.page_size {
+            Some(0) => return Err(flag("page-size", "must be at least 1".into())),
+            Some(n) => n,
+            None => positive(&parsed.page_size, "page_size", 1000)?,
+        };
+        let max_page_size =
+            positive(&parsed.max_page_size, "max_page_size", 10_000)?.max(page_size);
+
+        let identity = match &parsed.identity {
+            None => IdentityScope::Headers(vec!["authorization".into()]),
+            Some(id) => {
+                match id.get_ref().mode.get_ref().as_str() {
+                    "shared" => IdentityScope::Shared,
+                    "headers" => {
+                        let headers: Vec<String> = id
+                            .get_ref()
+                            .headers
+                            .iter()
+                            .map(|h| h.to_ascii_lowercase())
+                            .collect();
+                        if headers.is_empty() {
+                            return Err(source.at(
+                                id,
+                                "identity mode \"headers\" needs headers = [\"authorization\", …]",
+                            ));
+                        }
+                        IdentityScope::Headers(headers)
+                    }
+                    other => {
+                        return Err(source.at(&id.get_ref().mode, format!("unknown identity mode '{other}'; expected \"headers\" or \"shared\"")));
+                    }
+                }
+            }
+        };
+
+        let up = parsed.upstream.unwrap_or_default();
+        let upstream = UpstreamConfig {
+            page_size: positive(&up.page_size, "upstream.page_size", 1000)?,
+            timeout: duration(None, "", &up.timeout, Duration::from_secs(60))?,
+            connect_timeout: duration(None, "", &up.connect_timeout, Duration::from_secs(5))?,
+            max_retries: up.max_retries.unwrap_or(3),
+            max_retry_wait: duration(None, "", &up.max_retry_wait, Duration::from_secs(10))?,
+        };
+        let lim = parsed.limits.unwrap_or_default();
+        let limits = Limits {
+            max_request_body_bytes: lim.max_request_body_bytes.unwrap_or(64 << 20),
+            max_page_bytes: lim.max_page_bytes.unwrap_or(256 << 20),
+            max_entities_per_feed: lim.max_entities_per_feed.unwrap_or(50_000_000),
+            max_header_bytes: lim.max_header_bytes.unwrap_or(64 << 10),
+        };
+
+        let mut routes = Vec::new();
+        if let Some(upstream) = &flags.upstream {
+            let url = parse_upstream(upstream).map_err(|e| flag("upstream", e))?;
+            routes.push(RouteConfig {
+                prefix: url.path().trim_end_matches('/').to_owned(),
+                upstream: url,
+                sets: BTreeMap::new(),
+                origin: "--upstream".into(),
+            });
+        }
+        for spanned in &parsed.route {
+            let r = spanned.get_ref();
+            let url =
+                parse_upstream(r.upstream.get_ref()).map_err(|e| source.at(&r.upstream, e))?;
+            let prefix = match &r.prefix {
+                None => url.path().trim_end_matches('/').to_owned(),
+                Some(p) => {
+                    let v = p.get_ref();
+                    if !v.starts_with('/') || v.contains(['?', '#']) {
+                        return Err(
+                            source.at(p, "prefix must be a path starting with '/', e.g. \"/crm\"")
+                        );
+                    }
+                    v.trim_end_matches('/').to_owned()
+                }
+            };
+            if routes.iter().any(|x: &RouteConfig| x.prefix == prefix) {
+                return Err(source.at(
+                    spanned,
+                    format!("another route already uses the prefix '{prefix}'"),
+                ));
+            }
+            let mut sets = BTreeMap::new();
+            for (name, set) in &r.sets {
+                let s = set.get_ref();
+                if let Some(key) = &s.key {
+                    if key.get_ref().is_empty() || key.get_ref().iter().any(|k| k.trim().is_empty())
+                    {
+                        return Err(source.at(
+                            key,
+                            "key must list the key property names, e.g. key = [\"ID\"]",
+                        ));
+                    }
+                    for k in key.get_ref() {
+                        if let Some((_, ty)) = k.split_once(':')
+                            && crate::odata::entity_id::KeyType::from_edm(ty.trim()).is_none()
+                        {
+                            return Err(source.at(key, format!("'{ty}' is not a key type; expected Edm.Int32, Edm.Int64, Edm.String, Edm.Guid, …")));
+                        }
+                    }
+                }
+                sets.insert(
+                    name.clone(),
+                    SetConfig {
+                        key: s.key.as_ref().map(|k| k.get_ref().clone()),
+                        ignore: s.ignore.clone(),
+                    },
+                );
+            }
+            routes.push(RouteConfig {
+                prefix,
+                upstream: url,
+                sets,
+                origin: format!("{}:{}", source.name, source.line_of(spanned)),
+            });
+        }
+        if routes.is_empty() {
+            return Err(ConfigError::Flag(
+                "no upstream: pass --upstream URL (or ODG_UPSTREAM), or add a [[route]] to the config file".into(),
+            ));
+        }
+        // Longest prefix first, so that /a/b wins over /a.
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+
+        Ok(Config {
+            listen,
+            admin_listen,
+            data_dir,
+            routes,
+            public_url,
+            trusted_proxies,
+            token_ttl,
+            page_size,
+            max_page_size,
+            min_refresh_interval,
+            identity,
+            upstream,
+            limits,
+        })
+    }
+}
+
+fn parse_upstream(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s).map_err(|e| {
+        format!("'{s}' is not a URL ({e}); expected e.g. http://127.0.0.1:4004/odata/v4/shop")
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(format!("'{s}' must be an http or https URL with a host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "'{s}' must be a service root without query or fragment"
+        ));
+    }
+    let mut url = url;
+    let trimmed = url.path().trim_end_matches('/').to_owned();
+    url.set_path(&trimmed);
+    Ok(url)
+}
+
+fn parse_public_url(s: &str) -> Result<Url, String> {
+    let mut url = parse_upstream(s).map_err(|e| e.replace("service root", "base URL"))?;
+    if url.path() == "/" {
+        url.set_path("");
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_parts(&Flags::default(), Some((Path::new("gateway.toml"), text)))
+    }
+
+    #[test]
+    fn durations_are_readable() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(2_592_000)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        for bad in ["", "s", "10", "10x", "-1s", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn file_mistakes_name_file_line_and_expectation() {
+        let err = load("listen = \"127.0.0.1:1\"\n[[route]]\nupstream = \"ftp://x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("gateway.toml:3:"), "{err}");
+        assert!(err.contains("http or https"), "{err}");
+        let err = load("[[route]]\nupstream = \"http://a/x\"\nbogus = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("gateway.toml:3:"), "{err}");
+        let err = load("token_ttl = \"soon\"\n[[route]]\nupstream = \"http://a\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("gateway.toml:1:") && err.contains("30d"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn routes_come_from_flag_and_file_longest_prefix_first() {
+        let flags = Flags {
+            upstream: Some("http://up:4004/odata/v4/shop/".into()),
+            ..Flags::default()
+        };
+        let text = "[[route]]\nprefix = \"/odata/v4/shop/x\"\nupstream = \"https://b/svc\"\n[route.sets.Customers]\nkey = [\"ID\"]\nignore = [\"modifiedAt\"]\n";
+        let c = Config::from_parts(&flags, Some((Path::new("g.toml"), text))).unwrap();
+        assert_eq!(c.routes[0].prefix, "/odata/v4/shop/x");
+        assert_eq!(c.routes[0].origin, "g.toml:1");
+        assert_eq!(c.routes[1].prefix, "/odata/v4/shop");
+        assert_eq!(
+            c.routes[1].upstream.as_str(),
+            "http://up:4004/odata/v4/shop"
+        );
+        assert_eq!(
+            c.routes[0].sets["Customers"].ignore,
+            vec!["modifiedAt".to_owned()]
+        );
+        assert_eq!(c.token_ttl, Duration::from_secs(30 * 86_400));
+    }
+
+    #[test]
+    fn no_upstream_is_an_error() {
+        assert!(Config::from_parts(&Flags::default(), None).is_err());
+    }
+
+    #[test]
+    fn cidrs_match() {
+        let c = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(c.contains("10.1.2.3".parse().unwrap()));
+        assert!(c.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        assert!(Cidr::parse("::1").unwrap().contains("::1".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+    }
+}

@@ -1,0 +1,100 @@
+//! # odata-delta-gateway
+//!
+//! A reverse proxy that gives OData V4 collections change tracking. Clients repoint their base URL at
+//! the gateway, read a collection once with `Prefer: odata.track-changes`, and follow
+//! `@odata.deltaLink`s that return only what changed — changed entities and tombstones — although
+//! the upstream knows nothing of deltas. Everything else passes through.
+//!
+//! ## Flow
+//! ```text
+//! client ─► server (hyper-util, tower layers) ─► router
+//!              ├─ proxy:  anything not tracked ─► upstream (streamed both ways, links rewritten)
+//!              └─ track:  GET collection + track-changes, $deltatoken, our $skiptoken, /$count?$deltatoken
+//!                   token::decode ─► feed ─► refresh (single-flight per feed)
+//!                        upstream pages ─► key + canonical hash per entity ─► diff against the index
+//!                        ─► confirm candidate removals upstream ─► one redb commit = new version
+//!                   store: live entities (initial) or the changes since the token (delta)
+//!                   ─► odata::delta writes the page (4.0 or 4.01 shape) + nextLink/deltaLink
+//! ```
+//!
+//! ## Layout
+//! - [`config`]: flags, environment and `gateway.toml` → validated [`config::Config`].
+//! - [`error`]: the error type by origin, and the one place it becomes a status and an OData error body.
+//! - [`server`]: listeners, the tower stack, graceful shutdown, the admin endpoints.
+//! - [`router`]: classify a request (track or proxy), the public base URL, entity-set keys from `$metadata`.
+//! - [`proxy`]: transparent forwarding, header hygiene, streaming link rewriting.
+//! - [`upstream`]: the pooled HTTP client, timeouts, the origin guard for upstream links.
+//! - [`odata`]: protocol vocabulary, pure — preferences, queries, `$metadata`, key literals, pages, payloads.
+//! - [`track`]: feeds and versions, hashing, tokens, refresh, answering tracked requests.
+//! - [`store`]: the redb schema and its transactions.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`demo`]: the bundled sample service behind `odata-delta-gateway demo`.
+#![forbid(unsafe_code)]
+
+pub mod body;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod metrics;
+pub mod odata;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod store;
+pub mod track;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::router::Service;
+use crate::store::{Store, StoreError};
+use crate::track::feed::Feeds;
+use crate::track::token::TokenKey;
+use crate::upstream::Upstream;
+
+pub use crate::server::{Running, start};
+
+/// State shared by every request: configuration, the store, the upstream client, the feeds in
+/// memory. Cheap to share behind an `Arc`.
+pub struct Shared {
+    /// Validated configuration.
+    pub config: Config,
+    /// The store.
+    pub store: Store,
+    /// The pooled upstream client.
+    pub upstream: Upstream,
+    /// Key that tags tokens.
+    pub token_key: TokenKey,
+    /// Key for hashing credentials into identity scopes; never leaves the process.
+    pub scope_key: [u8; 32],
+    /// Feeds in memory.
+    pub feeds: Feeds,
+    /// One service per route, in route order (longest prefix first).
+    pub services: Vec<Service>,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+impl Shared {
+    /// Open the store and build the shared state.
+    pub fn new(config: Config) -> Result<Self, StoreError> {
+        let store = Store::open(&config.data_dir)?;
+        let secret = store.token_secret()?;
+        let scope_key = blake3::derive_key("odata-delta-gateway 2026-11 identity scope", &secret);
+        Ok(Shared {
+            upstream: Upstream::new(&config.upstream),
+            token_key: TokenKey::derive(&secret),
+            scope_key,
+            feeds: Feeds::default(),
+            services: config.routes.iter().cloned().map(Service::new).collect(),
+            metrics: Metrics::default(),
+            store,
+            config,
+        })
+    }
+}
+
+/// The application handle, for binaries and tests.
+pub type App = Arc<Shared>;

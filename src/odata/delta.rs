@@ -1,0 +1,299 @@
+//! Writing tracked responses: the initial result and delta pages, in the 4.0 or 4.01 shape (J §15,
+//! C15-C17), with `@odata.nextLink` on every page but the last and `@odata.deltaLink` on the last (C3).
+//! Pages are built whole in memory before a status line is written (C26).
+
+use super::ODataVersion;
+use super::json::{Member, is_control_information, object_members};
+
+/// Why an entity left the tracked set (C18).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// It no longer exists upstream.
+    Deleted,
+    /// It exists but no longer matches the feed's filter.
+    Changed,
+}
+
+impl Reason {
+    /// The wire value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Deleted => "deleted",
+            Reason::Changed => "changed",
+        }
+    }
+}
+
+/// One entry of a response page.
+#[derive(Clone, Copy, Debug)]
+pub enum Entry<'a> {
+    /// An entity (initial response) or an added/changed one (delta), as stored compact JSON.
+    Entity(&'a [u8]),
+    /// A tombstone.
+    Removed {
+        /// Entity-id relative to the service root, e.g. `Customers(42)`.
+        entity_id: &'a str,
+        /// Key members as compact JSON, `"ID":42`.
+        key_members: &'a [u8],
+        /// Why.
+        reason: Reason,
+    },
+}
+
+/// Whether a page is followed by another or ends the response.
+#[derive(Clone, Debug)]
+pub enum PageEnd {
+    /// Another page follows at this gateway URL.
+    Next(String),
+    /// This is the last page; the link to the changes after it.
+    Delta(String),
+}
+
+/// Everything about a response that is not its entries.
+#[derive(Clone, Debug)]
+pub struct PageContext<'a> {
+    /// The shape to write.
+    pub version: ODataVersion,
+    /// Public service root, no trailing slash: `http://gw/odata/v4/shop`.
+    pub service_root: &'a str,
+    /// Entity set name.
+    pub entity_set: &'a str,
+    /// The select list for the context URL (C15), e.g. `city,name`.
+    pub select: Option<&'a str>,
+    /// A delta response (context ends in `/$delta`) rather than an initial one (C4).
+    pub delta: bool,
+    /// `@odata.count`, when asked for (C24).
+    pub count: Option<u64>,
+}
+
+impl PageContext<'_> {
+    /// The context URL (C15): `…/$metadata#Customers(name,city)/$delta`.
+    pub fn context_url(&self) -> String {
+        let mut url = format!("{}/$metadata#{}", self.service_root, self.entity_set);
+        if let Some(select) = self.select {
+            url.push('(');
+            url.push_str(select);
+            url.push(')');
+        }
+        if self.delta {
+            url.push_str("/$delta");
+        }
+        url
+    }
+}
+
+/// Write one response page.
+pub fn write_page(ctx: &PageContext, entries: &[Entry], end: &PageEnd) -> Vec<u8> {
+    let v = ctx.version;
+    let mut out = Vec::with_capacity(256 + entries.len() * 256);
+    out.push(b'{');
+    json_member(&mut out, &v.control("context"), &ctx.context_url());
+    if let Some(count) = ctx.count {
+        out.push(b',');
+        string(&mut out, &v.control("count"));
+        out.push(b':');
+        out.extend_from_slice(count.to_string().as_bytes());
+    }
+    out.extend_from_slice(b",\"value\":[");
+    let mut members = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match *entry {
+            Entry::Entity(body) => write_entity(&mut out, body, v, &mut members),
+            Entry::Removed {
+                entity_id,
+                key_members,
+                reason,
+            } => write_removed(&mut out, ctx, entity_id, key_members, reason),
+        }
+    }
+    out.extend_from_slice(b"],");
+    match end {
+        PageEnd::Next(link) => json_member(&mut out, &v.control("nextLink"), link),
+        PageEnd::Delta(link) => json_member(&mut out, &v.control("deltaLink"), link),
+    }
+    out.push(b'}');
+    out
+}
+
+/// An entity with its control information in the response's version: `@odata.etag` ↔ `@etag` and the
+/// like renamed; links that point at the upstream (`@odata.id`, `@odata.editLink`, …) and any
+/// nested context dropped, since the entity-id follows from the key and the context URL.
+fn write_entity(out: &mut Vec<u8>, body: &[u8], v: ODataVersion, members: &mut Vec<Member>) {
+    if object_members(body, members).is_err() {
+        // Stored bodies were validated when they were read; if one is not an object after all,
+        // it is still valid JSON and is better passed on than dropped.
+        out.extend_from_slice(body);
+        return;
+    }
+    out.push(b'{');
+    let mut first = true;
+    for m in members.iter() {
+        let name = m.name(body);
+        let renamed;
+        let name: &[u8] = if is_control_information(name) {
+            let at = name.iter().position(|b| *b == b'@').unwrap_or(0);
+            let (prefix, term) = name.split_at(at + 1);
+            let term = term.strip_prefix(b"odata.").unwrap_or(term);
+            if !matches!(term, b"etag" | b"type" | b"mediaContentType" | b"mediaEtag") {
+                continue;
+            }
+            let mut n = prefix.to_vec();
+            if v == ODataVersion::V40 {
+                n.extend_from_slice(b"odata.");
+            }
+            n.extend_from_slice(term);
+            renamed = n;
+            &renamed
+        } else {
+            name
+        };
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.push(b'"');
+        out.extend_from_slice(name);
+        out.extend_from_slice(b"\":");
+        out.extend_from_slice(m.value(body));
+    }
+    out.push(b'}');
+}
+
+fn write_removed(
+    out: &mut Vec<u8>,
+    ctx: &PageContext,
+    entity_id: &str,
+    key_members: &[u8],
+    reason: Reason,
+) {
+    match ctx.version {
+        ODataVersion::V40 => {
+            out.push(b'{');
+            let context = format!(
+                "{}/$metadata#{}/$deletedEntity",
+                ctx.service_root, ctx.entity_set
+            );
+            json_member(out, "@odata.context", &context);
+            out.push(b',');
+            json_member(out, "id", entity_id);
+            out.push(b',');
+            json_member(out, "reason", reason.as_str());
+            out.push(b'}');
+        }
+        ODataVersion::V401 => {
+            out.extend_from_slice(b"{\"@removed\":{\"reason\":\"");
+            out.extend_from_slice(reason.as_str().as_bytes());
+            out.extend_from_slice(b"\"},");
+            json_member(out, "@id", entity_id);
+            if !key_members.is_empty() {
+                out.push(b',');
+                out.extend_from_slice(key_members);
+            }
+            out.push(b'}');
+        }
+    }
+}
+
+fn string(out: &mut Vec<u8>, s: &str) {
+    // Serializing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn json_member(out: &mut Vec<u8>, name: &str, value: &str) {
+    string(out, name);
+    out.push(b':');
+    string(out, value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn ctx(version: ODataVersion, delta: bool) -> PageContext<'static> {
+        PageContext {
+            version,
+            service_root: "http://gw/svc",
+            entity_set: "Customers",
+            select: None,
+            delta,
+            count: None,
+        }
+    }
+
+    fn page(c: &PageContext, entries: &[Entry], end: PageEnd) -> Value {
+        serde_json::from_slice(&write_page(c, entries, &end)).unwrap()
+    }
+
+    #[test]
+    fn delta_page_in_4_0_shape_c15_c16() {
+        let entries = [
+            Entry::Entity(
+                br#"{"@odata.etag":"W/\"1\"","@odata.id":"http://up/x","ID":1,"name":"a"}"#,
+            ),
+            Entry::Removed {
+                entity_id: "Customers(42)",
+                key_members: br#""ID":42"#,
+                reason: Reason::Deleted,
+            },
+        ];
+        let p = page(
+            &ctx(ODataVersion::V40, true),
+            &entries,
+            PageEnd::Delta("http://gw/svc/Customers?$deltatoken=t".into()),
+        );
+        assert_eq!(
+            p,
+            json!({
+                "@odata.context": "http://gw/svc/$metadata#Customers/$delta",
+                "value": [
+                    {"@odata.etag": "W/\"1\"", "ID": 1, "name": "a"},
+                    {"@odata.context": "http://gw/svc/$metadata#Customers/$deletedEntity", "id": "Customers(42)", "reason": "deleted"}
+                ],
+                "@odata.deltaLink": "http://gw/svc/Customers?$deltatoken=t"
+            })
+        );
+    }
+
+    #[test]
+    fn delta_page_in_4_01_shape_c17() {
+        let entries = [
+            Entry::Entity(br#"{"@odata.etag":"W/\"1\"","ID":1}"#),
+            Entry::Removed {
+                entity_id: "Customers(42)",
+                key_members: br#""ID":42"#,
+                reason: Reason::Changed,
+            },
+        ];
+        let bytes = write_page(
+            &ctx(ODataVersion::V401, true),
+            &entries,
+            &PageEnd::Next("n".into()),
+        );
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.starts_with(r#"{"@context":"#), "{text}");
+        assert!(
+            text.contains(r#"{"@removed":{"reason":"changed"},"@id":"Customers(42)","ID":42}"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"{"@etag":"W/\"1\"","ID":1}"#), "{text}");
+        assert!(text.ends_with(r#""@nextLink":"n"}"#), "{text}");
+    }
+
+    #[test]
+    fn initial_page_has_no_delta_in_its_context_and_carries_the_select_list_c4_c15() {
+        let mut c = ctx(ODataVersion::V40, false);
+        c.select = Some("city,name");
+        c.count = Some(7);
+        let p = page(&c, &[], PageEnd::Delta("d".into()));
+        assert_eq!(
+            p["@odata.context"],
+            "http://gw/svc/$metadata#Customers(city,name)"
+        );
+        assert_eq!(p["@odata.count"], 7);
+        assert!(p.get("@odata.nextLink").is_none());
+    }
+}

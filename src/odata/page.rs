@@ -1,0 +1,100 @@
+//! One page of an upstream collection response, parsed without building values: the entities stay
+//! borrowed raw JSON (serde_json `RawValue`), only the paging controls are read.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// A parsed upstream page, borrowing from the response body.
+#[derive(Debug)]
+pub struct Page<'a> {
+    /// The entities, raw.
+    pub entities: Vec<&'a RawValue>,
+    /// `@odata.nextLink` (or 4.01 `@nextLink`), as written by the upstream.
+    pub next_link: Option<String>,
+    /// `@odata.count`, when the upstream sent it (as a number or, like some servers, a string).
+    pub count: Option<u64>,
+}
+
+/// Why an upstream page could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PageError {
+    /// Not JSON, or JSON of another shape.
+    #[error("the upstream page is not an OData collection: {0}")]
+    Malformed(String),
+    /// An entity in `value` is not a JSON object.
+    #[error("entity {0} of the upstream page is not a JSON object")]
+    NotAnObject(usize),
+    /// `@odata.count` is neither a number nor a numeric string.
+    #[error("the upstream page has an unreadable @odata.count")]
+    BadCount,
+}
+
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow)]
+    value: Vec<&'a RawValue>,
+    #[serde(rename = "@odata.nextLink", alias = "@nextLink", default)]
+    next_link: Option<String>,
+    #[serde(rename = "@odata.count", alias = "@count", default, borrow)]
+    count: Option<&'a RawValue>,
+}
+
+impl<'a> Page<'a> {
+    /// Parse a page body.
+    pub fn parse(body: &'a [u8]) -> Result<Self, PageError> {
+        let wire: Wire<'a> =
+            serde_json::from_slice(body).map_err(|e| PageError::Malformed(e.to_string()))?;
+        if let Some(i) = wire.value.iter().position(|v| !v.get().starts_with('{')) {
+            return Err(PageError::NotAnObject(i));
+        }
+        let count = match wire.count {
+            None => None,
+            Some(raw) => {
+                let text = raw.get().trim_matches('"');
+                Some(text.parse::<u64>().map_err(|_| PageError::BadCount)?)
+            }
+        };
+        Ok(Page {
+            entities: wire.value,
+            next_link: wire.next_link,
+            count,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_yields_raw_entities_and_paging_controls() {
+        let body = br#"{"@odata.context":"$metadata#C","@odata.count":"3","value":[{"ID":1},
+            { "ID" : 2 }],"@odata.nextLink":"C?$skiptoken=2"}"#;
+        let p = Page::parse(body).unwrap();
+        assert_eq!(p.entities.len(), 2);
+        assert_eq!(p.entities[1].get(), r#"{ "ID" : 2 }"#);
+        assert_eq!(p.next_link.as_deref(), Some("C?$skiptoken=2"));
+        assert_eq!(p.count, Some(3));
+        let p = Page::parse(br#"{"value":[],"@nextLink":"x","@count":0}"#).unwrap();
+        assert_eq!((p.next_link.as_deref(), p.count), (Some("x"), Some(0)));
+    }
+
+    #[test]
+    fn malformed_pages_are_errors() {
+        for bad in [
+            &br#"{"value":[1]}"#[..],
+            br#"{"value":{}}"#,
+            br#"{"error":{"code":"1","message":"x"}}"#,
+            br#"{"value":[{"a":1}"#,
+            br#"{"value":[],"@odata.count":"x"}"#,
+            br#"{"value":[],"value":[]}"#,
+            b"",
+        ] {
+            assert!(
+                Page::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

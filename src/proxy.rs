@@ -1,0 +1,347 @@
+//! Transparent forwarding of everything that is not tracked: any method, path and query, headers
+//! minus hop-by-hop ones, bodies streamed both ways. Absolute links to the upstream in `Location` /
+//! `Content-Location` and in JSON bodies (`@odata.nextLink`, `@odata.context`, …) are rewritten to
+//! the gateway's public base while the body streams, so a client never leaves the gateway.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body as HttpBody, Frame, Incoming};
+
+use crate::Shared;
+use crate::body::{Body, BoxError};
+use crate::error::Error;
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Remove hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+/// Forward a request to `upstream_url` (path and query already mapped) and stream the answer back,
+/// rewriting links from `upstream_root` to `public_root`.
+pub async fn forward(
+    shared: &Shared,
+    request: Request<Incoming>,
+    upstream_url: &str,
+    upstream_root: &str,
+    public_root: &str,
+) -> Result<Response<Body>, Error> {
+    let (mut parts, incoming) = request.into_parts();
+    let limit = shared.config.limits.max_request_body_bytes;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large(limit));
+    }
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::HOST);
+    // Bodies come back uncompressed so that links in them can be rewritten.
+    parts.headers.remove(header::ACCEPT_ENCODING);
+    parts.uri = upstream_url
+        .parse()
+        .map_err(|_| Error::bad_request("the request path cannot be forwarded upstream"))?;
+    parts.version = http::Version::HTTP_11;
+    let body = Limited::new(incoming, limit as usize).boxed();
+    let response = shared
+        .upstream
+        .send(Request::from_parts(parts, body))
+        .await?;
+
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let rewriter = LinkRewriter::new(upstream_root, public_root);
+    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+        if let Some(v) = parts.headers.get(&name).and_then(|v| v.to_str().ok())
+            && let Some(rewritten) = rewriter.rewrite_str(v)
+            && let Ok(v) = HeaderValue::from_str(&rewritten)
+        {
+            parts.headers.insert(name, v);
+        }
+    }
+    let is_json = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.to_ascii_lowercase().contains("json"));
+    let encoded = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v != "identity");
+    let body = if is_json && !encoded {
+        parts.headers.remove(header::CONTENT_LENGTH);
+        RewriteBody {
+            inner: body,
+            rewriter,
+            done: false,
+        }
+        .boxed()
+    } else {
+        body.map_err(BoxError::from).boxed()
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+fn too_large(limit: u64) -> Error {
+    Error::client(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "PayloadTooLarge",
+        format!("the request body is larger than the limit of {limit} bytes"),
+    )
+}
+
+/// Replaces the upstream's service root with the gateway's in a byte stream, across chunk
+/// boundaries, in plain and JSON-escaped (`\/`) spelling. A match must end at a URL delimiter so
+/// that `…/shop` does not rewrite `…/shopping`.
+pub struct LinkRewriter {
+    patterns: Vec<(Vec<u8>, Vec<u8>)>,
+    longest: usize,
+    carry: BytesMut,
+}
+
+impl LinkRewriter {
+    /// Rewrite `from` (an absolute service root, no trailing slash) to `to`.
+    pub fn new(from: &str, to: &str) -> Self {
+        let from = from.trim_end_matches('/');
+        let to = to.trim_end_matches('/');
+        let patterns = vec![
+            (from.as_bytes().to_vec(), to.as_bytes().to_vec()),
+            (
+                from.replace('/', "\\/").into_bytes(),
+                to.replace('/', "\\/").into_bytes(),
+            ),
+        ];
+        let longest = patterns.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
+        LinkRewriter {
+            patterns,
+            longest,
+            carry: BytesMut::new(),
+        }
+    }
+
+    /// Rewrite a whole string (a header value); `None` when nothing matched.
+    pub fn rewrite_str(&self, s: &str) -> Option<String> {
+        let mut out = Vec::new();
+        let (replaced, _) = self.scan(s.as_bytes(), true, &mut out);
+        if replaced == 0 {
+            return None;
+        }
+        String::from_utf8(out).ok()
+    }
+
+    /// Feed a chunk; returns what can be emitted now.
+    pub fn push(&mut self, chunk: &[u8]) -> Bytes {
+        self.carry.extend_from_slice(chunk);
+        let data = self.carry.split().freeze();
+        let mut out = Vec::with_capacity(data.len());
+        let (_, consumed) = self.scan(&data, false, &mut out);
+        self.carry.extend_from_slice(&data[consumed..]);
+        Bytes::from(out)
+    }
+
+    /// The end of the stream: emit what was held back.
+    pub fn finish(&mut self) -> Bytes {
+        let data = self.carry.split().freeze();
+        let mut out = Vec::with_capacity(data.len());
+        self.scan(&data, true, &mut out);
+        Bytes::from(out)
+    }
+
+    /// Copy `data` to `out` with replacements. Unless `last`, stop where a match could still be
+    /// completed by the next chunk (the longest pattern plus its delimiter must fit). Returns the
+    /// number of replacements and how many bytes were consumed.
+    fn scan(&self, data: &[u8], last: bool, out: &mut Vec<u8>) -> (usize, usize) {
+        let mut i = 0;
+        let mut replaced = 0;
+        'outer: while i < data.len() {
+            if !last && i + self.longest >= data.len() {
+                break;
+            }
+            if data[i] == b'h' {
+                for (pattern, replacement) in &self.patterns {
+                    if data[i..].starts_with(pattern)
+                        && is_delimiter(data.get(i + pattern.len()).copied())
+                    {
+                        out.extend_from_slice(replacement);
+                        i += pattern.len();
+                        replaced += 1;
+                        continue 'outer;
+                    }
+                }
+            }
+            out.push(data[i]);
+            i += 1;
+        }
+        (replaced, i)
+    }
+}
+
+/// What may follow a service root in a link: the end of the string or a URL delimiter.
+fn is_delimiter(b: Option<u8>) -> bool {
+    match b {
+        None => true,
+        Some(b) => {
+            !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'%' | b':'))
+        }
+    }
+}
+
+/// A response body with upstream links rewritten as it streams.
+struct RewriteBody {
+    inner: Incoming,
+    rewriter: LinkRewriter,
+    done: bool,
+}
+
+impl HttpBody for RewriteBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    self.done = true;
+                    let rest = self.rewriter.finish();
+                    if rest.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(rest))));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        let out = self.rewriter.push(&data);
+                        if out.is_empty() {
+                            continue;
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
+                    Err(frame) => return Poll::Ready(Some(Ok(frame.map_data(|d| d)))),
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const FROM: &str = "http://up:4004/odata/v4/shop";
+    const TO: &str = "https://gw.example.com/api/odata/v4/shop";
+
+    fn whole(input: &str) -> String {
+        let mut r = LinkRewriter::new(FROM, TO);
+        let mut out = r.push(input.as_bytes()).to_vec();
+        out.extend_from_slice(&r.finish());
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn upstream_links_are_rewritten_in_plain_and_escaped_form() {
+        let body = r#"{"@odata.context":"http://up:4004/odata/v4/shop/$metadata#C","@odata.nextLink":"http:\/\/up:4004\/odata\/v4\/shop\/C?$skiptoken=5","x":"http://up:4004/odata/v4/shopping"}"#;
+        let out = whole(body);
+        assert!(
+            out.contains(r#""https://gw.example.com/api/odata/v4/shop/$metadata#C""#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"https:\/\/gw.example.com\/api\/odata\/v4\/shop\/C?"#),
+            "{out}"
+        );
+        assert!(out.contains("http://up:4004/odata/v4/shopping"), "{out}");
+    }
+
+    #[test]
+    fn headers_are_rewritten_only_when_they_point_upstream() {
+        let r = LinkRewriter::new(FROM, TO);
+        assert_eq!(
+            r.rewrite_str("http://up:4004/odata/v4/shop/C(1)")
+                .as_deref(),
+            Some("https://gw.example.com/api/odata/v4/shop/C(1)")
+        );
+        assert_eq!(r.rewrite_str("C(1)"), None);
+        assert_eq!(r.rewrite_str("http://up:4004/other"), None);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("5"));
+        h.insert("authorization", HeaderValue::from_static("Bearer t"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("authorization"));
+    }
+
+    proptest! {
+        /// Splitting the stream anywhere gives the same output as rewriting it whole.
+        #[test]
+        fn chunking_never_changes_the_output(
+            parts in prop::collection::vec(prop_oneof![
+                Just(FROM.to_owned()),
+                Just(FROM.replace('/', "\\/")),
+                Just("/C?x=1\"".to_owned()),
+                Just("ping".to_owned()),
+                "[a-z/:\\\\\" ]{0,8}",
+            ], 0..12),
+            cuts in prop::collection::vec(0usize..200, 0..6),
+        ) {
+            let input = parts.concat();
+            let expected = whole(&input);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(input.len())).collect();
+            cuts.sort();
+            let mut r = LinkRewriter::new(FROM, TO);
+            let mut out = Vec::new();
+            let mut last = 0;
+            for c in cuts.into_iter().chain([input.len()]) {
+                out.extend_from_slice(&r.push(&input.as_bytes()[last..c]));
+                last = c;
+            }
+            out.extend_from_slice(&r.finish());
+            prop_assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
+    }
+}

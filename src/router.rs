@@ -1,0 +1,541 @@
+//! Classifying a request: which route (upstream) it is for, and whether the gateway answers it
+//! (a tracked read, a delta, one of our continuation pages, a count on a delta link) or passes it
+//! through. Also where links must point: the public base URL, from configuration, trusted
+//! forwarding headers, or the request's own Host.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, Method, Request, header};
+use percent_encoding::percent_decode_str;
+
+use crate::Shared;
+use crate::config::{IdentityScope, RouteConfig};
+use crate::error::{Error, UpstreamFailure};
+use crate::odata::entity_id::{KeyProperty, KeyType};
+use crate::odata::metadata::{ServiceMetadata, SetKey};
+use crate::odata::prefer::Preferences;
+use crate::odata::query::ODataQuery;
+use crate::track::feed::{Scope, SetSpec};
+use crate::track::refresh::forwarded_headers;
+use crate::track::respond::Operation;
+use crate::track::token::SKIPTOKEN_PREFIX;
+
+/// One upstream service: its route and what we learned from its `$metadata`.
+pub struct Service {
+    /// The route.
+    pub route: RouteConfig,
+    /// Cached `$metadata` and when it was fetched.
+    metadata: tokio::sync::Mutex<Option<(Arc<ServiceMetadata>, Instant)>>,
+}
+
+/// How long a `$metadata` is trusted before an unknown entity set makes us fetch it again.
+const METADATA_RECHECK: Duration = Duration::from_secs(60);
+
+impl Service {
+    /// A service for a route, metadata not yet fetched.
+    pub fn new(route: RouteConfig) -> Self {
+        Service {
+            route,
+            metadata: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+/// What to do with a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// No route serves this path.
+    NoRoute,
+    /// Forward to the upstream of route `route`, at `upstream_url`.
+    Proxy {
+        /// Index into the services.
+        route: usize,
+    },
+    /// Answer from the store.
+    Track {
+        /// Index into the services.
+        route: usize,
+        /// The entity set addressed.
+        set: String,
+        /// What to do.
+        op: Operation,
+    },
+}
+
+/// The path of a request below a route prefix, or `None` when the route does not serve it.
+pub fn below_prefix<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = path.strip_prefix(prefix)?;
+    if rest.is_empty() {
+        return Some("");
+    }
+    rest.strip_prefix('/')
+        .or(if prefix.is_empty() { Some(rest) } else { None })
+}
+
+/// Find whether a raw query mentions an option (`$deltatoken`, also percent-encoded or in other case).
+fn query_has(raw: Option<&str>, option: &str) -> bool {
+    raw.is_some_and(|q| {
+        q.split('&').any(|pair| {
+            let name = pair.split('=').next().unwrap_or("");
+            percent_decode_str(name)
+                .decode_utf8_lossy()
+                .eq_ignore_ascii_case(option)
+        })
+    })
+}
+
+/// Classify a request without I/O. Tracked reads of sets we cannot key are turned into
+/// pass-through later, when `$metadata` has been consulted.
+pub fn classify(
+    services: &[Service],
+    method: &Method,
+    path: &str,
+    raw_query: Option<&str>,
+    prefs: &Preferences,
+) -> Result<Decision, Error> {
+    let Some((route, rest)) = services
+        .iter()
+        .enumerate()
+        .find_map(|(i, s)| below_prefix(path, &s.route.prefix).map(|rest| (i, rest)))
+    else {
+        return Ok(Decision::NoRoute);
+    };
+    if method != Method::GET {
+        return Ok(Decision::Proxy { route });
+    }
+    let has_delta = query_has(raw_query, "$deltatoken");
+    let has_skip = query_has(raw_query, "$skiptoken");
+    if !has_delta && !has_skip && prefs.track_changes.is_none() {
+        return Ok(Decision::Proxy { route });
+    }
+    let segments: Vec<&str> = rest.split('/').collect();
+    let set_segment = |s: &str| -> Option<String> {
+        let name = percent_decode_str(s).decode_utf8().ok()?.into_owned();
+        let valid = !name.is_empty()
+            && !name.starts_with('$')
+            && name
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '_' || c == '.');
+        valid.then_some(name)
+    };
+    let query = || ODataQuery::parse(raw_query).map_err(|e| Error::bad_request(e.to_string()));
+    if has_delta {
+        let q = query()?;
+        let token = q.deltatoken.as_deref().unwrap_or("");
+        let op = match segments.as_slice() {
+            [set] if token == "latest" => set_segment(set).map(|s| (s, Operation::Initial)),
+            [set] => set_segment(set).map(|s| (s, Operation::Delta)),
+            [set, "$count"] if token != "latest" => set_segment(set).map(|s| (s, Operation::Count)),
+            _ => None,
+        };
+        return match op {
+            Some((set, op)) => Ok(Decision::Track { route, set, op }),
+            None => Err(Error::bad_request(
+                "$deltatoken can only be used on the entity set (or its /$count) that the delta link was issued for",
+            )),
+        };
+    }
+    if has_skip {
+        let q = query()?;
+        if q.skiptoken
+            .as_deref()
+            .is_some_and(|t| t.starts_with(SKIPTOKEN_PREFIX))
+        {
+            return match segments.as_slice() {
+                [set] => match set_segment(set) {
+                    Some(set) => Ok(Decision::Track {
+                        route,
+                        set,
+                        op: Operation::Page,
+                    }),
+                    None => Err(Error::bad_request(
+                        "a next link of the gateway was used on another resource",
+                    )),
+                },
+                _ => Err(Error::bad_request(
+                    "a next link of the gateway was used on another resource",
+                )),
+            };
+        }
+        // The upstream's own skiptoken: a page of a pass-through read.
+        return Ok(Decision::Proxy { route });
+    }
+    // track-changes: only a plain entity set collection can be tracked (C2).
+    let trackable = match segments.as_slice() {
+        [set] => set_segment(set),
+        _ => None,
+    };
+    match trackable {
+        Some(set) => {
+            let q = query()?;
+            if !q.untrackable.is_empty() {
+                return Ok(Decision::Proxy { route });
+            }
+            Ok(Decision::Track {
+                route,
+                set,
+                op: Operation::Initial,
+            })
+        }
+        None => Ok(Decision::Proxy { route }),
+    }
+}
+
+/// The identity scope of a request: a keyed hash of the configured headers (absent ones count as
+/// empty), or `shared`.
+pub fn scope_of(identity: &IdentityScope, scope_key: &[u8; 32], headers: &HeaderMap) -> Scope {
+    match identity {
+        IdentityScope::Shared => Scope("shared".into()),
+        IdentityScope::Headers(names) => {
+            let mut h = blake3::Hasher::new_keyed(scope_key);
+            let mut any = false;
+            for name in names {
+                h.update(&(name.len() as u64).to_be_bytes());
+                h.update(name.as_bytes());
+                for v in headers.get_all(name.as_str()) {
+                    any = true;
+                    h.update(&(v.len() as u64).to_be_bytes());
+                    h.update(v.as_bytes());
+                }
+                h.update(b"\0");
+            }
+            if !any {
+                return Scope("anonymous".into());
+            }
+            Scope(h.finalize().to_hex()[..32].to_owned())
+        }
+    }
+}
+
+/// The public base URL for links in the response to `req`, without trailing slash and without the
+/// route prefix: `--public-url`, else what a trusted proxy says (`Forwarded`, `X-Forwarded-Proto`,
+/// `-Host`, `-Prefix`), else `http://` + the request's Host.
+pub fn public_base<B>(shared: &Shared, req: &Request<B>, peer: SocketAddr) -> String {
+    if let Some(url) = &shared.config.public_url {
+        return url.as_str().trim_end_matches('/').to_owned();
+    }
+    let headers = req.headers();
+    let host_of_request = || {
+        headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()))
+            .filter(|h| valid_authority(h))
+            .unwrap_or_else(|| shared.config.listen.to_string())
+    };
+    let trusted = shared
+        .config
+        .trusted_proxies
+        .iter()
+        .any(|c| c.contains(peer.ip()));
+    if !trusted {
+        return format!("http://{}", host_of_request());
+    }
+    let (mut proto, mut host, mut prefix) = (None, None, None);
+    if let Some(fwd) = headers.get("forwarded").and_then(|v| v.to_str().ok()) {
+        // The first element is the one the client-facing proxy added.
+        let first = fwd.split(',').next().unwrap_or("");
+        for pair in first.split(';') {
+            if let Some((k, v)) = pair.trim().split_once('=') {
+                let v = v.trim().trim_matches('"').to_owned();
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "proto" => proto = Some(v),
+                    "host" => host = Some(v),
+                    _ => {}
+                }
+            }
+        }
+    }
+    let first_value = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(',').next().unwrap_or("").trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    proto = proto.or_else(|| first_value("x-forwarded-proto"));
+    host = host.or_else(|| first_value("x-forwarded-host"));
+    prefix = prefix.or_else(|| first_value("x-forwarded-prefix"));
+    let proto = proto
+        .filter(|p| p == "http" || p == "https")
+        .unwrap_or_else(|| "http".into());
+    let host = host
+        .filter(|h| valid_authority(h))
+        .unwrap_or_else(host_of_request);
+    let prefix = prefix
+        .filter(|p| {
+            p.starts_with('/')
+                && p.bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"\"<>\\^`{|}?#".contains(&b))
+        })
+        .map(|p| p.trim_end_matches('/').to_owned())
+        .unwrap_or_default();
+    format!("{proto}://{host}{prefix}")
+}
+
+fn valid_authority(h: &str) -> bool {
+    !h.is_empty()
+        && h.parse::<http::uri::Authority>()
+            .is_ok_and(|a| a.as_str() == h && !h.contains('@'))
+}
+
+/// Resolve how to read an entity set: configured key, else `$metadata`. `Ok(None)` means the set
+/// cannot be tracked and the request passes through (C2); the log says why and how to fix it.
+pub async fn resolve_set(
+    shared: &Shared,
+    service: &Service,
+    set: &str,
+    headers: &HeaderMap,
+) -> Result<Option<SetSpec>, Error> {
+    let configured = service.route.sets.get(set);
+    let ignore = configured.map(|c| c.ignore.clone()).unwrap_or_default();
+    let metadata = metadata(shared, service, set, headers).await?;
+    let from_metadata = metadata.as_ref().and_then(|m| m.set(set).cloned());
+    if let Some(names) = configured.and_then(|c| c.key.as_ref()) {
+        let meta_key = match &from_metadata {
+            Some(SetKey::Key(k)) => k.clone(),
+            _ => Vec::new(),
+        };
+        let key = names
+            .iter()
+            .map(|entry| {
+                let (name, ty) = match entry.split_once(':') {
+                    Some((n, t)) => (n.trim(), KeyType::from_edm(t.trim())),
+                    None => (entry.trim(), None),
+                };
+                let ty = ty
+                    .or_else(|| meta_key.iter().find(|k| k.name == name).map(|k| k.ty))
+                    .unwrap_or(KeyType::Inferred);
+                KeyProperty {
+                    name: name.to_owned(),
+                    ty,
+                    enum_type: None,
+                }
+            })
+            .collect();
+        return Ok(Some(SetSpec {
+            name: set.to_owned(),
+            key,
+            ignore,
+        }));
+    }
+    match from_metadata {
+        Some(SetKey::Key(key)) => Ok(Some(SetSpec {
+            name: set.to_owned(),
+            key,
+            ignore,
+        })),
+        Some(SetKey::Unusable(why)) => {
+            tracing::warn!(
+                set,
+                reason = %why,
+                fix = %format!("add [route.sets.{set}] key = [\"…\"] to the route at {}", service.route.origin),
+                "entity set has no usable key; passing tracked requests through untracked"
+            );
+            Ok(None)
+        }
+        None => {
+            if metadata.is_none() {
+                tracing::warn!(
+                    set,
+                    fix = %format!("add [route.sets.{set}] key = [\"…\"] to the route at {}", service.route.origin),
+                    "no $metadata from the upstream; passing tracked requests through untracked"
+                );
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// The service's `$metadata`, fetched on first need with the caller's credentials and cached.
+/// `Ok(None)` when the upstream does not serve a usable one.
+async fn metadata(
+    shared: &Shared,
+    service: &Service,
+    set: &str,
+    headers: &HeaderMap,
+) -> Result<Option<Arc<ServiceMetadata>>, Error> {
+    let mut cached = service.metadata.lock().await;
+    if let Some((m, at)) = cached.as_ref()
+        && (m.set(set).is_some() || at.elapsed() < METADATA_RECHECK)
+    {
+        return Ok(Some(m.clone()));
+    }
+    let url = format!(
+        "{}/$metadata",
+        service.route.upstream.as_str().trim_end_matches('/')
+    );
+    let mut request = Request::get(&url)
+        .body(crate::body::empty())
+        .map_err(|e| Error::Internal(format!("cannot build a $metadata request: {e}")))?;
+    request.headers_mut().extend(forwarded_headers(headers));
+    request.headers_mut().insert(
+        header::ACCEPT,
+        http::HeaderValue::from_static("application/xml"),
+    );
+    let fetched = shared
+        .upstream
+        .fetch(request, shared.config.limits.max_page_bytes)
+        .await?;
+    if !fetched.status.is_success() {
+        tracing::warn!(status = %fetched.status, url, "upstream $metadata not available");
+        return Ok(cached.as_ref().map(|(m, _)| m.clone()));
+    }
+    let text = std::str::from_utf8(&fetched.body).map_err(|_| {
+        Error::upstream(
+            UpstreamFailure::BadAnswer,
+            "the upstream $metadata is not UTF-8",
+        )
+    })?;
+    match ServiceMetadata::parse(text) {
+        Ok(m) => {
+            let m = Arc::new(m);
+            *cached = Some((m.clone(), Instant::now()));
+            Ok(Some(m))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, url, "upstream $metadata cannot be read");
+            Ok(None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn services(prefixes: &[&str]) -> Vec<Service> {
+        prefixes
+            .iter()
+            .map(|p| {
+                Service::new(RouteConfig {
+                    prefix: (*p).into(),
+                    upstream: url::Url::parse("http://up/x").unwrap(),
+                    sets: BTreeMap::new(),
+                    origin: "test".into(),
+                })
+            })
+            .collect()
+    }
+
+    fn track() -> Preferences {
+        Preferences::parse(["odata.track-changes"])
+    }
+
+    #[test]
+    fn tracked_reads_need_a_plain_collection_c2() {
+        let s = services(&["/svc"]);
+        let c =
+            |path: &str, q: Option<&str>| classify(&s, &Method::GET, path, q, &track()).unwrap();
+        assert_eq!(
+            c("/svc/Customers", None),
+            Decision::Track {
+                route: 0,
+                set: "Customers".into(),
+                op: Operation::Initial
+            }
+        );
+        for path in [
+            "/svc/Customers(1)",
+            "/svc/Customers(1)/name",
+            "/svc/Fn()",
+            "/svc/Customers/$count",
+            "/svc/$metadata",
+            "/svc",
+        ] {
+            assert_eq!(c(path, None), Decision::Proxy { route: 0 }, "{path}");
+        }
+        assert_eq!(
+            c("/svc/Customers", Some("$apply=groupby((a))")),
+            Decision::Proxy { route: 0 }
+        );
+        assert_eq!(c("/other/Customers", None), Decision::NoRoute);
+        assert_eq!(
+            classify(&s, &Method::POST, "/svc/Customers", None, &track()).unwrap(),
+            Decision::Proxy { route: 0 }
+        );
+    }
+
+    #[test]
+    fn tokens_route_to_the_tracker_whatever_the_prefer_header() {
+        let s = services(&["/svc"]);
+        let none = Preferences::default();
+        let c = |path: &str, q: &str| classify(&s, &Method::GET, path, Some(q), &none);
+        assert!(matches!(
+            c("/svc/C", "$deltatoken=x").unwrap(),
+            Decision::Track {
+                op: Operation::Delta,
+                ..
+            }
+        ));
+        assert!(matches!(
+            c("/svc/C", "%24deltatoken=x").unwrap(),
+            Decision::Track {
+                op: Operation::Delta,
+                ..
+            }
+        ));
+        assert!(matches!(
+            c("/svc/C/$count", "$deltatoken=x").unwrap(),
+            Decision::Track {
+                op: Operation::Count,
+                ..
+            }
+        ));
+        assert!(matches!(
+            c("/svc/C", "$deltatoken=latest").unwrap(),
+            Decision::Track {
+                op: Operation::Initial,
+                ..
+            }
+        ));
+        assert!(matches!(
+            c("/svc/C", "$skiptoken=odg.abc").unwrap(),
+            Decision::Track {
+                op: Operation::Page,
+                ..
+            }
+        ));
+        assert_eq!(
+            c("/svc/C", "$skiptoken=100").unwrap(),
+            Decision::Proxy { route: 0 }
+        );
+        assert!(c("/svc/C(1)", "$deltatoken=x").is_err());
+    }
+
+    #[test]
+    fn longest_prefix_wins_and_root_prefix_serves_everything() {
+        let s = services(&["/a/b", "/a", ""]);
+        let p = Preferences::default();
+        assert_eq!(
+            classify(&s, &Method::GET, "/a/b/C", None, &p).unwrap(),
+            Decision::Proxy { route: 0 }
+        );
+        assert_eq!(
+            classify(&s, &Method::GET, "/a/bc/C", None, &p).unwrap(),
+            Decision::Proxy { route: 1 }
+        );
+        assert_eq!(
+            classify(&s, &Method::GET, "/z", None, &p).unwrap(),
+            Decision::Proxy { route: 2 }
+        );
+    }
+
+    #[test]
+    fn scopes_separate_credentials() {
+        let id = IdentityScope::Headers(vec!["authorization".into()]);
+        let key = [1u8; 32];
+        let mut a = HeaderMap::new();
+        a.insert("authorization", "Basic YQ==".parse().unwrap());
+        let mut b = HeaderMap::new();
+        b.insert("authorization", "Basic Yg==".parse().unwrap());
+        assert_ne!(scope_of(&id, &key, &a), scope_of(&id, &key, &b));
+        assert_eq!(scope_of(&id, &key, &a), scope_of(&id, &key, &a.clone()));
+        assert_eq!(scope_of(&id, &key, &HeaderMap::new()).0, "anonymous");
+        assert_eq!(scope_of(&IdentityScope::Shared, &key, &a).0, "shared");
+    }
+}

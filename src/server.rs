@@ -1,0 +1,364 @@
+//! Listeners and the request pipeline: accept connections (HTTP/1.1 and HTTP/2), run each request
+//! through the tower stack (request id → tracing → panic guard → handler), drain in-flight requests on
+//! shutdown. The admin listener serves `/metrics`, `/healthz` and `/readyz`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+use crate::body::{self, Body};
+use crate::error::Error;
+use crate::odata::prefer::Preferences;
+use crate::odata::query::ODataQuery;
+use crate::odata::{ODataVersion, names};
+use crate::router::{self, Decision};
+use crate::track::respond::{self, Operation, TrackedRequest};
+use crate::{App, Shared};
+
+/// How long in-flight requests may run on after shutdown was asked for.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A started gateway.
+pub struct Running {
+    /// Where the gateway listens.
+    pub addr: SocketAddr,
+    /// Where the admin endpoints listen, if enabled.
+    pub admin_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stop accepting, drain in-flight requests, and wait until done.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Wait until the gateway stops (after `cancel` on the token given to [`start`]).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Bind the listeners of `app` and serve until `shutdown` is cancelled.
+pub async fn start(app: App, shutdown: CancellationToken) -> std::io::Result<Running> {
+    let listener = TcpListener::bind(app.config.listen).await?;
+    let addr = listener.local_addr()?;
+    let admin = match app.config.admin_listen {
+        Some(a) => Some(TcpListener::bind(a).await?),
+        None => None,
+    };
+    let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
+    tracing::info!(%addr, admin = ?admin_addr, "gateway listening");
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move {
+        if let Some(admin) = admin {
+            tokio::spawn(serve_admin(app.clone(), admin, token.clone()));
+        }
+        serve(app, listener, token).await;
+    });
+    Ok(Running {
+        addr,
+        admin_addr,
+        shutdown,
+        task,
+    })
+}
+
+fn connection_builder(app: &Shared) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .max_buf_size(app.config.limits.max_header_bytes.max(8192))
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    builder
+        .http2()
+        .max_header_list_size(app.config.limits.max_header_bytes as u32)
+        .timer(hyper_util::rt::TokioTimer::new());
+    builder
+}
+
+async fn serve(app: App, listener: TcpListener, shutdown: CancellationToken) {
+    let builder = connection_builder(&app);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let app = app.clone();
+        let service = ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .service_fn(move |req: Request<Incoming>| {
+                let app = app.clone();
+                // The handler runs in its own task so that a panic in it becomes a 500 for this
+                // request instead of a dropped connection.
+                async move {
+                    let span = request_span(&req);
+                    let response = match tokio::spawn(tracing::Instrument::instrument(
+                        handle(app, req, peer),
+                        span,
+                    ))
+                    .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Error::Internal("a request handler panicked".into())
+                            .into_response(ODataVersion::V40),
+                    };
+                    Ok::<_, Infallible>(response)
+                }
+            });
+        let connection =
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let connection = graceful.watch(connection.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests did not finish in time; closing");
+    }
+}
+
+fn request_span(req: &Request<Incoming>) -> tracing::Span {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!("request", id, method = %req.method(), path = %req.uri().path())
+}
+
+/// Answer one request: classify, then proxy or track. Never fails: errors become OData error
+/// responses here.
+pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    app.metrics.in_flight.inc();
+    let started = std::time::Instant::now();
+    let version = ODataVersion::negotiate(
+        req.headers()
+            .get(names::ODATA_MAX_VERSION)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let mut response = match route(&app, req, peer, version).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(version),
+    };
+    app.metrics.in_flight.dec();
+    tracing::info!(
+        status = response.status().as_u16(),
+        ms = started.elapsed().as_millis() as u64,
+        "answered"
+    );
+    if !response.headers().contains_key(names::ODATA_VERSION) {
+        response.headers_mut().insert(
+            names::ODATA_VERSION,
+            HeaderValue::from_static(version.header_value()),
+        );
+    }
+    response
+}
+
+async fn route(
+    app: &App,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    version: ODataVersion,
+) -> Result<Response<Body>, Error> {
+    let prefs = Preferences::parse(
+        req.headers()
+            .get_all("prefer")
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    let path = req.uri().path().to_owned();
+    let raw_query = req.uri().query().map(str::to_owned);
+    let decision = router::classify(
+        &app.services,
+        req.method(),
+        &path,
+        raw_query.as_deref(),
+        &prefs,
+    )?;
+    let (route, set, op) = match decision {
+        Decision::NoRoute => {
+            return Err(Error::client(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("no upstream is configured for {path}"),
+            ));
+        }
+        Decision::Proxy { route } => return proxy(app, req, peer, route).await,
+        Decision::Track { route, set, op } => (route, set, op),
+    };
+    let service = &app.services[route];
+    let query =
+        ODataQuery::parse(raw_query.as_deref()).map_err(|e| Error::bad_request(e.to_string()))?;
+    if matches!(op, Operation::Delta | Operation::Count | Operation::Page) {
+        let changed = [
+            ("$filter", query.filter.is_some()),
+            ("$select", query.select.is_some()),
+            ("$expand", query.expand.is_some()),
+            ("$search", query.search.is_some()),
+            ("$orderby", query.orderby.is_some()),
+            ("$top", query.top.is_some()),
+            ("$skip", query.skip.is_some()),
+        ];
+        if let Some((name, _)) = changed.iter().find(|(_, present)| *present) {
+            return Err(Error::bad_request(format!(
+                "{name} cannot be added to a delta or next link: the query is part of the link; start a new tracked read instead"
+            )));
+        }
+    }
+    let set_spec = match op {
+        Operation::Page => None,
+        _ => router::resolve_set(app, service, &set, req.headers()).await?,
+    };
+    if set_spec.is_none() && op != Operation::Page {
+        if op == Operation::Initial && query.deltatoken.is_none() {
+            // Not trackable: answered normally (C2).
+            return proxy(app, req, peer, route).await;
+        }
+        return Err(Error::bad_request(format!(
+            "{set} is not an entity set the gateway can track"
+        )));
+    }
+    app.metrics
+        .requests
+        .get_or_create(&crate::metrics::RequestKind::new(op_label(op)))
+        .inc();
+    let public_root = format!(
+        "{}{}",
+        router::public_base(app, &req, peer),
+        service.route.prefix
+    );
+    let tracked = TrackedRequest {
+        route: service.route.prefix.clone(),
+        service_root: service.route.upstream.clone(),
+        set_name: set,
+        set: set_spec,
+        public_root,
+        version,
+        prefs,
+        query,
+        scope: router::scope_of(&app.config.identity, &app.scope_key, req.headers()),
+        headers: req.headers().clone(),
+    };
+    respond::answer(app, op, tracked).await
+}
+
+fn op_label(op: Operation) -> &'static str {
+    match op {
+        Operation::Initial => "initial",
+        Operation::Delta => "delta",
+        Operation::Page => "page",
+        Operation::Count => "count",
+    }
+}
+
+async fn proxy(
+    app: &App,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    route: usize,
+) -> Result<Response<Body>, Error> {
+    app.metrics
+        .requests
+        .get_or_create(&crate::metrics::RequestKind::new("proxy"))
+        .inc();
+    let service = &app.services[route];
+    let prefix = &service.route.prefix;
+    let upstream_root = service
+        .route
+        .upstream
+        .as_str()
+        .trim_end_matches('/')
+        .to_owned();
+    let rest = req.uri().path().strip_prefix(prefix.as_str()).unwrap_or("");
+    let mut upstream_url = format!("{upstream_root}{rest}");
+    if let Some(q) = req.uri().query() {
+        upstream_url.push('?');
+        upstream_url.push_str(q);
+    }
+    let public_root = format!("{}{}", router::public_base(app, &req, peer), prefix);
+    crate::proxy::forward(app, req, &upstream_url, &upstream_root, &public_root).await
+}
+
+async fn serve_admin(app: App, listener: TcpListener, shutdown: CancellationToken) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                Err(_) => continue,
+            },
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(admin(&app, &req)) }
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+}
+
+fn admin(app: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    let text = |status: StatusCode, body: String, content_type: &'static str| {
+        let mut r = Response::new(body::full(Bytes::from(body)));
+        *r.status_mut() = status;
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        r
+    };
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => text(
+            StatusCode::OK,
+            app.metrics.encode(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into(), "text/plain"),
+        (&Method::GET, "/readyz") => match app.store.token_secret() {
+            Ok(_) => text(StatusCode::OK, "ready\n".into(), "text/plain"),
+            Err(_) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store unavailable\n".into(),
+                "text/plain",
+            ),
+        },
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
+    }
+}

@@ -1,0 +1,8 @@
+//! Change tracking: feeds and their versions, the refresh that turns upstream enumerations into
+//! versions, the signed tokens that name a version, and answering tracked requests from the store.
+
+pub mod feed;
+pub mod hash;
+pub mod refresh;
+pub mod respond;
+pub mod token;

@@ -1,0 +1,214 @@
+//! Content and key hashes. An entity's content hash is blake3 over its canonical JSON form (members
+//! sorted, whitespace and control information dropped, configured volatile properties left out), so
+//! that an upstream reordering members or reformatting never looks like a change.
+
+use crate::odata::entity_id::{EntityKey, KeyError, KeyProperty};
+use crate::odata::json::{JsonError, Member, object_members, write_canonical};
+
+/// 128 bits of blake3 over an entity's canonical form: collisions are out of reach in practice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContentHash(pub [u8; 16]);
+
+/// 128 bits of blake3 over an entity's key predicate: how the store and the in-memory index name an
+/// entity of a feed. Entities are paged in this order, which is stable across refreshes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyHash(pub [u8; 16]);
+
+impl KeyHash {
+    /// The hash of a key predicate such as `42` or `ID=1,Line=2`.
+    pub fn of(predicate: &str) -> Self {
+        KeyHash(truncate(blake3::hash(predicate.as_bytes())))
+    }
+}
+
+fn truncate(h: blake3::Hash) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.as_bytes()[..16]);
+    out
+}
+
+/// Why an upstream entity could not be hashed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntityError {
+    /// The JSON could not be scanned.
+    #[error(transparent)]
+    Json(#[from] JsonError),
+    /// The key could not be read.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+/// An entity's identity and content hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Digest {
+    /// The key as read from the payload.
+    pub key: EntityKey,
+    /// Hash of the key predicate.
+    pub key_hash: KeyHash,
+    /// Hash of the canonical content.
+    pub content: ContentHash,
+}
+
+/// Reusable buffers for hashing many entities without allocating per entity.
+#[derive(Default)]
+pub struct Hasher {
+    members: Vec<Member>,
+    canonical: Vec<u8>,
+}
+
+impl Hasher {
+    /// Read the key and hash the content of one entity. `ignore` names top-level properties that do
+    /// not count as content (volatile timestamps and the like).
+    pub fn digest(
+        &mut self,
+        raw: &[u8],
+        key: &[KeyProperty],
+        ignore: &[String],
+    ) -> Result<Digest, EntityError> {
+        object_members(raw, &mut self.members)?;
+        let key = EntityKey::read(raw, &self.members, key)?;
+        self.canonical.clear();
+        let skip = |name: &[u8]| ignore.iter().any(|i| i.as_bytes() == name);
+        write_canonical(raw, &skip, &mut self.canonical)?;
+        Ok(Digest {
+            key_hash: KeyHash::of(&key.predicate),
+            content: ContentHash(truncate(blake3::hash(&self.canonical))),
+            key,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::odata::entity_id::KeyType;
+    use proptest::prelude::*;
+
+    fn id_key() -> Vec<KeyProperty> {
+        vec![KeyProperty {
+            name: "ID".into(),
+            ty: KeyType::Integer,
+            enum_type: None,
+        }]
+    }
+
+    #[test]
+    fn ignored_properties_and_control_information_do_not_change_the_hash() {
+        let mut h = Hasher::default();
+        let ignore = vec!["modifiedAt".to_owned()];
+        let a = h
+            .digest(
+                br#"{"ID":1,"n":"x","modifiedAt":"1","@odata.etag":"a"}"#,
+                &id_key(),
+                &ignore,
+            )
+            .unwrap();
+        let b = h
+            .digest(
+                br#"{"ID":1,"n":"x","modifiedAt":"2","@odata.etag":"b"}"#,
+                &id_key(),
+                &ignore,
+            )
+            .unwrap();
+        assert_eq!(a, b);
+        let c = h
+            .digest(br#"{"ID":1,"n":"y","modifiedAt":"2"}"#, &id_key(), &ignore)
+            .unwrap();
+        assert_ne!(a.content, c.content);
+        assert_eq!(a.key_hash, c.key_hash);
+    }
+
+    /// A JSON value with nested objects and arrays, for the property test.
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "[a-zA-Z0-9 é'\"\\\\]{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+                prop::collection::btree_map("[a-z]{1,6}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Write `v` with members in an order chosen by `seed` and random whitespace between tokens.
+    fn write_shuffled(v: &serde_json::Value, seed: &mut u64, out: &mut String) {
+        fn next(seed: &mut u64) -> u64 {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            *seed
+        }
+        let ws = |n: u64| [" ", "", "\n  ", "\t", ""][(n % 5) as usize];
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut entries: Vec<_> = m.iter().collect();
+                for i in (1..entries.len()).rev() {
+                    entries.swap(i, (next(seed) % (i as u64 + 1)) as usize);
+                }
+                out.push('{');
+                for (i, (k, val)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(ws(next(seed)));
+                    out.push_str(&serde_json::to_string(k).unwrap());
+                    out.push_str(ws(next(seed)));
+                    out.push(':');
+                    out.push_str(ws(next(seed)));
+                    write_shuffled(val, seed, out);
+                }
+                out.push_str(ws(next(seed)));
+                out.push('}');
+            }
+            serde_json::Value::Array(a) => {
+                out.push('[');
+                for (i, val) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(ws(next(seed)));
+                        out.push(',');
+                    }
+                    write_shuffled(val, seed, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+
+    proptest! {
+        /// The content hash depends on content only: never on member order or whitespace.
+        #[test]
+        fn member_order_and_whitespace_never_change_the_content_hash(
+            props in prop::collection::btree_map("[a-z]{1,8}", json_value(), 0..8),
+            id in any::<i32>(),
+            seed_a in 1u64..,
+            seed_b in 1u64..,
+        ) {
+            let mut obj: serde_json::Map<String, serde_json::Value> = props.into_iter().collect();
+            obj.insert("ID".into(), id.into());
+            let v = serde_json::Value::Object(obj);
+            let (mut a, mut b) = (String::new(), String::new());
+            write_shuffled(&v, &mut seed_a.clone(), &mut a);
+            write_shuffled(&v, &mut seed_b.clone(), &mut b);
+            let mut h = Hasher::default();
+            let da = h.digest(a.as_bytes(), &id_key(), &[]).unwrap();
+            let db = h.digest(b.as_bytes(), &id_key(), &[]).unwrap();
+            prop_assert_eq!(da, db);
+        }
+
+        /// Different content gives a different hash.
+        #[test]
+        fn a_changed_value_changes_the_content_hash(a in any::<i64>(), b in any::<i64>()) {
+            prop_assume!(a != b);
+            let mut h = Hasher::default();
+            let da = h.digest(format!(r#"{{"ID":1,"v":{a}}}"#).as_bytes(), &id_key(), &[]).unwrap();
+            let db = h.digest(format!(r#"{{"ID":1,"v":{b}}}"#).as_bytes(), &id_key(), &[]).unwrap();
+            prop_assert_ne!(da.content, db.content);
+        }
+    }
+}

@@ -1,0 +1,584 @@
+//! Answering tracked requests from the store: the initial response (C3, C4), deltas (C11), their
+//! continuation pages (C21, C22), `$deltatoken=latest` (C13) and `/$count` on a delta link (C23).
+//! Every page is built whole before a status line is written (C26).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::Shared;
+use crate::body::{self, Body};
+use crate::error::Error;
+use crate::odata::delta::{Entry, PageContext, PageEnd, write_page};
+use crate::odata::prefer::Preferences;
+use crate::odata::query::{DefiningQuery, ODataQuery, encode_path};
+use crate::odata::{ODataVersion, names};
+use crate::store::EntityRow;
+
+use super::feed::{FeedDef, FeedId, Scope, SetSpec, Version};
+use super::hash::KeyHash;
+use super::refresh::{Fresh, RefreshInput, ensure_fresh, forwarded_headers, unix_ms};
+use super::token::{Cursor, SKIPTOKEN_PREFIX, Token, TokenError, TokenKind};
+
+/// A tracked request, classified and with everything resolved that the router knows.
+pub struct TrackedRequest {
+    /// Route prefix.
+    pub route: String,
+    /// Upstream service root of the route.
+    pub service_root: url::Url,
+    /// Entity set addressed.
+    pub set_name: String,
+    /// How to read the set: `None` when it could not be resolved (only continuation pages and
+    /// expired-token answers get by without it).
+    pub set: Option<SetSpec>,
+    /// Public service root for links: `http://gw/odata/v4/shop`.
+    pub public_root: String,
+    /// Response version (C14).
+    pub version: ODataVersion,
+    /// The request's preferences.
+    pub prefs: Preferences,
+    /// The parsed query.
+    pub query: ODataQuery,
+    /// Request headers (credentials to forward).
+    pub headers: http::HeaderMap,
+    /// Identity scope of the caller.
+    pub scope: Scope,
+}
+
+/// Which tracked operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// GET collection with track-changes, or `$deltatoken=latest`.
+    Initial,
+    /// GET collection with `$deltatoken`.
+    Delta,
+    /// GET collection with one of our `$skiptoken`s.
+    Page,
+    /// GET `Set/$count` with `$deltatoken`.
+    Count,
+}
+
+/// Answer a tracked request.
+pub async fn answer(
+    shared: &Arc<Shared>,
+    op: Operation,
+    req: TrackedRequest,
+) -> Result<Response<Body>, Error> {
+    match op {
+        Operation::Initial if req.query.deltatoken.as_deref() == Some("latest") => {
+            latest(shared, req).await
+        }
+        Operation::Initial => initial(shared, req).await,
+        Operation::Delta => delta(shared, req).await,
+        Operation::Page => page(shared, req).await,
+        Operation::Count => count(shared, req).await,
+    }
+}
+
+fn now_secs() -> u64 {
+    unix_ms(SystemTime::now()) / 1000
+}
+
+impl TrackedRequest {
+    fn binding(&self) -> Vec<u8> {
+        FeedDef::binding(&self.route, &self.set_name, &self.scope)
+    }
+
+    fn page_size(&self, shared: &Shared) -> u32 {
+        self.prefs
+            .max_page_size
+            .map(|(n, _)| n)
+            .unwrap_or(shared.config.page_size)
+            .min(shared.config.max_page_size)
+    }
+
+    fn set(&self) -> Result<&SetSpec, Error> {
+        self.set.as_ref().ok_or_else(|| {
+            Error::Internal(format!(
+                "entity set {} was not resolved before a refresh",
+                self.set_name
+            ))
+        })
+    }
+
+    fn refresh_input(&self, def: FeedDef) -> Result<RefreshInput, Error> {
+        Ok(RefreshInput {
+            feed: def.id(),
+            def,
+            set: self.set()?.clone(),
+            service_root: self.service_root.clone(),
+            headers: forwarded_headers(&self.headers),
+        })
+    }
+
+    fn collection_url(&self) -> String {
+        format!("{}/{}", self.public_root, encode_path(&self.set_name))
+    }
+
+    fn delta_link(&self, shared: &Shared, feed: FeedId, since: Version, issued_at: u64) -> String {
+        let token = Token {
+            feed,
+            issued_at,
+            kind: TokenKind::Delta { since },
+        };
+        format!(
+            "{}?$deltatoken={}",
+            self.collection_url(),
+            token.encode(&shared.token_key, &self.binding())
+        )
+    }
+
+    fn next_link(
+        &self,
+        shared: &Shared,
+        feed: FeedId,
+        issued_at: u64,
+        cursor: Cursor,
+        page_size: u32,
+        count: bool,
+    ) -> String {
+        let token = Token {
+            feed,
+            issued_at,
+            kind: TokenKind::Page {
+                cursor,
+                page_size,
+                count,
+            },
+        };
+        format!(
+            "{}?$skiptoken={SKIPTOKEN_PREFIX}{}",
+            self.collection_url(),
+            token.encode(&shared.token_key, &self.binding())
+        )
+    }
+
+    /// Decode a token presented with this request; refused tokens are 400 (C10).
+    fn token(&self, shared: &Shared, text: &str) -> Result<Token, Error> {
+        Token::decode(text, &shared.token_key, &self.binding()).map_err(refused)
+    }
+
+    /// 410 for a token older than the retention window (C25), pointing at the defining query.
+    fn check_age(
+        &self,
+        shared: &Shared,
+        token: &Token,
+        query: Option<&DefiningQuery>,
+    ) -> Result<(), Error> {
+        let age = now_secs().saturating_sub(token.issued_at);
+        if age <= shared.config.token_ttl.as_secs() {
+            return Ok(());
+        }
+        let mut location = self.collection_url();
+        if let Some(q) = query.map(DefiningQuery::encoded).filter(|q| !q.is_empty()) {
+            location.push('?');
+            location.push_str(&q);
+        }
+        Err(Error::Expired { location })
+    }
+
+    /// The stored definition of a token's feed, checked against this request.
+    async fn feed_def(
+        &self,
+        shared: &Arc<Shared>,
+        token: &Token,
+    ) -> Result<Option<FeedDef>, Error> {
+        let store = shared.store.clone();
+        let feed = token.feed;
+        let Some(meta) = tokio::task::spawn_blocking(move || store.feed(feed)).await?? else {
+            return Ok(None);
+        };
+        let query = DefiningQuery::from_encoded(&meta.query)
+            .map_err(|e| Error::Store(format!("a stored feed query is unreadable: {e}")))?;
+        let def = FeedDef {
+            route: meta.route,
+            entity_set: meta.entity_set,
+            query,
+            scope: Scope(meta.scope),
+        };
+        if def.id() != token.feed
+            || def.route != self.route
+            || def.entity_set != self.set_name
+            || def.scope != self.scope
+        {
+            return Err(refused(TokenError::BadTag));
+        }
+        Ok(Some(def))
+    }
+
+    /// Resolve a delta token to its verified, unexpired feed definition.
+    async fn delta_token(&self, shared: &Arc<Shared>) -> Result<(Token, Version, FeedDef), Error> {
+        let text = self.query.deltatoken.as_deref().unwrap_or_default();
+        let token = self.token(shared, text)?;
+        let TokenKind::Delta { since } = token.kind else {
+            return Err(refused(TokenError::BadTag));
+        };
+        let def = self.feed_def(shared, &token).await?;
+        self.check_age(shared, &token, def.as_ref().map(|d| &d.query))?;
+        // A verified, unexpired token whose feed is gone: the store was reset under it.
+        let def = def.ok_or_else(|| Error::Expired {
+            location: self.collection_url(),
+        })?;
+        Ok((token, since, def))
+    }
+}
+
+/// The answer to a token we do not accept: the same for every reason, so that nothing is learned
+/// from probing (C10).
+fn refused(e: impl std::fmt::Display) -> Error {
+    Error::client(
+        StatusCode::BAD_REQUEST,
+        "InvalidDeltaToken",
+        format!("{e}: use the delta and next links exactly as the gateway returned them"),
+    )
+}
+
+/// The initial response of a tracked read: refresh, then the live entities at the new version.
+async fn initial(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body>, Error> {
+    let def = FeedDef {
+        route: req.route.clone(),
+        entity_set: req.set_name.clone(),
+        query: req.query.defining(),
+        scope: req.scope.clone(),
+    };
+    // Taken before the version is fixed, so every later version is younger than the token (retention).
+    let issued_at = now_secs();
+    let fresh = ensure_fresh(shared, req.refresh_input(def.clone())?).await?;
+    let page_size = req.page_size(shared);
+    let count = if req.query.count {
+        let store = shared.store.clone();
+        let feed = def.id();
+        Some(
+            tokio::task::spawn_blocking(move || store.feed(feed))
+                .await??
+                .map(|m| m.live)
+                .unwrap_or(0),
+        )
+    } else {
+        None
+    };
+    let cursor = Cursor::Initial {
+        at: fresh.version,
+        after: KeyHash([0; 16]),
+    };
+    live_page(
+        shared,
+        &req,
+        def.id(),
+        &def.query,
+        issued_at,
+        cursor,
+        page_size,
+        count,
+        true,
+        Some(fresh),
+    )
+    .await
+}
+
+/// `$deltatoken=latest` (C13): refresh to fix "now", answer no entities and a delta link from now.
+async fn latest(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body>, Error> {
+    let def = FeedDef {
+        route: req.route.clone(),
+        entity_set: req.set_name.clone(),
+        query: req.query.defining(),
+        scope: req.scope.clone(),
+    };
+    let issued_at = now_secs();
+    let fresh = ensure_fresh(shared, req.refresh_input(def.clone())?).await?;
+    let ctx = page_context(&req, &def.query, true, req.query.count.then_some(0));
+    let link = req.delta_link(shared, def.id(), fresh.version, issued_at);
+    let body = write_page(&ctx, &[], &PageEnd::Delta(link));
+    Ok(respond(
+        &req,
+        body,
+        Some(fresh),
+        true,
+        req.page_size(shared),
+    ))
+}
+
+/// A delta: refresh, then the changes since the token's version.
+async fn delta(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body>, Error> {
+    let (_, since, def) = req.delta_token(shared).await?;
+    let issued_at = now_secs();
+    let fresh = ensure_fresh(shared, req.refresh_input(def.clone())?).await?;
+    let page_size = req.page_size(shared);
+    let feed = def.id();
+    let count = if req.query.count {
+        let store = shared.store.clone();
+        let upto = fresh.version;
+        Some(tokio::task::spawn_blocking(move || store.delta_count(feed, since, upto)).await??)
+    } else {
+        None
+    };
+    let cursor = Cursor::Delta {
+        since,
+        upto: fresh.version,
+        after: (since, KeyHash([0; 16])),
+    };
+    delta_page(
+        shared,
+        &req,
+        feed,
+        &def.query,
+        issued_at,
+        cursor,
+        page_size,
+        count,
+        Some(fresh),
+    )
+    .await
+}
+
+/// A continuation page (our `$skiptoken`): no refresh, the cursor says where to go on.
+async fn page(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body>, Error> {
+    let text = req.query.skiptoken.as_deref().unwrap_or_default();
+    let text = text.strip_prefix(SKIPTOKEN_PREFIX).unwrap_or(text);
+    let token = req.token(shared, text)?;
+    let TokenKind::Page {
+        cursor,
+        page_size,
+        count,
+    } = token.kind
+    else {
+        return Err(refused(TokenError::BadTag));
+    };
+    let def = req.feed_def(shared, &token).await?;
+    req.check_age(shared, &token, def.as_ref().map(|d| &d.query))?;
+    let def = def.ok_or_else(|| Error::Expired {
+        location: req.collection_url(),
+    })?;
+    let feed = token.feed;
+    let store = shared.store.clone();
+    let count = match (count, cursor) {
+        (false, _) => None,
+        (true, Cursor::Initial { .. }) => tokio::task::spawn_blocking(move || store.feed(feed))
+            .await??
+            .map(|m| m.live),
+        (true, Cursor::Delta { since, upto, .. }) => {
+            Some(tokio::task::spawn_blocking(move || store.delta_count(feed, since, upto)).await??)
+        }
+    };
+    match cursor {
+        Cursor::Initial { .. } => {
+            live_page(
+                shared,
+                &req,
+                feed,
+                &def.query,
+                token.issued_at,
+                cursor,
+                page_size,
+                count,
+                false,
+                None,
+            )
+            .await
+        }
+        Cursor::Delta { .. } => {
+            delta_page(
+                shared,
+                &req,
+                feed,
+                &def.query,
+                token.issued_at,
+                cursor,
+                page_size,
+                count,
+                None,
+            )
+            .await
+        }
+    }
+}
+
+/// `/$count` on a delta link (C23): the number of entries the delta would hold; the token stays as
+/// it is.
+async fn count(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body>, Error> {
+    let (_, since, def) = req.delta_token(shared).await?;
+    let fresh = ensure_fresh(shared, req.refresh_input(def.clone())?).await?;
+    let store = shared.store.clone();
+    let feed = def.id();
+    let n = tokio::task::spawn_blocking(move || store.delta_count(feed, since, fresh.version))
+        .await??;
+    let mut response = Response::new(body::full(n.to_string()));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    headers.insert(
+        names::ODATA_VERSION,
+        HeaderValue::from_static(req.version.header_value()),
+    );
+    headers.insert(header::VARY, HeaderValue::from_static("OData-MaxVersion"));
+    Ok(response)
+}
+
+fn page_context<'a>(
+    req: &'a TrackedRequest,
+    query: &'a DefiningQuery,
+    delta: bool,
+    count: Option<u64>,
+) -> PageContext<'a> {
+    PageContext {
+        version: req.version,
+        service_root: &req.public_root,
+        entity_set: &req.set_name,
+        select: query
+            .selected()
+            .is_some()
+            .then(|| query.get("$select"))
+            .flatten(),
+        delta,
+        count,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn live_page(
+    shared: &Arc<Shared>,
+    req: &TrackedRequest,
+    feed: FeedId,
+    query: &DefiningQuery,
+    issued_at: u64,
+    cursor: Cursor,
+    page_size: u32,
+    count: Option<u64>,
+    first: bool,
+    fresh: Option<Fresh>,
+) -> Result<Response<Body>, Error> {
+    let Cursor::Initial { at, after } = cursor else {
+        return Err(Error::Internal("live_page needs an initial cursor".into()));
+    };
+    let store = shared.store.clone();
+    let after = (!first).then_some(after);
+    let limit = page_size as usize + 1;
+    let mut rows =
+        tokio::task::spawn_blocking(move || store.live_page(feed, after, limit)).await??;
+    let more = rows.len() > page_size as usize;
+    rows.truncate(page_size as usize);
+    let end = match rows.last() {
+        Some((last, _)) if more => PageEnd::Next(req.next_link(
+            shared,
+            feed,
+            issued_at,
+            Cursor::Initial { at, after: *last },
+            page_size,
+            count.is_some(),
+        )),
+        _ => PageEnd::Delta(req.delta_link(shared, feed, at, issued_at)),
+    };
+    let entries: Vec<Entry> = rows
+        .iter()
+        .map(|(_, row)| Entry::Entity(&row.body))
+        .collect();
+    let ctx = page_context(req, query, false, count);
+    let body = write_page(&ctx, &entries, &end);
+    Ok(respond(req, body, fresh, first, page_size))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn delta_page(
+    shared: &Arc<Shared>,
+    req: &TrackedRequest,
+    feed: FeedId,
+    query: &DefiningQuery,
+    issued_at: u64,
+    cursor: Cursor,
+    page_size: u32,
+    count: Option<u64>,
+    fresh: Option<Fresh>,
+) -> Result<Response<Body>, Error> {
+    let Cursor::Delta { since, upto, after } = cursor else {
+        return Err(Error::Internal("delta_page needs a delta cursor".into()));
+    };
+    let first = after == (since, KeyHash([0; 16]));
+    let store = shared.store.clone();
+    let limit = page_size as usize + 1;
+    let start = (!first).then_some(after);
+    let mut rows =
+        tokio::task::spawn_blocking(move || store.delta_page(feed, since, upto, start, limit))
+            .await??;
+    let more = rows.len() > page_size as usize;
+    rows.truncate(page_size as usize);
+    let end = match rows.last() {
+        Some((v, k, _)) if more => PageEnd::Next(req.next_link(
+            shared,
+            feed,
+            issued_at,
+            Cursor::Delta {
+                since,
+                upto,
+                after: (*v, *k),
+            },
+            page_size,
+            count.is_some(),
+        )),
+        _ => PageEnd::Delta(req.delta_link(shared, feed, upto, issued_at)),
+    };
+    let ids: Vec<String> = rows
+        .iter()
+        .map(|(_, _, row)| format!("{}({})", req.set_name, row.predicate))
+        .collect();
+    let entries: Vec<Entry> = rows
+        .iter()
+        .zip(&ids)
+        .map(
+            |((_, _, row), id): (&(Version, KeyHash, EntityRow), &String)| match row.removed {
+                None => Entry::Entity(&row.body),
+                Some(reason) => Entry::Removed {
+                    entity_id: id,
+                    key_members: &row.key_members,
+                    reason,
+                },
+            },
+        )
+        .collect();
+    let ctx = page_context(req, query, true, count);
+    let body = write_page(&ctx, &entries, &end);
+    Ok(respond(req, body, fresh, first, page_size))
+}
+
+/// Headers of a tracked response: version, `Vary`, `Preference-Applied` (C3, C14, C21) and the
+/// age of the refresh behind it.
+fn respond(
+    req: &TrackedRequest,
+    body: Vec<u8>,
+    fresh: Option<Fresh>,
+    first: bool,
+    page_size: u32,
+) -> Response<Body> {
+    let mut response = Response::new(body::full(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(names::JSON_CONTENT_TYPE),
+    );
+    headers.insert(
+        names::ODATA_VERSION,
+        HeaderValue::from_static(req.version.header_value()),
+    );
+    headers.insert(header::VARY, HeaderValue::from_static("OData-MaxVersion"));
+    let mut applied = Vec::new();
+    if let (Some(spelling), true) = (req.prefs.track_changes, first) {
+        applied.push(spelling.to_owned());
+    }
+    if let Some((_, spelling)) = req.prefs.max_page_size {
+        applied.push(format!("{spelling}={page_size}"));
+    }
+    if !applied.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&applied.join(", "))
+    {
+        headers.insert(names::PREFERENCE_APPLIED, v);
+    }
+    if let Some(fresh) = fresh {
+        let age = SystemTime::now()
+            .duration_since(fresh.finished_at)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        if let Ok(v) = HeaderValue::from_str(&age.to_string()) {
+            headers.insert(names::REFRESH_AGE, v);
+        }
+    }
+    response
+}

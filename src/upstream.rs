@@ -1,0 +1,208 @@
+//! The one pooled HTTP client the gateway talks to upstreams with (HTTP/1.1 and HTTP/2, plain or TLS
+//! via rustls), with the timeouts and size limits that keep a slow or hostile upstream from holding
+//! the gateway, and the origin guard that keeps enumerations on the upstream's service root.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use url::Url;
+
+use crate::body::Body;
+use crate::config::UpstreamConfig;
+use crate::error::{Error, UpstreamFailure};
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// A cheap-to-clone handle on the pooled client.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<Connector, Body>,
+    timeout: Duration,
+}
+
+/// A whole upstream response read into memory (bounded).
+#[derive(Debug)]
+pub struct Fetched {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Upstream {
+    /// Build the client.
+    pub fn new(config: &UpstreamConfig) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(32)
+            .build(https);
+        Upstream {
+            client,
+            timeout: config.timeout,
+        }
+    }
+
+    /// Send a request and wait for the response head (bounded by the upstream timeout). The body is
+    /// left to the caller to stream.
+    pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, Error> {
+        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+            Err(_) => Err(Error::upstream(
+                UpstreamFailure::Timeout,
+                "the upstream did not answer in time",
+            )),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
+                Err(Error::upstream(
+                    UpstreamFailure::Unreachable,
+                    "the upstream cannot be reached",
+                ))
+            }
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+
+    /// Send a request and read the whole response, at most `max_bytes`, within the upstream timeout.
+    pub async fn fetch(&self, request: Request<Body>, max_bytes: usize) -> Result<Fetched, Error> {
+        let read = async {
+            let response = self.send(request).await?;
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, max_bytes).collect().await.map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    Error::upstream(
+                        UpstreamFailure::BadAnswer,
+                        format!(
+                            "an upstream response is larger than the limit of {max_bytes} bytes"
+                        ),
+                    )
+                } else {
+                    tracing::warn!(error = %e, "upstream body failed");
+                    Error::upstream(
+                        UpstreamFailure::Unreachable,
+                        "the upstream connection broke while reading a response",
+                    )
+                }
+            })?;
+            Ok(Fetched {
+                status: parts.status,
+                headers: parts.headers,
+                body: body.to_bytes(),
+            })
+        };
+        match tokio::time::timeout(self.timeout, read).await {
+            Err(_) => Err(Error::upstream(
+                UpstreamFailure::Timeout,
+                "the upstream did not answer in time",
+            )),
+            Ok(result) => result,
+        }
+    }
+}
+
+/// Resolve a link the upstream gave us (relative to the service root, root-relative, or absolute)
+/// and accept it only if it stays on the upstream's origin and under its service root: a nextLink
+/// elsewhere is never followed (no SSRF). `$deltatoken` is stripped, since some upstreams copy
+/// unknown tokens into their links.
+pub fn resolve_link(service_root: &Url, link: &str) -> Result<Url, Error> {
+    // Relative links are relative to the service root (the context URL's base), which needs a
+    // trailing slash to resolve `Customers?…` beneath it.
+    let mut base = service_root.clone();
+    if !base.path().ends_with('/') {
+        let p = format!("{}/", base.path());
+        base.set_path(&p);
+    }
+    let url = base.join(link).map_err(|_| {
+        Error::upstream(
+            UpstreamFailure::BadAnswer,
+            "the upstream sent a nextLink that is not a URL",
+        )
+    })?;
+    let same_origin = url.scheme() == service_root.scheme()
+        && url.host_str() == service_root.host_str()
+        && url.port_or_known_default() == service_root.port_or_known_default();
+    if !same_origin
+        || !url.path().starts_with(base.path())
+        || url.username() != ""
+        || url.password().is_some()
+    {
+        tracing::warn!(
+            link,
+            "upstream nextLink leaves the service root; refusing to follow it"
+        );
+        return Err(Error::upstream(
+            UpstreamFailure::BadAnswer,
+            "the upstream sent a nextLink outside its service root; it was not followed",
+        ));
+    }
+    Ok(strip_deltatoken(url))
+}
+
+fn strip_deltatoken(mut url: Url) -> Url {
+    let Some(query) = url.query() else { return url };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| {
+            let name = p.split('=').next().unwrap_or("");
+            !name.eq_ignore_ascii_case("$deltatoken") && !name.eq_ignore_ascii_case("%24deltatoken")
+        })
+        .collect();
+    let kept = kept.join("&");
+    url.set_query(if kept.is_empty() { None } else { Some(&kept) });
+    url
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_links_resolve_relative_to_the_service_root() {
+        let root = Url::parse("http://up:4004/odata/v4/shop").unwrap();
+        let r = |l: &str| resolve_link(&root, l).map(|u| u.to_string());
+        assert_eq!(
+            r("Customers?$skiptoken=5").unwrap(),
+            "http://up:4004/odata/v4/shop/Customers?$skiptoken=5"
+        );
+        assert_eq!(
+            r("/odata/v4/shop/Customers?x=1").unwrap(),
+            "http://up:4004/odata/v4/shop/Customers?x=1"
+        );
+        assert_eq!(
+            r("http://up:4004/odata/v4/shop/Customers?$deltatoken=abc&$skiptoken=9").unwrap(),
+            "http://up:4004/odata/v4/shop/Customers?$skiptoken=9"
+        );
+    }
+
+    #[test]
+    fn next_links_off_the_upstream_are_refused() {
+        let root = Url::parse("http://up:4004/odata/v4/shop").unwrap();
+        for bad in [
+            "http://evil:4004/odata/v4/shop/Customers",
+            "http://up:4005/odata/v4/shop/Customers",
+            "https://up:4004/odata/v4/shop/Customers",
+            "/admin/secrets",
+            "../../other/Customers",
+            "http://user:pw@up:4004/odata/v4/shop/C",
+            "/odata/v4/shopping/C",
+        ] {
+            assert!(resolve_link(&root, bad).is_err(), "{bad}");
+        }
+    }
+}
