@@ -1,0 +1,250 @@
+//! GET on an entity-set collection: hooks, faults, paging, and `/$count`.
+
+use super::knobs::{CountMode, Fault};
+use super::model::find_set;
+use super::query::{
+    ODataError, Scope, next_link_query, parse_options, select_rows, select_suffix, split_query,
+};
+use super::render::{Node, Shaper};
+use super::reply::{JSON, error_response, respond, rules, set_header};
+use super::request::{PageRequest, RecordedRequest};
+use super::server::FakeBody;
+use super::upstream::Upstream;
+use bytes::Bytes;
+use http::{HeaderMap, Response};
+use serde_json::Value;
+use std::time::Duration;
+
+/// The `odata.maxpagesize` preference, if any.
+fn max_page_size(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|pref| {
+            let (name, value) = pref.trim().split_once('=')?;
+            let known = matches!(name.trim(), "odata.maxpagesize" | "maxpagesize");
+            known.then(|| value.trim().trim_matches('"').parse().ok())?
+        })
+        .filter(|n| *n > 0)
+}
+
+/// Effective page size and the size to report in `Preference-Applied`: the
+/// preference is honoured (and reported) when it is not above the server's
+/// own limit.
+fn page_size(server: Option<usize>, preferred: Option<usize>) -> (Option<usize>, Option<usize>) {
+    match (server.filter(|n| *n > 0), preferred) {
+        (Some(s), Some(p)) if p <= s => (Some(p), Some(p)),
+        (None, Some(p)) => (Some(p), Some(p)),
+        (s, _) => (s, None),
+    }
+}
+
+/// Takes the faults due on collection request number `index`.
+fn take_faults(up: &Upstream, index: usize) -> Vec<Fault> {
+    let mut fired = Vec::new();
+    up.lock().faults.retain(|pending| {
+        let due = index.checked_sub(pending.pushed_at) == Some(pending.fault.page());
+        if due {
+            fired.push(pending.fault.clone());
+        }
+        !due
+    });
+    fired
+}
+
+/// Answers a page, after running the hook and applying due faults.
+pub(crate) async fn get_collection(
+    up: &Upstream,
+    req: &RecordedRequest,
+    set: &str,
+) -> Response<FakeBody> {
+    if req.collection_set.is_none() {
+        let error = ODataError::not_found(format!("entity set '{set}' not found"));
+        return error_response(&error, None);
+    }
+    let (index, hook) = {
+        let mut st = up.lock();
+        let index = st.collection_counter;
+        st.collection_counter += 1;
+        let hook = st
+            .hook
+            .as_ref()
+            .map(|h| (h.hook.clone(), index.saturating_sub(h.installed_at)));
+        (index, hook)
+    };
+    if let Some((hook, relative)) = hook {
+        hook(&PageRequest {
+            upstream: up,
+            request: req,
+            set,
+            index: relative,
+        });
+    }
+    let faults = take_faults(up, index);
+    let delay: u64 = faults
+        .iter()
+        .map(|f| match f {
+            Fault::Delay { ms, .. } => *ms,
+            _ => 0,
+        })
+        .sum();
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    for fault in &faults {
+        match fault {
+            Fault::Status {
+                status,
+                retry_after,
+                ..
+            } => {
+                let error = ODataError {
+                    status: *status,
+                    message: format!("injected fault: status {status}"),
+                };
+                return error_response(&error, *retry_after);
+            }
+            Fault::Malformed { .. } => {
+                let body =
+                    format!("{{\"@odata.context\":\"$metadata#{set}\",\"value\":[{{\"ID\":1,\"na");
+                return respond(200, Some(JSON), FakeBody::full(body));
+            }
+            _ => {}
+        }
+    }
+    match render_page(up, req, set, &faults) {
+        Err(error) => error_response(&error, None),
+        Ok((body, applied)) => {
+            let bytes = Bytes::from(body);
+            let full_length = bytes.len();
+            let broken = faults
+                .iter()
+                .any(|f| matches!(f, Fault::ResetMidBody { .. }));
+            let mut response = if broken {
+                let mut r = respond(200, Some(JSON), FakeBody::broken(bytes));
+                set_header(&mut r, "content-length", &full_length.to_string());
+                r
+            } else {
+                respond(200, Some(JSON), FakeBody::full(bytes))
+            };
+            if let Some(n) = applied {
+                set_header(
+                    &mut response,
+                    "preference-applied",
+                    &format!("odata.maxpagesize={n}"),
+                );
+            }
+            response
+        }
+    }
+}
+
+/// Renders one page of a collection: the JSON text and the applied
+/// `odata.maxpagesize`, if any.
+fn render_page(
+    up: &Upstream,
+    req: &RecordedRequest,
+    set: &str,
+    faults: &[Fault],
+) -> Result<(String, Option<usize>), ODataError> {
+    let mut guard = up.lock();
+    guard.responses += 1;
+    let st = &*guard;
+    let knobs = &st.knobs;
+    let store = find_set(&st.sets, set)
+        .ok_or_else(|| ODataError::not_found(format!("entity set '{set}' not found")))?;
+    let pairs = split_query(req.query())?;
+    let opts = parse_options(
+        &pairs,
+        &store.def,
+        &st.sets,
+        rules(knobs),
+        Scope::Collection,
+    )?;
+    let (mut rows, total) = select_rows(&store.rows, &store.def, &opts);
+    if let Some(n) = knobs.truncate_after {
+        rows.truncate(n);
+    }
+    let (size, applied) = page_size(knobs.page_size, max_page_size(&req.headers));
+    let offset = opts.skiptoken.unwrap_or(0);
+    let duplicate = faults
+        .iter()
+        .any(|f| matches!(f, Fault::DuplicateAcrossPages { .. }));
+    let start = if duplicate {
+        offset.saturating_sub(1)
+    } else {
+        offset
+    }
+    .min(rows.len());
+    let end = size.map_or(rows.len(), |n| start.saturating_add(n).min(rows.len()));
+    let forced_next = faults.iter().find_map(|f| match f {
+        Fault::NextLinkTo { url, .. } => Some(url.clone()),
+        _ => None,
+    });
+    let next = forced_next.or_else(|| {
+        (end < rows.len()).then(|| {
+            let rel = format!("{set}?{}", next_link_query(&pairs, end));
+            up.link(knobs.link_style, &rel)
+        })
+    });
+    let shaper = Shaper {
+        sets: &st.sets,
+        etags: knobs.etags,
+        rotate: knobs.reorder.then_some(st.responses),
+        drop_keys: faults.iter().any(|f| matches!(f, Fault::DropKey { .. })),
+    };
+    let value = rows[start..end]
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let members = shaper.entity(&store.def, row, opts.select.as_deref(), &opts.expand, i);
+            Node::Object(members)
+        })
+        .collect();
+    let context = format!("$metadata#{set}{}", select_suffix(&opts));
+    let mut members = vec![(
+        "@odata.context".to_string(),
+        Node::string(up.link(knobs.link_style, &context)),
+    )];
+    let show_count = opts.count
+        && match knobs.count_mode {
+            CountMode::EveryPage => true,
+            CountMode::FirstPageOnly => opts.skiptoken.is_none(),
+            CountMode::Never => false,
+        };
+    if show_count {
+        members.push(("@odata.count".to_string(), Node::Value(Value::from(total))));
+    }
+    members.push(("value".to_string(), Node::Array(value)));
+    if let Some(next) = next {
+        members.push(("@odata.nextLink".to_string(), Node::string(next)));
+    }
+    Ok((Node::Object(members).to_json(knobs.pretty), applied))
+}
+
+/// `/Set/$count`: the filtered count as plain text.
+pub(crate) fn get_count(
+    up: &Upstream,
+    req: &RecordedRequest,
+    set: &str,
+) -> Result<Response<FakeBody>, ODataError> {
+    let st = up.lock();
+    let store = find_set(&st.sets, set)
+        .ok_or_else(|| ODataError::not_found(format!("entity set '{set}' not found")))?;
+    let pairs = split_query(req.query())?;
+    let opts = parse_options(
+        &pairs,
+        &store.def,
+        &st.sets,
+        rules(&st.knobs),
+        Scope::Collection,
+    )?;
+    let (_, total) = select_rows(&store.rows, &store.def, &opts);
+    Ok(respond(
+        200,
+        Some("text/plain"),
+        FakeBody::full(total.to_string()),
+    ))
+}

@@ -1,0 +1,83 @@
+//! What the fake records about requests, and what hooks are given.
+
+use super::upstream::Upstream;
+use bytes::Bytes;
+use http::{HeaderMap, Method};
+use percent_encoding::percent_decode_str;
+use serde_json::Value;
+
+/// A request as the fake received it.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    /// HTTP method.
+    pub method: Method,
+    /// Path and query exactly as received (still percent-encoded).
+    pub path_and_query: String,
+    /// Request headers.
+    pub headers: HeaderMap,
+    /// Request body.
+    pub body: Bytes,
+    /// `Some(set)` when this was a GET of a defined entity set's collection,
+    /// i.e. a request that counts for faults and hooks.
+    pub collection_set: Option<String>,
+}
+
+impl RecordedRequest {
+    /// The path, without query.
+    pub fn path(&self) -> &str {
+        self.path_and_query
+            .split_once('?')
+            .map_or(self.path_and_query.as_str(), |(p, _)| p)
+    }
+
+    /// The raw query string (empty when absent).
+    pub fn query(&self) -> &str {
+        self.path_and_query.split_once('?').map_or("", |(_, q)| q)
+    }
+
+    /// Query options, percent-decoded (lossily), `+` kept as a plus.
+    pub fn query_pairs(&self) -> Vec<(String, String)> {
+        let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
+        self.query()
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (n, v) = p.split_once('=').unwrap_or((p, ""));
+                (decode(n), decode(v))
+            })
+            .collect()
+    }
+
+    /// The decoded value of one query option.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query_pairs()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+    }
+
+    /// A header value, if present and valid text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body parsed as JSON, if it is JSON.
+    pub fn body_json(&self) -> Option<Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+/// What a hook learns about the collection request that triggered it.
+pub struct PageRequest<'a> {
+    /// The fake, to mutate data (insert/update/delete) mid-enumeration.
+    pub upstream: &'a Upstream,
+    /// The request.
+    pub request: &'a RecordedRequest,
+    /// The entity set requested.
+    pub set: &'a str,
+    /// 0-based index of this GET collection request since the hook was set.
+    pub index: usize,
+}
+
+/// Signature of a hook run on each GET collection request before answering.
+pub type Hook = dyn Fn(&PageRequest<'_>) + Send + Sync;

@@ -1,0 +1,382 @@
+//! The fake upstream's public face: starting it, seeding data, turning knobs,
+//! injecting faults and inspecting the requests it received.
+
+use super::knobs::{CountMode, Fault, Knobs, LinkStyle};
+use super::model::{EntitySetDef, SetStore, etag, find_set, find_set_mut};
+use super::request::{Hook, PageRequest, RecordedRequest};
+use super::server;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// A fault waiting for its request.
+pub(crate) struct PendingFault {
+    /// The fault.
+    pub fault: Fault,
+    /// Collection-request counter when pushed.
+    pub pushed_at: usize,
+}
+
+/// A hook and the collection-request counter when it was installed.
+pub(crate) struct InstalledHook {
+    /// The hook.
+    pub hook: Arc<Hook>,
+    /// Collection-request counter when installed; indexes are relative to it.
+    pub installed_at: usize,
+}
+
+/// Everything mutable; guarded by one mutex that is never held across an await.
+#[derive(Default)]
+pub(crate) struct State {
+    /// Entity sets in definition order (the service document's order).
+    pub sets: Vec<SetStore>,
+    /// Current settings.
+    pub knobs: Knobs,
+    /// `$metadata` override.
+    pub metadata: Option<String>,
+    /// Faults not yet fired.
+    pub faults: Vec<PendingFault>,
+    /// GET collection requests received so far.
+    pub collection_counter: usize,
+    /// The hook, if set.
+    pub hook: Option<InstalledHook>,
+    /// Every request received.
+    pub requests: Vec<RecordedRequest>,
+    /// Bumped per rendered response; seeds the property rotation.
+    pub responses: usize,
+}
+
+/// Immutable addressing plus the state.
+pub(crate) struct Shared {
+    /// `http://127.0.0.1:PORT`.
+    pub origin: String,
+    /// Service root path without trailing slash; empty for `/`.
+    pub root: String,
+    /// Data, knobs and records.
+    pub state: Mutex<State>,
+}
+
+/// Cloneable handle to the fake's data and knobs. Obtained by dereferencing
+/// a [`FakeUpstream`] or via [`FakeUpstream::handle`]; it does not keep the
+/// server alive.
+#[derive(Clone)]
+pub struct Upstream {
+    /// Shared with the server task.
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// A running fake OData V4 service on 127.0.0.1; stops when dropped.
+pub struct FakeUpstream {
+    upstream: Upstream,
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl FakeUpstream {
+    /// Starts a fake serving `/odata/v4/shop`.
+    pub async fn start() -> FakeUpstream {
+        FakeUpstream::start_at("/odata/v4/shop").await
+    }
+
+    /// Starts a fake serving the given service root path (`/` allowed).
+    pub async fn start_at(root: &str) -> FakeUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake upstream on 127.0.0.1:0");
+        let addr = listener
+            .local_addr()
+            .expect("local address of fake upstream");
+        let trimmed = root.trim_matches('/');
+        let root = if trimmed.is_empty() {
+            String::new()
+        } else {
+            format!("/{trimmed}")
+        };
+        let upstream = Upstream {
+            shared: Arc::new(Shared {
+                origin: format!("http://{addr}"),
+                root,
+                state: Mutex::new(State::default()),
+            }),
+        };
+        let task = tokio::spawn(server::serve(listener, upstream.clone()));
+        FakeUpstream {
+            upstream,
+            addr,
+            task,
+        }
+    }
+
+    /// The socket address the fake listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A handle usable after moving it into closures or other tasks.
+    pub fn handle(&self) -> Upstream {
+        self.upstream.clone()
+    }
+}
+
+/// Lets tests call data and knob methods directly on the server value.
+impl Deref for FakeUpstream {
+    type Target = Upstream;
+
+    fn deref(&self) -> &Upstream {
+        &self.upstream
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        // Aborting the accept loop drops its JoinSet, which aborts every
+        // connection task, so no test leaks a server into the next.
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    /// Locks the state; a hook that panicked must not wedge later tests, so
+    /// a poisoned lock is taken over as is.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `http://127.0.0.1:PORT/odata/v4/shop` (no trailing slash).
+    pub fn base_url(&self) -> String {
+        format!("{}{}", self.shared.origin, self.shared.root)
+    }
+
+    /// `base_url() + "/" + rel`, e.g. `url("Customers?$top=1")`.
+    pub fn url(&self, rel: &str) -> String {
+        format!("{}/{}", self.base_url(), rel.trim_start_matches('/'))
+    }
+
+    /// The service root path, e.g. `/odata/v4/shop` (empty for `/`).
+    pub fn root(&self) -> String {
+        self.shared.root.clone()
+    }
+
+    /// Defines (or redefines, dropping its rows) an entity set.
+    pub fn define_set(&self, def: EntitySetDef) {
+        let mut st = self.lock();
+        st.sets.retain(|s| s.def.name != def.name);
+        st.sets.push(SetStore::new(def));
+    }
+
+    /// Inserts a row. Panics if the set is unknown, the row is not an
+    /// object, lacks a key or duplicates one: these are test bugs.
+    pub fn insert(&self, set: &str, row: Value) {
+        let mut st = self.lock();
+        let store = find_set_mut(&mut st.sets, set)
+            .unwrap_or_else(|| panic!("insert: entity set {set} is not defined"));
+        if let Err(e) = store.insert(row) {
+            panic!("insert into {set}: {e}");
+        }
+    }
+
+    /// Inserts several rows, see [`Upstream::insert`].
+    pub fn insert_many(&self, set: &str, rows: impl IntoIterator<Item = Value>) {
+        for row in rows {
+            self.insert(set, row);
+        }
+    }
+
+    /// Merges `patch` into the row with `key` (a scalar for single keys or
+    /// an object naming every key property). Returns whether it existed.
+    pub fn update(&self, set: &str, key: Value, patch: Value) -> bool {
+        let mut st = self.lock();
+        let Some(store) = find_set_mut(&mut st.sets, set) else {
+            return false;
+        };
+        let (Some(index), Value::Object(patch)) = (store.find_json(&key), patch) else {
+            return false;
+        };
+        store.merge(index, &patch);
+        true
+    }
+
+    /// Deletes the row with `key`; returns whether it existed.
+    pub fn delete(&self, set: &str, key: Value) -> bool {
+        let mut st = self.lock();
+        let Some(store) = find_set_mut(&mut st.sets, set) else {
+            return false;
+        };
+        match store.find_json(&key) {
+            Some(index) => {
+                store.rows.remove(index);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// All rows of a set in key order (empty if the set is unknown).
+    pub fn rows(&self, set: &str) -> Vec<Value> {
+        let st = self.lock();
+        find_set(&st.sets, set).map_or_else(Vec::new, |s| {
+            s.rows.iter().cloned().map(Value::Object).collect()
+        })
+    }
+
+    /// The row with `key`, if any.
+    pub fn row(&self, set: &str, key: Value) -> Option<Value> {
+        let st = self.lock();
+        let store = find_set(&st.sets, set)?;
+        let index = store.find_json(&key)?;
+        store.rows.get(index).cloned().map(Value::Object)
+    }
+
+    /// The ETag the fake currently reports for the row with `key`.
+    pub fn etag(&self, set: &str, key: Value) -> Option<String> {
+        let st = self.lock();
+        let store = find_set(&st.sets, set)?;
+        store.rows.get(store.find_json(&key)?).map(etag)
+    }
+
+    /// Removes all rows of a set.
+    pub fn clear(&self, set: &str) {
+        if let Some(store) = find_set_mut(&mut self.lock().sets, set) {
+            store.rows.clear();
+        }
+    }
+
+    /// Serves `xml` as `$metadata` instead of the generated document.
+    pub fn set_metadata(&self, xml: String) {
+        self.lock().metadata = Some(xml);
+    }
+
+    /// Goes back to the generated `$metadata`.
+    pub fn reset_metadata(&self) {
+        self.lock().metadata = None;
+    }
+
+    /// Namespace of the generated schema (default `ShopService`).
+    pub fn set_namespace(&self, namespace: &str) {
+        self.lock().knobs.namespace = namespace.to_string();
+    }
+
+    /// Server-driven page size; `None` (or 0) disables paging. Default 50.
+    pub fn set_page_size(&self, size: Option<usize>) {
+        self.lock().knobs.page_size = size;
+    }
+
+    /// Style of nextLink and context URLs. Default [`LinkStyle::Relative`].
+    pub fn set_link_style(&self, style: LinkStyle) {
+        self.lock().knobs.link_style = style;
+    }
+
+    /// Emit entity properties in a different order in every response.
+    pub fn set_reorder_properties(&self, on: bool) {
+        self.lock().knobs.reorder = on;
+    }
+
+    /// Pretty-print JSON responses.
+    pub fn set_pretty(&self, on: bool) {
+        self.lock().knobs.pretty = on;
+    }
+
+    /// When `@odata.count` is emitted. Default [`CountMode::EveryPage`].
+    pub fn set_count_mode(&self, mode: CountMode) {
+        self.lock().knobs.count_mode = mode;
+    }
+
+    /// Silently end every collection after `n` entities (no nextLink),
+    /// while `@odata.count` keeps reporting the real total.
+    pub fn set_truncate_after(&self, n: Option<usize>) {
+        self.lock().knobs.truncate_after = n;
+    }
+
+    /// `OData-Version` response header value; `None` omits the header.
+    pub fn set_odata_version(&self, version: Option<&str>) {
+        self.lock().knobs.odata_version = version.map(str::to_string);
+    }
+
+    /// Emit `@odata.etag` (and `ETag` on single entities); enforce `If-Match`.
+    pub fn set_etags(&self, on: bool) {
+        self.lock().knobs.etags = on;
+    }
+
+    /// Answer 400 to any `$filter` that uses `in`.
+    pub fn set_reject_in(&self, on: bool) {
+        self.lock().knobs.reject_in = on;
+    }
+
+    /// Answer 400 to any `$filter` that uses `or`.
+    pub fn set_reject_or(&self, on: bool) {
+        self.lock().knobs.reject_or = on;
+    }
+
+    /// Queues a fault; see [`Fault`] for how requests are counted.
+    pub fn push_fault(&self, fault: Fault) {
+        let mut st = self.lock();
+        let pushed_at = st.collection_counter;
+        st.faults.push(PendingFault { fault, pushed_at });
+    }
+
+    /// Faults not yet fired.
+    pub fn pending_faults(&self) -> usize {
+        self.lock().faults.len()
+    }
+
+    /// Drops all queued faults.
+    pub fn clear_faults(&self) {
+        self.lock().faults.clear();
+    }
+
+    /// Runs `hook` on every GET collection request, before it is answered.
+    /// The hook runs without the state lock, so it may call any method of
+    /// `PageRequest::upstream`. A panic inside it only kills that
+    /// connection (the client sees a transport error), so record what you
+    /// want to check and assert in the test body instead.
+    pub fn set_hook<F>(&self, hook: F)
+    where
+        F: Fn(&PageRequest<'_>) + Send + Sync + 'static,
+    {
+        let mut st = self.lock();
+        let installed_at = st.collection_counter;
+        st.hook = Some(InstalledHook {
+            hook: Arc::new(hook),
+            installed_at,
+        });
+    }
+
+    /// Removes the hook.
+    pub fn clear_hook(&self) {
+        self.lock().hook = None;
+    }
+
+    /// Every request received, oldest first.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.lock().requests.clone()
+    }
+
+    /// Forgets recorded requests (fault and hook counting is unaffected).
+    pub fn clear_requests(&self) {
+        self.lock().requests.clear();
+    }
+
+    /// Recorded GET collection requests for `set`.
+    pub fn collection_requests(&self, set: &str) -> usize {
+        self.lock()
+            .requests
+            .iter()
+            .filter(|r| r.collection_set.as_deref() == Some(set))
+            .count()
+    }
+
+    /// A URL for `rel` (relative to the service root) in the given style.
+    pub(crate) fn link(&self, style: LinkStyle, rel: &str) -> String {
+        match style {
+            LinkStyle::Relative => rel.to_string(),
+            LinkStyle::RootRelative => format!("{}/{rel}", self.shared.root),
+            LinkStyle::Absolute => format!("{}/{rel}", self.base_url()),
+        }
+    }
+}
