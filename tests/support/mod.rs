@@ -11,6 +11,7 @@ mod collection;
 mod csdl;
 mod entity;
 mod filter;
+pub mod gateway;
 mod handler;
 mod knobs;
 mod model;

@@ -1,0 +1,418 @@
+//! The real gateway under test: in-process on 127.0.0.1:0 (`Gateway`), or as the real binary in a
+//! child process that can be killed with SIGKILL and restarted on the same data dir
+//! (`GatewayProcess`). Plus a small HTTP client and a sync-client replica that applies deltas.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use odata_delta_gateway::config::{Config, Flags};
+use odata_delta_gateway::{Running, Shared};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// The gateway running in this process.
+pub struct Gateway {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its store directory (kept alive as long as the gateway).
+    pub dir: tempfile::TempDir,
+    running: Option<Running>,
+}
+
+impl Gateway {
+    /// Start a gateway for `upstream` with default settings.
+    pub async fn start(upstream: &str) -> Gateway {
+        Self::start_with(upstream, None, |_| {}).await
+    }
+
+    /// Start with an optional gateway.toml text and a hook to adjust the flags.
+    pub async fn start_with(
+        upstream: &str,
+        toml: Option<&str>,
+        adjust: impl FnOnce(&mut Flags),
+    ) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(dir, upstream, toml, adjust).await
+    }
+
+    /// Start on an existing data dir.
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        upstream: &str,
+        toml: Option<&str>,
+        adjust: impl FnOnce(&mut Flags),
+    ) -> Gateway {
+        let mut flags = Flags {
+            upstream: (!upstream.is_empty()).then(|| upstream.to_owned()),
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            data_dir: Some(dir.path().to_owned()),
+            ..Flags::default()
+        };
+        adjust(&mut flags);
+        let config = match toml {
+            None => Config::from_parts(&flags, None),
+            Some(text) => Config::from_parts(&flags, Some((Path::new("gateway.toml"), text))),
+        }
+        .expect("valid test config");
+        let shared = Shared::new(config).expect("store opens");
+        let running = odata_delta_gateway::start(Arc::new(shared), CancellationToken::new())
+            .await
+            .expect("gateway listens");
+        Gateway {
+            addr: running.addr,
+            dir,
+            running: Some(running),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT` + path.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Stop gracefully and hand back the data dir (for restart tests).
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+        self.dir
+    }
+}
+
+/// The real binary in a child process.
+pub struct GatewayProcess {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    child: std::process::Child,
+}
+
+impl GatewayProcess {
+    /// Start `odata-delta-gateway --upstream U --data-dir D --listen 127.0.0.1:0 [extra…]` and wait
+    /// until it listens.
+    pub fn spawn(upstream: &str, data_dir: &Path, extra: &[&str]) -> GatewayProcess {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_odata-delta-gateway"))
+            .args([
+                "--upstream",
+                upstream,
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("gateway binary starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(rest) = line.split("addr=").nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                        let _ = tx.send(addr);
+                        sent = true;
+                    }
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("gateway prints its address")
+            .parse()
+            .expect("a socket address");
+        GatewayProcess { addr, child }
+    }
+
+    /// `http://127.0.0.1:PORT` + path.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response read whole.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Resp {
+    /// The body as JSON (panics with the body text if it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A plain HTTP client.
+#[derive(Clone)]
+pub struct Client {
+    inner: HyperClient<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Client {
+            inner: HyperClient::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+}
+
+impl Client {
+    /// GET with headers.
+    pub async fn get(&self, url: &str, headers: &[(&str, &str)]) -> Resp {
+        self.send(Method::GET, url, headers, Bytes::new()).await
+    }
+
+    /// Any request.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Resp {
+        let mut builder = Request::builder().method(method).uri(url);
+        for (n, v) in headers {
+            builder = builder.header(*n, *v);
+        }
+        let request = builder.body(Full::new(body.into())).expect("valid request");
+        let response = tokio::time::timeout(Duration::from_secs(60), self.inner.request(request))
+            .await
+            .expect("gateway answers within 60 s")
+            .expect("request succeeds at the transport level");
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("body reads").to_bytes();
+        Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+}
+
+/// Which payload shape a replica asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// OData 4.0 (`$deletedEntity`).
+    V40,
+    /// OData 4.01 (`@removed`).
+    V401,
+}
+
+/// A sync client keeping a replica of one collection: read once with track-changes, then apply
+/// every delta — upsert changed entities, drop removed ones — as a real sync client would.
+pub struct Replica {
+    /// Entity-id → entity (control information removed).
+    pub rows: BTreeMap<String, Value>,
+    /// The delta link to follow next.
+    pub delta_link: Option<String>,
+    /// Entity set name, for entity-ids.
+    pub set: String,
+    /// Key property names.
+    pub key: Vec<String>,
+    /// Payload shape.
+    pub shape: Shape,
+    /// Page size to ask for.
+    pub page_size: Option<u32>,
+    /// Pages read so far.
+    pub pages: usize,
+}
+
+impl Replica {
+    /// A replica of `set` keyed by `key`.
+    pub fn new(set: &str, key: &[&str], shape: Shape) -> Self {
+        Replica {
+            rows: BTreeMap::new(),
+            delta_link: None,
+            set: set.into(),
+            key: key.iter().map(|k| k.to_string()).collect(),
+            shape,
+            page_size: None,
+            pages: 0,
+        }
+    }
+
+    /// The entity-id of an entity, as the gateway writes it (ints bare, strings quoted).
+    pub fn entity_id(&self, entity: &Value) -> String {
+        let literal = |v: &Value| match v {
+            Value::String(s) => format!("'{}'", s.replace('\'', "''")),
+            other => other.to_string(),
+        };
+        if self.key.len() == 1 {
+            format!("{}({})", self.set, literal(&entity[&self.key[0]]))
+        } else {
+            let parts: Vec<String> = self
+                .key
+                .iter()
+                .map(|k| format!("{k}={}", literal(&entity[k])))
+                .collect();
+            format!("{}({})", self.set, parts.join(","))
+        }
+    }
+
+    fn headers(&self) -> Vec<(String, String)> {
+        let mut h = Vec::new();
+        let mut prefer = vec!["odata.track-changes".to_owned()];
+        if let Some(n) = self.page_size {
+            prefer.push(format!("odata.maxpagesize={n}"));
+        }
+        h.push(("Prefer".to_owned(), prefer.join(", ")));
+        if self.shape == Shape::V401 {
+            h.push(("OData-MaxVersion".to_owned(), "4.01".to_owned()));
+        }
+        h
+    }
+
+    /// The initial tracked read of `url`. Returns the status of the first failing page, if any.
+    pub async fn initial(&mut self, client: &Client, url: &str) -> Result<(), Resp> {
+        self.rows.clear();
+        self.follow(client, url.to_owned(), false).await
+    }
+
+    /// Follow the delta link once (all its pages).
+    pub async fn sync(&mut self, client: &Client) -> Result<(), Resp> {
+        let link = self.delta_link.clone().expect("a delta link to follow");
+        self.follow(client, link, true).await
+    }
+
+    async fn follow(&mut self, client: &Client, mut url: String, delta: bool) -> Result<(), Resp> {
+        let (context, next, delta_name, removed_ctx) = match self.shape {
+            Shape::V40 => (
+                "@odata.context",
+                "@odata.nextLink",
+                "@odata.deltaLink",
+                true,
+            ),
+            Shape::V401 => ("@context", "@nextLink", "@deltaLink", false),
+        };
+        loop {
+            let headers = self.headers();
+            let refs: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(a, b)| (a.as_str(), b.as_str()))
+                .collect();
+            let resp = client.get(&url, &refs).await;
+            if resp.status != StatusCode::OK {
+                return Err(resp);
+            }
+            self.pages += 1;
+            let page = resp.json();
+            let ctx = page[context]
+                .as_str()
+                .unwrap_or_else(|| panic!("page without {context}: {page}"));
+            assert_eq!(ctx.ends_with("/$delta"), delta, "context URL {ctx}");
+            for item in page["value"].as_array().expect("value array") {
+                let removed = if removed_ctx {
+                    item.get("@odata.context")
+                        .and_then(Value::as_str)
+                        .is_some_and(|c| c.ends_with("/$deletedEntity"))
+                } else {
+                    item.get("@removed").is_some()
+                };
+                if removed {
+                    assert!(delta, "tombstone in an initial response: {item}");
+                    let id = if removed_ctx {
+                        &item["id"]
+                    } else {
+                        &item["@id"]
+                    };
+                    let id = id.as_str().expect("tombstone id").to_owned();
+                    let reason = if removed_ctx {
+                        &item["reason"]
+                    } else {
+                        &item["@removed"]["reason"]
+                    };
+                    assert!(
+                        matches!(reason.as_str(), Some("deleted" | "changed")),
+                        "reason in {item}"
+                    );
+                    self.rows.remove(&id);
+                } else {
+                    let mut entity = item.clone();
+                    if let Some(obj) = entity.as_object_mut() {
+                        obj.retain(|k, _| {
+                            !k.starts_with('@') && !k.contains("@odata.") && !k.contains("@")
+                        });
+                    }
+                    let id = self.entity_id(&entity);
+                    self.rows.insert(id, entity);
+                }
+            }
+            match (
+                page.get(next).and_then(Value::as_str),
+                page.get(delta_name).and_then(Value::as_str),
+            ) {
+                (Some(n), None) => url = n.to_owned(),
+                (None, Some(d)) => {
+                    self.delta_link = Some(d.to_owned());
+                    return Ok(());
+                }
+                other => {
+                    panic!("a page needs exactly one of next and delta link: {other:?} in {page}")
+                }
+            }
+        }
+    }
+
+    /// What the upstream holds, in the replica's form, for comparison.
+    pub fn expected(
+        &self,
+        upstream_rows: &[Value],
+        keep: impl Fn(&Value) -> bool,
+    ) -> BTreeMap<String, Value> {
+        upstream_rows
+            .iter()
+            .filter(|r| keep(r))
+            .map(|r| (self.entity_id(r), r.clone()))
+            .collect()
+    }
+}
+
+/// A directory that outlives one gateway, for restart tests.
+pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().to_owned();
+    (dir, path)
+}
