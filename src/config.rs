@@ -572,7 +572,10 @@ impl Config {
                     v.trim_end_matches('/').to_owned()
                 }
             };
-            if routes.iter().any(|x: &RouteConfig| x.prefix == prefix) {
+            let duplicate = routes.iter().position(|x: &RouteConfig| x.prefix == prefix);
+            if let Some(i) = duplicate
+                && routes[i].origin != "--upstream"
+            {
                 return Err(source.at(
                     spanned,
                     format!("another route already uses the prefix '{prefix}'"),
@@ -605,12 +608,21 @@ impl Config {
                     },
                 );
             }
-            routes.push(RouteConfig {
-                prefix,
-                upstream: url,
-                sets,
-                origin: format!("{}:{}", source.name, source.line_of(spanned)),
-            });
+            let origin = format!("{}:{}", source.name, source.line_of(spanned));
+            match duplicate {
+                // The flag (or its environment variable) names the upstream of this route; the file
+                // adds its per-set settings.
+                Some(i) => {
+                    routes[i].sets = sets;
+                    routes[i].origin = origin;
+                }
+                None => routes.push(RouteConfig {
+                    prefix,
+                    upstream: url,
+                    sets,
+                    origin,
+                }),
+            }
         }
         if routes.is_empty() {
             return Err(ConfigError::Flag(
@@ -723,6 +735,19 @@ mod tests {
             vec!["modifiedAt".to_owned()]
         );
         assert_eq!(c.token_ttl, Duration::from_secs(30 * 86_400));
+    }
+
+    #[test]
+    fn the_upstream_flag_overrides_the_file_route_with_the_same_prefix() {
+        let flags = Flags {
+            upstream: Some("http://flag:1/svc".into()),
+            ..Flags::default()
+        };
+        let text = "[[route]]\nupstream = \"http://file:2/svc\"\n[route.sets.C]\nkey = [\"K\"]\n";
+        let c = Config::from_parts(&flags, Some((Path::new("g.toml"), text))).unwrap();
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.routes[0].upstream.as_str(), "http://flag:1/svc");
+        assert_eq!(c.routes[0].sets["C"].key, Some(vec!["K".to_owned()]));
     }
 
     #[test]

@@ -426,11 +426,13 @@ impl Store {
         Ok(stats)
     }
 
-    /// Up to `limit` live entities of a feed in key-hash order, after `after`.
+    /// Up to `limit` live entities of a feed in key-hash order, after `after`, passing over the
+    /// first `skip` of them (a client's `$skip`).
     pub fn live_page(
         &self,
         feed: FeedId,
         after: Option<KeyHash>,
+        mut skip: u64,
         limit: usize,
     ) -> Result<Vec<(KeyHash, EntityRow)>, StoreError> {
         let tx = self.db.begin_read()?;
@@ -446,11 +448,15 @@ impl Store {
             if Some(key) == after {
                 continue;
             }
-            let row = EntityRow::decode(v.value())?;
-            if row.removed.is_some() {
+            // The removed flag sits at a fixed offset; skipped rows need no decoding.
+            if v.value().get(25).is_some_and(|flag| *flag != 0) {
                 continue;
             }
-            out.push((key, row));
+            if skip > 0 {
+                skip -= 1;
+                continue;
+            }
+            out.push((key, EntityRow::decode(v.value())?));
             if out.len() >= limit {
                 break;
             }

@@ -261,6 +261,7 @@ async fn initial(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<B
     let cursor = Cursor::Initial {
         at: fresh.version,
         after: KeyHash([0; 16]),
+        remaining: req.query.top.unwrap_or(u64::MAX),
     };
     live_page(
         shared,
@@ -447,22 +448,38 @@ async fn live_page(
     first: bool,
     fresh: Option<Fresh>,
 ) -> Result<Response<Body>, Error> {
-    let Cursor::Initial { at, after } = cursor else {
+    let Cursor::Initial {
+        at,
+        after,
+        remaining,
+    } = cursor
+    else {
         return Err(Error::Internal("live_page needs an initial cursor".into()));
     };
     let store = shared.store.clone();
     let after = (!first).then_some(after);
-    let limit = page_size as usize + 1;
+    // `$skip` applies once, to the first page; `$top` is a budget carried from page to page (C8).
+    let skip = if first {
+        req.query.skip.unwrap_or(0)
+    } else {
+        0
+    };
+    let take = (page_size as u64).min(remaining) as usize;
+    let limit = take + 1;
     let mut rows =
-        tokio::task::spawn_blocking(move || store.live_page(feed, after, limit)).await??;
-    let more = rows.len() > page_size as usize;
-    rows.truncate(page_size as usize);
+        tokio::task::spawn_blocking(move || store.live_page(feed, after, skip, limit)).await??;
+    let more = rows.len() > take && remaining > take as u64;
+    rows.truncate(take);
     let end = match rows.last() {
         Some((last, _)) if more => PageEnd::Next(req.next_link(
             shared,
             feed,
             issued_at,
-            Cursor::Initial { at, after: *last },
+            Cursor::Initial {
+                at,
+                after: *last,
+                remaining: remaining.saturating_sub(take as u64),
+            },
             page_size,
             count.is_some(),
         )),

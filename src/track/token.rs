@@ -42,6 +42,8 @@ pub enum Cursor {
         at: Version,
         /// Last key served.
         after: KeyHash,
+        /// What is left of a client's `$top`; `u64::MAX` when there is none.
+        remaining: u64,
     },
     /// A page of a delta: changes in (`since`, `upto`], after (`version`, `key`).
     Delta {
@@ -123,9 +125,14 @@ impl Token {
                 payload.extend_from_slice(&page_size.to_be_bytes());
                 payload.push(u8::from(count));
                 match cursor {
-                    Cursor::Initial { at, after } => {
+                    Cursor::Initial {
+                        at,
+                        after,
+                        remaining,
+                    } => {
                         payload.extend_from_slice(&at.0.to_be_bytes());
                         payload.extend_from_slice(&after.0);
+                        payload.extend_from_slice(&remaining.to_be_bytes());
                     }
                     Cursor::Delta { since, upto, after } => {
                         payload.extend_from_slice(&since.0.to_be_bytes());
@@ -155,7 +162,7 @@ impl Token {
         let (payload, tag_bytes) = bytes.split_at(bytes.len() - TAG_LEN);
         let expected_len = match payload[1] {
             1 => 26 + 8,
-            2 => 26 + 5 + 8 + 16,
+            2 => 26 + 5 + 8 + 16 + 8,
             3 => 26 + 5 + 8 + 8 + 8 + 16,
             _ => return Err(TokenError::Malformed),
         };
@@ -181,6 +188,7 @@ impl Token {
                     Cursor::Initial {
                         at: Version(r.u64()),
                         after: KeyHash(r.array()),
+                        remaining: r.u64(),
                     }
                 } else {
                     Cursor::Delta {
@@ -254,6 +262,7 @@ mod tests {
                     cursor: Cursor::Initial {
                         at: Version(3),
                         after: KeyHash([9; 16]),
+                        remaining: 7,
                     },
                     page_size: 100,
                     count: true,

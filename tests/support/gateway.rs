@@ -79,6 +79,11 @@ impl Gateway {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The admin listener's address, when one was configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.running.as_ref().and_then(|r| r.admin_addr)
+    }
+
     /// Stop gracefully and hand back the data dir (for restart tests).
     pub async fn stop(mut self) -> tempfile::TempDir {
         if let Some(r) = self.running.take() {
