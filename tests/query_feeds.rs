@@ -297,7 +297,7 @@ async fn etags_pass_through_and_metadata_none_on_a_delta_gets_minimal_c19_c20() 
     );
     // 4.01 writes it unprefixed.
     let r = client
-        .get(&format!("{link}"), &[("OData-MaxVersion", "4.01")])
+        .get(&link, &[("OData-MaxVersion", "4.01")])
         .await
         .json();
     assert!(r["value"][0]["@etag"].is_string(), "{r}");
