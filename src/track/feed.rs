@@ -92,8 +92,6 @@ pub struct IndexEntry {
 /// The result of the last refresh of a feed, shared with requests that arrived while it ran.
 #[derive(Clone, Debug)]
 pub struct LastRefresh {
-    /// When it started.
-    pub started: Instant,
     /// When it ended.
     pub finished: Instant,
     /// Wall-clock end, for the freshness header.

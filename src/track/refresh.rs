@@ -109,14 +109,16 @@ pub fn forwarded_headers(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// Bring a feed up to date, sharing a refresh with concurrent requests: a refresh that started after
-/// this request arrived, or a successful one younger than `min_refresh_interval`, is reused.
+/// Bring a feed up to date, sharing a refresh with concurrent requests: a refresh that was still
+/// running when this request arrived, or a successful one younger than `min_refresh_interval`, is
+/// reused. Its result is as of its enumeration, which is all a delta promises (C28).
 pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<Fresh, Error> {
     let arrived = Instant::now();
     let slot = shared.feeds.slot(input.feed);
     let mut guard = slot.lock_owned().await;
     if let Some(last) = &guard.last {
-        let shared_run = last.started >= arrived;
+        // A refresh that was running when this request arrived (or started after it) is shared.
+        let shared_run = last.finished >= arrived;
         let recent =
             last.outcome.is_ok() && last.finished.elapsed() < shared.config.min_refresh_interval;
         if shared_run || recent {
@@ -156,7 +158,6 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
             }
         }
         guard.last = Some(LastRefresh {
-            started,
             finished: Instant::now(),
             finished_at,
             outcome: outcome.clone(),
@@ -188,6 +189,12 @@ struct Pass<'a> {
     /// 429/503 retries left for the whole refresh.
     retries_left: u32,
     pages: u64,
+    /// Entities received from the upstream, duplicates included.
+    delivered: u64,
+    /// Distinct keys seen by this refresh.
+    distinct: u64,
+    /// The latest `@odata.count` the upstream reported, if it reports one.
+    reported: Option<u64>,
 }
 
 async fn run(
@@ -218,6 +225,9 @@ async fn run(
         hasher: Hasher::default(),
         retries_left: shared.config.upstream.max_retries,
         pages: 0,
+        delivered: 0,
+        distinct: 0,
+        reported: None,
     };
     let Some(index) = slot.index.as_mut() else {
         return Err(Error::Internal("the feed index was not loaded".into()));
@@ -349,8 +359,19 @@ impl Pass<'_> {
 
     /// Read every page of the feed's upstream collection.
     async fn enumerate(&mut self, index: &mut HashMap<KeyHash, IndexEntry>) -> Result<(), Error> {
-        let pairs = self.input.def.query.enumeration(&self.key_names());
-        let mut url = self.collection_url(&pairs);
+        let mut pairs = self.input.def.query.enumeration(&self.key_names());
+        pairs.push(("$count".into(), "true".into()));
+        self.read_collection(&pairs, index).await?;
+        self.check_complete(&pairs, index).await
+    }
+
+    /// Read a collection query and every page after it.
+    async fn read_collection(
+        &mut self,
+        pairs: &[(String, String)],
+        index: &mut HashMap<KeyHash, IndexEntry>,
+    ) -> Result<(), Error> {
+        let mut url = self.collection_url(pairs);
         loop {
             let body = self.get(&url, true).await?;
             let next = self.read_page(&body, index, None)?;
@@ -359,6 +380,64 @@ impl Pass<'_> {
                 Some(link) => url = crate::upstream::resolve_link(&self.input.service_root, &link)?,
             }
         }
+    }
+
+    /// Cross-check the enumeration with the upstream's `@odata.count`. An upstream that stops early
+    /// without a nextLink (silent truncation) is read on with `$skip`/`$top`; if entities are still
+    /// missing beyond what concurrent writes explain, the refresh fails rather than miss changes.
+    async fn check_complete(
+        &mut self,
+        pairs: &[(String, String)],
+        index: &mut HashMap<KeyHash, IndexEntry>,
+    ) -> Result<(), Error> {
+        let Some(reported) = self.reported else {
+            return Ok(());
+        };
+        if self.distinct >= reported {
+            return Ok(());
+        }
+        tracing::warn!(
+            set = %self.set_name(),
+            reported,
+            delivered = self.distinct,
+            "the upstream delivered fewer entities than it counted; reading on with $skip"
+        );
+        let step = u64::from(self.shared.config.upstream.page_size);
+        let mut offset = self.delivered;
+        let rounds = (reported - self.distinct) / step + 3;
+        for _ in 0..rounds {
+            let (distinct, delivered) = (self.distinct, self.delivered);
+            let mut more: Vec<(String, String)> = pairs
+                .iter()
+                .filter(|(n, _)| n != "$count")
+                .cloned()
+                .collect();
+            more.push(("$skip".into(), offset.to_string()));
+            more.push(("$top".into(), step.to_string()));
+            self.read_collection(&more, index).await?;
+            if self.delivered == delivered || self.distinct == distinct {
+                break;
+            }
+            offset += self.delivered - delivered;
+        }
+        let shortfall = reported.saturating_sub(self.distinct);
+        if shortfall == 0 {
+            return Ok(());
+        }
+        // Rows inserted while offset paging ran can be passed over once; a few are tolerated (the
+        // next refresh sees them), a real truncation is not.
+        if shortfall * 100 > reported {
+            return Err(Error::upstream(
+                UpstreamFailure::BadAnswer,
+                format!(
+                    "the upstream counted {reported} entities of {} but delivered {}; nothing was committed",
+                    self.set_name(),
+                    self.distinct
+                ),
+            ));
+        }
+        tracing::warn!(set = %self.set_name(), reported, delivered = self.distinct, "a few counted entities were not delivered; the next refresh will look again");
+        Ok(())
     }
 
     /// Parse one page, observe its entities, and return its nextLink. With `found`, the predicates of
@@ -380,6 +459,8 @@ impl Pass<'_> {
             )
         })?;
         self.pages += 1;
+        self.delivered += page.entities.len() as u64;
+        self.reported = page.count.or(self.reported);
         self.shared.metrics.upstream_pages.inc();
         for raw in &page.entities {
             let predicate = self.observe(raw.get().as_bytes(), index)?;
@@ -409,13 +490,17 @@ impl Pass<'_> {
                     ),
                 )
             })?;
-        let unchanged = match index.get_mut(&digest.key_hash) {
+        let (unchanged, first_sighting) = match index.get_mut(&digest.key_hash) {
             Some(entry) => {
+                let first = entry.seen != self.generation;
                 entry.seen = self.generation;
-                entry.content == digest.content
+                (entry.content == digest.content, first)
             }
-            None => false,
+            None => (false, !self.pending.contains_key(&digest.key_hash)),
         };
+        if first_sighting {
+            self.distinct += 1;
+        }
         if unchanged {
             self.pending.remove(&digest.key_hash);
         } else {
