@@ -75,9 +75,9 @@ async fn sigkill_at_random_points_during_refreshes_loses_no_token_and_no_change_
         // A large change: thousands of updates, some deletes and inserts.
         let rows = up.rows("Customers");
         for (i, row) in rows.iter().enumerate() {
-            if rng.next() % 4 == 0 {
+            if rng.next().is_multiple_of(4) {
                 let id = row["ID"].as_i64().unwrap();
-                if i % 97 == 0 {
+                if i.is_multiple_of(97) {
                     up.delete("Customers", json!(id));
                 } else {
                     up.update("Customers", json!(id), customer(id, round));
