@@ -67,6 +67,8 @@ pub struct Metrics {
     pub tombstones_purged: Counter,
     /// Requests being served right now.
     pub in_flight: Gauge,
+    /// Feeds deleted after being unused for longer than the token lifetime.
+    pub feeds_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -81,6 +83,7 @@ impl Default for Metrics {
             entities_changed: Counter::default(),
             tombstones_purged: Counter::default(),
             in_flight: Gauge::default(),
+            feeds_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Requests by kind", m.requests.clone());
@@ -118,6 +121,11 @@ impl Default for Metrics {
             "in_flight_requests",
             "Requests being served",
             m.in_flight.clone(),
+        );
+        registry.register(
+            "feeds_dropped",
+            "Feeds dropped after the token lifetime without use",
+            m.feeds_dropped.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -68,7 +68,9 @@ pub async fn start(app: App, shutdown: CancellationToken) -> std::io::Result<Run
         if let Some(admin) = admin {
             tokio::spawn(serve_admin(app.clone(), admin, token.clone()));
         }
+        let retention = tokio::spawn(crate::track::retention::run(app.clone(), token.clone()));
         serve(app, listener, token).await;
+        let _ = retention.await;
     });
     Ok(Running {
         addr,

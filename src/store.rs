@@ -77,6 +77,14 @@ pub struct FeedMeta {
     pub version: u64,
     /// Live (not removed) entities at `version`.
     pub live: u64,
+    /// When a token of the feed was last issued or used (unix ms); a feed unused for longer than
+    /// the token lifetime can have no valid token left and is dropped.
+    #[serde(default)]
+    pub last_used_ms: u64,
+    /// Set when the feed's entities were dropped for disuse. The definition stays, so an expired
+    /// token still gets a `Location` with its query (C25), and versions go on from where they were.
+    #[serde(default)]
+    pub dropped: bool,
 }
 
 /// The stored state of one entity of a feed.
@@ -419,11 +427,110 @@ impl Store {
                 purge_before_ms,
             )?;
             let mut feeds = tx.open_table(FEEDS)?;
-            let encoded = serde_json::to_vec(meta).map_err(StoreError::new)?;
+            let mut meta = meta.clone();
+            meta.last_used_ms = meta.last_used_ms.max(now_ms);
+            let encoded = serde_json::to_vec(&meta).map_err(StoreError::new)?;
             feeds.insert(&feed.0, encoded.as_slice())?;
         }
         tx.commit()?;
         Ok(stats)
+    }
+
+    /// Record when feeds were last used (one transaction for all of them).
+    pub fn touch(&self, used: &[(FeedId, u64)]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut feeds = tx.open_table(FEEDS)?;
+            for (feed, at_ms) in used {
+                let Some(mut meta) = feeds
+                    .get(&feed.0)?
+                    .map(|v| serde_json::from_slice::<FeedMeta>(v.value()))
+                    .transpose()
+                    .map_err(StoreError::new)?
+                else {
+                    continue;
+                };
+                if meta.last_used_ms < *at_ms {
+                    meta.last_used_ms = *at_ms;
+                    let encoded = serde_json::to_vec(&meta).map_err(StoreError::new)?;
+                    feeds.insert(&feed.0, encoded.as_slice())?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Feeds not used since `before_ms`.
+    pub fn idle_feeds(&self, before_ms: u64) -> Result<Vec<FeedId>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let feeds = tx.open_table(FEEDS)?;
+        let mut out = Vec::new();
+        for item in feeds.iter()? {
+            let (k, v) = item?;
+            let meta: FeedMeta = serde_json::from_slice(v.value()).map_err(StoreError::new)?;
+            if !meta.dropped && meta.last_used_ms < before_ms {
+                out.push(FeedId(*k.value()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Delete everything stored for a feed but its definition, if it is still unused since
+    /// `before_ms`. Returns whether it was dropped.
+    pub fn drop_feed(&self, feed: FeedId, before_ms: u64) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut feeds = tx.open_table(FEEDS)?;
+            let Some(mut meta) = feeds
+                .get(&feed.0)?
+                .map(|v| serde_json::from_slice::<FeedMeta>(v.value()))
+                .transpose()
+                .map_err(StoreError::new)?
+            else {
+                return Ok(false);
+            };
+            if meta.dropped || meta.last_used_ms >= before_ms {
+                return Ok(false);
+            }
+            meta.dropped = true;
+            meta.live = 0;
+            let encoded = serde_json::to_vec(&meta).map_err(StoreError::new)?;
+            feeds.insert(&feed.0, encoded.as_slice())?;
+            let mut entities = tx.open_table(ENTITIES)?;
+            let keys: Vec<[u8; 32]> = entities
+                .range::<&[u8; 32]>(
+                    &entity_key(feed, KeyHash([0; 16]))..=&entity_key(feed, KeyHash([0xff; 16])),
+                )?
+                .map(|item| item.map(|(k, _)| *k.value()))
+                .collect::<Result<_, _>>()?;
+            for k in &keys {
+                entities.remove(k)?;
+            }
+            let mut index = tx.open_table(CHANGES)?;
+            let keys: Vec<[u8; 40]> = index
+                .range::<&[u8; 40]>(
+                    &change_key(feed, Version(0), KeyHash([0; 16]))
+                        ..=&change_key(feed, Version(u64::MAX), KeyHash([0xff; 16])),
+                )?
+                .map(|item| item.map(|(k, _)| *k.value()))
+                .collect::<Result<_, _>>()?;
+            for k in &keys {
+                index.remove(k)?;
+            }
+            let mut versions = tx.open_table(VERSIONS)?;
+            let keys: Vec<[u8; 24]> = versions
+                .range::<&[u8; 24]>(
+                    &version_key(feed, Version(0))..=&version_key(feed, Version(u64::MAX)),
+                )?
+                .map(|item| item.map(|(k, _)| *k.value()))
+                .collect::<Result<_, _>>()?;
+            for k in &keys {
+                versions.remove(k)?;
+            }
+        }
+        tx.commit()?;
+        Ok(true)
     }
 
     /// Up to `limit` live entities of a feed in key-hash order, after `after`, passing over the

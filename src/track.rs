@@ -5,4 +5,5 @@ pub mod feed;
 pub mod hash;
 pub mod refresh;
 pub mod respond;
+pub mod retention;
 pub mod token;

@@ -96,7 +96,17 @@ async fn tombstones_older_than_the_ttl_are_purged_c25() {
     }
     let delta = client.get(&link, &[]).await.json();
     assert_eq!(delta["value"].as_array().unwrap().len(), 5);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Keep the feed in use (fresh tracked reads) while the tombstones age past the TTL.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        let r = client
+            .get(
+                &gw.url(&format!("{ROOT}/Customers")),
+                &[("Prefer", "odata.track-changes")],
+            )
+            .await;
+        assert_eq!(r.status, 200);
+    }
     // The next commit purges what is older than the TTL.
     up.insert("Customers", json!({"ID": 99, "city": "Rome"}));
     let fresh = client
@@ -117,4 +127,49 @@ async fn tombstones_older_than_the_ttl_are_purged_c25() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("metric missing: {metrics}"));
     assert_eq!(purged, 5.0, "{metrics}");
+}
+
+#[tokio::test]
+async fn feeds_unused_for_longer_than_the_ttl_are_dropped_and_their_links_answer_410() {
+    let up = shop().await;
+    let gw = Gateway::start_with(&up.base_url(), None, |f| {
+        f.token_ttl = Some("1s".into());
+        f.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let client = Client::default();
+    let r = client
+        .get(
+            &gw.url(&format!("{ROOT}/Customers")),
+            &[("Prefer", "odata.track-changes")],
+        )
+        .await
+        .json();
+    let link = r["@odata.deltaLink"].as_str().unwrap().to_owned();
+    let metrics_url = format!("http://{}/metrics", gw.admin_addr().unwrap());
+    let dropped = || async {
+        let text = client.get(&metrics_url, &[]).await.text();
+        text.lines()
+            .find(|l| l.starts_with("odg_feeds_dropped_total"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let mut waited = 0;
+    while dropped().await < 1.0 {
+        assert!(waited < 80, "the idle feed was not dropped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    let r = client.get(&link, &[]).await;
+    assert_eq!(r.status, 410, "{}", r.text());
+    // Starting over works and builds the feed again.
+    let again = client
+        .get(
+            &gw.url(&format!("{ROOT}/Customers")),
+            &[("Prefer", "odata.track-changes")],
+        )
+        .await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json()["value"].as_array().unwrap().len(), 20);
 }

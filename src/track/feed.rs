@@ -114,12 +114,26 @@ pub struct Slot {
     pub last: Option<LastRefresh>,
     /// What removal confirmation the upstream accepted last time, so we start there.
     pub confirm: super::refresh::ConfirmStrategy,
+    /// When a request last needed the index; idle indexes are dropped from memory.
+    pub last_used: Option<Instant>,
+}
+
+impl Slot {
+    /// Forget everything in memory; the store is the truth and is read again on next use.
+    pub fn forget(&mut self) {
+        self.index = None;
+        self.meta = None;
+        self.last = None;
+    }
 }
 
 /// All feeds used since start.
 #[derive(Default)]
 pub struct Feeds {
+    /// Slots are never removed: two slots for one feed would let two refreshes race.
     map: Mutex<HashMap<FeedId, Arc<tokio::sync::Mutex<Slot>>>>,
+    /// Feeds whose tokens were issued or used since the last sweep, with when (unix ms).
+    used: Mutex<HashMap<FeedId, u64>>,
 }
 
 impl Feeds {
@@ -130,6 +144,33 @@ impl Feeds {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         map.entry(id).or_default().clone()
+    }
+
+    /// Note that a token of the feed was issued or used now.
+    pub fn touch(&self, id: FeedId, now_ms: u64) {
+        let mut used = self
+            .used
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        used.insert(id, now_ms);
+    }
+
+    /// The feeds touched since the last call.
+    pub fn take_used(&self) -> Vec<(FeedId, u64)> {
+        let mut used = self
+            .used
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        used.drain().collect()
+    }
+
+    /// All slots, for sweeps.
+    pub fn slots(&self) -> Vec<(FeedId, Arc<tokio::sync::Mutex<Slot>>)> {
+        let map = self
+            .map
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        map.iter().map(|(k, v)| (*k, v.clone())).collect()
     }
 
     /// Number of feeds in memory.

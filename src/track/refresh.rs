@@ -116,6 +116,7 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
     let arrived = Instant::now();
     let slot = shared.feeds.slot(input.feed);
     let mut guard = slot.lock_owned().await;
+    guard.last_used = Some(Instant::now());
     if let Some(last) = &guard.last {
         // A refresh that was running when this request arrived (or started after it) is shared.
         let shared_run = last.finished >= arrived;
@@ -257,7 +258,8 @@ async fn run(
         ));
     }
     let current = slot.meta.as_ref().map(|m| m.version).unwrap_or(0);
-    if pass.pending.is_empty() && removals.is_empty() && slot.meta.is_some() {
+    let stored = slot.meta.as_ref().is_some_and(|m| !m.dropped);
+    if pass.pending.is_empty() && removals.is_empty() && stored {
         return Ok(Version(current));
     }
     let changed = !pass.pending.is_empty() || !removals.is_empty();
@@ -269,6 +271,8 @@ async fn run(
         scope: input.def.scope.0.clone(),
         version,
         live,
+        last_used_ms: 0,
+        dropped: false,
     };
     let mut changes: Vec<RowChange> = Vec::with_capacity(pass.pending.len() + removals.len());
     let mut index_updates = Vec::with_capacity(pass.pending.len());

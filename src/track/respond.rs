@@ -117,6 +117,7 @@ impl TrackedRequest {
     }
 
     fn delta_link(&self, shared: &Shared, feed: FeedId, since: Version, issued_at: u64) -> String {
+        shared.feeds.touch(feed, unix_ms(SystemTime::now()));
         let token = Token {
             feed,
             issued_at,
@@ -168,14 +169,22 @@ impl TrackedRequest {
     ) -> Result<(), Error> {
         let age = now_secs().saturating_sub(token.issued_at);
         if age <= shared.config.token_ttl.as_secs() {
+            shared.feeds.touch(token.feed, unix_ms(SystemTime::now()));
             return Ok(());
         }
+        Err(Error::Expired {
+            location: self.location(query),
+        })
+    }
+
+    /// The defining query of a feed as a gateway URL: where a client starts over.
+    fn location(&self, query: Option<&DefiningQuery>) -> String {
         let mut location = self.collection_url();
         if let Some(q) = query.map(DefiningQuery::encoded).filter(|q| !q.is_empty()) {
             location.push('?');
             location.push_str(&q);
         }
-        Err(Error::Expired { location })
+        location
     }
 
     /// The stored definition of a token's feed, checked against this request.
@@ -183,7 +192,7 @@ impl TrackedRequest {
         &self,
         shared: &Arc<Shared>,
         token: &Token,
-    ) -> Result<Option<FeedDef>, Error> {
+    ) -> Result<Option<(FeedDef, bool)>, Error> {
         let store = shared.store.clone();
         let feed = token.feed;
         let Some(meta) = tokio::task::spawn_blocking(move || store.feed(feed)).await?? else {
@@ -204,7 +213,25 @@ impl TrackedRequest {
         {
             return Err(refused(TokenError::BadTag));
         }
-        Ok(Some(def))
+        Ok(Some((def, meta.dropped)))
+    }
+
+    /// The feed of a verified token, if the token is young enough and its feed still stored;
+    /// otherwise 410 with a `Location` that starts over (C25).
+    async fn live_feed(&self, shared: &Arc<Shared>, token: &Token) -> Result<FeedDef, Error> {
+        let found = self.feed_def(shared, token).await?;
+        self.check_age(shared, token, found.as_ref().map(|(d, _)| &d.query))?;
+        match found {
+            Some((def, false)) => Ok(def),
+            // Its entities were dropped for disuse (or the store was reset under it): the changes
+            // since the token are gone, so the client must start over.
+            Some((def, true)) => Err(Error::Expired {
+                location: self.location(Some(&def.query)),
+            }),
+            None => Err(Error::Expired {
+                location: self.collection_url(),
+            }),
+        }
     }
 
     /// Resolve a delta token to its verified, unexpired feed definition.
@@ -214,12 +241,7 @@ impl TrackedRequest {
         let TokenKind::Delta { since } = token.kind else {
             return Err(refused(TokenError::BadTag));
         };
-        let def = self.feed_def(shared, &token).await?;
-        self.check_age(shared, &token, def.as_ref().map(|d| &d.query))?;
-        // A verified, unexpired token whose feed is gone: the store was reset under it.
-        let def = def.ok_or_else(|| Error::Expired {
-            location: self.collection_url(),
-        })?;
+        let def = self.live_feed(shared, &token).await?;
         Ok((token, since, def))
     }
 }
@@ -346,11 +368,7 @@ async fn page(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body
     else {
         return Err(refused(TokenError::BadTag));
     };
-    let def = req.feed_def(shared, &token).await?;
-    req.check_age(shared, &token, def.as_ref().map(|d| &d.query))?;
-    let def = def.ok_or_else(|| Error::Expired {
-        location: req.collection_url(),
-    })?;
+    let def = req.live_feed(shared, &token).await?;
     let feed = token.feed;
     let store = shared.store.clone();
     let count = match (count, cursor) {
