@@ -5,7 +5,7 @@ mod support;
 
 use serde_json::json;
 use support::gateway::{Client, Gateway, Replica, Shape};
-use support::shop::{ROOT, customer, shop};
+use support::shop::{Churn, ROOT, customer, shop};
 use support::{EntitySetDef, FakeUpstream, LinkStyle};
 
 fn track() -> [(&'static str, &'static str); 1] {
@@ -368,34 +368,9 @@ async fn a_replica_converges_over_random_rounds_in_both_versions_c28() {
             .initial(&client, &gw.url(&format!("{ROOT}/Customers")))
             .await
             .unwrap();
-        let mut rng = 0x9e3779b97f4a7c15u64;
-        let mut next_id = 201;
+        let mut churn = Churn::new(0x9e3779b97f4a7c15, 201);
         for round in 0..8 {
-            for _ in 0..30 {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                let rows = up.rows("Customers");
-                match rng % 3 {
-                    0 => {
-                        up.insert("Customers", customer(next_id));
-                        next_id += 1;
-                    }
-                    1 if !rows.is_empty() => {
-                        let row = &rows[(rng as usize / 3) % rows.len()];
-                        up.update(
-                            "Customers",
-                            row["ID"].clone(),
-                            json!({"score": (rng % 1000) as i64, "city": "X"}),
-                        );
-                    }
-                    _ if !rows.is_empty() => {
-                        let row = &rows[(rng as usize / 3) % rows.len()];
-                        up.delete("Customers", row["ID"].clone());
-                    }
-                    _ => {}
-                }
-            }
+            churn.round(&up, 30);
             replica.sync(&client).await.unwrap();
             let expected = replica.expected(&up.rows("Customers"), |_| true);
             assert_eq!(replica.rows, expected, "{shape:?} round {round}");

@@ -323,6 +323,8 @@ pub struct Replica {
     pub page_size: Option<u32>,
     /// Pages read so far.
     pub pages: usize,
+    /// Every next and delta link the gateway gave this replica, oldest first.
+    pub issued: Vec<String>,
 }
 
 impl Replica {
@@ -336,6 +338,7 @@ impl Replica {
             shape,
             page_size: None,
             pages: 0,
+            issued: Vec::new(),
         }
     }
 
@@ -449,8 +452,12 @@ impl Replica {
                 page.get(next).and_then(Value::as_str),
                 page.get(delta_name).and_then(Value::as_str),
             ) {
-                (Some(n), None) => url = n.to_owned(),
+                (Some(n), None) => {
+                    self.issued.push(n.to_owned());
+                    url = n.to_owned();
+                }
                 (None, Some(d)) => {
+                    self.issued.push(d.to_owned());
                     self.delta_link = Some(d.to_owned());
                     return Ok(());
                 }
