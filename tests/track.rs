@@ -3,59 +3,13 @@
 
 mod support;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use support::gateway::{Client, Gateway, Replica, Shape};
+use support::shop::{Churn, ROOT, customer, shop};
 use support::{EntitySetDef, FakeUpstream, LinkStyle};
-
-const ROOT: &str = "/odata/v4/shop";
-
-async fn shop(customers: i64) -> FakeUpstream {
-    let up = FakeUpstream::start().await;
-    up.define_set(
-        EntitySetDef::new("Customers", "Customer")
-            .key("ID", "Edm.Int32")
-            .property("name", "Edm.String")
-            .property("city", "Edm.String")
-            .property("score", "Edm.Int32"),
-    );
-    up.insert_many("Customers", (1..=customers).map(customer));
-    up
-}
-
-fn customer(i: i64) -> Value {
-    let city = ["Berlin", "Paris", "Rome"][(i % 3) as usize];
-    json!({"ID": i, "name": format!("Customer {i}"), "city": city, "score": i * 7 % 100})
-}
 
 fn track() -> [(&'static str, &'static str); 1] {
     [("Prefer", "odata.track-changes")]
-}
-
-/// The delta link of a response's last page (following nextLinks).
-async fn read_all(client: &Client, url: &str, headers: &[(&str, &str)]) -> (Vec<Value>, String) {
-    let mut entities = Vec::new();
-    let mut url = url.to_owned();
-    loop {
-        let r = client.get(&url, headers).await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        let page = r.json();
-        entities.extend(page["value"].as_array().unwrap().iter().cloned());
-        if let Some(next) = page["@odata.nextLink"].as_str() {
-            assert!(
-                page.get("@odata.deltaLink").is_none(),
-                "C3: never both links on a page"
-            );
-            url = next.to_owned();
-        } else {
-            return (
-                entities,
-                page["@odata.deltaLink"]
-                    .as_str()
-                    .expect("delta link on the last page")
-                    .to_owned(),
-            );
-        }
-    }
 }
 
 #[tokio::test]
@@ -107,12 +61,9 @@ async fn enumeration_follows_every_upstream_page_with_relative_or_absolute_links
         up.set_page_size(Some(10));
         up.set_link_style(style);
         let gw = Gateway::start(&up.base_url()).await;
-        let (entities, _) = read_all(
-            &Client::default(),
-            &gw.url(&format!("{ROOT}/Customers")),
-            &track(),
-        )
-        .await;
+        let (entities, _) = Client::default()
+            .read_all(&gw.url(&format!("{ROOT}/Customers")), &track())
+            .await;
         let mut ids: Vec<i64> = entities.iter().map(|e| e["ID"].as_i64().unwrap()).collect();
         ids.sort();
         assert_eq!(ids, (1..=237).collect::<Vec<_>>(), "{style:?}");
@@ -125,7 +76,9 @@ async fn delta_reports_inserts_updates_and_deletes_in_the_4_0_shape_c11_c15_c16(
     let up = shop(30).await;
     let gw = Gateway::start(&up.base_url()).await;
     let client = Client::default();
-    let (_, link) = read_all(&client, &gw.url(&format!("{ROOT}/Customers")), &track()).await;
+    let (_, link) = client
+        .read_all(&gw.url(&format!("{ROOT}/Customers")), &track())
+        .await;
 
     up.insert("Customers", customer(31));
     up.update("Customers", json!(5), json!({"name": "Renamed"}));
@@ -166,7 +119,9 @@ async fn delta_in_the_4_01_shape_when_asked_c14_c17() {
     let up = shop(10).await;
     let gw = Gateway::start(&up.base_url()).await;
     let client = Client::default();
-    let (_, link) = read_all(&client, &gw.url(&format!("{ROOT}/Customers")), &track()).await;
+    let (_, link) = client
+        .read_all(&gw.url(&format!("{ROOT}/Customers")), &track())
+        .await;
     up.delete("Customers", json!(3));
     up.update("Customers", json!(4), json!({"score": 99}));
 
@@ -195,7 +150,9 @@ async fn a_delta_without_changes_is_empty_and_links_on_c11() {
     let up = shop(10).await;
     let gw = Gateway::start(&up.base_url()).await;
     let client = Client::default();
-    let (_, link) = read_all(&client, &gw.url(&format!("{ROOT}/Customers")), &track()).await;
+    let (_, link) = client
+        .read_all(&gw.url(&format!("{ROOT}/Customers")), &track())
+        .await;
     let r = client.get(&link, &[]).await;
     let page = r.json();
     assert_eq!(page["value"], json!([]));
@@ -210,7 +167,9 @@ async fn reordered_and_reformatted_upstream_payloads_are_not_changes() {
     let up = shop(40).await;
     let gw = Gateway::start(&up.base_url()).await;
     let client = Client::default();
-    let (_, link) = read_all(&client, &gw.url(&format!("{ROOT}/Customers")), &track()).await;
+    let (_, link) = client
+        .read_all(&gw.url(&format!("{ROOT}/Customers")), &track())
+        .await;
     up.set_reorder_properties(true);
     up.set_pretty(true);
     let page = client.get(&link, &[]).await.json();
@@ -222,7 +181,9 @@ async fn bad_tokens_are_400_with_an_odata_error_c10_c26() {
     let up = shop(5).await;
     let gw = Gateway::start(&up.base_url()).await;
     let client = Client::default();
-    let (_, link) = read_all(&client, &gw.url(&format!("{ROOT}/Customers")), &track()).await;
+    let (_, link) = client
+        .read_all(&gw.url(&format!("{ROOT}/Customers")), &track())
+        .await;
     let token = link.split("$deltatoken=").nth(1).unwrap().to_owned();
     let mut flipped = token.clone().into_bytes();
     flipped[10] = if flipped[10] == b'A' { b'B' } else { b'A' };
@@ -267,8 +228,9 @@ async fn paging_with_maxpagesize_never_loses_or_repeats_c21_c22() {
         "{applied}"
     );
     // C22: next links need no Prefer header.
-    let (entities, link) =
-        read_all(&client, &gw.url(&format!("{ROOT}/Customers")), &headers[..]).await;
+    let (entities, link) = client
+        .read_all(&gw.url(&format!("{ROOT}/Customers")), &headers[..])
+        .await;
     let mut ids: Vec<i64> = entities.iter().map(|e| e["ID"].as_i64().unwrap()).collect();
     ids.sort();
     assert_eq!(ids, (1..=53).collect::<Vec<_>>());
@@ -276,7 +238,9 @@ async fn paging_with_maxpagesize_never_loses_or_repeats_c21_c22() {
     for i in 1..=25 {
         up.update("Customers", json!(i), json!({"score": 1000 + i}));
     }
-    let (changes, _) = read_all(&client, &link, &[("Prefer", "odata.maxpagesize=7")]).await;
+    let (changes, _) = client
+        .read_all(&link, &[("Prefer", "odata.maxpagesize=7")])
+        .await;
     let mut ids: Vec<i64> = changes.iter().map(|e| e["ID"].as_i64().unwrap()).collect();
     ids.sort();
     assert_eq!(ids, (1..=25).collect::<Vec<_>>(), "C12: each entity once");
@@ -287,7 +251,9 @@ async fn count_on_a_delta_link_counts_without_advancing_c23() {
     let up = shop(20).await;
     let gw = Gateway::start(&up.base_url()).await;
     let client = Client::default();
-    let (_, link) = read_all(&client, &gw.url(&format!("{ROOT}/Customers")), &track()).await;
+    let (_, link) = client
+        .read_all(&gw.url(&format!("{ROOT}/Customers")), &track())
+        .await;
     up.delete("Customers", json!(1));
     up.update("Customers", json!(2), json!({"city": "Oslo"}));
     let count_url = link.replace("/Customers?", "/Customers/$count?");
@@ -369,8 +335,12 @@ async fn string_and_guid_keys_give_entity_ids_per_edm_type() {
     );
     let gw = Gateway::start(&up.base_url()).await;
     let client = Client::default();
-    let (_, p) = read_all(&client, &gw.url(&format!("{ROOT}/Products")), &track()).await;
-    let (_, o) = read_all(&client, &gw.url(&format!("{ROOT}/Orders")), &track()).await;
+    let (_, p) = client
+        .read_all(&gw.url(&format!("{ROOT}/Products")), &track())
+        .await;
+    let (_, o) = client
+        .read_all(&gw.url(&format!("{ROOT}/Orders")), &track())
+        .await;
     up.delete("Products", json!("A'1"));
     up.delete("Orders", json!("6f9619ff-8b86-d011-b42d-00c04fc964ff"));
     assert_eq!(
@@ -398,34 +368,9 @@ async fn a_replica_converges_over_random_rounds_in_both_versions_c28() {
             .initial(&client, &gw.url(&format!("{ROOT}/Customers")))
             .await
             .unwrap();
-        let mut rng = 0x9e3779b97f4a7c15u64;
-        let mut next_id = 201;
+        let mut churn = Churn::new(0x9e3779b97f4a7c15, 201);
         for round in 0..8 {
-            for _ in 0..30 {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                let rows = up.rows("Customers");
-                match rng % 3 {
-                    0 => {
-                        up.insert("Customers", customer(next_id));
-                        next_id += 1;
-                    }
-                    1 if !rows.is_empty() => {
-                        let row = &rows[(rng as usize / 3) % rows.len()];
-                        up.update(
-                            "Customers",
-                            row["ID"].clone(),
-                            json!({"score": (rng % 1000) as i64, "city": "X"}),
-                        );
-                    }
-                    _ if !rows.is_empty() => {
-                        let row = &rows[(rng as usize / 3) % rows.len()];
-                        up.delete("Customers", row["ID"].clone());
-                    }
-                    _ => {}
-                }
-            }
+            churn.round(&up, 30);
             replica.sync(&client).await.unwrap();
             let expected = replica.expected(&up.rows("Customers"), |_| true);
             assert_eq!(replica.rows, expected, "{shape:?} round {round}");

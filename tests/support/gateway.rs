@@ -216,6 +216,33 @@ impl Client {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Resp {
+        self.try_send(method, url, headers, body)
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"))
+    }
+
+    /// A request with a JSON body (`Content-Type: application/json`).
+    pub async fn send_json(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &Value,
+    ) -> Resp {
+        let mut all = vec![("Content-Type", "application/json")];
+        all.extend_from_slice(headers);
+        self.send(method, url, &all, body.to_string()).await
+    }
+
+    /// Any request; a broken connection or a timeout is an `Err` instead of a panic, for requests
+    /// whose server may be killed under them.
+    pub async fn try_send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<Resp, String> {
         let mut builder = Request::builder().method(method).uri(url);
         for (n, v) in headers {
             builder = builder.header(*n, *v);
@@ -223,14 +250,49 @@ impl Client {
         let request = builder.body(Full::new(body.into())).expect("valid request");
         let response = tokio::time::timeout(Duration::from_secs(60), self.inner.request(request))
             .await
-            .expect("gateway answers within 60 s")
-            .expect("request succeeds at the transport level");
+            .map_err(|_| "no answer within 60 s".to_owned())?
+            .map_err(|e| format!("transport error: {e}"))?;
         let (parts, body) = response.into_parts();
-        let body = body.collect().await.expect("body reads").to_bytes();
-        Resp {
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| format!("body breaks off: {e}"))?
+            .to_bytes();
+        Ok(Resp {
             status: parts.status,
             headers: parts.headers,
             body,
+        })
+    }
+
+    /// A tracked read (or a delta) followed through its `@odata.nextLink`s: every entry of every
+    /// page, and the delta link of the last page. Asserts C3: never both links on one page.
+    pub async fn read_all(&self, url: &str, headers: &[(&str, &str)]) -> (Vec<Value>, String) {
+        let mut entries = Vec::new();
+        let mut url = url.to_owned();
+        loop {
+            let r = self.get(&url, headers).await;
+            assert_eq!(r.status, 200, "{url}: {}", r.text());
+            let page = r.json();
+            entries.extend(
+                page["value"]
+                    .as_array()
+                    .expect("value array")
+                    .iter()
+                    .cloned(),
+            );
+            if let Some(next) = page["@odata.nextLink"].as_str() {
+                assert!(
+                    page.get("@odata.deltaLink").is_none(),
+                    "C3: never both links on a page"
+                );
+                url = next.to_owned();
+            } else {
+                let delta = page["@odata.deltaLink"]
+                    .as_str()
+                    .expect("delta link on the last page");
+                return (entries, delta.to_owned());
+            }
         }
     }
 }
@@ -261,6 +323,8 @@ pub struct Replica {
     pub page_size: Option<u32>,
     /// Pages read so far.
     pub pages: usize,
+    /// Every next and delta link the gateway gave this replica, oldest first.
+    pub issued: Vec<String>,
 }
 
 impl Replica {
@@ -274,6 +338,7 @@ impl Replica {
             shape,
             page_size: None,
             pages: 0,
+            issued: Vec::new(),
         }
     }
 
@@ -387,8 +452,12 @@ impl Replica {
                 page.get(next).and_then(Value::as_str),
                 page.get(delta_name).and_then(Value::as_str),
             ) {
-                (Some(n), None) => url = n.to_owned(),
+                (Some(n), None) => {
+                    self.issued.push(n.to_owned());
+                    url = n.to_owned();
+                }
                 (None, Some(d)) => {
+                    self.issued.push(d.to_owned());
                     self.delta_link = Some(d.to_owned());
                     return Ok(());
                 }

@@ -20,6 +20,7 @@ mod render;
 mod reply;
 mod request;
 mod server;
+pub mod shop;
 mod upstream;
 mod value;
 

@@ -1,0 +1,76 @@
+//! The sample service most black-box tests run against: the fake upstream at `/odata/v4/shop`
+//! with a `Customers` set keyed by an `Edm.Int32` `ID`.
+
+use serde_json::{Value, json};
+
+use super::model::EntitySetDef;
+use super::upstream::{FakeUpstream, Upstream};
+
+/// The service root path, the same on the upstream and on the gateway (default route).
+pub const ROOT: &str = "/odata/v4/shop";
+
+/// A fake upstream holding customers 1..=`customers`.
+pub async fn shop(customers: i64) -> FakeUpstream {
+    let up = FakeUpstream::start().await;
+    up.define_set(
+        EntitySetDef::new("Customers", "Customer")
+            .key("ID", "Edm.Int32")
+            .property("name", "Edm.String")
+            .property("city", "Edm.String")
+            .property("score", "Edm.Int32"),
+    );
+    up.insert_many("Customers", (1..=customers).map(customer));
+    up
+}
+
+/// Customer `i` as first inserted.
+pub fn customer(i: i64) -> Value {
+    let city = ["Berlin", "Paris", "Rome"][(i % 3) as usize];
+    json!({"ID": i, "name": format!("Customer {i}"), "city": city, "score": i * 7 % 100})
+}
+
+/// Random inserts, updates and deletes of customers, reproducible from a seed (xorshift).
+pub struct Churn {
+    rng: u64,
+    next_id: i64,
+}
+
+impl Churn {
+    /// A churn whose inserts start at `next_id` (one past the highest existing ID).
+    pub fn new(seed: u64, next_id: i64) -> Self {
+        Churn {
+            rng: seed.max(1),
+            next_id,
+        }
+    }
+
+    /// Apply `changes` random changes to `Customers`, about a third of each kind.
+    pub fn round(&mut self, up: &Upstream, changes: usize) {
+        for _ in 0..changes {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            let rng = self.rng;
+            let rows = up.rows("Customers");
+            match rng % 3 {
+                0 => {
+                    up.insert("Customers", customer(self.next_id));
+                    self.next_id += 1;
+                }
+                1 if !rows.is_empty() => {
+                    let row = &rows[(rng as usize / 3) % rows.len()];
+                    up.update(
+                        "Customers",
+                        row["ID"].clone(),
+                        json!({"score": (rng % 1000) as i64, "city": "X"}),
+                    );
+                }
+                _ if !rows.is_empty() => {
+                    let row = &rows[(rng as usize / 3) % rows.len()];
+                    up.delete("Customers", row["ID"].clone());
+                }
+                _ => {}
+            }
+        }
+    }
+}
