@@ -159,6 +159,33 @@ async fn each_route_serves_and_tracks_its_own_upstream_under_its_prefix() {
 }
 
 #[tokio::test]
+#[ignore = "gateway bug: root-relative upstream links (/odata/v4/shop/...) are passed through unrewritten, so they miss the route prefix"]
+async fn root_relative_upstream_links_are_rewritten_onto_the_route_prefix() {
+    let crm = customers("crm", 25).await;
+    crm.set_page_size(Some(10));
+    crm.set_link_style(LinkStyle::RootRelative);
+    let erp = customers("erp", 1).await;
+    let gw = Gateway::start_with("", Some(&two_routes(&crm, &erp)), |_| {}).await;
+    let client = Client::default();
+    // Follow the pages as a client does: each link resolved against the URL that returned it.
+    let mut url = url::Url::parse(&gw.url("/crm/Customers")).unwrap();
+    let mut seen = 0;
+    loop {
+        let r = client.get(url.as_str(), &[]).await;
+        assert_eq!(r.status, 200, "{url}: {}", r.text());
+        let page = r.json();
+        let context = url.join(page["@odata.context"].as_str().unwrap()).unwrap();
+        assert_eq!(context.as_str(), gw.url("/crm/$metadata#Customers"));
+        seen += page["value"].as_array().unwrap().len();
+        match page["@odata.nextLink"].as_str() {
+            Some(next) => url = url.join(next).unwrap(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, 25);
+}
+
+#[tokio::test]
 async fn a_delta_or_next_link_of_one_route_is_refused_on_another_c10() {
     let crm = customers("crm", 5).await;
     let erp = customers("erp", 5).await;

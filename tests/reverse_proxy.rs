@@ -169,6 +169,32 @@ async fn a_public_url_puts_every_link_there_tracked_or_passed_through_c9_c22() {
 }
 
 #[tokio::test]
+#[ignore = "gateway bug: root-relative upstream links (/odata/v4/shop/...) are passed through unrewritten and lose the public path prefix"]
+async fn root_relative_upstream_links_are_rewritten_onto_the_public_url() {
+    let up = shop(25).await;
+    up.set_link_style(LinkStyle::RootRelative);
+    let gw = Gateway::start_with(&up.base_url(), None, |f| {
+        f.public_url = Some("https://api.example.com/gw".into());
+    })
+    .await;
+    let public = format!("https://api.example.com/gw{ROOT}");
+    let request = format!("{public}/Customers");
+    let page = Client::default()
+        .get(&gw.url(&format!("{ROOT}/Customers")), &[])
+        .await
+        .json();
+    // A client resolves each link against the URL it asked for; it must stay under the public URL.
+    let base = url::Url::parse(&request).unwrap();
+    for link in links(&page) {
+        let resolved = base.join(&link).unwrap();
+        assert!(
+            resolved.as_str().starts_with(&format!("{public}/")),
+            "{link} resolves to {resolved}, outside {public}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_expired_delta_link_sends_the_client_to_the_public_url_c25() {
     let up = shop(5).await;
     let gw = Gateway::start_with(&up.base_url(), None, |f| {
