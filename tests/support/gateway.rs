@@ -93,35 +93,47 @@ impl Gateway {
     }
 }
 
-/// The real binary in a child process.
+/// The real binary in a child process. Every line it writes to stderr is kept, so that tests can
+/// check what the gateway logs.
 pub struct GatewayProcess {
     /// Where it listens.
     pub addr: SocketAddr,
     child: std::process::Child,
+    stderr: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl GatewayProcess {
     /// Start `odata-delta-gateway --upstream U --data-dir D --listen 127.0.0.1:0 [extra…]` and wait
     /// until it listens.
     pub fn spawn(upstream: &str, data_dir: &Path, extra: &[&str]) -> GatewayProcess {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--upstream".into(),
+            upstream.into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            data_dir.into(),
+        ];
+        args.extend(extra.iter().map(Into::into));
+        Self::spawn_with(&args, &[])
+    }
+
+    /// Start the binary with exactly these arguments and environment variables (inherited `ODG_*`
+    /// variables are removed first, so only what the test gives counts) and wait until it listens.
+    pub fn spawn_with(
+        args: &[impl AsRef<std::ffi::OsStr>],
+        envs: &[(&str, &std::ffi::OsStr)],
+    ) -> GatewayProcess {
         use std::io::{BufRead, BufReader};
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_odata-delta-gateway"))
-            .args([
-                "--upstream",
-                upstream,
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .args(extra)
-            .env("RUST_LOG", "info")
+        let mut child = gateway_command(args, envs)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("gateway binary starts");
         let stderr = child.stderr.take().expect("stderr");
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
+        let kept = lines.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -130,14 +142,23 @@ impl GatewayProcess {
                     let _ = tx.send(addr);
                     sent = true;
                 }
+                kept.lock().unwrap_or_else(|e| e.into_inner()).push(line);
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("gateway prints its address")
-            .parse()
-            .expect("a socket address");
-        GatewayProcess { addr, child }
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr.parse().expect("a socket address"),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let seen = lines.lock().unwrap_or_else(|e| e.into_inner()).join("\n");
+                panic!("the gateway did not print its address; stderr:\n{seen}");
+            }
+        };
+        GatewayProcess {
+            addr,
+            child,
+            stderr: lines,
+        }
     }
 
     /// `http://127.0.0.1:PORT` + path.
@@ -145,11 +166,56 @@ impl GatewayProcess {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The stderr lines written so far.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Wait (up to `timeout`) until a stderr line satisfies `want`; that line, or `None`.
+    pub fn wait_for_stderr(
+        &self,
+        timeout: Duration,
+        want: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.stderr_lines().into_iter().find(|l| want(l)) {
+                return Some(line);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL, no chance to clean up.
     pub fn kill9(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The gateway binary with these arguments and environment, `RUST_LOG=info`, and no inherited
+/// `ODG_*` variables.
+pub fn gateway_command(
+    args: &[impl AsRef<std::ffi::OsStr>],
+    envs: &[(&str, &std::ffi::OsStr)],
+) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_odata-delta-gateway"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("ODG_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .args(args)
+        .env("RUST_LOG", "info")
+        .envs(envs.iter().map(|(k, v)| (*k, *v)));
+    command
 }
 
 impl Drop for GatewayProcess {

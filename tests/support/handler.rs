@@ -83,7 +83,7 @@ async fn dispatch(up: &Upstream, req: &RecordedRequest, route: Route) -> Respons
             return get_collection(up, req, &set).await;
         }
         Route::ServiceDoc if method == Method::GET => Ok(service_document(up)),
-        Route::Metadata if method == Method::GET => Ok(metadata(up)),
+        Route::Metadata if method == Method::GET => metadata(up),
         Route::Collection(set) if method == Method::POST => post_entity(up, req, &set),
         Route::Count(set) if method == Method::GET => get_count(up, req, &set),
         Route::Entity { set, key } => match *method {
@@ -190,11 +190,14 @@ fn service_document(up: &Upstream) -> Response<FakeBody> {
     )
 }
 
-fn metadata(up: &Upstream) -> Response<FakeBody> {
+fn metadata(up: &Upstream) -> Result<Response<FakeBody>, ODataError> {
     let st = up.lock();
+    if st.metadata_missing {
+        return Err(ODataError::not_found("$metadata is not published"));
+    }
     let xml = st
         .metadata
         .clone()
         .unwrap_or_else(|| csdl::generate(&st.knobs.namespace, &st.sets));
-    respond(200, Some("application/xml"), FakeBody::full(xml))
+    Ok(respond(200, Some("application/xml"), FakeBody::full(xml)))
 }

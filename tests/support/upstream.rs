@@ -37,6 +37,8 @@ pub(crate) struct State {
     pub knobs: Knobs,
     /// `$metadata` override.
     pub metadata: Option<String>,
+    /// Answer `$metadata` with 404, like a service that does not publish it.
+    pub metadata_missing: bool,
     /// Faults not yet fired.
     pub faults: Vec<PendingFault>,
     /// GET collection requests received so far.
@@ -255,6 +257,11 @@ impl Upstream {
     /// Goes back to the generated `$metadata`.
     pub fn reset_metadata(&self) {
         self.lock().metadata = None;
+    }
+
+    /// Answer `$metadata` with 404 (`true`) or serve it again (`false`).
+    pub fn set_metadata_missing(&self, missing: bool) {
+        self.lock().metadata_missing = missing;
     }
 
     /// Namespace of the generated schema (default `ShopService`).
