@@ -223,14 +223,13 @@ impl Cidr {
             .parse()
             .map_err(|_| format!("'{s}' is not an IP address or CIDR"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("'{s}' has an invalid prefix length"))?,
-        };
+        let prefix =
+            match prefix {
+                None => max,
+                Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| {
+                    format!("'{s}' has an invalid prefix length; expected 0-{max}")
+                })?,
+            };
         Ok(Cidr { addr, prefix })
     }
 

@@ -82,7 +82,11 @@ pub async fn forward(
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let rewriter = LinkRewriter::new(upstream_root, public_root);
-    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+    for name in [
+        header::LOCATION,
+        header::CONTENT_LOCATION,
+        HeaderName::from_static("odata-entityid"),
+    ] {
         if let Some(v) = parts.headers.get(&name).and_then(|v| v.to_str().ok())
             && let Some(rewritten) = rewriter.rewrite_str(v)
             && let Ok(v) = HeaderValue::from_str(&rewritten)
@@ -123,9 +127,15 @@ fn too_large(limit: u64) -> Error {
 
 /// Replaces the upstream's service root with the gateway's in a byte stream, across chunk
 /// boundaries, in plain and JSON-escaped (`\/`) spelling. A match must end at a URL delimiter so
-/// that `…/shop` does not rewrite `…/shopping`.
+/// that `…/shop` does not rewrite `…/shopping`. Root-relative links (`"/odata/v4/shop/…"`) are
+/// rewritten too when the gateway serves the service under another path, so that they do not
+/// resolve outside the route.
 pub struct LinkRewriter {
     patterns: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The upstream's service root path, when root-relative links need rewriting.
+    root_relative: Option<String>,
+    /// The gateway's service root (absolute).
+    to: String,
     longest: usize,
     carry: BytesMut,
 }
@@ -135,23 +145,50 @@ impl LinkRewriter {
     pub fn new(from: &str, to: &str) -> Self {
         let from = from.trim_end_matches('/');
         let to = to.trim_end_matches('/');
-        let patterns = vec![
+        let escaped = |s: &str| s.replace('/', "\\/").into_bytes();
+        let mut patterns = vec![
             (from.as_bytes().to_vec(), to.as_bytes().to_vec()),
-            (
-                from.replace('/', "\\/").into_bytes(),
-                to.replace('/', "\\/").into_bytes(),
-            ),
+            (escaped(from), escaped(to)),
         ];
+        let path_of = |u: &str| {
+            url::Url::parse(u)
+                .map(|u| u.path().trim_end_matches('/').to_owned())
+                .unwrap_or_default()
+        };
+        let (from_path, to_path) = (path_of(from), path_of(to));
+        // A root-relative link is unambiguous only when the upstream's root has a path; it needs
+        // rewriting only when the gateway's path differs. It is matched at the start of a JSON
+        // string so that other text is left alone.
+        let root_relative = (!from_path.is_empty() && from_path != to_path).then_some(from_path);
+        if let Some(path) = &root_relative {
+            patterns.push((
+                format!("\"{path}").into_bytes(),
+                format!("\"{to}").into_bytes(),
+            ));
+            patterns.push((
+                [b"\"".as_slice(), &escaped(path)].concat(),
+                [b"\"".as_slice(), &escaped(to)].concat(),
+            ));
+        }
         let longest = patterns.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
         LinkRewriter {
             patterns,
+            root_relative,
+            to: to.to_owned(),
             longest,
             carry: BytesMut::new(),
         }
     }
 
-    /// Rewrite a whole string (a header value); `None` when nothing matched.
+    /// Rewrite a whole string (a header value, absolute or root-relative); `None` when it does not
+    /// point at the upstream's service root.
     pub fn rewrite_str(&self, s: &str) -> Option<String> {
+        if let Some(path) = &self.root_relative
+            && let Some(rest) = s.strip_prefix(path.as_str())
+            && is_delimiter(rest.bytes().next())
+        {
+            return Some(format!("{}{rest}", self.to));
+        }
         let mut out = Vec::new();
         let (replaced, _) = self.scan(s.as_bytes(), true, &mut out);
         if replaced == 0 {
@@ -188,7 +225,7 @@ impl LinkRewriter {
             if !last && i + self.longest >= data.len() {
                 break;
             }
-            if data[i] == b'h' {
+            if matches!(data[i], b'h' | b'"') {
                 for (pattern, replacement) in &self.patterns {
                     if data[i..].starts_with(pattern)
                         && is_delimiter(data.get(i + pattern.len()).copied())
@@ -290,6 +327,28 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("http://up:4004/odata/v4/shopping"), "{out}");
+    }
+
+    #[test]
+    fn root_relative_links_follow_a_different_gateway_path() {
+        let mut r = LinkRewriter::new("http://up:4004/odata/v4/shop", "http://gw/crm");
+        let mut out = r.push(br#"{"a":"/odata/v4/shop/C?x=1","b":"\/odata\/v4\/shop\/C","c":"x /odata/v4/shop/C","d":"/odata/v4/shopping"}"#).to_vec();
+        out.extend_from_slice(&r.finish());
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains(r#""a":"http://gw/crm/C?x=1""#), "{out}");
+        assert!(out.contains(r#""b":"http:\/\/gw\/crm\/C""#), "{out}");
+        assert!(out.contains(r#""c":"x /odata/v4/shop/C""#), "{out}");
+        assert!(out.contains(r#""d":"/odata/v4/shopping""#), "{out}");
+        assert_eq!(
+            r.rewrite_str("/odata/v4/shop/C(1)").as_deref(),
+            Some("http://gw/crm/C(1)")
+        );
+        // Same path on both sides: root-relative links already resolve on the gateway.
+        let same = LinkRewriter::new(
+            "http://up:4004/odata/v4/shop",
+            "http://gw:8080/odata/v4/shop",
+        );
+        assert_eq!(same.rewrite_str("/odata/v4/shop/C(1)"), None);
     }
 
     #[test]

@@ -276,7 +276,8 @@ pub fn public_base<B>(shared: &Shared, req: &Request<B>, peer: SocketAddr) -> St
     format!("{proto}://{host}{prefix}")
 }
 
-fn valid_authority(h: &str) -> bool {
+/// Whether a Host (or forwarded host) value is a plain `host[:port]`.
+pub fn valid_authority(h: &str) -> bool {
     !h.is_empty()
         && h.parse::<http::uri::Authority>()
             .is_ok_and(|a| a.as_str() == h && !h.contains('@'))

@@ -195,6 +195,14 @@ async fn route(
     peer: SocketAddr,
     version: ODataVersion,
 ) -> Result<Response<Body>, Error> {
+    // RFC 9112 §3.2: a Host that is not a valid authority is refused; it would end up in links.
+    if let Some(host) = req.headers().get(header::HOST)
+        && !host.to_str().is_ok_and(router::valid_authority)
+    {
+        return Err(Error::bad_request(
+            "the Host header is not a valid host[:port]",
+        ));
+    }
     let prefs = Preferences::parse(
         req.headers()
             .get_all("prefer")

@@ -69,6 +69,14 @@ impl Upstream {
                 "the upstream did not answer in time",
             )),
             Ok(Err(e)) => {
+                if caused_by_body_limit(&e) {
+                    // The client's streamed body outgrew the limit while it was being forwarded.
+                    return Err(Error::client(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "PayloadTooLarge",
+                        "the request body is larger than the gateway's limit",
+                    ));
+                }
                 tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
                 Err(Error::upstream(
                     UpstreamFailure::Unreachable,
@@ -114,6 +122,18 @@ impl Upstream {
             Ok(result) => result,
         }
     }
+}
+
+/// Whether an error was caused by a request body exceeding its `Limited` bound.
+fn caused_by_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        current = err.source();
+    }
+    false
 }
 
 /// Resolve a link the upstream gave us (relative to the service root, root-relative, or absolute)
