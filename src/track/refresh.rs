@@ -9,37 +9,27 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
+use http::HeaderMap;
 use url::Url;
 
 use crate::Shared;
-use crate::body;
 use crate::error::{Error, UpstreamFailure};
-use crate::odata::delta::Reason;
-use crate::odata::entity_id::key_filter;
 use crate::odata::page::Page;
-use crate::odata::query::{encode, encode_pairs, encode_path};
+use crate::odata::query::{encode_pairs, encode_path};
 use crate::store::{FeedMeta, RowChange};
 
 use super::feed::{FeedDef, FeedId, IndexEntry, LastRefresh, SetSpec, Slot, Version};
 use super::hash::{ContentHash, Hasher, KeyHash};
 
-/// How candidate removals are looked up upstream; a step down whenever the upstream rejects one.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ConfirmStrategy {
-    /// `$filter=ID in (…)`, batched.
-    #[default]
-    In,
-    /// `$filter=ID eq 1 or ID eq 2 …`, batched.
-    Or,
-    /// `$filter=ID eq 1`, one request per key.
-    Single,
-    /// `GET Set(1)`, one request per key (only for feeds without a filter).
-    ByKey,
-}
+mod confirm;
+mod fetch;
+
+pub use confirm::ConfirmStrategy;
+pub use fetch::forwarded_headers;
+use fetch::{Fetcher, Prefetch};
 
 /// What a tracked request needs to refresh a feed.
 #[derive(Clone, Debug)]
@@ -63,50 +53,6 @@ pub struct Fresh {
     pub version: Version,
     /// When the refresh behind it finished.
     pub finished_at: SystemTime,
-}
-
-/// Headers never forwarded on enumeration requests: hop-by-hop ones, and those we set ourselves or
-/// that would change what the upstream returns.
-const NOT_FORWARDED: &[&str] = &[
-    "host",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-    "content-type",
-    "expect",
-    "prefer",
-    "accept",
-    "accept-encoding",
-    "if-match",
-    "if-none-match",
-    "if-modified-since",
-    "if-unmodified-since",
-    "range",
-    "odata-maxversion",
-    "odata-version",
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-prefix",
-];
-
-/// The request headers of a tracked request that go upstream with its enumerations.
-pub fn forwarded_headers(headers: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::new();
-    for (name, value) in headers {
-        if !NOT_FORWARDED.contains(&name.as_str()) {
-            out.append(name.clone(), value.clone());
-        }
-    }
-    out
 }
 
 /// Bring a feed up to date, sharing a refresh with concurrent requests: a refresh that was still
@@ -187,8 +133,8 @@ struct Pass<'a> {
     generation: u64,
     pending: HashMap<KeyHash, Pending>,
     hasher: Hasher,
-    /// 429/503 retries left for the whole refresh.
-    retries_left: u32,
+    /// GETs of this refresh, with its retry budget.
+    fetcher: Fetcher,
     pages: u64,
     /// Entities received from the upstream, duplicates included.
     delivered: u64,
@@ -224,7 +170,7 @@ async fn run(
         generation: slot.refreshes,
         pending: HashMap::new(),
         hasher: Hasher::default(),
-        retries_left: shared.config.upstream.max_retries,
+        fetcher: Fetcher::new(shared.clone(), input.headers.clone(), &input.set.name),
         pages: 0,
         delivered: 0,
         distinct: 0,
@@ -375,15 +321,39 @@ impl Pass<'_> {
         pairs: &[(String, String)],
         index: &mut HashMap<KeyHash, IndexEntry>,
     ) -> Result<(), Error> {
-        let mut url = self.collection_url(pairs);
-        loop {
-            let body = self.get(&url, true).await?;
-            let next = self.read_page(&body, index, None)?;
-            match next {
-                None => return Ok(()),
-                Some(link) => url = crate::upstream::resolve_link(&self.input.service_root, &link)?,
+        // The next page is fetched while the current one is hashed.
+        let mut next = Some(Prefetch::start(&self.fetcher, self.collection_url(pairs)));
+        while let Some(mut fetch) = next.take() {
+            let body = fetch.wait().await?;
+            let page = self.parse_page(&body)?;
+            if let Some(link) = &page.next_link {
+                let url = crate::upstream::resolve_link(&self.input.service_root, link)?;
+                next = Some(Prefetch::start(&self.fetcher, url));
+            }
+            for raw in &page.entities {
+                self.observe(raw.get().as_bytes(), index)?;
             }
         }
+        Ok(())
+    }
+
+    /// Parse an upstream page and count it.
+    fn parse_page<'b>(&mut self, body: &'b Bytes) -> Result<Page<'b>, Error> {
+        let page = Page::parse(body).map_err(|e| {
+            tracing::warn!(set = %self.set_name(), error = %e, "unreadable upstream page");
+            Error::upstream(
+                UpstreamFailure::BadAnswer,
+                format!(
+                    "the upstream sent an unreadable page of {}; nothing was committed",
+                    self.set_name()
+                ),
+            )
+        })?;
+        self.pages += 1;
+        self.delivered += page.entities.len() as u64;
+        self.reported = page.count.or(self.reported);
+        self.shared.metrics.upstream_pages.inc();
+        Ok(page)
     }
 
     /// Cross-check the enumeration with the upstream's `@odata.count`. An upstream that stops early
@@ -452,20 +422,7 @@ impl Pass<'_> {
         index: &mut HashMap<KeyHash, IndexEntry>,
         mut found: Option<&mut HashSet<String>>,
     ) -> Result<Option<String>, Error> {
-        let page = Page::parse(body).map_err(|e| {
-            tracing::warn!(set = %self.set_name(), error = %e, "unreadable upstream page");
-            Error::upstream(
-                UpstreamFailure::BadAnswer,
-                format!(
-                    "the upstream sent an unreadable page of {}; nothing was committed",
-                    self.set_name()
-                ),
-            )
-        })?;
-        self.pages += 1;
-        self.delivered += page.entities.len() as u64;
-        self.reported = page.count.or(self.reported);
-        self.shared.metrics.upstream_pages.inc();
+        let page = self.parse_page(body)?;
         for raw in &page.entities {
             let predicate = self.observe(raw.get().as_bytes(), index)?;
             if let Some(found) = found.as_deref_mut() {
@@ -521,374 +478,5 @@ impl Pass<'_> {
             );
         }
         Ok(digest.key.predicate)
-    }
-
-    /// GET an upstream URL and return the body of a 2xx answer; 429/503 are retried after their
-    /// `Retry-After` within the refresh's budget. With `strict`, a 4xx is a failure like any other;
-    /// without, it is returned as `Err(Rejected)` for the caller to fall back.
-    async fn get(&mut self, url: &Url, strict: bool) -> Result<Bytes, Error> {
-        match self.get_status(url).await? {
-            (status, body) if status.is_success() => Ok(body),
-            (status, _) if !strict && matches!(status.as_u16(), 400 | 501) => Err(rejected()),
-            (status, _) => {
-                tracing::warn!(set = %self.set_name(), %status, url = %url, "upstream page failed");
-                Err(Error::upstream(
-                    UpstreamFailure::BadAnswer,
-                    format!(
-                        "the upstream answered {status} while {} was read; nothing was committed",
-                        self.set_name()
-                    ),
-                ))
-            }
-        }
-    }
-
-    async fn get_status(&mut self, url: &Url) -> Result<(StatusCode, Bytes), Error> {
-        loop {
-            let mut request = Request::builder()
-                .method(Method::GET)
-                .uri(url.as_str())
-                .body(body::empty())
-                .map_err(|e| Error::Internal(format!("cannot build an upstream request: {e}")))?;
-            let headers = request.headers_mut();
-            headers.extend(self.input.headers.clone());
-            headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-            headers.insert("odata-maxversion", HeaderValue::from_static("4.0"));
-            let prefer = format!(
-                "odata.maxpagesize={}",
-                self.shared.config.upstream.page_size
-            );
-            if let Ok(v) = HeaderValue::from_str(&prefer) {
-                headers.insert("prefer", v);
-            }
-            let fetched = self
-                .shared
-                .upstream
-                .fetch(request, self.shared.config.limits.max_page_bytes)
-                .await?;
-            let status = fetched.status;
-            if matches!(status.as_u16(), 429 | 503) && self.retries_left > 0 {
-                self.retries_left -= 1;
-                let wait = retry_after(&fetched.headers)
-                    .unwrap_or(Duration::from_secs(1))
-                    .min(self.shared.config.upstream.max_retry_wait);
-                tracing::info!(set = %self.set_name(), %status, wait_ms = wait.as_millis() as u64, "upstream asks to retry");
-                tokio::time::sleep(wait).await;
-                continue;
-            }
-            return Ok((status, fetched.body));
-        }
-    }
-
-    /// Confirm candidate removals upstream (C27): a candidate found in the feed's result is kept (and
-    /// updated if it changed); one not found there but found by key left the set (`changed`); one not
-    /// found at all is `deleted`.
-    async fn confirm(
-        &mut self,
-        index: &mut HashMap<KeyHash, IndexEntry>,
-        candidates: Vec<KeyHash>,
-        strategy: &mut ConfirmStrategy,
-    ) -> Result<Vec<(KeyHash, Reason)>, Error> {
-        if candidates.is_empty() {
-            return Ok(Vec::new());
-        }
-        let store = self.shared.store.clone();
-        let feed = self.input.feed;
-        let rows = tokio::task::spawn_blocking(move || store.rows(feed, &candidates)).await??;
-        let by_predicate: HashMap<String, KeyHash> =
-            rows.into_iter().map(|(k, r)| (r.predicate, k)).collect();
-        let predicates: Vec<String> = by_predicate.keys().cloned().collect();
-
-        let filtered = self.input.def.query.get("$filter").is_some()
-            || self.input.def.query.get("$search").is_some();
-        let in_feed = self.lookup(&predicates, true, index, strategy).await?;
-        let missing: Vec<String> = predicates
-            .into_iter()
-            .filter(|p| !in_feed.contains(p))
-            .collect();
-        let still_exist = if filtered && !missing.is_empty() {
-            self.lookup(&missing, false, index, strategy).await?
-        } else {
-            HashSet::new()
-        };
-        let mut removals = Vec::new();
-        for p in missing {
-            let reason = if still_exist.contains(&p) {
-                Reason::Changed
-            } else {
-                Reason::Deleted
-            };
-            if let Some(k) = by_predicate.get(&p) {
-                removals.push((*k, reason));
-            }
-        }
-        if !in_feed.is_empty() {
-            tracing::info!(
-                set = %self.set_name(),
-                kept = in_feed.len(),
-                "entities missing from the enumeration were confirmed present upstream and kept"
-            );
-        }
-        Ok(removals)
-    }
-
-    /// Which of `predicates` the upstream returns — within the feed's query (`in_feed`, observing
-    /// what it finds) or by key alone. Falls back through `in`, `or`, single `eq` and GET by key as
-    /// the upstream rejects them (400/501); any other failure fails the refresh.
-    async fn lookup(
-        &mut self,
-        predicates: &[String],
-        in_feed: bool,
-        index: &mut HashMap<KeyHash, IndexEntry>,
-        strategy: &mut ConfirmStrategy,
-    ) -> Result<HashSet<String>, Error> {
-        let mut found = HashSet::new();
-        let has_filter = self.input.def.query.get("$filter").is_some()
-            || self.input.def.query.get("$search").is_some();
-        let mut rest: Vec<&String> = predicates.iter().collect();
-        while !rest.is_empty() {
-            let batch_len = match *strategy {
-                ConfirmStrategy::In | ConfirmStrategy::Or => batch_len(&rest),
-                _ => 1,
-            };
-            let batch: Vec<&str> = rest[..batch_len].iter().map(|s| s.as_str()).collect();
-            let result = match *strategy {
-                ConfirmStrategy::ByKey => {
-                    self.lookup_by_key(batch[0], in_feed, index, &mut found)
-                        .await
-                }
-                s => {
-                    self.lookup_filtered(
-                        &batch,
-                        s == ConfirmStrategy::In,
-                        in_feed,
-                        index,
-                        &mut found,
-                    )
-                    .await
-                }
-            };
-            match result {
-                Ok(()) => rest.drain(..batch_len),
-                Err(e) if is_rejected(&e) => {
-                    let next = match *strategy {
-                        ConfirmStrategy::In => ConfirmStrategy::Or,
-                        ConfirmStrategy::Or => ConfirmStrategy::Single,
-                        ConfirmStrategy::Single if !has_filter => ConfirmStrategy::ByKey,
-                        _ => {
-                            return Err(Error::upstream(
-                                UpstreamFailure::BadAnswer,
-                                format!(
-                                    "the upstream rejected every way of confirming removals from {}; nothing was committed",
-                                    self.set_name()
-                                ),
-                            ));
-                        }
-                    };
-                    tracing::info!(set = %self.set_name(), from = ?strategy, to = ?next, "upstream rejected a removal check; falling back");
-                    *strategy = next;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-        }
-        Ok(found)
-    }
-
-    async fn lookup_filtered(
-        &mut self,
-        batch: &[&str],
-        use_in: bool,
-        in_feed: bool,
-        index: &mut HashMap<KeyHash, IndexEntry>,
-        found: &mut HashSet<String>,
-    ) -> Result<(), Error> {
-        let keys = key_filter(&self.input.set.key, batch, use_in);
-        let mut pairs: Vec<(String, String)> = Vec::new();
-        if in_feed {
-            for (name, value) in self.input.def.query.enumeration(&self.key_names()) {
-                match name.as_str() {
-                    "$filter" => pairs.push((name, format!("({value}) and ({keys})"))),
-                    "$orderby" => {}
-                    _ => pairs.push((name, value)),
-                }
-            }
-            if self.input.def.query.get("$filter").is_none() {
-                pairs.push(("$filter".into(), keys));
-            }
-        } else {
-            pairs.push(("$filter".into(), keys));
-            pairs.push(("$select".into(), self.key_names().join(",")));
-            for (n, v) in self.input.def.query.parts() {
-                if !n.starts_with('$') {
-                    pairs.push((n.clone(), v.clone()));
-                }
-            }
-        }
-        let mut url = self.collection_url(&pairs);
-        loop {
-            let body = self.get(&url, false).await?;
-            let next = if in_feed {
-                self.read_page(&body, index, Some(found))?
-            } else {
-                self.read_keys(&body, found)?
-            };
-            match next {
-                None => return Ok(()),
-                Some(link) => url = crate::upstream::resolve_link(&self.input.service_root, &link)?,
-            }
-        }
-    }
-
-    /// Collect the key predicates of a page without observing its entities (existence checks).
-    fn read_keys(
-        &mut self,
-        body: &Bytes,
-        found: &mut HashSet<String>,
-    ) -> Result<Option<String>, Error> {
-        let page = Page::parse(body).map_err(|_| {
-            Error::upstream(
-                UpstreamFailure::BadAnswer,
-                format!(
-                    "the upstream sent an unreadable page of {}; nothing was committed",
-                    self.set_name()
-                ),
-            )
-        })?;
-        for raw in &page.entities {
-            let digest = self
-                .hasher
-                .digest(raw.get().as_bytes(), &self.input.set.key, &[])
-                .map_err(|e| {
-                    Error::upstream(
-                        UpstreamFailure::BadAnswer,
-                        format!("an entity of {} cannot be read ({e})", self.set_name()),
-                    )
-                })?;
-            found.insert(digest.key.predicate);
-        }
-        Ok(page.next_link)
-    }
-
-    async fn lookup_by_key(
-        &mut self,
-        predicate: &str,
-        in_feed: bool,
-        index: &mut HashMap<KeyHash, IndexEntry>,
-        found: &mut HashSet<String>,
-    ) -> Result<(), Error> {
-        let mut url = self.input.service_root.clone();
-        let path = format!(
-            "{}/{}({})",
-            url.path().trim_end_matches('/'),
-            encode_path(self.set_name()),
-            encode_path(predicate)
-        );
-        url.set_path(&path);
-        let pairs: Vec<(String, String)> = self
-            .input
-            .def
-            .query
-            .enumeration(&self.key_names())
-            .into_iter()
-            .filter(|(n, _)| n == "$select" || n == "$expand" || !n.starts_with('$'))
-            .collect();
-        let q = encode_pairs(&pairs);
-        url.set_query(if q.is_empty() { None } else { Some(&q) });
-        let (status, body) = self.get_status(&url).await?;
-        match status.as_u16() {
-            200 => {
-                let p = if in_feed {
-                    self.observe(&body, index)?
-                } else {
-                    self.hasher
-                        .digest(&body, &self.input.set.key, &[])
-                        .map_err(|e| {
-                            Error::upstream(
-                                UpstreamFailure::BadAnswer,
-                                format!("an entity cannot be read ({e})"),
-                            )
-                        })?
-                        .key
-                        .predicate
-                };
-                found.insert(p);
-                Ok(())
-            }
-            404 => Ok(()),
-            _ => Err(Error::upstream(
-                UpstreamFailure::BadAnswer,
-                format!(
-                    "the upstream answered {status} to a key lookup in {}; nothing was committed",
-                    self.set_name()
-                ),
-            )),
-        }
-    }
-}
-
-/// A batch of predicates whose filter keeps the URL well under common limits (8 KiB).
-fn batch_len(rest: &[&String]) -> usize {
-    let mut len = 0;
-    let mut n = 0;
-    for p in rest {
-        len += encode(p).len() + 16;
-        if n > 0 && (len > 2000 || n >= 100) {
-            break;
-        }
-        n += 1;
-    }
-    n.max(1)
-}
-
-/// The marker error for "the upstream rejected this form of query".
-fn rejected() -> Error {
-    Error::upstream(UpstreamFailure::BadAnswer, REJECTED)
-}
-
-const REJECTED: &str = "the upstream rejected the query";
-
-fn is_rejected(e: &Error) -> bool {
-    matches!(e, Error::Upstream { message, .. } if message == REJECTED)
-}
-
-/// `Retry-After` as seconds (HTTP dates are not worth the parsing; they fall back to the default).
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    headers
-        .get(header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_stay_short() {
-        let keys: Vec<String> = (0..1000)
-            .map(|i| format!("'{}'", "x".repeat(i % 50)))
-            .collect();
-        let refs: Vec<&String> = keys.iter().collect();
-        let n = batch_len(&refs);
-        assert!((1..=100).contains(&n));
-        let long = ["y".repeat(5000)];
-        assert_eq!(batch_len(&long.iter().collect::<Vec<_>>()), 1);
-    }
-
-    #[test]
-    fn credentials_are_forwarded_but_not_hop_by_hop_or_our_own_headers() {
-        let mut h = HeaderMap::new();
-        h.insert("authorization", HeaderValue::from_static("Bearer x"));
-        h.insert("connection", HeaderValue::from_static("close"));
-        h.insert("prefer", HeaderValue::from_static("odata.track-changes"));
-        h.insert("x-api-key", HeaderValue::from_static("k"));
-        let f = forwarded_headers(&h);
-        assert!(f.contains_key("authorization") && f.contains_key("x-api-key"));
-        assert!(!f.contains_key("connection") && !f.contains_key("prefer"));
     }
 }

@@ -1,0 +1,208 @@
+//! Reading from the upstream during a refresh: one GET with the feed's forwarded credentials, our
+//! own `Accept`/`Prefer`/`OData-MaxVersion`, 429/503 retried after `Retry-After` within a budget
+//! shared by the whole refresh. Cheap to clone, so the next page can be fetched while the current
+//! one is hashed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
+use url::Url;
+
+use crate::Shared;
+use crate::body;
+use crate::error::{Error, UpstreamFailure};
+
+/// Headers never forwarded on enumeration requests: hop-by-hop ones, and those we set ourselves or
+/// that would change what the upstream returns.
+const NOT_FORWARDED: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "content-type",
+    "expect",
+    "prefer",
+    "accept",
+    "accept-encoding",
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+    "range",
+    "odata-maxversion",
+    "odata-version",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-prefix",
+];
+
+/// The request headers of a tracked request that go upstream with its enumerations.
+pub fn forwarded_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (name, value) in headers {
+        if !NOT_FORWARDED.contains(&name.as_str()) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// GETs for one refresh.
+#[derive(Clone)]
+pub struct Fetcher {
+    shared: Arc<Shared>,
+    /// Credentials and other end-to-end headers of the request that asked for the refresh.
+    headers: Arc<HeaderMap>,
+    /// Entity set, for messages.
+    set: Arc<str>,
+    /// 429/503 retries left for the whole refresh.
+    retries_left: Arc<AtomicU32>,
+}
+
+impl Fetcher {
+    /// A fetcher with the refresh's retry budget.
+    pub fn new(shared: Arc<Shared>, headers: HeaderMap, set: &str) -> Self {
+        let retries = shared.config.upstream.max_retries;
+        Fetcher {
+            shared,
+            headers: Arc::new(headers),
+            set: Arc::from(set),
+            retries_left: Arc::new(AtomicU32::new(retries)),
+        }
+    }
+
+    /// GET an upstream URL and return the body of a 2xx answer. With `strict`, a 4xx is a failure
+    /// like any other; without, 400/501 come back as [`Rejected`](super::confirm) for the caller to
+    /// fall back.
+    pub async fn get(&self, url: &Url, strict: bool) -> Result<Bytes, Error> {
+        match self.get_status(url).await? {
+            (status, body) if status.is_success() => Ok(body),
+            (status, _) if !strict && matches!(status.as_u16(), 400 | 501) => {
+                Err(super::confirm::rejected())
+            }
+            (status, _) => {
+                tracing::warn!(set = %self.set, %status, url = %url, "upstream page failed");
+                Err(Error::upstream(
+                    UpstreamFailure::BadAnswer,
+                    format!(
+                        "the upstream answered {status} while {} was read; nothing was committed",
+                        self.set
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// GET an upstream URL; 429/503 are retried after their `Retry-After` while the budget lasts.
+    pub async fn get_status(&self, url: &Url) -> Result<(StatusCode, Bytes), Error> {
+        loop {
+            let mut request = Request::builder()
+                .method(Method::GET)
+                .uri(url.as_str())
+                .body(body::empty())
+                .map_err(|e| Error::Internal(format!("cannot build an upstream request: {e}")))?;
+            let headers = request.headers_mut();
+            headers.extend(self.headers.as_ref().clone());
+            headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+            headers.insert("odata-maxversion", HeaderValue::from_static("4.0"));
+            let prefer = format!(
+                "odata.maxpagesize={}",
+                self.shared.config.upstream.page_size
+            );
+            if let Ok(v) = HeaderValue::from_str(&prefer) {
+                headers.insert("prefer", v);
+            }
+            let fetched = self
+                .shared
+                .upstream
+                .fetch(request, self.shared.config.limits.max_page_bytes)
+                .await?;
+            let status = fetched.status;
+            let retry = matches!(status.as_u16(), 429 | 503)
+                && self
+                    .retries_left
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+            if retry {
+                let wait = retry_after(&fetched.headers)
+                    .unwrap_or(Duration::from_secs(1))
+                    .min(self.shared.config.upstream.max_retry_wait);
+                tracing::info!(set = %self.set, %status, wait_ms = wait.as_millis() as u64, "upstream asks to retry");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            return Ok((status, fetched.body));
+        }
+    }
+}
+
+/// `Retry-After` as seconds (HTTP dates are not worth the parsing; they fall back to the default).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// A GET running in its own task; aborted if dropped unawaited (a failed refresh stops reading).
+pub struct Prefetch(tokio::task::JoinHandle<Result<Bytes, Error>>);
+
+impl Prefetch {
+    /// Start fetching `url` strictly (any non-2xx fails).
+    pub fn start(fetcher: &Fetcher, url: Url) -> Self {
+        let fetcher = fetcher.clone();
+        Prefetch(tokio::spawn(async move { fetcher.get(&url, true).await }))
+    }
+
+    /// The body, once fetched.
+    pub async fn wait(&mut self) -> Result<Bytes, Error> {
+        (&mut self.0).await?
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_forwarded_but_not_hop_by_hop_or_our_own_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("Bearer x"));
+        h.insert("connection", HeaderValue::from_static("close"));
+        h.insert("prefer", HeaderValue::from_static("odata.track-changes"));
+        h.insert("x-api-key", HeaderValue::from_static("k"));
+        let f = forwarded_headers(&h);
+        assert!(f.contains_key("authorization") && f.contains_key("x-api-key"));
+        assert!(!f.contains_key("connection") && !f.contains_key("prefer"));
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("3"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+    }
+}
