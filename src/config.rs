@@ -203,6 +203,8 @@ pub struct Limits {
     pub max_entities_per_feed: u64,
     /// Largest total request header size.
     pub max_header_bytes: usize,
+    /// Most client connections served at once; further ones wait to be accepted.
+    pub max_connections: usize,
 }
 
 /// An IP network, for trusted proxies.
@@ -331,6 +333,7 @@ struct FileLimits {
     max_page_bytes: Option<usize>,
     max_entities_per_feed: Option<u64>,
     max_header_bytes: Option<usize>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -543,6 +546,7 @@ impl Config {
             max_page_bytes: lim.max_page_bytes.unwrap_or(256 << 20),
             max_entities_per_feed: lim.max_entities_per_feed.unwrap_or(50_000_000),
             max_header_bytes: lim.max_header_bytes.unwrap_or(64 << 10),
+            max_connections: lim.max_connections.unwrap_or(4096).max(1),
         };
 
         let mut routes = Vec::new();

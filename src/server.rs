@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -97,7 +98,16 @@ fn connection_builder(app: &Shared) -> auto::Builder<TokioExecutor> {
 async fn serve(app: App, listener: TcpListener, shutdown: CancellationToken) {
     let builder = connection_builder(&app);
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(app.config.limits.max_connections));
     loop {
+        // At the connection limit, stop accepting until one closes (backpressure, not errors).
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -137,6 +147,7 @@ async fn serve(app: App, listener: TcpListener, shutdown: CancellationToken) {
             builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let connection = graceful.watch(connection.into_owned());
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }

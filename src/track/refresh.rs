@@ -265,16 +265,12 @@ async fn run(
     tracing::debug!(
         set = %input.set.name,
         version,
-        upserts = index_updates_len(stats.changed, removals.len()),
+        upserts = stats.changed.saturating_sub(removals.len() as u64),
         removals = removals.len(),
         purged = stats.purged,
         "committed"
     );
     Ok(Version(version))
-}
-
-fn index_updates_len(changed: u64, removals: usize) -> u64 {
-    changed.saturating_sub(removals as u64)
 }
 
 /// Milliseconds since the epoch.
