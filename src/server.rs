@@ -98,7 +98,9 @@ fn connection_builder(app: &Shared) -> auto::Builder<TokioExecutor> {
 async fn serve(app: App, listener: TcpListener, shutdown: CancellationToken) {
     let builder = connection_builder(&app);
     let graceful = GracefulShutdown::new();
-    let connections = Arc::new(tokio::sync::Semaphore::new(app.config.limits.max_connections));
+    let connections = Arc::new(tokio::sync::Semaphore::new(
+        app.config.limits.max_connections,
+    ));
     loop {
         // At the connection limit, stop accepting until one closes (backpressure, not errors).
         let permit = tokio::select! {

@@ -3,7 +3,7 @@
 //! Pages are built whole in memory before a status line is written (C26).
 
 use super::ODataVersion;
-use super::json::{Member, is_control_information, object_members};
+use super::json::{Member, array_elements, is_control_information, object_members};
 
 /// Why an entity left the tracked set (C18).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,9 +118,10 @@ pub fn write_page(ctx: &PageContext, entries: &[Entry], end: &PageEnd) -> Vec<u8
     out
 }
 
-/// An entity with its control information in the response's version: `@odata.etag` ↔ `@etag` and the
-/// like renamed; links that point at the upstream (`@odata.id`, `@odata.editLink`, …) and any
-/// nested context dropped, since the entity-id follows from the key and the context URL.
+/// An entity with its control information in the response's version, at every depth (expanded
+/// entities too): `@odata.etag` ↔ `@etag` and the like renamed; links that point at the upstream
+/// (`@odata.id`, `@odata.editLink`, nested next links, …) and nested contexts dropped, since the
+/// entity-id follows from the key and the context URL.
 fn write_entity(out: &mut Vec<u8>, body: &[u8], v: ODataVersion, members: &mut Vec<Member>) {
     if object_members(body, members).is_err() {
         // Stored bodies were validated when they were read; if one is not an object after all,
@@ -128,38 +129,90 @@ fn write_entity(out: &mut Vec<u8>, body: &[u8], v: ODataVersion, members: &mut V
         out.extend_from_slice(body);
         return;
     }
+    write_members(out, body, members, v, 0);
+}
+
+/// Nesting below which values are copied as they are (the scanner refuses deeper input anyway).
+const MAX_REWRITE_DEPTH: usize = 64;
+
+fn write_members(
+    out: &mut Vec<u8>,
+    text: &[u8],
+    members: &[Member],
+    v: ODataVersion,
+    depth: usize,
+) {
     out.push(b'{');
     let mut first = true;
-    for m in members.iter() {
-        let name = m.name(body);
-        let renamed;
-        let name: &[u8] = if is_control_information(name) {
-            let at = name.iter().position(|b| *b == b'@').unwrap_or(0);
-            let (prefix, term) = name.split_at(at + 1);
-            let term = term.strip_prefix(b"odata.").unwrap_or(term);
-            if !matches!(term, b"etag" | b"type" | b"mediaContentType" | b"mediaEtag") {
-                continue;
-            }
-            let mut n = prefix.to_vec();
-            if v == ODataVersion::V40 {
-                n.extend_from_slice(b"odata.");
-            }
-            n.extend_from_slice(term);
-            renamed = n;
-            &renamed
-        } else {
-            name
+    for m in members {
+        let Some(name) = control_name(m.name(text), v) else {
+            continue;
         };
         if !first {
             out.push(b',');
         }
         first = false;
         out.push(b'"');
-        out.extend_from_slice(name);
+        out.extend_from_slice(&name);
         out.extend_from_slice(b"\":");
-        out.extend_from_slice(m.value(body));
+        write_value(out, m.value(text), v, depth + 1);
     }
     out.push(b'}');
+}
+
+fn write_value(out: &mut Vec<u8>, value: &[u8], v: ODataVersion, depth: usize) {
+    if depth > MAX_REWRITE_DEPTH {
+        out.extend_from_slice(value);
+        return;
+    }
+    match value.first() {
+        Some(b'{') => {
+            let mut members = Vec::new();
+            match object_members(value, &mut members) {
+                Ok(()) => write_members(out, value, &members, v, depth),
+                Err(_) => out.extend_from_slice(value),
+            }
+        }
+        Some(b'[') => {
+            let mut elements = Vec::new();
+            if array_elements(value, &mut elements).is_err() {
+                out.extend_from_slice(value);
+                return;
+            }
+            out.push(b'[');
+            for (i, (start, end)) in elements.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(out, &value[start..end], v, depth + 1);
+            }
+            out.push(b']');
+        }
+        _ => out.extend_from_slice(value),
+    }
+}
+
+/// The name a member is written under in version `v`, or `None` to drop it. Content members keep
+/// their names; control information keeps only what describes the content itself.
+fn control_name(name: &[u8], v: ODataVersion) -> Option<std::borrow::Cow<'_, [u8]>> {
+    if !is_control_information(name) {
+        return Some(std::borrow::Cow::Borrowed(name));
+    }
+    let at = name.iter().position(|b| *b == b'@').unwrap_or(0);
+    let (prefix, term) = name.split_at(at + 1);
+    let term = term.strip_prefix(b"odata.").unwrap_or(term);
+    let on_property = at > 0;
+    let keep = matches!(term, b"etag" | b"type" | b"mediaContentType" | b"mediaEtag")
+        || (on_property && term == b"count");
+    if !keep {
+        return None;
+    }
+    let mut n = prefix.to_vec();
+    if v == ODataVersion::V40 {
+        n.extend_from_slice(b"odata.");
+    }
+    n.extend_from_slice(term);
+    Some(std::borrow::Cow::Owned(n))
 }
 
 fn write_removed(
@@ -281,6 +334,20 @@ mod tests {
         );
         assert!(text.contains(r#"{"@etag":"W/\"1\"","ID":1}"#), "{text}");
         assert!(text.ends_with(r#""@nextLink":"n"}"#), "{text}");
+    }
+
+    #[test]
+    fn expanded_entities_get_the_response_versions_control_information() {
+        let entries = [Entry::Entity(
+            br#"{"ID":1,"Orders":[{"@odata.etag":"e","@odata.id":"http://up/O(1)","ID":7}],"Orders@odata.count":1,"Orders@odata.nextLink":"http://up/x"}"#,
+        )];
+        let c = ctx(ODataVersion::V401, true);
+        let text =
+            String::from_utf8(write_page(&c, &entries, &PageEnd::Delta("d".into()))).unwrap();
+        assert!(
+            text.contains(r#"{"ID":1,"Orders":[{"@etag":"e","ID":7}],"Orders@count":1}"#),
+            "{text}"
+        );
     }
 
     #[test]

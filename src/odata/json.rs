@@ -188,6 +188,18 @@ pub fn object_members(text: &[u8], out: &mut Vec<Member>) -> Result<(), JsonErro
     Ok(())
 }
 
+/// The elements of the array `text`, as byte ranges, appended to `out`.
+pub fn array_elements(text: &[u8], out: &mut Vec<(usize, usize)>) -> Result<(), JsonError> {
+    out.clear();
+    let mut s = Scanner { text, pos: 0 };
+    s.elements(0, |e| out.push(e))?;
+    s.skip_ws();
+    if s.pos != text.len() {
+        return Err(s.err("the end of the array"));
+    }
+    Ok(())
+}
+
 /// Whether a member name is OData control information (`@odata.etag`, `@etag`, `Prop@odata.type`, …):
 /// metadata about the payload, not content. 4.01 services may omit the `odata.` prefix (J §4.5).
 pub fn is_control_information(name: &[u8]) -> bool {
