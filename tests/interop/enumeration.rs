@@ -1,0 +1,127 @@
+//! CAP pages by offset. Deleting rows that the gateway's enumeration has already read shifts every
+//! later row one place towards the start, so each such delete makes the enumeration miss one row
+//! that still exists. None of those rows may become a tombstone (C27): every tombstone the gateway
+//! publishes must be for a row that is really gone from CAP. After a quiet sync the replica holds
+//! exactly CAP's collection (C28).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::cap::{Cap, CapApi, ROOT};
+use crate::check::{assert_converged, entries};
+use crate::support::gateway::{Client, Gateway, Replica, Shape};
+
+const ROWS: u32 = 5000;
+const CAP_PAGE: u32 = 100;
+const ROUNDS: usize = 3;
+/// Pause between two deletes, so that the deletes spread over the whole enumeration.
+const DELETE_EVERY: Duration = Duration::from_millis(4);
+/// Fewer deletes than this during one delta request means the deletes and the enumeration did not
+/// overlap, and the round proved nothing.
+const MIN_DELETES_DURING_SYNC: usize = 5;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_behind_an_offset_paged_enumeration_publish_no_false_tombstones_c27() {
+    let test = "shifting-pages";
+    let Some(cap) = Cap::start(test, ROWS, CAP_PAGE) else {
+        return;
+    };
+    let api = cap.api();
+    let gw = Gateway::start(&cap.base).await;
+    let client = Client::default();
+    let mut replica = Replica::new("Customers", &["ID"], Shape::V401);
+    replica.page_size = Some(1000);
+    let url = gw.url(&format!("{ROOT}/Customers"));
+    replica
+        .initial(&client, &url)
+        .await
+        .unwrap_or_else(|r| panic!("initial read: {} {}", r.status, r.text()));
+    assert_eq!(replica.rows.len(), ROWS as usize);
+
+    let mut deleted = BTreeSet::new();
+    let mut tombstoned = BTreeSet::new();
+    let mut next_victim = 1;
+    for round in 0..ROUNDS {
+        let link = replica.delta_link.clone().expect("a delta link");
+        let stop = Arc::new(AtomicBool::new(false));
+        let deleter = tokio::spawn(delete_lowest_until(api.clone(), next_victim, stop.clone()));
+        let started = Instant::now();
+        let synced = replica.sync(&client).await;
+        let took = started.elapsed();
+        stop.store(true, Ordering::SeqCst);
+        let gone = deleter.await.expect("the deleter finishes");
+        next_victim += gone.len() as i64;
+        deleted.extend(gone.iter().copied());
+        if let Err(r) = synced {
+            panic!("round {round}: GET {link}: {} {}", r.status, r.text());
+        }
+        eprintln!(
+            "{test}: round {round}: {} deletes during a delta request of {} ms, {} tombstones",
+            gone.len(),
+            took.as_millis(),
+            replica.last_removed.len()
+        );
+        assert!(
+            gone.len() >= MIN_DELETES_DURING_SYNC,
+            "round {round}: only {} deletes while the gateway enumerated for {} ms",
+            gone.len(),
+            took.as_millis()
+        );
+        let got = entries(&replica);
+        for (id, reason) in &got.removed {
+            let still_there = api.get(*id).await;
+            assert!(
+                deleted.contains(id) && still_there.is_none(),
+                "C27: round {round}: GET {link} published a tombstone for Customers({id}), which \
+                 {}; rows deleted so far: {:?}..{:?}",
+                match &still_there {
+                    Some(row) => format!("CAP still holds: {row}"),
+                    None => "is gone although the test never deleted it".to_owned(),
+                },
+                deleted.first(),
+                deleted.last(),
+            );
+            assert_eq!(reason, "deleted", "C18: Customers({id})");
+        }
+        assert!(
+            got.upserted.is_empty(),
+            "round {round}: nothing was inserted or changed, yet the delta has {:?}",
+            got.upserted
+        );
+        tombstoned.extend(got.removed.keys().copied());
+    }
+
+    // Quiet: every delete is now published, and nothing else.
+    replica
+        .sync(&client)
+        .await
+        .unwrap_or_else(|r| panic!("quiet sync: {} {}", r.status, r.text()));
+    tombstoned.extend(entries(&replica).removed.keys().copied());
+    assert_eq!(
+        tombstoned, deleted,
+        "C28: every deleted row is tombstoned exactly once over the rounds"
+    );
+    assert_converged(&replica, &api.read_all("").await, "after a quiet sync");
+    let confirmations = cap.log_lines_with("ID in (");
+    eprintln!(
+        "{test}: {} removal confirmations in CAP's log, e.g. {:?}",
+        confirmations.len(),
+        confirmations.first()
+    );
+}
+
+/// Delete `first`, `first + 1`, … (rows at the start of the key order, which the enumeration has
+/// read already) until told to stop; never re-inserts. Returns the deleted IDs.
+async fn delete_lowest_until(api: CapApi, first: i64, stop: Arc<AtomicBool>) -> Vec<i64> {
+    let mut gone = Vec::new();
+    let mut id = first;
+    while !stop.load(Ordering::SeqCst) {
+        api.delete(id).await;
+        gone.push(id);
+        id += 1;
+        tokio::time::sleep(DELETE_EVERY).await;
+    }
+    gone
+}
