@@ -86,6 +86,12 @@ async fn crud_rounds(test: &str, shape: Shape) {
             );
         }
     }
+    // CAP would accept a $deltatoken and copy it into its nextLinks: the gateway must not send one.
+    let leaked = cap.log_lines_with("deltatoken");
+    assert!(
+        leaked.is_empty(),
+        "$deltatoken forwarded to CAP: {leaked:?}"
+    );
 }
 
 /// 5 to 25 random writes: patches of existing rows, inserts with new IDs, deletes.

@@ -229,6 +229,11 @@ if [ ! -f "$TEMPLATE" ]; then
   "$NODE" "$APP/gen-data.js" "$tmp" "$ROWS"
   rm -f "$tmp-journal"; mv "$tmp" "$TEMPLATE"
 fi
+
+# Instances whose server is gone (a killed test run: the server followed its owner) leave files.
+for n in $(names_of_dir); do
+  pid_alive_ours "$(cut -d' ' -f1 "$RUN/$n.pid" 2>/dev/null || true)" || stop_one "$n"
+done
 flock -u 9; exec 9>&-
 
 # ---------------------------------------------------------------- (re)start
