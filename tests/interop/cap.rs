@@ -66,6 +66,15 @@ impl Cap {
     /// Start CAP with `rows` deterministic Customers (ID 1..rows) and server-driven offset paging
     /// of `page_size`. `None` (after a note) when CAP cannot run here and `CI` is not set.
     pub fn start(test: &str, rows: u32, page_size: u32) -> Option<Cap> {
+        Self::launch(test, rows, page_size, false)
+    }
+
+    /// Like `start`, but CAP pages by key (its "reliable paging": base64 JSON `$skiptoken`s).
+    pub fn start_keyset_paged(test: &str, rows: u32, page_size: u32) -> Option<Cap> {
+        Self::launch(test, rows, page_size, true)
+    }
+
+    fn launch(test: &str, rows: u32, page_size: u32, keyset: bool) -> Option<Cap> {
         let npm = Command::new("npm").arg("--version").output();
         if !npm.is_ok_and(|o| o.status.success()) {
             return unavailable(test, "npm is not on PATH");
@@ -82,6 +91,7 @@ impl Cap {
             .args(["--rows", &rows.to_string()])
             .args(["--page-size", &page_size.to_string()])
             .args(["--owner-pid", &std::process::id().to_string()])
+            .args(keyset.then_some("--reliable-paging"))
             .output();
         let out = match out {
             Ok(out) => out,
@@ -108,7 +118,8 @@ impl Cap {
             );
         };
         eprintln!(
-            "{test}: CAP at {base} ({rows} rows, page size {page_size}) in {} ms",
+            "{test}: CAP at {base} ({rows} rows, {} pages of {page_size}) in {} ms",
+            if keyset { "keyset" } else { "offset" },
             started.elapsed().as_millis()
         );
         Some(Cap {

@@ -1,26 +1,28 @@
-//! CAP pages by offset. Deleting rows that the gateway's enumeration has already read shifts every
-//! later row one place towards the start, so each such delete makes the enumeration miss one row
-//! that still exists. None of those rows may become a tombstone (C27): every tombstone the gateway
-//! publishes must be for a row that is really gone from CAP. After a quiet sync the replica holds
-//! exactly CAP's collection (C28).
+//! Writes to CAP while the gateway enumerates it. CAP pages by offset: deleting rows that the
+//! enumeration has already read shifts every later row one place towards the start, so each such
+//! delete makes the enumeration miss one row that still exists, and an insert before the read
+//! position makes it see one row twice. None of the missed rows may become a tombstone (C27): every
+//! tombstone the gateway publishes must be for a row that is really gone from CAP. After a quiet
+//! sync the replica holds exactly CAP's collection (C28).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::cap::{Cap, CapApi, ROOT};
+use crate::cap::{Cap, CapApi, ROOT, id_of};
 use crate::check::{assert_converged, entries};
+use crate::rng::Rng;
 use crate::support::gateway::{Client, Gateway, Replica, Shape};
 
 const ROWS: u32 = 5000;
 const CAP_PAGE: u32 = 100;
 const ROUNDS: usize = 3;
-/// Pause between two deletes, so that the deletes spread over the whole enumeration.
-const DELETE_EVERY: Duration = Duration::from_millis(4);
-/// Fewer deletes than this during one delta request means the deletes and the enumeration did not
+/// Pause between two writes, so that they spread over the whole enumeration.
+const WRITE_EVERY: Duration = Duration::from_millis(4);
+/// Fewer writes than this during one delta request means the writes and the enumeration did not
 /// overlap, and the round proved nothing.
-const MIN_DELETES_DURING_SYNC: usize = 5;
+const MIN_WRITES_DURING_SYNC: usize = 5;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletes_behind_an_offset_paged_enumeration_publish_no_false_tombstones_c27() {
@@ -64,7 +66,7 @@ async fn deletes_behind_an_offset_paged_enumeration_publish_no_false_tombstones_
             replica.last_removed.len()
         );
         assert!(
-            gone.len() >= MIN_DELETES_DURING_SYNC,
+            gone.len() >= MIN_WRITES_DURING_SYNC,
             "round {round}: only {} deletes while the gateway enumerated for {} ms",
             gone.len(),
             took.as_millis()
@@ -121,7 +123,140 @@ async fn delete_lowest_until(api: CapApi, first: i64, stop: Arc<AtomicBool>) -> 
         api.delete(id).await;
         gone.push(id);
         id += 1;
-        tokio::time::sleep(DELETE_EVERY).await;
+        tokio::time::sleep(WRITE_EVERY).await;
     }
     gone
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_writes_during_offset_paged_enumerations_publish_no_false_tombstones_c27_c28() {
+    let test = "churn-offset";
+    let Some(cap) = Cap::start(test, 3000, CAP_PAGE) else {
+        return;
+    };
+    churn_rounds(test, &cap, Shape::V40).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_writes_during_keyset_paged_enumerations_publish_no_false_tombstones_c27_c28() {
+    let test = "churn-keyset";
+    let Some(cap) = Cap::start_keyset_paged(test, 3000, CAP_PAGE) else {
+        return;
+    };
+    churn_rounds(test, &cap, Shape::V401).await;
+}
+
+/// What a churner did while one delta request ran.
+#[derive(Default)]
+struct Churn {
+    writes: usize,
+    deleted: BTreeSet<i64>,
+}
+
+/// Rounds of: random inserts (in front of every row, with negative IDs, and at the end), patches
+/// and deletes through CAP's API while the replica's delta request enumerates; then a quiet sync.
+async fn churn_rounds(test: &str, cap: &Cap, shape: Shape) {
+    let api = cap.api();
+    let gw = Gateway::start(&cap.base).await;
+    let client = Client::default();
+    let mut replica = Replica::new("Customers", &["ID"], shape);
+    replica.page_size = Some(700);
+    replica
+        .initial(&client, &gw.url(&format!("{ROOT}/Customers")))
+        .await
+        .unwrap_or_else(|r| panic!("initial read: {} {}", r.status, r.text()));
+    let mut rng = Rng::from_env(test);
+    let mut live: Vec<i64> = api.read_all("").await.iter().map(id_of).collect();
+    let mut ids = NewIds {
+        front: -1,
+        back: 1_000_001,
+    };
+    let mut deleted = BTreeSet::new();
+    for round in 0..ROUNDS {
+        let link = replica.delta_link.clone().expect("a delta link");
+        let stop = Arc::new(AtomicBool::new(false));
+        let churner = tokio::spawn(churn_until(api.clone(), rng, live, ids, stop.clone()));
+        let synced = replica.sync(&client).await;
+        stop.store(true, Ordering::SeqCst);
+        let churn;
+        (rng, live, ids, churn) = churner.await.expect("the churner finishes");
+        deleted.extend(churn.deleted.iter().copied());
+        if let Err(r) = synced {
+            panic!("round {round}: GET {link}: {} {}", r.status, r.text());
+        }
+        eprintln!(
+            "{test}: round {round}: {} writes during the delta request, {} entities and {} \
+             tombstones in it",
+            churn.writes,
+            replica.last_upserted.len(),
+            replica.last_removed.len()
+        );
+        assert!(
+            churn.writes >= MIN_WRITES_DURING_SYNC,
+            "round {round}: only {} writes while the gateway enumerated",
+            churn.writes
+        );
+        for id in entries(&replica).removed.keys() {
+            let still_there = api.get(*id).await;
+            assert!(
+                deleted.contains(id) && still_there.is_none(),
+                "C27: round {round}: GET {link} published a tombstone for Customers({id}), which \
+                 CAP still holds: {still_there:?}"
+            );
+        }
+    }
+    replica
+        .sync(&client)
+        .await
+        .unwrap_or_else(|r| panic!("quiet sync: {} {}", r.status, r.text()));
+    assert_converged(&replica, &api.read_all("").await, "after a quiet sync");
+}
+
+/// The next IDs to insert: before every existing row, and after.
+#[derive(Clone, Copy)]
+struct NewIds {
+    front: i64,
+    back: i64,
+}
+
+/// Random writes until told to stop: a third inserts (never reusing an ID), a third patches, a
+/// third deletes. Hands its state back for the next round.
+async fn churn_until(
+    api: CapApi,
+    mut rng: Rng,
+    mut live: Vec<i64>,
+    mut ids: NewIds,
+    stop: Arc<AtomicBool>,
+) -> (Rng, Vec<i64>, NewIds, Churn) {
+    let mut churn = Churn::default();
+    while !stop.load(Ordering::SeqCst) {
+        match rng.below(3) {
+            0 => {
+                let id = if rng.chance(50) {
+                    ids.front -= 1;
+                    ids.front + 1
+                } else {
+                    ids.back += 1;
+                    ids.back - 1
+                };
+                let row =
+                    serde_json::json!({"ID": id, "name": format!("Inserted {id}"), "city": "Oslo"});
+                api.insert(&row).await;
+                live.push(id);
+            }
+            1 => {
+                let id = *rng.pick(&live);
+                let patch = serde_json::json!({"score": rng.between(0, 999)});
+                api.patch(id, &patch).await;
+            }
+            _ => {
+                let id = live.swap_remove(rng.below(live.len()));
+                api.delete(id).await;
+                churn.deleted.insert(id);
+            }
+        }
+        churn.writes += 1;
+        tokio::time::sleep(WRITE_EVERY).await;
+    }
+    (rng, live, ids, churn)
 }

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value, json};
 
 use crate::cap::{Cap, ROOT, id_of};
-use crate::check::{assert_converged, entries};
+use crate::check::{assert_converged, entries, key_of};
 use crate::rng::Rng;
 use crate::support::gateway::{Client, Gateway, Replica, Shape};
 
@@ -139,6 +139,38 @@ async fn a_filtered_feed_over_cap_reports_added_changed_and_deleted_c5_c18() {
                 ),
             }
         }
+    }
+}
+
+/// A tracked read with `$orderby` and `$top`/`$skip` must answer the rows CAP answers for the same
+/// query, in that order (OData: `$top` takes the first N of the ordered collection). Today the
+/// gateway pages the initial response in its own key-hash order and drops `$orderby`, so `$top=5`
+/// returns five rows that are not the first five by name.
+#[tokio::test]
+#[ignore = "fails today: tracked initial responses ignore $orderby; $top/$skip pick rows in key-hash order"]
+async fn a_tracked_read_with_orderby_and_top_answers_the_rows_cap_answers() {
+    let Some(cap) = Cap::start("orderby-top", 300, 100) else {
+        return;
+    };
+    let api = cap.api();
+    let gw = Gateway::start(&cap.base).await;
+    let client = Client::default();
+    for query in [
+        "$orderby=name%20desc&$top=5&$select=name",
+        "$orderby=score,ID&$skip=2&$top=3&$select=score",
+    ] {
+        let want: Vec<i64> = api
+            .read_all(&format!("?{query}"))
+            .await
+            .iter()
+            .map(id_of)
+            .collect();
+        let replica = tracked_replica(&client, &gw, query, Shape::V40).await;
+        let got: Vec<i64> = replica.last_upserted.iter().map(|id| key_of(id)).collect();
+        assert_eq!(
+            got, want,
+            "GET {ROOT}/Customers?{query} with track-changes, against CAP"
+        );
     }
 }
 

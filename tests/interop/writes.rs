@@ -93,6 +93,16 @@ async fn writes_through_the_gateway_reach_cap_and_show_in_the_next_delta() {
     assert_eq!(r.status, 404, "{}", r.text());
     assert_eq!(api.get(10).await.expect("row 10")["name"], "Patched");
 
+    // The gateway counts the delta itself (C23): three entities and two tombstones.
+    let link = replica.delta_link.clone().expect("a delta link");
+    let count_url = link.replacen("/Customers?", "/Customers/$count?", 1);
+    let r = client.get(&count_url, &[]).await;
+    assert_eq!(
+        (r.status.as_u16(), r.text()),
+        (200, "5".to_owned()),
+        "GET {count_url}"
+    );
+
     replica
         .sync(&client)
         .await
