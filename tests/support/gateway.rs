@@ -391,6 +391,10 @@ pub struct Replica {
     pub pages: usize,
     /// Every next and delta link the gateway gave this replica, oldest first.
     pub issued: Vec<String>,
+    /// Entity-ids of the entities in the last response followed (all its pages), in order.
+    pub last_upserted: Vec<String>,
+    /// (entity-id, reason) of the tombstones in the last response followed, in order.
+    pub last_removed: Vec<(String, String)>,
 }
 
 impl Replica {
@@ -405,6 +409,8 @@ impl Replica {
             page_size: None,
             pages: 0,
             issued: Vec::new(),
+            last_upserted: Vec::new(),
+            last_removed: Vec::new(),
         }
     }
 
@@ -461,6 +467,8 @@ impl Replica {
             ),
             Shape::V401 => ("@context", "@nextLink", "@deltaLink", false),
         };
+        self.last_upserted.clear();
+        self.last_removed.clear();
         loop {
             let headers = self.headers();
             let refs: Vec<(&str, &str)> = headers
@@ -503,6 +511,8 @@ impl Replica {
                         "reason in {item}"
                     );
                     self.rows.remove(&id);
+                    self.last_removed
+                        .push((id, reason.as_str().unwrap_or_default().to_owned()));
                 } else {
                     let mut entity = item.clone();
                     if let Some(obj) = entity.as_object_mut() {
@@ -511,6 +521,7 @@ impl Replica {
                         });
                     }
                     let id = self.entity_id(&entity);
+                    self.last_upserted.push(id.clone());
                     self.rows.insert(id, entity);
                 }
             }

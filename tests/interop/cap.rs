@@ -1,0 +1,295 @@
+//! A real SAP CAP server for one test: started by `start-cap-upstream.sh` on a free loopback port
+//! with a pristine N-row database, stopped when the test ends (also when it panics, after printing
+//! the tail of CAP's log). `CapApi` is CAP's own OData API, used to write behind the gateway's back
+//! and as the ground truth that replicas are compared with.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use http::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::support::gateway::{Client, Resp};
+
+/// The start script, beside this file.
+const SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/interop/start-cap-upstream.sh"
+);
+
+/// The service path CAP serves; the gateway serves the same path.
+pub const ROOT: &str = "/odata/v4/customers";
+
+/// Lines of CAP's log printed when a test fails.
+const LOG_TAIL_LINES: usize = 80;
+
+/// A running CAP server; stopped on drop.
+pub struct Cap {
+    /// The service root, `http://127.0.0.1:PORT/odata/v4/customers`.
+    pub base: String,
+    /// CAP's log, for failure reports.
+    pub log: PathBuf,
+    /// The install/work folder of the start script.
+    dir: PathBuf,
+    /// The instance name the script knows it by.
+    name: String,
+}
+
+/// Whether failing to start CAP must fail the test (in CI) rather than skip it.
+fn required() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
+}
+
+/// Where the script installs Node, `@sap/cds` and the template databases: `$CAP_UPSTREAM_DIR`, else
+/// a folder in the target directory, so that `cargo clean` removes it and warm runs reuse it.
+fn work_dir() -> PathBuf {
+    match std::env::var_os("CAP_UPSTREAM_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => Path::new(env!("CARGO_TARGET_TMPDIR")).join("cap-upstream"),
+    }
+}
+
+/// CAP is not available: fail in CI, otherwise say why the test is skipped.
+fn unavailable(test: &str, why: &str) -> Option<Cap> {
+    if required() {
+        panic!("CI is set, so SAP CAP must start for {test}, but: {why}");
+    }
+    eprintln!(
+        "note: {test} skipped: SAP CAP could not be started ({why}). It needs node and npm and, \
+         on the first run, the npm registry; set CI=1 to make this a failure."
+    );
+    None
+}
+
+impl Cap {
+    /// Start CAP with `rows` deterministic Customers (ID 1..rows) and server-driven offset paging
+    /// of `page_size`. `None` (after a note) when CAP cannot run here and `CI` is not set.
+    pub fn start(test: &str, rows: u32, page_size: u32) -> Option<Cap> {
+        Self::launch(test, rows, page_size, false)
+    }
+
+    /// Like `start`, but CAP pages by key (its "reliable paging": base64 JSON `$skiptoken`s).
+    pub fn start_keyset_paged(test: &str, rows: u32, page_size: u32) -> Option<Cap> {
+        Self::launch(test, rows, page_size, true)
+    }
+
+    fn launch(test: &str, rows: u32, page_size: u32, keyset: bool) -> Option<Cap> {
+        let npm = Command::new("npm").arg("--version").output();
+        if !npm.is_ok_and(|o| o.status.success()) {
+            return unavailable(test, "npm is not on PATH");
+        }
+        let dir = work_dir();
+        let name = format!("{test}-{}", std::process::id());
+        let started = std::time::Instant::now();
+        let out = Command::new("bash")
+            .arg(SCRIPT)
+            .arg("start")
+            .arg("--dir")
+            .arg(&dir)
+            .args(["--name", &name])
+            .args(["--rows", &rows.to_string()])
+            .args(["--page-size", &page_size.to_string()])
+            .args(["--owner-pid", &std::process::id().to_string()])
+            .args(keyset.then_some("--reliable-paging"))
+            .output();
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => return unavailable(test, &format!("bash {SCRIPT}: {e}")),
+        };
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            return unavailable(
+                test,
+                &format!("{SCRIPT} failed ({}):\n{stderr}", out.status),
+            );
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let var = |key: &str| {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .map(str::to_owned)
+        };
+        let (Some(base), Some(log)) = (var("CAP_BASE_URL"), var("CAP_LOG")) else {
+            return unavailable(
+                test,
+                &format!("unexpected script output:\n{stdout}{stderr}"),
+            );
+        };
+        eprintln!(
+            "{test}: CAP at {base} ({rows} rows, {} pages of {page_size}) in {} ms",
+            if keyset { "keyset" } else { "offset" },
+            started.elapsed().as_millis()
+        );
+        Some(Cap {
+            base,
+            log: PathBuf::from(log),
+            dir,
+            name,
+        })
+    }
+
+    /// CAP's own API.
+    pub fn api(&self) -> CapApi {
+        CapApi {
+            base: self.base.clone(),
+            client: Client::default(),
+        }
+    }
+
+    /// The lines of CAP's log (one per request it served) that contain `needle`.
+    pub fn log_lines_with(&self, needle: &str) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The last lines of CAP's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Cap {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- last {LOG_TAIL_LINES} lines of CAP's log {} ----\n{}\n----",
+                self.log.display(),
+                self.log_tail(LOG_TAIL_LINES)
+            );
+        }
+        let _ = Command::new("bash")
+            .arg(SCRIPT)
+            .arg("stop")
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--name", &self.name])
+            .output();
+    }
+}
+
+/// CAP's own OData API for `Customers` (key `ID`), bypassing the gateway.
+#[derive(Clone)]
+pub struct CapApi {
+    /// The service root.
+    pub base: String,
+    client: Client,
+}
+
+impl CapApi {
+    /// `base/Customers` + `rest` (a key predicate, a query).
+    pub fn url(&self, rest: &str) -> String {
+        format!("{}/Customers{rest}", self.base)
+    }
+
+    async fn send(&self, method: Method, url: &str, body: Option<&Value>) -> Resp {
+        let (headers, body): (&[(&str, &str)], Vec<u8>) = match body {
+            Some(b) => (
+                &[("Content-Type", "application/json")],
+                serde_json::to_vec(b).expect("serializable"),
+            ),
+            None => (&[], Vec::new()),
+        };
+        self.client.send(method, url, headers, body).await
+    }
+
+    /// Every entity of `Customers{query}`, following CAP's relative nextLinks to the end.
+    pub async fn read_all(&self, query: &str) -> Vec<Value> {
+        let mut url = self.url(query);
+        let mut rows = Vec::new();
+        for _ in 0..100_000 {
+            let r = self.client.get(&url, &[]).await;
+            assert_eq!(r.status, StatusCode::OK, "CAP GET {url}: {}", r.text());
+            let page = r.json();
+            rows.extend(
+                page["value"]
+                    .as_array()
+                    .expect("value array")
+                    .iter()
+                    .cloned(),
+            );
+            match page["@odata.nextLink"].as_str() {
+                Some(next) => url = format!("{}/{next}", self.base),
+                None => return rows,
+            }
+        }
+        panic!("CAP's nextLinks did not end: {url}");
+    }
+
+    /// `read_all` keyed by ID.
+    pub async fn rows_by_id(&self, query: &str) -> BTreeMap<i64, Value> {
+        self.read_all(query)
+            .await
+            .into_iter()
+            .map(|r| (id_of(&r), r))
+            .collect()
+    }
+
+    /// The entity with this ID, or `None` when CAP answers 404.
+    pub async fn get(&self, id: i64) -> Option<Value> {
+        let r = self.client.get(&self.url(&format!("({id})")), &[]).await;
+        match r.status {
+            StatusCode::OK => {
+                let mut entity = r.json();
+                if let Some(obj) = entity.as_object_mut() {
+                    obj.retain(|k, _| !k.starts_with('@'));
+                }
+                Some(entity)
+            }
+            StatusCode::NOT_FOUND => None,
+            other => panic!("CAP GET Customers({id}): {other} {}", r.text()),
+        }
+    }
+
+    /// POST a new entity; it must carry its `ID` (CAP answers a POST without one with the wrong
+    /// row). Returns CAP's answer.
+    pub async fn insert(&self, entity: &Value) -> Value {
+        assert!(entity["ID"].is_i64(), "a POST needs an ID: {entity}");
+        let r = self.send(Method::POST, &self.url(""), Some(entity)).await;
+        assert_eq!(
+            r.status,
+            StatusCode::CREATED,
+            "CAP POST {entity}: {}",
+            r.text()
+        );
+        r.json()
+    }
+
+    /// PATCH an existing entity.
+    pub async fn patch(&self, id: i64, patch: &Value) {
+        let url = self.url(&format!("({id})"));
+        let r = self.send(Method::PATCH, &url, Some(patch)).await;
+        assert!(
+            matches!(r.status.as_u16(), 200 | 204),
+            "CAP PATCH Customers({id}) {patch}: {} {}",
+            r.status,
+            r.text()
+        );
+    }
+
+    /// DELETE an existing entity.
+    pub async fn delete(&self, id: i64) {
+        let r = self
+            .send(Method::DELETE, &self.url(&format!("({id})")), None)
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::NO_CONTENT,
+            "CAP DELETE Customers({id}): {}",
+            r.text()
+        );
+    }
+}
+
+/// The `ID` of a Customers entity.
+pub fn id_of(entity: &Value) -> i64 {
+    entity["ID"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("an entity without an integer ID: {entity}"))
+}
