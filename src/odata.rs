@@ -5,6 +5,7 @@ pub mod delta;
 pub mod entity_id;
 pub mod json;
 pub mod metadata;
+pub mod orderby;
 pub mod page;
 pub mod prefer;
 pub mod query;

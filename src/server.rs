@@ -25,7 +25,7 @@ use crate::odata::prefer::Preferences;
 use crate::odata::query::ODataQuery;
 use crate::odata::{ODataVersion, names};
 use crate::router::{self, Decision};
-use crate::track::respond::{self, Operation, TrackedRequest};
+use crate::track::respond::{self, Answer, Operation, TrackedRequest};
 use crate::{App, Shared};
 
 /// How long in-flight requests may run on after shutdown was asked for.
@@ -295,7 +295,10 @@ async fn route(
         scope: router::scope_of(&app.config.identity, &app.scope_key, req.headers()),
         headers: req.headers().clone(),
     };
-    respond::answer(app, op, tracked).await
+    match respond::answer(app, op, tracked).await? {
+        Answer::Response(response) => Ok(response),
+        Answer::PassThrough => proxy(app, req, peer, route).await,
+    }
 }
 
 fn op_label(op: Operation) -> &'static str {

@@ -125,6 +125,18 @@ impl EntityRow {
         out
     }
 
+    /// The body part of an encoded row, without decoding the rest.
+    fn body_of(bytes: &[u8]) -> Result<&[u8], StoreError> {
+        let corrupt = || StoreError::new("an entity row is corrupt");
+        let mut at = 26;
+        for _ in 0..2 {
+            let len = bytes.get(at..at + 4).ok_or_else(corrupt)?;
+            let len = u32::from_be_bytes(len.try_into().map_err(|_| corrupt())?) as usize;
+            at = at.checked_add(4 + len).ok_or_else(corrupt)?;
+        }
+        bytes.get(at..).ok_or_else(corrupt)
+    }
+
     fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
         let corrupt = || StoreError::new("an entity row is corrupt");
         let take = |bytes: &mut &[u8], n: usize| -> Result<Vec<u8>, StoreError> {
@@ -533,6 +545,29 @@ impl Store {
         Ok(true)
     }
 
+    /// Visit the body of every live entity of a feed (for ordering by content).
+    pub fn scan_live(
+        &self,
+        feed: FeedId,
+        mut visit: impl FnMut(KeyHash, &[u8]),
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_read()?;
+        let entities = tx.open_table(ENTITIES)?;
+        let start = entity_key(feed, KeyHash([0; 16]));
+        let end = entity_key(feed, KeyHash([0xff; 16]));
+        for item in entities.range::<&[u8; 32]>(&start..=&end)? {
+            let (k, v) = item?;
+            let row = v.value();
+            if row.get(25).is_some_and(|flag| *flag != 0) {
+                continue;
+            }
+            let mut key = [0u8; 16];
+            key.copy_from_slice(&k.value()[16..]);
+            visit(KeyHash(key), EntityRow::body_of(row)?);
+        }
+        Ok(())
+    }
+
     /// Up to `limit` live entities of a feed in key-hash order, after `after`, passing over the
     /// first `skip` of them (a client's `$skip`).
     pub fn live_page(
@@ -694,6 +729,10 @@ mod tests {
             body: br#"{"ID":"a'b"}"#.to_vec(),
         };
         assert_eq!(EntityRow::decode(&row.encode()).unwrap(), row);
+        assert_eq!(
+            EntityRow::body_of(&row.encode()).unwrap(),
+            row.body.as_slice()
+        );
         assert!(EntityRow::decode(&row.encode()[..20]).is_err());
     }
 }

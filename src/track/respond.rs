@@ -11,6 +11,7 @@ use crate::Shared;
 use crate::body::{self, Body};
 use crate::error::Error;
 use crate::odata::delta::{Entry, PageContext, PageEnd, write_page};
+use crate::odata::orderby::{OrderBy, SortKey};
 use crate::odata::prefer::Preferences;
 use crate::odata::query::{DefiningQuery, ODataQuery, encode_path};
 use crate::odata::{ODataVersion, names};
@@ -64,16 +65,26 @@ pub async fn answer(
     shared: &Arc<Shared>,
     op: Operation,
     req: TrackedRequest,
-) -> Result<Response<Body>, Error> {
-    match op {
+) -> Result<Answer, Error> {
+    let response = match op {
         Operation::Initial if req.query.deltatoken.as_deref() == Some("latest") => {
-            latest(shared, req).await
+            latest(shared, req).await?
         }
-        Operation::Initial => initial(shared, req).await,
-        Operation::Delta => delta(shared, req).await,
-        Operation::Page => page(shared, req).await,
-        Operation::Count => count(shared, req).await,
-    }
+        Operation::Initial if req.query.orderby.is_some() => return ordered(shared, req).await,
+        Operation::Initial => initial(shared, req).await?,
+        Operation::Delta => delta(shared, req).await?,
+        Operation::Page => page(shared, req).await?,
+        Operation::Count => count(shared, req).await?,
+    };
+    Ok(Answer::Response(response))
+}
+
+/// What became of a tracked request.
+pub enum Answer {
+    /// Answered from the store.
+    Response(Response<Body>),
+    /// Cannot be answered as asked with change tracking: to be answered normally (C2).
+    PassThrough,
 }
 
 fn now_secs() -> u64 {
@@ -298,6 +309,67 @@ async fn initial(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<B
         Some(fresh),
     )
     .await
+}
+
+/// A tracked read with `$orderby`: the live entities in the requested order, `$skip`/`$top`
+/// applied after ordering, in one page with the delta link — so that the rows are the ones the
+/// upstream would return, and no row can shift between pages. A result larger than the largest
+/// page, or an `$orderby` that is not a list of property paths, is answered normally instead.
+async fn ordered(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Answer, Error> {
+    let Some(Ok(order)) = req.query.orderby.as_deref().map(OrderBy::parse) else {
+        return Ok(Answer::PassThrough);
+    };
+    let def = FeedDef {
+        route: req.route.clone(),
+        entity_set: req.set_name.clone(),
+        query: req.query.defining(),
+        scope: req.scope.clone(),
+    };
+    let issued_at = now_secs();
+    let fresh = ensure_fresh(shared, req.refresh_input(def.clone())?).await?;
+    let feed = def.id();
+    let (skip, top) = (
+        req.query.skip.unwrap_or(0),
+        req.query.top.unwrap_or(u64::MAX),
+    );
+    let limit = u64::from(shared.config.max_page_size);
+    let store = shared.store.clone();
+    let selected = tokio::task::spawn_blocking(move || {
+        let mut keyed: Vec<(SortKey, KeyHash)> = Vec::new();
+        store.scan_live(feed, |key, body| keyed.push((order.key_of(body), key)))?;
+        let live = keyed.len() as u64;
+        let wanted = live.saturating_sub(skip).min(top);
+        if wanted > limit {
+            return Ok::<_, Error>(None);
+        }
+        // Ties are broken by key so that the order is stable.
+        keyed.sort_by(|a, b| order.compare(&a.0, &b.0).then(a.1.cmp(&b.1)));
+        let window: Vec<KeyHash> = keyed
+            .into_iter()
+            .skip(skip as usize)
+            .take(wanted as usize)
+            .map(|(_, k)| k)
+            .collect();
+        let rows = store.rows(feed, &window)?;
+        Ok(Some((live, rows)))
+    })
+    .await??;
+    let Some((live, rows)) = selected else {
+        tracing::info!(set = %req.set_name, "ordered tracked read larger than the largest page; answered untracked");
+        return Ok(Answer::PassThrough);
+    };
+    let entries: Vec<Entry> = rows
+        .iter()
+        .map(|(_, row)| Entry::Entity(&row.body))
+        .collect();
+    let ctx = page_context(&req, &def.query, false, req.query.count.then_some(live));
+    let link = req.delta_link(shared, feed, fresh.version, issued_at);
+    let body = write_page(&ctx, &entries, &PageEnd::Delta(link));
+    // The page size preference is not applied: the whole ordered result is one page.
+    let mut prefs = req.prefs.clone();
+    prefs.max_page_size = None;
+    let req = TrackedRequest { prefs, ..req };
+    Ok(Answer::Response(respond(&req, body, Some(fresh), true, 0)))
 }
 
 /// `$deltatoken=latest` (C13): refresh to fix "now", answer no entities and a delta link from now.
