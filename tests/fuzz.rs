@@ -1106,16 +1106,24 @@ fn hostile_requests_never_get_a_500_and_every_client_error_is_odata_json() {
     });
     let base = format!("http://{}", gateway.addr);
 
-    let statuses: RefCell<BTreeMap<u16, u32>> = RefCell::default();
+    // How the requests were answered, to see which paths the run reached.
+    let answers: RefCell<BTreeMap<String, u32>> = RefCell::default();
     let mut runner = TestRunner::new(config(400));
     let outcome = runner.run(&hostile_request(issued), |req| {
         let (status, body) = runtime
             .block_on(send(&client, &base, &req))
             .map_err(TestCaseError::fail)?;
-        *statuses.borrow_mut().entry(status.as_u16()).or_default() += 1;
+        let code = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        *answers
+            .borrow_mut()
+            .entry(format!("{} {code}", status.as_u16()))
+            .or_default() += 1;
         judge(&req.method, status, &body).map_err(TestCaseError::fail)
     });
-    eprintln!("statuses of hostile requests: {:?}", statuses.borrow());
+    eprintln!("answers to hostile requests: {:?}", answers.borrow());
     drop(gateway);
     drop(upstream);
     if let Err(e) = outcome {
