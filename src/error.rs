@@ -27,6 +27,17 @@ pub enum Error {
         /// The defining query to start over from.
         location: String,
     },
+    /// The upstream refused the client's own request (its query, its credentials): the upstream's
+    /// status is passed on, so the client can tell its mistake from an outage.
+    #[error("the upstream refused the request: {message}")]
+    Rejected {
+        /// The upstream's 4xx status.
+        status: StatusCode,
+        /// The upstream's error message, if it gave one.
+        message: String,
+        /// The upstream's `WWW-Authenticate`, for a 401.
+        challenge: Option<HeaderValue>,
+    },
     /// The upstream failed us; nothing was committed.
     #[error("{message}")]
     Upstream {
@@ -86,6 +97,7 @@ impl Error {
         match self {
             Error::Client { status, .. } => *status,
             Error::Expired { .. } => StatusCode::GONE,
+            Error::Rejected { status, .. } => *status,
             Error::Upstream {
                 kind: UpstreamFailure::Timeout,
                 ..
@@ -101,6 +113,7 @@ impl Error {
         match self {
             Error::Client { code, .. } => code,
             Error::Expired { .. } => "DeltaTokenExpired",
+            Error::Rejected { .. } => "UpstreamRejected",
             Error::Upstream {
                 kind: UpstreamFailure::Unreachable,
                 ..
@@ -133,6 +146,13 @@ impl Error {
             names::ODATA_VERSION,
             HeaderValue::from_static(version.header_value()),
         );
+        if let Error::Rejected {
+            challenge: Some(challenge),
+            ..
+        } = &self
+        {
+            headers.insert(header::WWW_AUTHENTICATE, challenge.clone());
+        }
         if let Error::Expired { location } = &self
             && let Ok(v) = HeaderValue::from_str(location)
         {

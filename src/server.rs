@@ -85,7 +85,15 @@ fn connection_builder(app: &Shared) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .max_buf_size(app.config.limits.max_header_bytes.max(8192))
+        // hyper refuses heads beyond its buffer with a bare 431; it gets room to spare so that a
+        // head over our limit reaches `route`, which answers with an OData error.
+        .max_buf_size(
+            app.config
+                .limits
+                .max_header_bytes
+                .saturating_mul(2)
+                .max(16 * 1024),
+        )
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30));
     builder
@@ -208,6 +216,22 @@ async fn route(
     peer: SocketAddr,
     version: ODataVersion,
 ) -> Result<Response<Body>, Error> {
+    let head_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req.uri().to_string().len();
+    if head_bytes > app.config.limits.max_header_bytes {
+        return Err(Error::client(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "RequestHeaderFieldsTooLarge",
+            format!(
+                "the request head is larger than the limit of {} bytes",
+                app.config.limits.max_header_bytes
+            ),
+        ));
+    }
     // RFC 9112 §3.2: a Host that is not a valid authority is refused; it would end up in links.
     if let Some(host) = req.headers().get(header::HOST)
         && !host.to_str().is_ok_and(router::valid_authority)

@@ -488,3 +488,42 @@ async fn replicas_converge_while_the_upstream_changes_mid_enumeration_c27_c28() 
         );
     }
 }
+
+/// The upstream refusing the client's own query or credentials on the first page is passed on with
+/// its status, so that the client can tell its mistake from an outage (C26).
+#[tokio::test]
+async fn an_upstream_refusal_of_the_clients_query_keeps_its_status() {
+    let up = shop(10, 50).await;
+    let gw = Gateway::start(&up.base_url()).await;
+    let client = Client::default();
+    let r = client
+        .get(
+            &gw.url(&format!("{ROOT}/Customers?$filter=nosuch%20eq%201")),
+            &TRACK,
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let e = r.json();
+    assert_eq!(e["error"]["code"], "UpstreamRejected");
+    assert!(!e["error"]["message"].as_str().unwrap().is_empty());
+    up.push_fault(Fault::Status {
+        page: 0,
+        status: 401,
+        retry_after: None,
+    });
+    let r = client
+        .get(&gw.url(&format!("{ROOT}/Customers")), &TRACK)
+        .await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    // The same refusal on a later page is the upstream's inconsistency: 502.
+    up.push_fault(Fault::Status {
+        page: 1,
+        status: 401,
+        retry_after: None,
+    });
+    up.set_page_size(Some(3));
+    let r = client
+        .get(&gw.url(&format!("{ROOT}/Customers?$select=name")), &TRACK)
+        .await;
+    assert_eq!(r.status, 502, "{}", r.text());
+}

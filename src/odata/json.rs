@@ -261,20 +261,40 @@ fn canonical_value(
         Some(b'{') => {
             let mut members = Vec::new();
             s.members(depth + 1, |m| members.push(m))?;
-            members.retain(|m| {
-                let name = m.name(text);
+            // Names are compared as strings, not as their (possibly escaped) spelling.
+            let mut named: Vec<(std::borrow::Cow<[u8]>, Member)> = members
+                .into_iter()
+                .map(|m| (decoded_name(text, &m), m))
+                .collect();
+            named.retain(|(name, _)| {
                 let dropped = is_control_information(name) || (depth == 0 && skip(name));
                 !dropped
             });
-            members.sort_by(|a, b| a.name(text).cmp(b.name(text)));
+            named.sort_by(|a, b| a.0.cmp(&b.0));
+            // A name given twice (invalid, but seen) is ordered by value too, so that member order
+            // still cannot matter.
+            let mut values: Vec<Option<Vec<u8>>> = vec![None; named.len()];
+            if named.windows(2).any(|w| w[0].0 == w[1].0) {
+                for (slot, (_, m)) in values.iter_mut().zip(&named) {
+                    let mut v = Vec::new();
+                    canonical_value(text, m.value, depth + 1, &|_| false, &mut v)?;
+                    *slot = Some(v);
+                }
+                let mut both: Vec<_> = named.into_iter().zip(values).collect();
+                both.sort_by(|a, b| a.0.0.cmp(&b.0.0).then_with(|| a.1.cmp(&b.1)));
+                (named, values) = both.into_iter().unzip();
+            }
             out.push(b'{');
-            for (i, m) in members.iter().enumerate() {
+            for (i, ((_, m), value)) in named.iter().zip(&values).enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
                 canonical_string(&text[m.name.0 - 1..m.name.1 + 1], out);
                 out.push(b':');
-                canonical_value(text, m.value, depth + 1, &|_| false, out)?;
+                match value {
+                    Some(v) => out.extend_from_slice(v),
+                    None => canonical_value(text, m.value, depth + 1, &|_| false, out)?,
+                }
             }
             out.push(b'}');
         }
@@ -294,6 +314,18 @@ fn canonical_value(
         _ => out.extend_from_slice(raw),
     }
     Ok(())
+}
+
+/// A member name as the string it denotes (escapes decoded).
+fn decoded_name<'t>(text: &'t [u8], m: &Member) -> std::borrow::Cow<'t, [u8]> {
+    let raw = m.name(text);
+    if !raw.contains(&b'\\') {
+        return std::borrow::Cow::Borrowed(raw);
+    }
+    match serde_json::from_slice::<String>(&text[m.name.0 - 1..m.name.1 + 1]) {
+        Ok(name) => std::borrow::Cow::Owned(name.into_bytes()),
+        Err(_) => std::borrow::Cow::Borrowed(raw),
+    }
 }
 
 /// A quoted string, written as is unless it has escapes, which are normalized by decoding and

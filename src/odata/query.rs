@@ -22,7 +22,8 @@ const QUERY_VALUE: &AsciiSet = &CONTROLS
     .add(b'\\')
     .add(b'^')
     .add(b'[')
-    .add(b']');
+    .add(b']')
+    .add(b'=');
 
 /// Percent-encode one query value (or name) the way the gateway writes them.
 pub fn encode(value: &str) -> String {
@@ -311,6 +312,11 @@ pub fn collapse_whitespace(s: &str) -> String {
 /// Normalize a comma-separated list (`$select`, `$expand`): items trimmed, whitespace collapsed,
 /// sorted and deduplicated — order carries no meaning in either option.
 fn normalize_list(s: &str) -> String {
+    // Items of an unbalanced list (a stray quote or bracket) cannot be told apart reliably;
+    // reordering them could pair quotes differently, so such a list is only tidied.
+    if !balanced(s) {
+        return collapse_whitespace(s);
+    }
     let mut items: Vec<String> = split_top_level(s, ',')
         .into_iter()
         .map(collapse_whitespace)
@@ -319,6 +325,25 @@ fn normalize_list(s: &str) -> String {
     items.sort();
     items.dedup();
     items.join(",")
+}
+
+/// Whether quotes pair up and parentheses close, outside string literals.
+fn balanced(s: &str) -> bool {
+    let (mut depth, mut in_string) = (0i32, false);
+    for c in s.chars() {
+        match c {
+            '\'' => in_string = !in_string,
+            '(' if !in_string => depth += 1,
+            ')' if !in_string => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+    }
+    depth == 0 && !in_string
 }
 
 /// Split on `sep` outside parentheses and string literals.

@@ -29,7 +29,7 @@ mod fetch;
 
 pub use confirm::ConfirmStrategy;
 pub use fetch::forwarded_headers;
-use fetch::{Fetcher, Prefetch};
+use fetch::{Fetcher, OnRefusal, Prefetch};
 
 /// What a tracked request needs to refresh a feed.
 #[derive(Clone, Debug)]
@@ -307,7 +307,10 @@ impl Pass<'_> {
     async fn enumerate(&mut self, index: &mut HashMap<KeyHash, IndexEntry>) -> Result<(), Error> {
         let mut pairs = self.input.def.query.enumeration(&self.key_names());
         pairs.push(("$count".into(), "true".into()));
-        self.read_collection(&pairs, index).await?;
+        // A refusal of the first request is about the client's query or credentials; later ones
+        // are the upstream's fault.
+        self.read_collection(&pairs, index, OnRefusal::PassOn)
+            .await?;
         self.check_complete(&pairs, index).await
     }
 
@@ -316,15 +319,17 @@ impl Pass<'_> {
         &mut self,
         pairs: &[(String, String)],
         index: &mut HashMap<KeyHash, IndexEntry>,
+        on_refusal: OnRefusal,
     ) -> Result<(), Error> {
         // The next page is fetched while the current one is hashed.
-        let mut next = Some(Prefetch::start(&self.fetcher, self.collection_url(pairs)));
+        let first = Prefetch::start(&self.fetcher, self.collection_url(pairs), on_refusal);
+        let mut next = Some(first);
         while let Some(mut fetch) = next.take() {
             let body = fetch.wait().await?;
             let page = self.parse_page(&body)?;
             if let Some(link) = &page.next_link {
                 let url = crate::upstream::resolve_link(&self.input.service_root, link)?;
-                next = Some(Prefetch::start(&self.fetcher, url));
+                next = Some(Prefetch::start(&self.fetcher, url, OnRefusal::Fail));
             }
             for raw in &page.entities {
                 self.observe(raw.get().as_bytes(), index)?;
@@ -384,7 +389,7 @@ impl Pass<'_> {
                 .collect();
             more.push(("$skip".into(), offset.to_string()));
             more.push(("$top".into(), step.to_string()));
-            self.read_collection(&more, index).await?;
+            self.read_collection(&more, index, OnRefusal::Fail).await?;
             if self.delivered == delivered || self.distinct == distinct {
                 break;
             }

@@ -17,6 +17,7 @@ use crate::odata::query::{encode, encode_pairs, encode_path};
 use super::super::feed::IndexEntry;
 use super::super::hash::KeyHash;
 use super::Pass;
+use super::fetch::OnRefusal;
 
 /// How candidate removals are looked up upstream; a step down whenever the upstream rejects one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -180,7 +181,7 @@ impl Pass<'_> {
         }
         let mut url = self.collection_url(&pairs);
         loop {
-            let body = self.fetcher.get(&url, false).await?;
+            let body = self.fetcher.get(&url, OnRefusal::FallBack).await?;
             let next = if in_feed {
                 self.read_page(&body, index, Some(found))?
             } else {
@@ -248,7 +249,8 @@ impl Pass<'_> {
             .collect();
         let q = encode_pairs(&pairs);
         url.set_query(if q.is_empty() { None } else { Some(&q) });
-        let (status, body) = self.fetcher.get_status(&url).await?;
+        let fetched = self.fetcher.get_status(&url).await?;
+        let (status, body) = (fetched.status, fetched.body);
         match status.as_u16() {
             200 => {
                 let p = if in_feed {

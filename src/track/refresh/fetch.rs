@@ -8,12 +8,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, header};
 use url::Url;
 
 use crate::Shared;
 use crate::body;
 use crate::error::{Error, UpstreamFailure};
+use crate::upstream::Fetched;
 
 /// Headers never forwarded on enumeration requests: hop-by-hop ones, and those we set ourselves or
 /// that would change what the upstream returns.
@@ -83,30 +84,41 @@ impl Fetcher {
         }
     }
 
-    /// GET an upstream URL and return the body of a 2xx answer. With `strict`, a 4xx is a failure
-    /// like any other; without, 400/501 come back as [`Rejected`](super::confirm) for the caller to
-    /// fall back.
-    pub async fn get(&self, url: &Url, strict: bool) -> Result<Bytes, Error> {
-        match self.get_status(url).await? {
-            (status, body) if status.is_success() => Ok(body),
-            (status, _) if !strict && matches!(status.as_u16(), 400 | 501) => {
-                Err(super::confirm::rejected())
-            }
-            (status, _) => {
-                tracing::warn!(set = %self.set, %status, url = %url, "upstream page failed");
-                Err(Error::upstream(
-                    UpstreamFailure::BadAnswer,
-                    format!(
-                        "the upstream answered {status} while {} was read; nothing was committed",
-                        self.set
-                    ),
-                ))
-            }
+    /// GET an upstream URL and return the body of a 2xx answer; other answers are handled as
+    /// `on_refusal` says.
+    pub async fn get(&self, url: &Url, on_refusal: OnRefusal) -> Result<Bytes, Error> {
+        let fetched = self.get_status(url).await?;
+        let status = fetched.status;
+        if status.is_success() {
+            return Ok(fetched.body);
         }
+        match on_refusal {
+            OnRefusal::FallBack if matches!(status.as_u16(), 400 | 501) => {
+                return Err(super::confirm::rejected());
+            }
+            OnRefusal::PassOn
+                if status.is_client_error() && !matches!(status.as_u16(), 408 | 429) =>
+            {
+                return Err(Error::Rejected {
+                    status,
+                    message: upstream_message(&fetched.body),
+                    challenge: fetched.headers.get(header::WWW_AUTHENTICATE).cloned(),
+                });
+            }
+            _ => {}
+        }
+        tracing::warn!(set = %self.set, %status, url = %url, "upstream page failed");
+        Err(Error::upstream(
+            UpstreamFailure::BadAnswer,
+            format!(
+                "the upstream answered {status} while {} was read; nothing was committed",
+                self.set
+            ),
+        ))
     }
 
     /// GET an upstream URL; 429/503 are retried after their `Retry-After` while the budget lasts.
-    pub async fn get_status(&self, url: &Url) -> Result<(StatusCode, Bytes), Error> {
+    pub async fn get_status(&self, url: &Url) -> Result<Fetched, Error> {
         loop {
             let mut request = Request::builder()
                 .method(Method::GET)
@@ -143,9 +155,31 @@ impl Fetcher {
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            return Ok((status, fetched.body));
+            return Ok(fetched);
         }
     }
+}
+
+/// What a non-2xx answer means to the caller of [`Fetcher::get`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnRefusal {
+    /// Any non-2xx fails the refresh (a later page: the upstream is inconsistent).
+    Fail,
+    /// 400/501 mean "this form of query is not supported": the caller tries another.
+    FallBack,
+    /// A 4xx refuses the client's own query or credentials (the first page of a read): the
+    /// client gets the upstream's status and message.
+    PassOn,
+}
+
+/// The message of an upstream OData error body, shortened; a generic one when there is none.
+fn upstream_message(body: &[u8]) -> String {
+    let message = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .filter(|m| !m.trim().is_empty())
+        .unwrap_or_else(|| "no reason given".to_owned());
+    message.chars().take(300).collect()
 }
 
 /// `Retry-After` as seconds (HTTP dates are not worth the parsing; they fall back to the default).
@@ -164,10 +198,12 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 pub struct Prefetch(tokio::task::JoinHandle<Result<Bytes, Error>>);
 
 impl Prefetch {
-    /// Start fetching `url` strictly (any non-2xx fails).
-    pub fn start(fetcher: &Fetcher, url: Url) -> Self {
+    /// Start fetching `url`.
+    pub fn start(fetcher: &Fetcher, url: Url, on_refusal: OnRefusal) -> Self {
         let fetcher = fetcher.clone();
-        Prefetch(tokio::spawn(async move { fetcher.get(&url, true).await }))
+        Prefetch(tokio::spawn(
+            async move { fetcher.get(&url, on_refusal).await },
+        ))
     }
 
     /// The body, once fetched.
