@@ -74,15 +74,18 @@ impl<'a> Scanner<'a> {
         self.pos += 1;
         let start = self.pos;
         loop {
-            match self.text.get(self.pos) {
-                None => return Err(self.err("the end of a string")),
-                Some(b'"') => {
-                    self.pos += 1;
-                    return Ok((start, self.pos - 1));
-                }
-                Some(b'\\') => self.pos += 2,
-                Some(_) => self.pos += 1,
+            // Jump to the next quote or backslash instead of stepping byte by byte.
+            let rest = self.text.get(self.pos..).unwrap_or_default();
+            let Some(i) = memchr::memchr2(b'"', b'\\', rest) else {
+                self.pos = self.text.len();
+                return Err(self.err("the end of a string"));
+            };
+            self.pos += i;
+            if self.text[self.pos] == b'"' {
+                self.pos += 1;
+                return Ok((start, self.pos - 1));
             }
+            self.pos += 2;
         }
     }
 
@@ -261,42 +264,7 @@ fn canonical_value(
         Some(b'{') => {
             let mut members = Vec::new();
             s.members(depth + 1, |m| members.push(m))?;
-            // Names are compared as strings, not as their (possibly escaped) spelling.
-            let mut named: Vec<(std::borrow::Cow<[u8]>, Member)> = members
-                .into_iter()
-                .map(|m| (decoded_name(text, &m), m))
-                .collect();
-            named.retain(|(name, _)| {
-                let dropped = is_control_information(name) || (depth == 0 && skip(name));
-                !dropped
-            });
-            named.sort_by(|a, b| a.0.cmp(&b.0));
-            // A name given twice (invalid, but seen) is ordered by value too, so that member order
-            // still cannot matter.
-            let mut values: Vec<Option<Vec<u8>>> = vec![None; named.len()];
-            if named.windows(2).any(|w| w[0].0 == w[1].0) {
-                for (slot, (_, m)) in values.iter_mut().zip(&named) {
-                    let mut v = Vec::new();
-                    canonical_value(text, m.value, depth + 1, &|_| false, &mut v)?;
-                    *slot = Some(v);
-                }
-                let mut both: Vec<_> = named.into_iter().zip(values).collect();
-                both.sort_by(|a, b| a.0.0.cmp(&b.0.0).then_with(|| a.1.cmp(&b.1)));
-                (named, values) = both.into_iter().unzip();
-            }
-            out.push(b'{');
-            for (i, ((_, m), value)) in named.iter().zip(&values).enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                canonical_string(&text[m.name.0 - 1..m.name.1 + 1], out);
-                out.push(b':');
-                match value {
-                    Some(v) => out.extend_from_slice(v),
-                    None => canonical_value(text, m.value, depth + 1, &|_| false, out)?,
-                }
-            }
-            out.push(b'}');
+            canonical_object(text, &members, depth, skip, out)?;
         }
         Some(b'[') => {
             let mut elements = Vec::new();
@@ -316,10 +284,80 @@ fn canonical_value(
     Ok(())
 }
 
+/// The canonical form of an object whose members were already found.
+fn canonical_object(
+    text: &[u8],
+    members: &[Member],
+    depth: usize,
+    skip: &dyn Fn(&[u8]) -> bool,
+    out: &mut Vec<u8>,
+) -> Result<(), JsonError> {
+    // Names are compared as strings, not as their (possibly escaped) spelling.
+    let mut named: Vec<(std::borrow::Cow<[u8]>, Member)> = members
+        .iter()
+        .map(|m| (decoded_name(text, m), *m))
+        .filter(|(name, _)| !is_control_information(name) && !(depth == 0 && skip(name)))
+        .collect();
+    named.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    if named.windows(2).any(|w| w[0].0 == w[1].0) {
+        return canonical_object_with_duplicates(text, named, depth, out);
+    }
+    out.push(b'{');
+    for (i, (_, m)) in named.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        canonical_string(&text[m.name.0 - 1..m.name.1 + 1], out);
+        out.push(b':');
+        canonical_value(text, m.value, depth + 1, &|_| false, out)?;
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// A name given twice in one object (invalid, but seen): the members are ordered by name and then
+/// by canonical value, so that member order still cannot matter.
+fn canonical_object_with_duplicates(
+    text: &[u8],
+    named: Vec<(std::borrow::Cow<[u8]>, Member)>,
+    depth: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), JsonError> {
+    let mut valued = Vec::with_capacity(named.len());
+    for (name, m) in named {
+        let mut v = Vec::new();
+        canonical_value(text, m.value, depth + 1, &|_| false, &mut v)?;
+        valued.push((name, m, v));
+    }
+    valued.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.cmp(&b.2)));
+    out.push(b'{');
+    for (i, (_, m, v)) in valued.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        canonical_string(&text[m.name.0 - 1..m.name.1 + 1], out);
+        out.push(b':');
+        out.extend_from_slice(v);
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// [`write_canonical`] for an object whose top-level members were already found with
+/// [`object_members`] (saves scanning it twice).
+pub fn write_canonical_members(
+    text: &[u8],
+    members: &[Member],
+    skip: &dyn Fn(&[u8]) -> bool,
+    out: &mut Vec<u8>,
+) -> Result<(), JsonError> {
+    canonical_object(text, members, 0, skip, out)
+}
+
 /// A member name as the string it denotes (escapes decoded).
 fn decoded_name<'t>(text: &'t [u8], m: &Member) -> std::borrow::Cow<'t, [u8]> {
     let raw = m.name(text);
-    if !raw.contains(&b'\\') {
+    if memchr::memchr(b'\\', raw).is_none() {
         return std::borrow::Cow::Borrowed(raw);
     }
     match serde_json::from_slice::<String>(&text[m.name.0 - 1..m.name.1 + 1]) {
@@ -331,7 +369,7 @@ fn decoded_name<'t>(text: &'t [u8], m: &Member) -> std::borrow::Cow<'t, [u8]> {
 /// A quoted string, written as is unless it has escapes, which are normalized by decoding and
 /// re-encoding (`"\u00e9"` and `"é"` are the same string).
 fn canonical_string(quoted: &[u8], out: &mut Vec<u8>) {
-    if !quoted.contains(&b'\\') {
+    if memchr::memchr(b'\\', quoted).is_none() {
         out.extend_from_slice(quoted);
         return;
     }

@@ -3,7 +3,7 @@
 //! that an upstream reordering members or reformatting never looks like a change.
 
 use crate::odata::entity_id::{EntityKey, KeyError, KeyProperty};
-use crate::odata::json::{JsonError, Member, object_members, write_canonical};
+use crate::odata::json::{JsonError, Member, object_members, write_canonical_members};
 
 /// 128 bits of blake3 over an entity's canonical form: collisions are out of reach in practice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -69,7 +69,7 @@ impl Hasher {
         let key = EntityKey::read(raw, &self.members, key)?;
         self.canonical.clear();
         let skip = |name: &[u8]| ignore.iter().any(|i| i.as_bytes() == name);
-        write_canonical(raw, &skip, &mut self.canonical)?;
+        write_canonical_members(raw, &self.members, &skip, &mut self.canonical)?;
         Ok(Digest {
             key_hash: KeyHash::of(&key.predicate),
             content: ContentHash(truncate(blake3::hash(&self.canonical))),
