@@ -296,7 +296,7 @@ fn canonical_object(
     let mut named: Vec<(std::borrow::Cow<[u8]>, Member)> = members
         .iter()
         .map(|m| (decoded_name(text, m), *m))
-        .filter(|(name, _)| !is_control_information(name) && !(depth == 0 && skip(name)))
+        .filter(|(name, _)| !(is_control_information(name) || (depth == 0 && skip(name))))
         .collect();
     named.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     if named.windows(2).any(|w| w[0].0 == w[1].0) {
