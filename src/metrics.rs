@@ -14,23 +14,24 @@ pub struct Outcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)] // label values are written as the variant names
 enum OutcomeValue {
-    Ok,
-    Failed,
+    ok,
+    failed,
 }
 
 impl Outcome {
     /// A refresh that committed (or found nothing new).
     pub fn ok() -> Self {
         Outcome {
-            outcome: OutcomeValue::Ok,
+            outcome: OutcomeValue::ok,
         }
     }
 
     /// A refresh that failed and committed nothing.
     pub fn failed() -> Self {
         Outcome {
-            outcome: OutcomeValue::Failed,
+            outcome: OutcomeValue::failed,
         }
     }
 }
