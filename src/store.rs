@@ -510,36 +510,23 @@ impl Store {
             let encoded = serde_json::to_vec(&meta).map_err(StoreError::new)?;
             feeds.insert(&feed.0, encoded.as_slice())?;
             let mut entities = tx.open_table(ENTITIES)?;
-            let keys: Vec<[u8; 32]> = entities
-                .range::<&[u8; 32]>(
-                    &entity_key(feed, KeyHash([0; 16]))..=&entity_key(feed, KeyHash([0xff; 16])),
-                )?
-                .map(|item| item.map(|(k, _)| *k.value()))
-                .collect::<Result<_, _>>()?;
-            for k in &keys {
-                entities.remove(k)?;
-            }
+            remove_range(
+                &mut entities,
+                entity_key(feed, KeyHash([0; 16])),
+                entity_key(feed, KeyHash([0xff; 16])),
+            )?;
             let mut index = tx.open_table(CHANGES)?;
-            let keys: Vec<[u8; 40]> = index
-                .range::<&[u8; 40]>(
-                    &change_key(feed, Version(0), KeyHash([0; 16]))
-                        ..=&change_key(feed, Version(u64::MAX), KeyHash([0xff; 16])),
-                )?
-                .map(|item| item.map(|(k, _)| *k.value()))
-                .collect::<Result<_, _>>()?;
-            for k in &keys {
-                index.remove(k)?;
-            }
+            remove_range(
+                &mut index,
+                change_key(feed, Version(0), KeyHash([0; 16])),
+                change_key(feed, Version(u64::MAX), KeyHash([0xff; 16])),
+            )?;
             let mut versions = tx.open_table(VERSIONS)?;
-            let keys: Vec<[u8; 24]> = versions
-                .range::<&[u8; 24]>(
-                    &version_key(feed, Version(0))..=&version_key(feed, Version(u64::MAX)),
-                )?
-                .map(|item| item.map(|(k, _)| *k.value()))
-                .collect::<Result<_, _>>()?;
-            for k in &keys {
-                versions.remove(k)?;
-            }
+            remove_range(
+                &mut versions,
+                version_key(feed, Version(0)),
+                version_key(feed, Version(u64::MAX)),
+            )?;
         }
         tx.commit()?;
         Ok(true)
@@ -666,6 +653,22 @@ impl Store {
         }
         Ok(n)
     }
+}
+
+/// Delete every key in `first..=last` of a table.
+fn remove_range<const N: usize, V: redb::Value + 'static>(
+    table: &mut redb::Table<&[u8; N], V>,
+    first: [u8; N],
+    last: [u8; N],
+) -> Result<(), StoreError> {
+    let keys: Vec<[u8; N]> = table
+        .range::<&[u8; N]>(&first..=&last)?
+        .map(|item| item.map(|(k, _)| *k.value()))
+        .collect::<Result<_, _>>()?;
+    for k in &keys {
+        table.remove(k)?;
+    }
+    Ok(())
 }
 
 /// Delete tombstones (and their index entries) of versions committed before `before_ms`. Live rows

@@ -92,6 +92,16 @@ fn now_secs() -> u64 {
 }
 
 impl TrackedRequest {
+    /// The feed this request's own query defines (a tracked read, `latest`).
+    fn requested_feed(&self) -> FeedDef {
+        FeedDef {
+            route: self.route.clone(),
+            entity_set: self.set_name.clone(),
+            query: self.query.defining(),
+            scope: self.scope.clone(),
+        }
+    }
+
     fn binding(&self) -> Vec<u8> {
         FeedDef::binding(&self.route, &self.set_name, &self.scope)
     }
@@ -269,12 +279,7 @@ fn refused(e: impl std::fmt::Display) -> Error {
 
 /// The initial response of a tracked read: refresh, then the live entities at the new version.
 async fn initial(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body>, Error> {
-    let def = FeedDef {
-        route: req.route.clone(),
-        entity_set: req.set_name.clone(),
-        query: req.query.defining(),
-        scope: req.scope.clone(),
-    };
+    let def = req.requested_feed();
     // Taken before the version is fixed, so every later version is younger than the token (retention).
     let issued_at = now_secs();
     let fresh = ensure_fresh(shared, req.refresh_input(def.clone())?).await?;
@@ -319,12 +324,7 @@ async fn ordered(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Answer, Er
     let Some(Ok(order)) = req.query.orderby.as_deref().map(OrderBy::parse) else {
         return Ok(Answer::PassThrough);
     };
-    let def = FeedDef {
-        route: req.route.clone(),
-        entity_set: req.set_name.clone(),
-        query: req.query.defining(),
-        scope: req.scope.clone(),
-    };
+    let def = req.requested_feed();
     let issued_at = now_secs();
     let fresh = ensure_fresh(shared, req.refresh_input(def.clone())?).await?;
     let feed = def.id();
@@ -374,12 +374,7 @@ async fn ordered(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Answer, Er
 
 /// `$deltatoken=latest` (C13): refresh to fix "now", answer no entities and a delta link from now.
 async fn latest(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body>, Error> {
-    let def = FeedDef {
-        route: req.route.clone(),
-        entity_set: req.set_name.clone(),
-        query: req.query.defining(),
-        scope: req.scope.clone(),
-    };
+    let def = req.requested_feed();
     let issued_at = now_secs();
     let fresh = ensure_fresh(shared, req.refresh_input(def.clone())?).await?;
     let ctx = page_context(&req, &def.query, true, req.query.count.then_some(0));

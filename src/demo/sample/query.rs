@@ -4,33 +4,10 @@
 
 use std::collections::HashSet;
 
-use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+use percent_encoding::percent_decode_str;
 
 use super::data::{Product, Prop};
 use super::filter::Filter;
-
-/// Characters escaped when a query option is written back into a link:
-/// everything that would end or change the meaning of a query component,
-/// plus what is unsafe in URLs. `$`, `'`, `(`, `)`, `,`, `/` and `:` stay
-/// readable, as OData services usually emit them.
-const QUERY_COMPONENT: &AsciiSet = &CONTROLS
-    .add(b' ')
-    .add(b'"')
-    .add(b'#')
-    .add(b'%')
-    .add(b'&')
-    .add(b'+')
-    .add(b'<')
-    .add(b'=')
-    .add(b'>')
-    .add(b'[')
-    .add(b'\\')
-    .add(b']')
-    .add(b'^')
-    .add(b'`')
-    .add(b'{')
-    .add(b'|')
-    .add(b'}');
 
 /// Sort direction of one `$orderby` item.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,9 +132,9 @@ impl QueryOptions {
             .iter()
             .filter(|(name, _)| name != "$skiptoken" && name != "$deltatoken");
         for (name, value) in kept {
-            link.push_str(&utf8_percent_encode(name, QUERY_COMPONENT).to_string());
+            link.push_str(&crate::odata::query::encode(name));
             link.push('=');
-            link.push_str(&utf8_percent_encode(value, QUERY_COMPONENT).to_string());
+            link.push_str(&crate::odata::query::encode(value));
             link.push('&');
         }
         link.push_str(&format!("$skiptoken={skiptoken}"));

@@ -11,7 +11,6 @@ use bytes::Bytes;
 use crate::error::{Error, UpstreamFailure};
 use crate::odata::delta::Reason;
 use crate::odata::entity_id::key_filter;
-use crate::odata::page::Page;
 use crate::odata::query::{encode, encode_pairs, encode_path};
 
 use super::super::feed::IndexEntry;
@@ -200,15 +199,7 @@ impl Pass<'_> {
         body: &Bytes,
         found: &mut HashSet<String>,
     ) -> Result<Option<String>, Error> {
-        let page = Page::parse(body).map_err(|_| {
-            Error::upstream(
-                UpstreamFailure::BadAnswer,
-                format!(
-                    "the upstream sent an unreadable page of {}; nothing was committed",
-                    self.set_name()
-                ),
-            )
-        })?;
+        let page = self.parse_page(body)?;
         for raw in &page.entities {
             let digest = self
                 .hasher
