@@ -116,12 +116,14 @@ run proxy_page "$GW/Products?\$top=100"
 run delta_poll "$DELTA"
 run tracked_read "$GW/Products" -H 'Prefer: odata.track-changes'
 
-REFRESHES=$(curl -sf "http://$(wait_for "$WORK/gw.err" "gateway listening" "admin=Some([0-9.:]*" | cut -d'(' -f2)/metrics" |
-    awk '/^odg_refreshes_total/ {s += $NF} END {print s + 0}') || REFRESHES="?"
+ADMIN=$(wait_for "$WORK/gw.err" "gateway listening" "admin=Some([0-9.:]*" | cut -d'(' -f2)
+METRICS=$(curl -sf "http://$ADMIN/metrics" || true)
+REFRESHES=$(awk '/^odg_refreshes_total/ {s += $NF} END {print s + 0}' <<<"$METRICS")
+REUSED=$(awk '/^odg_refresh_reused_total/ {print $NF}' <<<"$METRICS")
 
 echo
 echo "odata-delta-gateway load test: $(nproc) cores, $THREADS wrk threads, $CONNECTIONS connections, $DURATION per run"
 echo "(wrk, the sample upstream and the gateway share this machine; compare rows of one run)"
 printf '%-16s %10s %9s %9s %9s  %-28s %s\n' scenario "req/s" "avg" "p50" "p99" "gateway RSS after" "errors"
 cat "$RESULTS"
-echo "refreshes run by the gateway: $REFRESHES"
+echo "refreshes run: $REFRESHES; tracked requests that shared a concurrent refresh: ${REUSED:-?}"
