@@ -9,9 +9,13 @@
 //! - `digest_parts`: where `Hasher::digest`'s time goes — scanning the members (for the key),
 //!   writing the canonical form, and blake3 over it.
 //!
-//! Run with `cargo bench --bench hash`; compare the `gateway` and `naive` lines of each group.
+//! Times are the bench thread's CPU time (see `support/thread_cpu.rs`), so that ratios hold on a
+//! machine shared with other work. Run with `cargo bench --bench hash`; compare the `gateway` and
+//! `naive` lines of each group.
 
 mod support;
+#[path = "support/thread_cpu.rs"]
+mod thread_cpu;
 
 use std::hint::black_box;
 
@@ -21,6 +25,7 @@ use odata_delta_gateway::odata::json::{Member, object_members, write_canonical};
 use odata_delta_gateway::odata::page::Page;
 use odata_delta_gateway::track::hash::Hasher;
 use serde_json::Value;
+use thread_cpu::ThreadCpu;
 
 const PAGE: u32 = 1000;
 
@@ -73,7 +78,7 @@ fn truncate(h: blake3::Hash) -> [u8; 16] {
     out
 }
 
-fn digest(c: &mut Criterion) {
+fn digest(c: &mut Criterion<ThreadCpu>) {
     let entities: Vec<String> = (1..=PAGE).map(|id| support::entity(id, 1)).collect();
     let bytes: usize = entities.iter().map(String::len).sum();
     let key = id_key();
@@ -106,7 +111,7 @@ fn digest(c: &mut Criterion) {
     );
 }
 
-fn page_parse(c: &mut Criterion) {
+fn page_parse(c: &mut Criterion<ThreadCpu>) {
     let body = support::page_body(1..PAGE + 1, |_| 1, Some("Items?$skiptoken=1000"));
     let mut group = c.benchmark_group("page_parse");
     group.throughput(Throughput::Bytes(body.len() as u64));
@@ -138,7 +143,7 @@ fn page_parse(c: &mut Criterion) {
     );
 }
 
-fn page_digest(c: &mut Criterion) {
+fn page_digest(c: &mut Criterion<ThreadCpu>) {
     let body = support::page_body(1..PAGE + 1, |_| 1, Some("Items?$skiptoken=1000"));
     let key = id_key();
     let ignore: Vec<String> = Vec::new();
@@ -175,7 +180,7 @@ fn page_digest(c: &mut Criterion) {
     group.finish();
 }
 
-fn digest_parts(c: &mut Criterion) {
+fn digest_parts(c: &mut Criterion<ThreadCpu>) {
     let entities: Vec<String> = (1..=PAGE).map(|id| support::entity(id, 1)).collect();
     let skip = |name: &[u8]| name == b"modifiedAt";
     let canonical: Vec<Vec<u8>> = entities
@@ -217,5 +222,14 @@ fn digest_parts(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, digest, page_parse, page_digest, digest_parts);
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .with_measurement(ThreadCpu)
+        .without_plots()
+        .sample_size(30)
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(3));
+    targets = digest, page_parse, page_digest, digest_parts
+}
 criterion_main!(benches);

@@ -13,7 +13,9 @@
 //!   diff, a commit of N/100 rows, and a delta of N/100 entities.
 //!
 //! Upstream, gateway and client share this process and the machine's cores, so the figures are an
-//! upper bound for a gateway whose upstream runs elsewhere. Run with `cargo bench --bench refresh`
+//! upper bound for a gateway whose upstream runs elsewhere. Criterion reports wall-clock time; the
+//! process CPU time of the same sections is printed after each bench (`process CPU … per
+//! iteration`), which on a shared machine varies less with the load. Run with `cargo bench --bench refresh`
 //! (or `cargo bench --bench refresh -- 10k` for one size).
 
 mod support;
@@ -35,6 +37,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use odata_delta_gateway::config::{Config, Flags};
 use odata_delta_gateway::{Running, Shared};
+use rustix::time::{ClockId, clock_gettime};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::net::TcpListener;
@@ -294,6 +297,44 @@ fn label(n: u32) -> String {
     }
 }
 
+/// Wall-clock time is what the benches report; the process CPU time of the same timed sections
+/// (gateway, upstream and client threads together) is tallied beside it and printed after each
+/// bench, because on a shared machine it shows the cost independently of the load.
+#[derive(Default)]
+struct CpuTally {
+    iterations: u64,
+    cpu: Duration,
+}
+
+impl CpuTally {
+    /// Run `section`, returning its wall-clock time and adding its process CPU time to the tally.
+    fn time<T>(&mut self, section: impl FnOnce() -> T) -> (Duration, T) {
+        let cpu = process_cpu();
+        let started = Instant::now();
+        let out = section();
+        let wall = started.elapsed();
+        self.cpu += process_cpu().saturating_sub(cpu);
+        self.iterations += 1;
+        (wall, out)
+    }
+
+    fn report(&self, name: &str, n: u32) {
+        if self.iterations > 0 {
+            println!(
+                "refresh/{name}/{}: process CPU {:.1} ms per iteration ({} iterations)",
+                label(n),
+                self.cpu.as_secs_f64() * 1000.0 / self.iterations as f64,
+                self.iterations
+            );
+        }
+    }
+}
+
+fn process_cpu() -> Duration {
+    let t = clock_gettime(ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
 fn refresh(c: &mut Criterion) {
     let sizes: &[u32] = if measuring() {
         &[10_000, 100_000]
@@ -308,30 +349,32 @@ fn refresh(c: &mut Criterion) {
     for &n in sizes {
         let mut fixture: Option<Fixture> = None;
         group.throughput(Throughput::Elements(u64::from(n)));
-        // Ten samples of one iteration each at 100k; shorter targets would only print warnings.
-        let (initial_time, delta_time) = if n >= 100_000 { (45, 20) } else { (8, 8) };
+        // About one iteration per sample at 100k: enough to see a change, short enough for 2 cores.
+        let (initial_time, delta_time) = if n >= 100_000 { (25, 12) } else { (8, 6) };
         group.measurement_time(Duration::from_secs(initial_time));
 
+        let mut tally = CpuTally::default();
         group.bench_function(BenchmarkId::new("initial", label(n)), |b| {
             let f = fixture.get_or_insert_with(|| Fixture::new(n));
             f.serve(&f.base);
             b.iter_custom(|iters| {
-                f.runtime.block_on(async {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        let gateway = Gateway::start(f.upstream).await;
-                        let started = Instant::now();
-                        let (entries, _) = read_all(&f.client, &gateway.collection(), true).await;
-                        total += started.elapsed();
-                        assert_eq!(entries, f.n as usize);
-                        gateway.running.shutdown().await;
-                    }
-                    total
-                })
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let gateway = f.runtime.block_on(Gateway::start(f.upstream));
+                    let collection = gateway.collection();
+                    let (wall, (entries, _)) =
+                        tally.time(|| f.runtime.block_on(read_all(&f.client, &collection, true)));
+                    total += wall;
+                    assert_eq!(entries, f.n as usize);
+                    f.runtime.block_on(gateway.running.shutdown());
+                }
+                total
             })
         });
+        tally.report("initial", n);
 
         group.measurement_time(Duration::from_secs(delta_time));
+        let mut tally = CpuTally::default();
         group.bench_function(BenchmarkId::new("delta_unchanged", label(n)), |b| {
             let f = fixture.get_or_insert_with(|| Fixture::new(n));
             f.serve(&f.base);
@@ -339,27 +382,43 @@ fn refresh(c: &mut Criterion) {
             let (_, mut link) =
                 f.runtime
                     .block_on(read_all(&f.client, &gateway.collection(), true));
-            b.iter(|| {
-                let (entries, next) = f.runtime.block_on(read_all(&f.client, &link, false));
-                assert_eq!(entries, 0);
-                link = next;
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let (wall, (entries, next)) =
+                        tally.time(|| f.runtime.block_on(read_all(&f.client, &link, false)));
+                    total += wall;
+                    assert_eq!(entries, 0);
+                    link = next;
+                }
+                total
             });
             f.runtime.block_on(gateway.running.shutdown());
         });
+        tally.report("delta_unchanged", n);
 
+        let mut tally = CpuTally::default();
         group.bench_function(BenchmarkId::new("reread_unchanged", label(n)), |b| {
             let f = fixture.get_or_insert_with(|| Fixture::new(n));
             f.serve(&f.base);
             let gateway = f.runtime.block_on(Gateway::start(f.upstream));
             let collection = gateway.collection();
             f.runtime.block_on(read_all(&f.client, &collection, true));
-            b.iter(|| {
-                let (entries, _) = f.runtime.block_on(read_all(&f.client, &collection, true));
-                assert_eq!(entries, f.n as usize);
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let (wall, (entries, _)) =
+                        tally.time(|| f.runtime.block_on(read_all(&f.client, &collection, true)));
+                    total += wall;
+                    assert_eq!(entries, f.n as usize);
+                }
+                total
             });
             f.runtime.block_on(gateway.running.shutdown());
         });
+        tally.report("reread_unchanged", n);
 
+        let mut tally = CpuTally::default();
         group.bench_function(BenchmarkId::new("delta_1pct", label(n)), |b| {
             let f = fixture.get_or_insert_with(|| Fixture::new(n));
             f.serve(&f.base);
@@ -374,9 +433,9 @@ fn refresh(c: &mut Criterion) {
                 for _ in 0..iters {
                     flip = !flip;
                     f.serve(if flip { &f.changed } else { &f.base });
-                    let started = Instant::now();
-                    let (entries, next) = f.runtime.block_on(read_all(&f.client, &link, false));
-                    total += started.elapsed();
+                    let (wall, (entries, next)) =
+                        tally.time(|| f.runtime.block_on(read_all(&f.client, &link, false)));
+                    total += wall;
                     assert_eq!(entries, (f.n / 100) as usize);
                     link = next;
                 }
@@ -384,9 +443,14 @@ fn refresh(c: &mut Criterion) {
             });
             f.runtime.block_on(gateway.running.shutdown());
         });
+        tally.report("delta_1pct", n);
     }
     group.finish();
 }
 
-criterion_group!(benches, refresh);
+criterion_group! {
+    name = benches;
+    config = Criterion::default().without_plots();
+    targets = refresh
+}
 criterion_main!(benches);

@@ -1,6 +1,10 @@
 //! Delta tokens: encoding and tagging one, and decoding and verifying one, for a delta link and for
 //! a next link inside a delta (the longest kind). Every tracked response writes one token and every
-//! followed link reads one. Run with `cargo bench --bench token`.
+//! followed link reads one. Times are the bench thread's CPU time (see `support/thread_cpu.rs`).
+//! Run with `cargo bench --bench token`.
+
+#[path = "support/thread_cpu.rs"]
+mod thread_cpu;
 
 use std::hint::black_box;
 
@@ -8,8 +12,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use odata_delta_gateway::track::feed::{FeedDef, FeedId, Scope, Version};
 use odata_delta_gateway::track::hash::KeyHash;
 use odata_delta_gateway::track::token::{Cursor, Token, TokenKey, TokenKind};
+use thread_cpu::ThreadCpu;
 
-fn tokens(c: &mut Criterion) {
+fn tokens(c: &mut Criterion<ThreadCpu>) {
     let key = TokenKey::derive(b"a 32-byte secret, as the store holds");
     let binding = FeedDef::binding(
         "/odata/v4/catalog",
@@ -61,5 +66,13 @@ fn tokens(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, tokens);
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .with_measurement(ThreadCpu)
+        .without_plots()
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(3));
+    targets = tokens
+}
 criterion_main!(benches);
