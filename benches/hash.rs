@@ -112,7 +112,7 @@ fn digest(c: &mut Criterion<ThreadCpu>) {
 }
 
 fn page_parse(c: &mut Criterion<ThreadCpu>) {
-    let body = support::page_body(1..PAGE + 1, |_| 1, Some("Items?$skiptoken=1000"));
+    let body = support::page_body(1..PAGE + 1, |_| 1, None, Some("Items?$skiptoken=1000"));
     let mut group = c.benchmark_group("page_parse");
     group.throughput(Throughput::Bytes(body.len() as u64));
     group.bench_function("gateway_raw", |b| {
@@ -144,7 +144,7 @@ fn page_parse(c: &mut Criterion<ThreadCpu>) {
 }
 
 fn page_digest(c: &mut Criterion<ThreadCpu>) {
-    let body = support::page_body(1..PAGE + 1, |_| 1, Some("Items?$skiptoken=1000"));
+    let body = support::page_body(1..PAGE + 1, |_| 1, None, Some("Items?$skiptoken=1000"));
     let key = id_key();
     let ignore: Vec<String> = Vec::new();
     let mut group = c.benchmark_group("page_digest");

@@ -68,7 +68,8 @@ const METADATA: &str = r#"<?xml version="1.0" encoding="utf-8"?>
 type Pages = Arc<RwLock<Arc<Vec<Bytes>>>>;
 
 /// The collection of `n` entities, entity `id` at revision `revision(id)`, cut into pages with
-/// relative `$skiptoken` next links like a CAP service writes them.
+/// `@odata.count` (the gateway asks for it and checks its enumeration against it) and relative
+/// `$skiptoken` next links, like a CAP service writes them.
 fn pages(n: u32, revision: impl Fn(u32) -> u32 + Copy) -> Arc<Vec<Bytes>> {
     let count = n.div_ceil(UPSTREAM_PAGE);
     Arc::new(
@@ -76,7 +77,7 @@ fn pages(n: u32, revision: impl Fn(u32) -> u32 + Copy) -> Arc<Vec<Bytes>> {
             .map(|i| {
                 let ids = i * UPSTREAM_PAGE + 1..((i + 1) * UPSTREAM_PAGE).min(n) + 1;
                 let next = (i + 1 < count).then(|| format!("Items?$skiptoken={}", i + 1));
-                Bytes::from(support::page_body(ids, revision, next.as_deref()))
+                Bytes::from(support::page_body(ids, revision, Some(n), next.as_deref()))
             })
             .collect(),
     )

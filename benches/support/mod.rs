@@ -71,14 +71,19 @@ pub fn entity(id: u32, revision: u32) -> String {
 }
 
 /// An OData collection page holding the entities `ids` (each at the revision `revision(id)`), with
-/// an `@odata.nextLink` when `next_link` is given.
+/// `@odata.count` when `count` is given and an `@odata.nextLink` when `next_link` is.
 pub fn page_body(
     ids: std::ops::Range<u32>,
     revision: impl Fn(u32) -> u32,
+    count: Option<u32>,
     next_link: Option<&str>,
 ) -> String {
     let mut out = String::with_capacity(ids.len() * 660 + 200);
-    out.push_str(r#"{"@odata.context":"$metadata#Items","value":["#);
+    out.push_str(r#"{"@odata.context":"$metadata#Items","#);
+    if let Some(n) = count {
+        let _ = write!(out, r#""@odata.count":{n},"#);
+    }
+    out.push_str(r#""value":["#);
     for (i, id) in ids.enumerate() {
         if i > 0 {
             out.push(',');
