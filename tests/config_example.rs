@@ -22,6 +22,7 @@ fn example_config_loads_with_the_documented_route() {
         config.admin_listen.map(|a| a.to_string()).as_deref(),
         Some("127.0.0.1:9090")
     );
+    assert_eq!(config.limits.max_connections, 4096);
     assert_eq!(config.routes.len(), 1);
     let route = &config.routes[0];
     assert_eq!(route.prefix, "/odata/v4/catalog");
@@ -39,17 +40,28 @@ fn example_config_loads_with_the_documented_route() {
     );
 }
 
+/// What gateway.toml's header comment tells to do to put it in front of the demo's sample service.
 #[test]
-fn flags_override_the_example_config() {
+fn flags_override_the_example_config_as_its_comment_says() {
     let flags = Flags {
         config: Some(example()),
         listen: Some("127.0.0.1:8081".parse().unwrap()),
+        upstream: Some("http://127.0.0.1:41835/odata/v4/catalog".into()),
         token_ttl: Some("12h".into()),
         ..Flags::default()
     };
     let config = Config::load(&flags).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.listen.to_string(), "127.0.0.1:8081");
     assert_eq!(config.token_ttl, Duration::from_secs(12 * 3600));
+    assert_eq!(config.routes.len(), 1);
+    assert_eq!(
+        config.routes[0].upstream.as_str(),
+        "http://127.0.0.1:41835/odata/v4/catalog"
+    );
+    assert_eq!(
+        config.routes[0].sets["Products"].ignore,
+        vec!["modifiedAt".to_owned()]
+    );
 }
 
 /// Lines like `#public_url = "…"` (a `#` directly before a key) are settings left out; prose
@@ -104,6 +116,7 @@ fn every_file_key_appears_in_the_example() {
         "max_page_bytes",
         "max_entities_per_feed",
         "max_header_bytes",
+        "max_connections",
         "[[route]]",
         "upstream",
         "prefix",
