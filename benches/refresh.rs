@@ -146,8 +146,11 @@ fn answer(req: &Request<Incoming>, pages: &Pages) -> Response<Full<Bytes>> {
 
 /// A gateway in front of the bench upstream, with its own store.
 struct Gateway {
+    /// Handle to shut it down between iterations.
     running: Running,
+    /// Where it listens.
     addr: SocketAddr,
+    /// Its store, deleted with it.
     _dir: tempfile::TempDir,
 }
 
@@ -230,13 +233,21 @@ async fn read_all(client: &HttpClient, first: &str, track: bool) -> (usize, Stri
 /// Everything one collection size needs: the two upstream states (the second with every 100th
 /// entity changed), the running upstream, and a runtime.
 struct Fixture {
+    /// Entities in the collection.
     n: u32,
+    /// Runs upstream, gateways and client; kept for the whole size so connections are reused.
     runtime: Runtime,
+    /// The sync client's connection pool.
     client: HttpClient,
+    /// Where the bench upstream listens.
     upstream: SocketAddr,
+    /// What the upstream serves right now: `base` or `changed`.
     current: Pages,
+    /// Every entity at revision 1.
     base: Arc<Vec<Bytes>>,
+    /// Every 100th entity at revision 2, the rest as in `base`.
     changed: Arc<Vec<Bytes>>,
+    /// Stops the upstream when the fixture is dropped.
     stop: CancellationToken,
 }
 
@@ -303,7 +314,9 @@ fn label(n: u32) -> String {
 /// bench, because on a shared machine it shows the cost independently of the load.
 #[derive(Default)]
 struct CpuTally {
+    /// Timed sections run, warm-up included.
     iterations: u64,
+    /// Process CPU time they took together.
     cpu: Duration,
 }
 
