@@ -171,7 +171,11 @@ pub struct SetConfig {
 /// How feeds are scoped by the caller's identity (DESIGN "Identity and security").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IdentityScope {
-    /// A keyed hash of these request headers (default: `authorization`).
+    /// The default: a keyed hash of the credentials a request carries — `Authorization` and API-key
+    /// headers, or, only when it has none of those, its cookies (cookie sessions change, so they
+    /// count only where nothing else identifies the caller).
+    Credentials,
+    /// A keyed hash of exactly these request headers.
     Headers(Vec<String>),
     /// One scope for everyone: the gateway uses its own upstream credentials.
     Shared,
@@ -506,30 +510,29 @@ impl Config {
             positive(&parsed.max_page_size, "max_page_size", 10_000)?.max(page_size);
 
         let identity = match &parsed.identity {
-            None => IdentityScope::Headers(vec!["authorization".into()]),
-            Some(id) => {
-                match id.get_ref().mode.get_ref().as_str() {
-                    "shared" => IdentityScope::Shared,
-                    "headers" => {
-                        let headers: Vec<String> = id
-                            .get_ref()
-                            .headers
-                            .iter()
-                            .map(|h| h.to_ascii_lowercase())
-                            .collect();
-                        if headers.is_empty() {
-                            return Err(source.at(
-                                id,
-                                "identity mode \"headers\" needs headers = [\"authorization\", …]",
-                            ));
-                        }
-                        IdentityScope::Headers(headers)
+            None => IdentityScope::Credentials,
+            Some(id) => match id.get_ref().mode.get_ref().as_str() {
+                "shared" => IdentityScope::Shared,
+                "credentials" => IdentityScope::Credentials,
+                "headers" => {
+                    let headers: Vec<String> = id
+                        .get_ref()
+                        .headers
+                        .iter()
+                        .map(|h| h.to_ascii_lowercase())
+                        .collect();
+                    if headers.is_empty() {
+                        return Err(source.at(
+                            id,
+                            "identity mode \"headers\" needs headers = [\"authorization\", …]",
+                        ));
                     }
-                    other => {
-                        return Err(source.at(&id.get_ref().mode, format!("unknown identity mode '{other}'; expected \"headers\" or \"shared\"")));
-                    }
+                    IdentityScope::Headers(headers)
                 }
-            }
+                other => {
+                    return Err(source.at(&id.get_ref().mode, format!("unknown identity mode '{other}'; expected \"credentials\", \"headers\" or \"shared\"")));
+                }
+            },
         };
 
         let up = parsed.upstream.unwrap_or_default();

@@ -183,30 +183,39 @@ pub fn classify(
     }
 }
 
-/// The identity scope of a request: a keyed hash of the configured headers (absent ones count as
-/// empty), or `shared`.
+/// Headers that carry credentials, for the default identity scope.
+const CREDENTIAL_HEADERS: &[&str] = &["authorization", "apikey", "x-api-key"];
+
+/// The identity scope of a request: a keyed hash of the headers that identify the caller, or
+/// `shared`. A request without any of them is `anonymous`.
 pub fn scope_of(identity: &IdentityScope, scope_key: &[u8; 32], headers: &HeaderMap) -> Scope {
-    match identity {
-        IdentityScope::Shared => Scope("shared".into()),
-        IdentityScope::Headers(names) => {
-            let mut h = blake3::Hasher::new_keyed(scope_key);
-            let mut any = false;
-            for name in names {
-                h.update(&(name.len() as u64).to_be_bytes());
-                h.update(name.as_bytes());
-                for v in headers.get_all(name.as_str()) {
-                    any = true;
-                    h.update(&(v.len() as u64).to_be_bytes());
-                    h.update(v.as_bytes());
-                }
-                h.update(b"\0");
+    let names: Vec<&str> = match identity {
+        IdentityScope::Shared => return Scope("shared".into()),
+        IdentityScope::Headers(names) => names.iter().map(String::as_str).collect(),
+        IdentityScope::Credentials => {
+            if CREDENTIAL_HEADERS.iter().any(|n| headers.contains_key(*n)) {
+                CREDENTIAL_HEADERS.to_vec()
+            } else {
+                vec!["cookie"]
             }
-            if !any {
-                return Scope("anonymous".into());
-            }
-            Scope(h.finalize().to_hex()[..32].to_owned())
         }
+    };
+    let mut h = blake3::Hasher::new_keyed(scope_key);
+    let mut any = false;
+    for name in names {
+        h.update(&(name.len() as u64).to_be_bytes());
+        h.update(name.as_bytes());
+        for v in headers.get_all(name) {
+            any = true;
+            h.update(&(v.len() as u64).to_be_bytes());
+            h.update(v.as_bytes());
+        }
+        h.update(b"\0");
     }
+    if !any {
+        return Scope("anonymous".into());
+    }
+    Scope(h.finalize().to_hex()[..32].to_owned())
 }
 
 /// The public base URL for links in the response to `req`, without trailing slash and without the
@@ -538,5 +547,18 @@ mod tests {
         assert_eq!(scope_of(&id, &key, &a), scope_of(&id, &key, &a.clone()));
         assert_eq!(scope_of(&id, &key, &HeaderMap::new()).0, "anonymous");
         assert_eq!(scope_of(&IdentityScope::Shared, &key, &a).0, "shared");
+        // By default, cookies count only when no other credential is there.
+        let d = IdentityScope::Credentials;
+        let mut c1 = HeaderMap::new();
+        c1.insert("cookie", "s=1".parse().unwrap());
+        let mut c2 = HeaderMap::new();
+        c2.insert("cookie", "s=2".parse().unwrap());
+        assert_ne!(scope_of(&d, &key, &c1), scope_of(&d, &key, &c2));
+        let (mut a1, mut a2) = (a.clone(), a.clone());
+        a1.insert("cookie", "s=1".parse().unwrap());
+        a2.insert("cookie", "s=2".parse().unwrap());
+        assert_eq!(scope_of(&d, &key, &a1), scope_of(&d, &key, &a2));
+        assert_ne!(scope_of(&d, &key, &a), scope_of(&d, &key, &b));
+        assert_eq!(scope_of(&d, &key, &HeaderMap::new()).0, "anonymous");
     }
 }

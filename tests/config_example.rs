@@ -34,10 +34,7 @@ fn example_config_loads_with_the_documented_route() {
     assert_eq!(products.key.as_deref(), Some(&["ID".to_owned()][..]));
     assert_eq!(products.ignore, vec!["modifiedAt".to_owned()]);
     assert_eq!(config.token_ttl, Duration::from_secs(30 * 86_400));
-    assert_eq!(
-        config.identity,
-        IdentityScope::Headers(vec!["authorization".into()])
-    );
+    assert_eq!(config.identity, IdentityScope::Credentials);
 }
 
 /// What gateway.toml's header comment tells to do to put it in front of the demo's sample service.
