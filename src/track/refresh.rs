@@ -22,7 +22,7 @@ use crate::odata::query::{encode_pairs, encode_path};
 use crate::store::{FeedMeta, RowChange};
 
 use super::feed::{FeedDef, FeedId, IndexEntry, LastRefresh, SetSpec, Slot, Version};
-use super::hash::{ContentHash, Hasher, KeyHash};
+use super::hash::{ContentHash, Digest, EntityError, Hasher, KeyHash};
 
 mod confirm;
 mod fetch;
@@ -273,6 +273,19 @@ async fn run(
     Ok(Version(version))
 }
 
+/// Key and hash every entity (given as byte ranges) of a page.
+fn digest_all(
+    body: &[u8],
+    spans: &[(usize, usize)],
+    set: &SetSpec,
+) -> Vec<((usize, usize), Result<Digest, EntityError>)> {
+    let mut hasher = Hasher::default();
+    spans
+        .iter()
+        .map(|&(a, b)| ((a, b), hasher.digest(&body[a..b], &set.key, &set.ignore)))
+        .collect()
+}
+
 /// Milliseconds since the epoch.
 pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -331,8 +344,31 @@ impl Pass<'_> {
                 let url = crate::upstream::resolve_link(&self.input.service_root, link)?;
                 next = Some(Prefetch::start(&self.fetcher, url, OnRefusal::Fail));
             }
-            for raw in &page.entities {
-                self.observe(raw.get().as_bytes(), index)?;
+            // Hashing is CPU work: it runs on the blocking pool, beside the next page's fetch and
+            // off the threads that serve requests.
+            let spans: Vec<(usize, usize)> = page
+                .entities
+                .iter()
+                .map(|raw| {
+                    // Borrowed raw values point into the body they were parsed from.
+                    let start = (raw.get().as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
+                    (start, start.saturating_add(raw.get().len()))
+                })
+                .filter(|&(_, end)| end <= body.len())
+                .collect();
+            if spans.len() != page.entities.len() {
+                return Err(Error::Internal(
+                    "a parsed entity lies outside its page".into(),
+                ));
+            }
+            let set = self.input.set.clone();
+            let digests = {
+                let body = body.clone();
+                tokio::task::spawn_blocking(move || digest_all(&body, &spans, &set)).await?
+            };
+            for (span, digest) in digests {
+                let digest = digest.map_err(|e| self.unreadable(e))?;
+                self.apply(digest, &body[span.0..span.1], index);
             }
         }
         Ok(())
@@ -443,15 +479,28 @@ impl Pass<'_> {
         let digest = self
             .hasher
             .digest(raw, &self.input.set.key, &self.input.set.ignore)
-            .map_err(|e| {
-                Error::upstream(
-                    UpstreamFailure::BadAnswer,
-                    format!(
-                        "an entity of {} cannot be read ({e}); nothing was committed",
-                        self.set_name()
-                    ),
-                )
-            })?;
+            .map_err(|e| self.unreadable(e))?;
+        Ok(self.apply(digest, raw, index))
+    }
+
+    /// The error for an entity that cannot be keyed or hashed.
+    fn unreadable(&self, e: EntityError) -> Error {
+        Error::upstream(
+            UpstreamFailure::BadAnswer,
+            format!(
+                "an entity of {} cannot be read ({e}); nothing was committed",
+                self.set_name()
+            ),
+        )
+    }
+
+    /// Note one hashed entity in the diff. Returns its key predicate.
+    fn apply(
+        &mut self,
+        digest: Digest,
+        raw: &[u8],
+        index: &mut HashMap<KeyHash, IndexEntry>,
+    ) -> String {
         let (unchanged, first_sighting) = match index.get_mut(&digest.key_hash) {
             Some(entry) => {
                 let first = entry.seen != self.generation;
@@ -478,6 +527,6 @@ impl Pass<'_> {
                 },
             );
         }
-        Ok(digest.key.predicate)
+        digest.key.predicate
     }
 }
