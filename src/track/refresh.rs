@@ -7,7 +7,7 @@
 //! Concurrent requests on one feed share one refresh (single-flight): the slot lock is held by the
 //! refresh, which runs in its own task so a client hanging up does not cancel it halfway.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -273,12 +273,25 @@ async fn run(
     Ok(Version(version))
 }
 
+/// The digest of each entity of a page, by the entity's byte range in the page.
+type PageDigests = Vec<((usize, usize), Result<Digest, EntityError>)>;
+
+/// One page being keyed and hashed on the blocking pool.
+struct HashingPage {
+    body: Bytes,
+    task: tokio::task::JoinHandle<PageDigests>,
+}
+
+impl HashingPage {
+    fn start(body: Bytes, spans: Vec<(usize, usize)>, set: SetSpec) -> Self {
+        let shared = body.clone();
+        let task = tokio::task::spawn_blocking(move || digest_all(&shared, &spans, &set));
+        HashingPage { body, task }
+    }
+}
+
 /// Key and hash every entity (given as byte ranges) of a page.
-fn digest_all(
-    body: &[u8],
-    spans: &[(usize, usize)],
-    set: &SetSpec,
-) -> Vec<((usize, usize), Result<Digest, EntityError>)> {
+fn digest_all(body: &[u8], spans: &[(usize, usize)], set: &SetSpec) -> PageDigests {
     let mut hasher = Hasher::default();
     spans
         .iter()
@@ -334,18 +347,22 @@ impl Pass<'_> {
         index: &mut HashMap<KeyHash, IndexEntry>,
         on_refusal: OnRefusal,
     ) -> Result<(), Error> {
-        // The next page is fetched while the current one is hashed.
+        // A pipeline: the next page is fetched while earlier ones are hashed on the blocking pool
+        // (off the threads that serve requests), two pages at a time so that both cores work.
+        // Results are applied in page order, so that a key seen twice keeps its last state.
         let first = Prefetch::start(&self.fetcher, self.collection_url(pairs), on_refusal);
         let mut next = Some(first);
-        while let Some(mut fetch) = next.take() {
+        let mut hashing: VecDeque<HashingPage> = VecDeque::new();
+        loop {
+            let Some(mut fetch) = next.take() else {
+                break;
+            };
             let body = fetch.wait().await?;
             let page = self.parse_page(&body)?;
             if let Some(link) = &page.next_link {
                 let url = crate::upstream::resolve_link(&self.input.service_root, link)?;
                 next = Some(Prefetch::start(&self.fetcher, url, OnRefusal::Fail));
             }
-            // Hashing is CPU work: it runs on the blocking pool, beside the next page's fetch and
-            // off the threads that serve requests.
             let spans: Vec<(usize, usize)> = page
                 .entities
                 .iter()
@@ -361,15 +378,29 @@ impl Pass<'_> {
                     "a parsed entity lies outside its page".into(),
                 ));
             }
-            let set = self.input.set.clone();
-            let digests = {
-                let body = body.clone();
-                tokio::task::spawn_blocking(move || digest_all(&body, &spans, &set)).await?
-            };
-            for (span, digest) in digests {
-                let digest = digest.map_err(|e| self.unreadable(e))?;
-                self.apply(digest, &body[span.0..span.1], index);
+            drop(page);
+            hashing.push_back(HashingPage::start(body, spans, self.input.set.clone()));
+            if hashing.len() >= 2 {
+                self.apply_page(hashing.pop_front(), index).await?;
             }
+        }
+        while !hashing.is_empty() {
+            self.apply_page(hashing.pop_front(), index).await?;
+        }
+        Ok(())
+    }
+
+    /// Wait for a page's digests and note them in the diff.
+    async fn apply_page(
+        &mut self,
+        page: Option<HashingPage>,
+        index: &mut HashMap<KeyHash, IndexEntry>,
+    ) -> Result<(), Error> {
+        let Some(mut page) = page else { return Ok(()) };
+        let digests = (&mut page.task).await?;
+        for (span, digest) in digests {
+            let digest = digest.map_err(|e| self.unreadable(e))?;
+            self.apply(digest, &page.body[span.0..span.1], index);
         }
         Ok(())
     }
