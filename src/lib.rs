@@ -24,8 +24,11 @@
 //! - [`router`]: classify a request (track or proxy), the public base URL, entity-set keys from `$metadata`.
 //! - [`proxy`]: transparent forwarding, header hygiene, streaming link rewriting.
 //! - [`upstream`]: the pooled HTTP client, timeouts, the origin guard for upstream links.
-//! - [`odata`]: protocol vocabulary, pure — preferences, queries, `$metadata`, key literals, pages, payloads.
-//! - [`track`]: feeds and versions, hashing, tokens, refresh, answering tracked requests.
+//! - [`odata`]: protocol vocabulary, pure — preferences, queries, `$orderby`, `$metadata`, key
+//!   literals, the raw JSON scanner, upstream pages, delta payloads.
+//! - [`track`]: feeds and versions, hashing, tokens, refresh (fetch, confirm removals), answering
+//!   tracked requests, retention of idle feeds.
+//! - [`body`]: the one boxed body type requests and responses travel in.
 //! - [`store`]: the redb schema and its transactions.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`demo`]: the bundled sample service behind `odata-delta-gateway demo`.

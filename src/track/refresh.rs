@@ -93,7 +93,7 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
                     .refreshes
                     .get_or_create(&crate::metrics::Outcome::ok())
                     .inc();
-                tracing::info!(set = %input.set.name, version = v.0, ms = elapsed.as_millis() as u64, "refreshed");
+                tracing::info!(set = %input.set.name, feed = %feed_label(input.feed), version = v.0, ms = elapsed.as_millis() as u64, "refreshed");
             }
             Err(e) => {
                 shared
@@ -101,7 +101,7 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
                     .refreshes
                     .get_or_create(&crate::metrics::Outcome::failed())
                     .inc();
-                tracing::warn!(set = %input.set.name, error = %e, "refresh failed; nothing committed");
+                tracing::warn!(set = %input.set.name, feed = %feed_label(input.feed), error = %e, "refresh failed; nothing committed");
             }
         }
         guard.last = Some(LastRefresh {
@@ -297,6 +297,11 @@ fn digest_all(body: &[u8], spans: &[(usize, usize)], set: &SetSpec) -> PageDiges
         .iter()
         .map(|&(a, b)| ((a, b), hasher.digest(&body[a..b], &set.key, &set.ignore)))
         .collect()
+}
+
+/// A short label of a feed for logs (the first bytes of its id, in hex).
+fn feed_label(feed: FeedId) -> String {
+    feed.0[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Milliseconds since the epoch.
