@@ -527,3 +527,37 @@ async fn an_upstream_refusal_of_the_clients_query_keeps_its_status() {
         .await;
     assert_eq!(r.status, 502, "{}", r.text());
 }
+
+/// An upstream that cannot count or order refuses what the gateway adds to the query; the read is
+/// tried without those before the refusal is passed on to the client.
+#[tokio::test]
+async fn an_upstream_refusing_count_or_orderby_is_read_without_them() {
+    let up = shop(12, 50).await;
+    let gw = Gateway::start(&up.base_url()).await;
+    let client = Client::default();
+    up.clear_requests();
+    up.push_fault(Fault::Status {
+        page: 0,
+        status: 400,
+        retry_after: None,
+    });
+    let r = client
+        .get(&gw.url(&format!("{ROOT}/Customers")), &TRACK)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["value"].as_array().unwrap().len(), 12);
+    let pages: Vec<String> = up
+        .requests()
+        .iter()
+        .filter(|r| r.collection_set.as_deref() == Some("Customers"))
+        .map(|r| r.path_and_query.clone())
+        .collect();
+    assert!(
+        pages[0].contains("count") && pages[0].contains("orderby"),
+        "{pages:?}"
+    );
+    assert!(
+        !pages[1].contains("count") && !pages[1].contains("orderby"),
+        "{pages:?}"
+    );
+}

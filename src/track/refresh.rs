@@ -339,9 +339,17 @@ impl Pass<'_> {
         let mut pairs = self.input.def.query.enumeration(&self.key_names());
         pairs.push(("$count".into(), "true".into()));
         // A refusal of the first request is about the client's query or credentials; later ones
-        // are the upstream's fault.
-        self.read_collection(&pairs, index, OnRefusal::PassOn)
-            .await?;
+        // are the upstream's fault. An upstream that cannot count or order may refuse what we
+        // added to the query, so that is tried without before the client is blamed.
+        match self.read_collection(&pairs, index, OnRefusal::PassOn).await {
+            Err(Error::Rejected { status, .. }) if matches!(status.as_u16(), 400 | 501) => {
+                tracing::info!(set = %self.set_name(), %status, "the upstream refused $count/$orderby; enumerating without them");
+                pairs.retain(|(n, _)| n != "$count" && n != "$orderby");
+                self.read_collection(&pairs, index, OnRefusal::PassOn)
+                    .await?;
+            }
+            other => other?,
+        }
         self.check_complete(&pairs, index).await
     }
 
