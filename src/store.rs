@@ -206,6 +206,33 @@ pub enum RowChange {
     },
 }
 
+impl RowChange {
+    /// The row an upsert writes at `version`; `None` for a removal.
+    fn upserted_row(&self, version: Version) -> Option<(KeyHash, EntityRow)> {
+        let RowChange::Upsert {
+            key_hash,
+            content,
+            predicate,
+            key_members,
+            body,
+        } = self
+        else {
+            return None;
+        };
+        Some((
+            *key_hash,
+            EntityRow {
+                content: *content,
+                version,
+                removed: None,
+                predicate: predicate.clone(),
+                key_members: key_members.clone(),
+                body: body.clone(),
+            },
+        ))
+    }
+}
+
 /// What a commit did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CommitStats {
@@ -381,23 +408,10 @@ impl Store {
             let mut versions = tx.open_table(VERSIONS)?;
             for change in changes {
                 let (key_hash, new_row) = match change {
-                    RowChange::Upsert {
-                        key_hash,
-                        content,
-                        predicate,
-                        key_members,
-                        body,
-                    } => (
-                        *key_hash,
-                        EntityRow {
-                            content: *content,
-                            version,
-                            removed: None,
-                            predicate: predicate.clone(),
-                            key_members: key_members.clone(),
-                            body: body.clone(),
-                        },
-                    ),
+                    RowChange::Upsert { .. } => match change.upserted_row(version) {
+                        Some(upsert) => upsert,
+                        None => continue,
+                    },
                     RowChange::Remove { key_hash, reason } => {
                         let Some(old) = entities.get(&entity_key(feed, *key_hash))? else {
                             continue;
@@ -416,16 +430,7 @@ impl Store {
                         )
                     }
                 };
-                let ek = entity_key(feed, key_hash);
-                let old_version = entities
-                    .get(&ek)?
-                    .map(|v| EntityRow::decode(v.value()).map(|r| r.version))
-                    .transpose()?;
-                if let Some(old) = old_version {
-                    index.remove(&change_key(feed, old, key_hash))?;
-                }
-                entities.insert(&ek, new_row.encode().as_slice())?;
-                index.insert(&change_key(feed, version, key_hash), ())?;
+                put_row(&mut entities, &mut index, feed, key_hash, &new_row)?;
                 stats.changed += 1;
             }
             if stats.changed > 0 {
@@ -446,6 +451,29 @@ impl Store {
         }
         tx.commit()?;
         Ok(stats)
+    }
+
+    /// Write rows of a feed's first load ahead of its commit, at the version that commit will give
+    /// the feed. The feed's meta is not touched, so until the commit no token names the feed and
+    /// no reader looks at these rows; a crash leaves rows that the next load compares against.
+    pub fn stage(
+        &self,
+        feed: FeedId,
+        version: Version,
+        rows: &[RowChange],
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut entities = tx.open_table(ENTITIES)?;
+            let mut index = tx.open_table(CHANGES)?;
+            for change in rows {
+                if let Some((key_hash, row)) = change.upserted_row(version) {
+                    put_row(&mut entities, &mut index, feed, key_hash, &row)?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Record when feeds were last used (one transaction for all of them).
@@ -653,6 +681,27 @@ impl Store {
         }
         Ok(n)
     }
+}
+
+/// Write an entity row and move its entry in the changes index to the row's version.
+fn put_row(
+    entities: &mut redb::Table<&[u8; 32], &[u8]>,
+    index: &mut redb::Table<&[u8; 40], ()>,
+    feed: FeedId,
+    key_hash: KeyHash,
+    row: &EntityRow,
+) -> Result<(), StoreError> {
+    let ek = entity_key(feed, key_hash);
+    let old_version = entities
+        .get(&ek)?
+        .map(|v| EntityRow::decode(v.value()).map(|r| r.version))
+        .transpose()?;
+    if let Some(old) = old_version {
+        index.remove(&change_key(feed, old, key_hash))?;
+    }
+    entities.insert(&ek, row.encode().as_slice())?;
+    index.insert(&change_key(feed, row.version, key_hash), ())?;
+    Ok(())
 }
 
 /// Delete every key in `first..=last` of a table.

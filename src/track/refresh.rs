@@ -142,7 +142,16 @@ struct Pass<'a> {
     distinct: u64,
     /// The latest `@odata.count` the upstream reported, if it reports one.
     reported: Option<u64>,
+    /// On a feed's first load, new rows are written to the store in batches as they come (at the
+    /// version the final commit will give the feed) instead of being held in memory: no token
+    /// names the feed yet, so no reader can see a partial load. `None` on later refreshes.
+    staging_version: Option<Version>,
+    /// Rows written so far by staging.
+    staged: u64,
 }
+
+/// Rows held in memory before a first load writes them to the store.
+const STAGE_BATCH: usize = 20_000;
 
 async fn run(
     shared: &Arc<Shared>,
@@ -175,6 +184,11 @@ async fn run(
         delivered: 0,
         distinct: 0,
         reported: None,
+        staging_version: match &slot.meta {
+            Some(m) if !m.dropped => None,
+            other => Some(Version(other.as_ref().map_or(0, |m| m.version) + 1)),
+        },
+        staged: 0,
     };
     let Some(index) = slot.index.as_mut() else {
         return Err(Error::Internal("the feed index was not loaded".into()));
@@ -208,7 +222,11 @@ async fn run(
     if pass.pending.is_empty() && removals.is_empty() && stored {
         return Ok(Version(current));
     }
-    let changed = !pass.pending.is_empty() || !removals.is_empty();
+    // A first load that wrote rows ahead (now, or before a crash) commits them as a version too.
+    let changed = !pass.pending.is_empty()
+        || !removals.is_empty()
+        || pass.staged > 0
+        || (!stored && !index.is_empty());
     let version = if changed { current + 1 } else { current };
     let meta = FeedMeta {
         route: input.def.route.clone(),
@@ -220,18 +238,7 @@ async fn run(
         last_used_ms: 0,
         dropped: false,
     };
-    let mut changes: Vec<RowChange> = Vec::with_capacity(pass.pending.len() + removals.len());
-    let mut index_updates = Vec::with_capacity(pass.pending.len());
-    for (key_hash, p) in pass.pending.drain() {
-        index_updates.push((key_hash, p.content));
-        changes.push(RowChange::Upsert {
-            key_hash,
-            content: p.content,
-            predicate: p.predicate,
-            key_members: p.key_members,
-            body: p.body,
-        });
-    }
+    let (mut changes, index_updates) = pass.drain_pending();
     for (key_hash, reason) in &removals {
         changes.push(RowChange::Remove {
             key_hash: *key_hash,
@@ -403,6 +410,54 @@ impl Pass<'_> {
         Ok(())
     }
 
+    /// The pending rows as changes to write, and the index entries they become.
+    fn drain_pending(&mut self) -> (Vec<RowChange>, Vec<(KeyHash, ContentHash)>) {
+        let mut changes = Vec::with_capacity(self.pending.len());
+        let mut index_updates = Vec::with_capacity(self.pending.len());
+        for (key_hash, p) in self.pending.drain() {
+            index_updates.push((key_hash, p.content));
+            changes.push(RowChange::Upsert {
+                key_hash,
+                content: p.content,
+                predicate: p.predicate,
+                key_members: p.key_members,
+                body: p.body,
+            });
+        }
+        (changes, index_updates)
+    }
+
+    /// On a first load, write what is pending to the store once there is enough of it, so that
+    /// memory holds a batch rather than the whole collection. The index learns the rows at once,
+    /// so a key seen again later in the enumeration is compared with what was written.
+    async fn stage_if_large(
+        &mut self,
+        index: &mut HashMap<KeyHash, IndexEntry>,
+    ) -> Result<(), Error> {
+        let Some(version) = self.staging_version else {
+            return Ok(());
+        };
+        if self.pending.len() < STAGE_BATCH {
+            return Ok(());
+        }
+        let (rows, index_updates) = self.drain_pending();
+        let store = self.shared.store.clone();
+        let feed = self.input.feed;
+        let written = rows.len() as u64;
+        tokio::task::spawn_blocking(move || store.stage(feed, version, &rows)).await??;
+        for (key_hash, content) in index_updates {
+            index.insert(
+                key_hash,
+                IndexEntry {
+                    content,
+                    seen: self.generation,
+                },
+            );
+        }
+        self.staged += written;
+        Ok(())
+    }
+
     /// Wait for a page's digests and note them in the diff.
     async fn apply_page(
         &mut self,
@@ -415,7 +470,7 @@ impl Pass<'_> {
             let digest = digest.map_err(|e| self.unreadable(e))?;
             self.apply(digest, &page.body[span.0..span.1], index);
         }
-        Ok(())
+        self.stage_if_large(index).await
     }
 
     /// Parse an upstream page and count it.
