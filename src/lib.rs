@@ -19,6 +19,8 @@
 //!
 //! ## Layout
 //! - [`config`]: flags, environment and `gateway.toml` → validated [`config::Config`].
+//! - [`ids`]: the domain ids (`FeedId`, `Version`, `KeyHash`, `ContentHash`, `Scope`), at the bottom
+//!   of the module graph: it imports nothing of ours.
 //! - [`error`]: the error type by origin, and the one place it becomes a status and an OData error body.
 //! - [`server`]: listeners, the tower stack, graceful shutdown, the admin endpoints.
 //! - [`router`]: classify a request (track or proxy), the public base URL, entity-set keys from `$metadata`.
@@ -38,6 +40,7 @@ pub mod body;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod ids;
 pub mod metrics;
 pub mod odata;
 pub mod proxy;

@@ -22,8 +22,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::odata::delta::Reason;
-use crate::track::feed::{FeedId, Version};
-use crate::track::hash::{ContentHash, KeyHash};
+use crate::ids::{ContentHash, FeedId, KeyHash, Version};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const FEEDS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("feeds");

@@ -11,20 +11,9 @@ use crate::odata::entity_id::KeyProperty;
 use crate::odata::query::DefiningQuery;
 use crate::store::FeedMeta;
 
-use super::hash::{ContentHash, KeyHash};
+use crate::ids::{ContentHash, KeyHash};
 
-/// 128-bit hash of a feed's definition.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FeedId(pub [u8; 16]);
-
-/// A feed's version: bumped by every refresh that found a difference.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Version(pub u64);
-
-/// Who a feed belongs to: a keyed hash of the caller's credentials, or `shared`. Feed content is
-/// never served across scopes.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Scope(pub String);
+pub use crate::ids::{FeedId, Scope, Version};
 
 /// What defines a feed.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,27 +5,8 @@
 use crate::odata::entity_id::{EntityKey, KeyError, KeyProperty};
 use crate::odata::json::{JsonError, Member, object_members, write_canonical_members};
 
-/// 128 bits of blake3 over an entity's canonical form: collisions are out of reach in practice.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ContentHash(pub [u8; 16]);
-
-/// 128 bits of blake3 over an entity's key predicate: how the store and the in-memory index name an
-/// entity of a feed. Entities are paged in this order, which is stable across refreshes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyHash(pub [u8; 16]);
-
-impl KeyHash {
-    /// The hash of a key predicate such as `42` or `ID=1,Line=2`.
-    pub fn of(predicate: &str) -> Self {
-        KeyHash(truncate(blake3::hash(predicate.as_bytes())))
-    }
-}
-
-fn truncate(h: blake3::Hash) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&h.as_bytes()[..16]);
-    out
-}
+pub use crate::ids::{ContentHash, KeyHash};
+use crate::ids::truncate;
 
 /// Why an upstream entity could not be hashed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
