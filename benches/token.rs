@@ -10,7 +10,6 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use odata_delta_gateway::track::feed::{FeedDef, FeedId, Scope, Version};
-use odata_delta_gateway::track::hash::KeyHash;
 use odata_delta_gateway::track::token::{Cursor, Token, TokenKey, TokenKind};
 use thread_cpu::ThreadCpu;
 
@@ -42,7 +41,7 @@ fn tokens(c: &mut Criterion<ThreadCpu>) {
                     cursor: Cursor::Delta {
                         since: Version(1234),
                         upto: Version(1240),
-                        after: (Version(1237), KeyHash([0xc3; 16])),
+                        after: (Version(1237), 1_000_987),
                     },
                     page_size: 1000,
                     count: false,

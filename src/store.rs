@@ -1,38 +1,59 @@
-//! The embedded store (redb): feeds, the current state of every entity of every feed, and the changes
+//! The embedded store (redb): feeds, the states of every entity of every feed, and the changes
 //! index that makes "what changed since version v" a range scan.
 //!
 //! Schema (all keys big-endian so that byte order is numeric order):
 //! - `meta`:     name → bytes: the schema version and the token secret.
-//! - `feeds`:    FeedId → feed meta (definition, current version, counts).
-//! - `entities`: FeedId ‖ KeyHash → entity row (content hash, version of last change, removed flag and
-//!   reason, key predicate, key members, latest body — empty once removed). Tombstones are rows.
-//! - `changes`:  FeedId ‖ Version ‖ KeyHash → (). When a row's version moves from a to b, its entry
-//!   moves from (a, key) to (b, key), so every entity is in the index exactly once.
+//! - `feeds`:    FeedId → feed meta (definition, published version, counts, next row number).
+//! - `entities`: FeedId ‖ row ‖ Version → entity state (key hash, content hash, removed flag and
+//!   reason, key predicate, key members, latest body — empty once removed). The row number is
+//!   assigned when a key is first seen and only grows, so a first load appends to the B-tree; the
+//!   initial response pages rows in this order, which is the upstream's first-seen order.
+//! - `changes`:  FeedId ‖ Version ‖ row → (): the states written at each version.
+//! - `stale`:    FeedId ‖ Version ‖ row → (): rows that had a state before the version wrote a new
+//!   one; once the version is published, the older states are garbage and are compacted away.
+//! - `pending`:  FeedId → the version a refresh is writing.
 //! - `versions`: FeedId ‖ Version → commit time (unix ms), to find tombstones older than the
 //!   retention window.
 //!
-//! Durability: every commit is `Durability::Immediate` (redb's default): when `commit` returns, the
-//! version is on disk, and only then is a token naming it handed out. redb's copy-on-write commit
-//! makes a crash at any instant leave either the old or the new version, never a mix (C29).
+//! Bounded commits: a refresh writes changed rows in batches as it goes, as states at the pending
+//! version V+1 beside the published ones, never over them. Readers take, per row, the newest state
+//! at or below the published version, read in the same transaction, so pending states are invisible
+//! until the publish — one small transaction that writes the feed meta. A failed refresh, or a crash
+//! at any instant, leaves pending states that the next refresh of the feed, or the next start,
+//! discards (listed by `pending` and found through `changes`).
+//!
+//! Durability: batches commit with `Durability::None` (losing them in a crash is harmless, they are
+//! unpublished); the publish commits with `Durability::Immediate`, which also makes every earlier
+//! batch durable, and only then is a token naming the version handed out. redb's copy-on-write
+//! commit makes a crash at any instant leave either the old or the new version, never a mix (C29).
 
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::odata::delta::Reason;
 use crate::ids::{ContentHash, FeedId, KeyHash, Version};
+use crate::odata::delta::Reason;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const FEEDS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("feeds");
 const ENTITIES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("entities");
-const CHANGES: TableDefinition<&[u8; 40], ()> = TableDefinition::new("changes");
+const CHANGES: TableDefinition<&[u8; 32], ()> = TableDefinition::new("changes");
+const STALE: TableDefinition<&[u8; 32], ()> = TableDefinition::new("stale");
+const PENDING: TableDefinition<&[u8; 16], u64> = TableDefinition::new("pending");
 const VERSIONS: TableDefinition<&[u8; 24], u64> = TableDefinition::new("versions");
 
-/// Bumped when the layout of any table changes; a store of another version is refused at start.
-const SCHEMA_VERSION: &[u8] = b"1";
+/// Tables of schema version 1 (entities and changes keyed by key hash), deleted by the migration.
+const V1_CHANGES: TableDefinition<&[u8; 40], ()> = TableDefinition::new("changes");
+
+/// Bumped when the layout of any table changes. A store of version 1 is migrated at start (see
+/// `migrate_v1`); any other version is refused.
+const SCHEMA_VERSION: &[u8] = b"2";
 const DB_FILE: &str = "gateway.redb";
+
+/// Rows per transaction of the maintenance passes (discarding, compacting, purging).
+const MAINTENANCE_BATCH: usize = 20_000;
 
 /// A store failure: I/O, corruption, or a bug. Answered with 503/500, never blamed on the client.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -58,7 +79,8 @@ impl_from_redb!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError
+    redb::CommitError,
+    redb::SetDurabilityError
 );
 
 /// Everything stored about a feed besides its entities.
@@ -72,7 +94,7 @@ pub struct FeedMeta {
     pub query: String,
     /// Identity scope label (a keyed hash of the credentials, or `shared`).
     pub scope: String,
-    /// Current version: the last refresh that found a difference.
+    /// Published version: the last refresh that found a difference.
     pub version: u64,
     /// Live (not removed) entities at `version`.
     pub live: u64,
@@ -84,175 +106,263 @@ pub struct FeedMeta {
     /// token still gets a `Location` with its query (C25), and versions go on from where they were.
     #[serde(default)]
     pub dropped: bool,
+    /// The row number the next new key of the feed gets.
+    #[serde(default)]
+    pub next_row: u64,
 }
 
-/// The stored state of one entity of a feed.
+/// Offsets into an encoded entity state.
+const FORMAT: u8 = 2;
+const KEY_AT: usize = 1;
+const CONTENT_AT: usize = 17;
+const FLAG_AT: usize = 33;
+const HEADER: usize = 34;
+
+/// One stored state of an entity: the one row type from upstream page to store and back. It is
+/// built once from an upstream entity (or a confirmed removal), written to redb as it is, and read
+/// back without copying its parts apart.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EntityRow {
-    /// Hash of the canonical content (zero once removed).
-    pub content: ContentHash,
-    /// The version of its last change.
-    pub version: Version,
-    /// Set when the entity has left the feed.
-    pub removed: Option<Reason>,
-    /// The key predicate: `42`, `ID=1,Line=2`.
-    pub predicate: String,
-    /// Key members as compact JSON, for 4.01 tombstones.
-    pub key_members: Vec<u8>,
-    /// Latest body (compact JSON); empty once removed.
-    pub body: Vec<u8>,
+    bytes: Vec<u8>,
+    /// End of the predicate, end of the key members; the body follows.
+    predicate_end: usize,
+    members_end: usize,
 }
 
 impl EntityRow {
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(
-            40 + self.predicate.len() + self.key_members.len() + self.body.len(),
+    /// The state of a live entity; `write_body` appends the compact body to the buffer it is given.
+    pub fn live(
+        key_hash: KeyHash,
+        content: ContentHash,
+        predicate: &str,
+        key_members: &[u8],
+        body_len_hint: usize,
+        write_body: impl FnOnce(&mut Vec<u8>),
+    ) -> Self {
+        let mut bytes =
+            Vec::with_capacity(HEADER + 8 + predicate.len() + key_members.len() + body_len_hint);
+        Self::header(&mut bytes, key_hash, content, 0, predicate, key_members);
+        let (predicate_end, members_end) = (
+            HEADER + 4 + predicate.len(),
+            HEADER + 8 + predicate.len() + key_members.len(),
         );
-        out.push(1);
-        out.extend_from_slice(&self.content.0);
-        out.extend_from_slice(&self.version.0.to_be_bytes());
-        out.push(match self.removed {
-            None => 0,
-            Some(Reason::Deleted) => 1,
-            Some(Reason::Changed) => 2,
-        });
-        for part in [self.predicate.as_bytes(), &self.key_members] {
+        write_body(&mut bytes);
+        EntityRow {
+            bytes,
+            predicate_end,
+            members_end,
+        }
+    }
+
+    /// The state of an entity that left the feed: its key stays, for the tombstone.
+    pub fn removed(key_hash: KeyHash, reason: Reason, predicate: &str, key_members: &[u8]) -> Self {
+        let mut bytes = Vec::with_capacity(HEADER + 8 + predicate.len() + key_members.len());
+        let flag = match reason {
+            Reason::Deleted => 1,
+            Reason::Changed => 2,
+        };
+        Self::header(
+            &mut bytes,
+            key_hash,
+            ContentHash([0; 16]),
+            flag,
+            predicate,
+            key_members,
+        );
+        let members_end = bytes.len();
+        EntityRow {
+            bytes,
+            predicate_end: HEADER + 4 + predicate.len(),
+            members_end,
+        }
+    }
+
+    fn header(
+        out: &mut Vec<u8>,
+        key_hash: KeyHash,
+        content: ContentHash,
+        flag: u8,
+        predicate: &str,
+        key_members: &[u8],
+    ) {
+        out.push(FORMAT);
+        out.extend_from_slice(&key_hash.0);
+        out.extend_from_slice(&content.0);
+        out.push(flag);
+        for part in [predicate.as_bytes(), key_members] {
             out.extend_from_slice(&(part.len() as u32).to_be_bytes());
             out.extend_from_slice(part);
         }
-        out.extend_from_slice(&self.body);
-        out
     }
 
-    /// The body part of an encoded row, without decoding the rest.
-    fn body_of(bytes: &[u8]) -> Result<&[u8], StoreError> {
+    /// Check an encoded state read from the store.
+    fn decode(bytes: Vec<u8>) -> Result<Self, StoreError> {
+        let (predicate_end, members_end) = Self::bounds(&bytes)?;
+        std::str::from_utf8(&bytes[HEADER + 4..predicate_end])
+            .map_err(|_| StoreError::new("an entity row is corrupt"))?;
+        Ok(EntityRow {
+            bytes,
+            predicate_end,
+            members_end,
+        })
+    }
+
+    fn bounds(bytes: &[u8]) -> Result<(usize, usize), StoreError> {
         let corrupt = || StoreError::new("an entity row is corrupt");
-        let mut at = 26;
-        for _ in 0..2 {
+        if bytes.len() < HEADER || bytes[0] != FORMAT || bytes[FLAG_AT] > 2 {
+            return Err(corrupt());
+        }
+        let mut at = HEADER;
+        let mut ends = [0usize; 2];
+        for end in &mut ends {
             let len = bytes.get(at..at + 4).ok_or_else(corrupt)?;
             let len = u32::from_be_bytes(len.try_into().map_err(|_| corrupt())?) as usize;
             at = at.checked_add(4 + len).ok_or_else(corrupt)?;
-        }
-        bytes.get(at..).ok_or_else(corrupt)
-    }
-
-    fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
-        let corrupt = || StoreError::new("an entity row is corrupt");
-        let take = |bytes: &mut &[u8], n: usize| -> Result<Vec<u8>, StoreError> {
-            if bytes.len() < n {
+            if at > bytes.len() {
                 return Err(corrupt());
             }
-            let (head, tail) = bytes.split_at(n);
-            *bytes = tail;
-            Ok(head.to_vec())
-        };
-        let mut b = bytes;
-        if take(&mut b, 1)? != [1] {
-            return Err(corrupt());
+            *end = at;
         }
-        let content = ContentHash(take(&mut b, 16)?.try_into().map_err(|_| corrupt())?);
-        let version = Version(u64::from_be_bytes(
-            take(&mut b, 8)?.try_into().map_err(|_| corrupt())?,
-        ));
-        let removed = match take(&mut b, 1)?[0] {
-            0 => None,
-            1 => Some(Reason::Deleted),
-            2 => Some(Reason::Changed),
-            _ => return Err(corrupt()),
-        };
-        let mut parts = Vec::new();
-        for _ in 0..2 {
-            let len =
-                u32::from_be_bytes(take(&mut b, 4)?.try_into().map_err(|_| corrupt())?) as usize;
-            parts.push(take(&mut b, len)?);
-        }
-        let key_members = parts.pop().unwrap_or_default();
-        let predicate =
-            String::from_utf8(parts.pop().unwrap_or_default()).map_err(|_| corrupt())?;
-        Ok(EntityRow {
-            content,
-            version,
-            removed,
-            predicate,
-            key_members,
-            body: b.to_vec(),
-        })
+        Ok((ends[0], ends[1]))
+    }
+
+    /// The encoded state, as stored.
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Bytes held.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether nothing is held (never, for a valid state).
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Hash of the key predicate.
+    pub fn key_hash(&self) -> KeyHash {
+        KeyHash(fixed(&self.bytes, KEY_AT))
+    }
+
+    /// Hash of the canonical content (zero once removed).
+    pub fn content(&self) -> ContentHash {
+        ContentHash(fixed(&self.bytes, CONTENT_AT))
+    }
+
+    /// Set when the entity has left the feed.
+    pub fn removed_reason(&self) -> Option<Reason> {
+        removed_flag(&self.bytes)
+    }
+
+    /// The key predicate: `42`, `ID=1,Line=2`.
+    pub fn predicate(&self) -> &str {
+        std::str::from_utf8(&self.bytes[HEADER + 4..self.predicate_end]).unwrap_or_default()
+    }
+
+    /// Key members as compact JSON, for 4.01 tombstones.
+    pub fn key_members(&self) -> &[u8] {
+        &self.bytes[self.predicate_end + 4..self.members_end]
+    }
+
+    /// Latest body (compact JSON); empty once removed.
+    pub fn body(&self) -> &[u8] {
+        &self.bytes[self.members_end..]
     }
 }
 
-/// One change a refresh commits.
+fn fixed(bytes: &[u8], at: usize) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    if let Some(src) = bytes.get(at..at + 16) {
+        out.copy_from_slice(src);
+    }
+    out
+}
+
+/// The removed flag of an encoded state, read without decoding the rest.
+fn removed_flag(bytes: &[u8]) -> Option<Reason> {
+    match bytes.get(FLAG_AT) {
+        Some(1) => Some(Reason::Deleted),
+        Some(2) => Some(Reason::Changed),
+        _ => None,
+    }
+}
+
+/// A row number and the state a refresh writes for it.
 #[derive(Clone, Debug)]
-pub enum RowChange {
-    /// A new entity, a changed one, or one that came back.
-    Upsert {
-        /// Its key hash.
-        key_hash: KeyHash,
-        /// New content hash.
-        content: ContentHash,
-        /// Key predicate.
-        predicate: String,
-        /// Key members, compact JSON.
-        key_members: Vec<u8>,
-        /// Compact body.
-        body: Vec<u8>,
-    },
-    /// An entity confirmed gone from the feed.
-    Remove {
-        /// Its key hash.
-        key_hash: KeyHash,
-        /// Why.
-        reason: Reason,
-    },
+pub struct PendingRow {
+    /// The row.
+    pub row: u64,
+    /// Whether the row had a published state before this refresh (which the new one supersedes).
+    pub existed: bool,
+    /// The new state.
+    pub state: EntityRow,
 }
 
-impl RowChange {
-    /// The row an upsert writes at `version`; `None` for a removal.
-    fn upserted_row(&self, version: Version) -> Option<(KeyHash, EntityRow)> {
-        let RowChange::Upsert {
-            key_hash,
-            content,
-            predicate,
-            key_members,
-            body,
-        } = self
-        else {
-            return None;
-        };
-        Some((
-            *key_hash,
-            EntityRow {
-                content: *content,
-                version,
-                removed: None,
-                predicate: predicate.clone(),
-                key_members: key_members.clone(),
-                body: body.clone(),
-            },
-        ))
-    }
+/// What the maintenance before a refresh did.
+#[derive(Clone, Debug, Default)]
+pub struct Settled {
+    /// Pending states of an unpublished version that were discarded.
+    pub discarded: u64,
+    /// Superseded states removed.
+    pub compacted: u64,
+    /// Key hashes of the tombstones purged because they were older than the retention window.
+    pub purged: Vec<KeyHash>,
 }
 
-/// What a commit did.
+/// Entries per table (see [`Store::sizes`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CommitStats {
-    /// Rows written.
-    pub changed: u64,
-    /// Tombstones purged because they were older than the retention window.
-    pub purged: u64,
+pub struct StoreSizes {
+    /// Feeds defined.
+    pub feeds: u64,
+    /// Entity states, published and pending.
+    pub entity_states: u64,
+    /// Entries of the changes index.
+    pub changes: u64,
+    /// Superseded states not yet compacted.
+    pub stale: u64,
+    /// Refreshes writing (or cut short).
+    pub pending: u64,
 }
 
-fn entity_key(feed: FeedId, key: KeyHash) -> [u8; 32] {
+/// One row of a feed as the in-memory index loads it.
+#[derive(Clone, Copy, Debug)]
+pub struct IndexRow {
+    /// The row number.
+    pub row: u64,
+    /// The key hash.
+    pub key_hash: KeyHash,
+    /// The content hash, `None` for a tombstone.
+    pub content: Option<ContentHash>,
+}
+
+/// The key of a removal candidate, read from its stored state for the upstream check.
+#[derive(Clone, Debug)]
+pub struct RowKey {
+    /// The row number.
+    pub row: u64,
+    /// The key hash.
+    pub key_hash: KeyHash,
+    /// The key predicate.
+    pub predicate: String,
+    /// Key members as compact JSON.
+    pub key_members: Vec<u8>,
+}
+
+fn entity_key(feed: FeedId, row: u64, version: Version) -> [u8; 32] {
     let mut k = [0u8; 32];
     k[..16].copy_from_slice(&feed.0);
-    k[16..].copy_from_slice(&key.0);
+    k[16..24].copy_from_slice(&row.to_be_bytes());
+    k[24..].copy_from_slice(&version.0.to_be_bytes());
     k
 }
 
-fn change_key(feed: FeedId, version: Version, key: KeyHash) -> [u8; 40] {
-    let mut k = [0u8; 40];
+fn change_key(feed: FeedId, version: Version, row: u64) -> [u8; 32] {
+    let mut k = [0u8; 32];
     k[..16].copy_from_slice(&feed.0);
     k[16..24].copy_from_slice(&version.0.to_be_bytes());
-    k[24..].copy_from_slice(&key.0);
+    k[24..].copy_from_slice(&row.to_be_bytes());
     k
 }
 
@@ -263,12 +373,44 @@ fn version_key(feed: FeedId, version: Version) -> [u8; 24] {
     k
 }
 
-fn split_change_key(k: &[u8; 40]) -> (Version, KeyHash) {
-    let mut v = [0u8; 8];
-    v.copy_from_slice(&k[16..24]);
-    let mut h = [0u8; 16];
-    h.copy_from_slice(&k[24..]);
-    (Version(u64::from_be_bytes(v)), KeyHash(h))
+/// The two u64 after the feed id of an `entities` or `changes` key.
+fn split_key(k: &[u8; 32]) -> (u64, u64) {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&k[16..24]);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&k[24..]);
+    (u64::from_be_bytes(a), u64::from_be_bytes(b))
+}
+
+/// The newest state of `row` at or below `upto`, with its version.
+fn latest<T: ReadableTable<&'static [u8; 32], &'static [u8]>>(
+    entities: &T,
+    feed: FeedId,
+    row: u64,
+    upto: Version,
+) -> Result<Option<(Version, Vec<u8>)>, StoreError> {
+    let first = entity_key(feed, row, Version(0));
+    let last = entity_key(feed, row, upto);
+    match entities.range::<&[u8; 32]>(&first..=&last)?.next_back() {
+        None => Ok(None),
+        Some(item) => {
+            let (k, v) = item?;
+            let (_, version) = split_key(k.value());
+            Ok(Some((Version(version), v.value().to_vec())))
+        }
+    }
+}
+
+fn read_meta<T: ReadableTable<&'static [u8; 16], &'static [u8]>>(
+    feeds: &T,
+    feed: FeedId,
+) -> Result<Option<FeedMeta>, StoreError> {
+    match feeds.get(&feed.0)? {
+        None => Ok(None),
+        Some(v) => serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(StoreError::new),
+    }
 }
 
 /// The store: a cheap-to-clone handle on one redb database. All methods block; async callers run
@@ -279,7 +421,8 @@ pub struct Store {
 }
 
 impl Store {
-    /// Open (or create) the store in `dir`, creating the token secret on first start.
+    /// Open (or create) the store in `dir`, creating the token secret on first start, migrating a
+    /// store of the previous layout, and discarding whatever refreshes cut short by a crash wrote.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
@@ -287,19 +430,28 @@ impl Store {
         let db = Database::create(&path)
             .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
         let store = Store { db: Arc::new(db) };
-        store.init()?;
+        store.init(&path)?;
+        store.recover()?;
         Ok(store)
     }
 
-    fn init(&self) -> Result<(), StoreError> {
+    fn init(&self, path: &Path) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
         {
             let mut meta = tx.open_table(META)?;
             let existing = meta.get("schema_version")?.map(|v| v.value().to_vec());
             match existing {
+                Some(v) if v == b"1" => {
+                    drop(meta);
+                    migrate_v1(&tx)?;
+                    meta = tx.open_table(META)?;
+                    meta.insert("schema_version", SCHEMA_VERSION)?;
+                    tracing::warn!(store = %path.display(), "migrated the store from schema version 1: tracked feeds start over, their delta links answer 410 Gone");
+                }
                 Some(v) if v != SCHEMA_VERSION => {
                     return Err(StoreError(format!(
-                        "the store has schema version {}, this gateway reads {}",
+                        "{} has schema version {}, this gateway reads {}: move the file away (clients then start over with a new tracked read) or run the gateway release that wrote it",
+                        path.display(),
                         String::from_utf8_lossy(&v),
                         String::from_utf8_lossy(SCHEMA_VERSION)
                     )));
@@ -318,9 +470,28 @@ impl Store {
             tx.open_table(FEEDS)?;
             tx.open_table(ENTITIES)?;
             tx.open_table(CHANGES)?;
+            tx.open_table(STALE)?;
+            tx.open_table(PENDING)?;
             tx.open_table(VERSIONS)?;
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Discard the pending states of every refresh that a crash cut short.
+    fn recover(&self) -> Result<(), StoreError> {
+        let cut_short: Vec<FeedId> = {
+            let tx = self.db.begin_read()?;
+            let pending = tx.open_table(PENDING)?;
+            pending
+                .iter()?
+                .map(|item| item.map(|(k, _)| FeedId(*k.value())))
+                .collect::<Result<_, _>>()?
+        };
+        for feed in cut_short {
+            let n = self.discard_pending(feed)?;
+            tracing::info!(feed = ?feed.0, states = n, "discarded what a refresh cut short had written");
+        }
         Ok(())
     }
 
@@ -334,145 +505,298 @@ impl Store {
         Ok(secret.value().to_vec())
     }
 
+    /// How many entries each table holds, for operations and tests.
+    pub fn sizes(&self) -> Result<StoreSizes, StoreError> {
+        use redb::ReadableTableMetadata;
+        let tx = self.db.begin_read()?;
+        Ok(StoreSizes {
+            feeds: tx.open_table(FEEDS)?.len()?,
+            entity_states: tx.open_table(ENTITIES)?.len()?,
+            changes: tx.open_table(CHANGES)?.len()?,
+            stale: tx.open_table(STALE)?.len()?,
+            pending: tx.open_table(PENDING)?.len()?,
+        })
+    }
+
     /// A feed's meta, if the feed exists.
     pub fn feed(&self, feed: FeedId) -> Result<Option<FeedMeta>, StoreError> {
         let tx = self.db.begin_read()?;
         let feeds = tx.open_table(FEEDS)?;
-        match feeds.get(&feed.0)? {
-            None => Ok(None),
-            Some(v) => serde_json::from_slice(v.value())
-                .map(Some)
-                .map_err(StoreError::new),
+        read_meta(&feeds, feed)
+    }
+
+    /// Maintenance before a refresh writes: discard states of an unpublished version (a refresh
+    /// that failed), remove states superseded by published ones, and purge tombstones of versions
+    /// committed before `purge_before_ms`. Every step runs in bounded transactions, and each is
+    /// safe to repeat after a crash.
+    pub fn settle(&self, feed: FeedId, purge_before_ms: u64) -> Result<Settled, StoreError> {
+        let mut settled = Settled {
+            discarded: self.discard_pending(feed)?,
+            ..Settled::default()
+        };
+        settled.compacted = self.compact(feed)?;
+        settled.purged = self.purge(feed, purge_before_ms)?;
+        Ok(settled)
+    }
+
+    /// Delete every state above the published version of a feed, and the pending marker.
+    fn discard_pending(&self, feed: FeedId) -> Result<u64, StoreError> {
+        let mut discarded = 0;
+        loop {
+            let tx = self.db.begin_write()?;
+            let done;
+            {
+                let feeds = tx.open_table(FEEDS)?;
+                let published = Version(read_meta(&feeds, feed)?.map_or(0, |m| m.version));
+                let mut changes = tx.open_table(CHANGES)?;
+                let mut entities = tx.open_table(ENTITIES)?;
+                let mut stale = tx.open_table(STALE)?;
+                let first = change_key(feed, Version(published.0.saturating_add(1)), 0);
+                let last = change_key(feed, Version(u64::MAX), u64::MAX);
+                let batch: Vec<(u64, u64)> = changes
+                    .range::<&[u8; 32]>(&first..=&last)?
+                    .take(MAINTENANCE_BATCH)
+                    .map(|item| item.map(|(k, _)| split_key(k.value())))
+                    .collect::<Result<_, _>>()?;
+                for &(version, row) in &batch {
+                    entities.remove(&entity_key(feed, row, Version(version)))?;
+                    changes.remove(&change_key(feed, Version(version), row))?;
+                    stale.remove(&change_key(feed, Version(version), row))?;
+                }
+                discarded += batch.len() as u64;
+                done = batch.len() < MAINTENANCE_BATCH;
+                if done {
+                    // Stale marks of pending rows whose state was already discarded.
+                    stale.retain_in::<&[u8; 32], _>(&first..=&last, |_, _| false)?;
+                    tx.open_table(PENDING)?.remove(&feed.0)?;
+                }
+            }
+            tx.commit()?;
+            if done {
+                return Ok(discarded);
+            }
         }
     }
 
-    /// The live entities of a feed as (key hash, content hash): the in-memory diff index is built
-    /// from this when a feed is first used after start.
-    pub fn live_hashes(&self, feed: FeedId) -> Result<Vec<(KeyHash, ContentHash)>, StoreError> {
+    /// Remove the states superseded by published ones, with their index entries.
+    fn compact(&self, feed: FeedId) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        loop {
+            let tx = self.db.begin_write()?;
+            let done;
+            {
+                let feeds = tx.open_table(FEEDS)?;
+                let published = Version(read_meta(&feeds, feed)?.map_or(0, |m| m.version));
+                let mut changes = tx.open_table(CHANGES)?;
+                let mut entities = tx.open_table(ENTITIES)?;
+                let mut stale = tx.open_table(STALE)?;
+                let first = change_key(feed, Version(0), 0);
+                let last = change_key(feed, published, u64::MAX);
+                let batch: Vec<(u64, u64)> = stale
+                    .range::<&[u8; 32]>(&first..=&last)?
+                    .take(MAINTENANCE_BATCH)
+                    .map(|item| item.map(|(k, _)| split_key(k.value())))
+                    .collect::<Result<_, _>>()?;
+                for &(version, row) in &batch {
+                    let older: Vec<u64> = entities
+                        .range::<&[u8; 32]>(
+                            &entity_key(feed, row, Version(0))
+                                ..&entity_key(feed, row, Version(version)),
+                        )?
+                        .map(|item| item.map(|(k, _)| split_key(k.value()).1))
+                        .collect::<Result<_, _>>()?;
+                    for old in older {
+                        entities.remove(&entity_key(feed, row, Version(old)))?;
+                        changes.remove(&change_key(feed, Version(old), row))?;
+                        removed += 1;
+                    }
+                    stale.remove(&change_key(feed, Version(version), row))?;
+                }
+                done = batch.len() < MAINTENANCE_BATCH;
+            }
+            tx.commit()?;
+            if done {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// Delete tombstones (and their index entries) of versions committed before `before_ms`. Live
+    /// rows of those versions stay. A still-valid token was issued after every such version was
+    /// committed, so its delta starts above them and never needs them (DESIGN "Retention").
+    fn purge(&self, feed: FeedId, before_ms: u64) -> Result<Vec<KeyHash>, StoreError> {
+        let mut purged = Vec::new();
+        let expired: Vec<Version> = {
+            let tx = self.db.begin_read()?;
+            let versions = tx.open_table(VERSIONS)?;
+            let mut out = Vec::new();
+            for item in versions.range::<&[u8; 24]>(
+                &version_key(feed, Version(0))..=&version_key(feed, Version(u64::MAX)),
+            )? {
+                let (k, committed) = item?;
+                if committed.value() >= before_ms {
+                    break;
+                }
+                let mut v = [0u8; 8];
+                v.copy_from_slice(&k.value()[16..]);
+                out.push(Version(u64::from_be_bytes(v)));
+            }
+            out
+        };
+        for version in expired {
+            let tx = self.db.begin_write()?;
+            {
+                let mut changes = tx.open_table(CHANGES)?;
+                let mut entities = tx.open_table(ENTITIES)?;
+                let rows: Vec<u64> = changes
+                    .range::<&[u8; 32]>(
+                        &change_key(feed, version, 0)..=&change_key(feed, version, u64::MAX),
+                    )?
+                    .map(|item| item.map(|(k, _)| split_key(k.value()).1))
+                    .collect::<Result<_, _>>()?;
+                for row in rows {
+                    let Some((at, state)) = latest(&entities, feed, row, Version(u64::MAX))? else {
+                        continue;
+                    };
+                    if at != version || removed_flag(&state).is_none() {
+                        continue;
+                    }
+                    entities.remove(&entity_key(feed, row, version))?;
+                    changes.remove(&change_key(feed, version, row))?;
+                    purged.push(KeyHash(fixed(&state, KEY_AT)));
+                }
+                tx.open_table(VERSIONS)?
+                    .remove(&version_key(feed, version))?;
+            }
+            tx.commit()?;
+        }
+        Ok(purged)
+    }
+
+    /// Visit every row of a feed at its published version — live ones and tombstones — for the
+    /// in-memory diff index. Returns the feed's meta, read in the same transaction.
+    pub fn load_index(
+        &self,
+        feed: FeedId,
+        mut visit: impl FnMut(IndexRow),
+    ) -> Result<Option<FeedMeta>, StoreError> {
         let tx = self.db.begin_read()?;
+        let meta = read_meta(&tx.open_table(FEEDS)?, feed)?;
+        let published = Version(meta.as_ref().map_or(0, |m| m.version));
         let entities = tx.open_table(ENTITIES)?;
-        let mut out = Vec::new();
-        for item in entities.range::<&[u8; 32]>(
-            &entity_key(feed, KeyHash([0; 16]))..=&entity_key(feed, KeyHash([0xff; 16])),
-        )? {
+        let mut states = entities
+            .range::<&[u8; 32]>(
+                &entity_key(feed, 0, Version(0))..=&entity_key(feed, u64::MAX, Version(u64::MAX)),
+            )?
+            .peekable();
+        while let Some(item) = states.next() {
             let (k, v) = item?;
-            let row = v.value();
-            // Only the fixed header is needed: format, content hash, version, removed flag.
-            if row.len() < 26 || row[25] != 0 {
+            let (row, version) = split_key(k.value());
+            if version > published.0 || newer_follows(&mut states, row, published) {
                 continue;
             }
-            let mut key = [0u8; 16];
-            key.copy_from_slice(&k.value()[16..]);
-            let mut content = [0u8; 16];
-            content.copy_from_slice(&row[1..17]);
-            out.push((KeyHash(key), ContentHash(content)));
+            let state = v.value();
+            visit(IndexRow {
+                row,
+                key_hash: KeyHash(fixed(state, KEY_AT)),
+                content: removed_flag(state)
+                    .is_none()
+                    .then(|| ContentHash(fixed(state, CONTENT_AT))),
+            });
         }
-        Ok(out)
+        Ok(meta)
     }
 
-    /// Rows of a feed by key hash (missing ones are skipped).
-    pub fn rows(
-        &self,
-        feed: FeedId,
-        keys: &[KeyHash],
-    ) -> Result<Vec<(KeyHash, EntityRow)>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let entities = tx.open_table(ENTITIES)?;
-        let mut out = Vec::with_capacity(keys.len());
-        for k in keys {
-            if let Some(v) = entities.get(&entity_key(feed, *k))? {
-                out.push((*k, EntityRow::decode(v.value())?));
-            }
-        }
-        Ok(out)
-    }
-
-    /// Commit one refresh as version `meta.version` in a single write transaction: write the changed
-    /// rows, move their index entries, record the version's commit time, store the meta, and purge
-    /// tombstones committed before `purge_before_ms`.
-    pub fn commit(
-        &self,
-        feed: FeedId,
-        meta: &FeedMeta,
-        changes: &[RowChange],
-        now_ms: u64,
-        purge_before_ms: u64,
-    ) -> Result<CommitStats, StoreError> {
-        let version = Version(meta.version);
-        let mut stats = CommitStats::default();
-        let tx = self.db.begin_write()?;
-        {
-            let mut entities = tx.open_table(ENTITIES)?;
-            let mut index = tx.open_table(CHANGES)?;
-            let mut versions = tx.open_table(VERSIONS)?;
-            for change in changes {
-                let (key_hash, new_row) = match change {
-                    RowChange::Upsert { .. } => match change.upserted_row(version) {
-                        Some(upsert) => upsert,
-                        None => continue,
-                    },
-                    RowChange::Remove { key_hash, reason } => {
-                        let Some(old) = entities.get(&entity_key(feed, *key_hash))? else {
-                            continue;
-                        };
-                        let old = EntityRow::decode(old.value())?;
-                        (
-                            *key_hash,
-                            EntityRow {
-                                content: ContentHash([0; 16]),
-                                version,
-                                removed: Some(*reason),
-                                predicate: old.predicate,
-                                key_members: old.key_members,
-                                body: Vec::new(),
-                            },
-                        )
-                    }
-                };
-                put_row(&mut entities, &mut index, feed, key_hash, &new_row)?;
-                stats.changed += 1;
-            }
-            if stats.changed > 0 {
-                versions.insert(&version_key(feed, version), now_ms)?;
-            }
-            stats.purged = purge(
-                feed,
-                &mut entities,
-                &mut index,
-                &mut versions,
-                purge_before_ms,
-            )?;
-            let mut feeds = tx.open_table(FEEDS)?;
-            let mut meta = meta.clone();
-            meta.last_used_ms = meta.last_used_ms.max(now_ms);
-            let encoded = serde_json::to_vec(&meta).map_err(StoreError::new)?;
-            feeds.insert(&feed.0, encoded.as_slice())?;
-        }
-        tx.commit()?;
-        Ok(stats)
-    }
-
-    /// Write rows of a feed's first load ahead of its commit, at the version that commit will give
-    /// the feed. The feed's meta is not touched, so until the commit no token names the feed and
-    /// no reader looks at these rows; a crash leaves rows that the next load compares against.
-    pub fn stage(
+    /// Write a batch of a refresh's changed rows as states at the pending version `version`, beside
+    /// the published states. Not durable by itself: the publish makes it so, and a crash before
+    /// that loses nothing that was visible.
+    pub fn write_pending(
         &self,
         feed: FeedId,
         version: Version,
-        rows: &[RowChange],
+        rows: &[PendingRow],
     ) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::None)?;
         {
+            tx.open_table(PENDING)?.insert(&feed.0, version.0)?;
             let mut entities = tx.open_table(ENTITIES)?;
-            let mut index = tx.open_table(CHANGES)?;
-            for change in rows {
-                if let Some((key_hash, row)) = change.upserted_row(version) {
-                    put_row(&mut entities, &mut index, feed, key_hash, &row)?;
+            let mut changes = tx.open_table(CHANGES)?;
+            let mut stale = tx.open_table(STALE)?;
+            for p in rows {
+                entities.insert(&entity_key(feed, p.row, version), p.state.as_bytes())?;
+                changes.insert(&change_key(feed, version, p.row), ())?;
+                if p.existed {
+                    stale.insert(&change_key(feed, version, p.row), ())?;
                 }
             }
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Publish a refresh: store the feed's meta (whose version makes the pending states visible),
+    /// record the version's commit time if it is new, and clear the pending marker. Its cost does
+    /// not depend on how many rows the refresh wrote.
+    pub fn publish(&self, feed: FeedId, meta: &FeedMeta, now_ms: u64) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut feeds = tx.open_table(FEEDS)?;
+            let previous = read_meta(&feeds, feed)?;
+            let mut meta = meta.clone();
+            meta.last_used_ms = meta
+                .last_used_ms
+                .max(now_ms)
+                .max(previous.as_ref().map_or(0, |m| m.last_used_ms));
+            let encoded = serde_json::to_vec(&meta).map_err(StoreError::new)?;
+            feeds.insert(&feed.0, encoded.as_slice())?;
+            if previous.is_none_or(|p| p.version != meta.version) {
+                tx.open_table(VERSIONS)?
+                    .insert(&version_key(feed, Version(meta.version)), now_ms)?;
+            }
+            tx.open_table(PENDING)?.remove(&feed.0)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The keys of removal candidates, from their published states, without their bodies.
+    pub fn keys_of(&self, feed: FeedId, rows: &[u64]) -> Result<Vec<RowKey>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let published = Version(read_meta(&tx.open_table(FEEDS)?, feed)?.map_or(0, |m| m.version));
+        let entities = tx.open_table(ENTITIES)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for &row in rows {
+            let first = entity_key(feed, row, Version(0));
+            let last = entity_key(feed, row, published);
+            let Some(item) = entities.range::<&[u8; 32]>(&first..=&last)?.next_back() else {
+                continue;
+            };
+            let (_, v) = item?;
+            let state = v.value();
+            let (predicate_end, members_end) = EntityRow::bounds(state)?;
+            out.push(RowKey {
+                row,
+                key_hash: KeyHash(fixed(state, KEY_AT)),
+                predicate: String::from_utf8_lossy(&state[HEADER + 4..predicate_end]).into_owned(),
+                key_members: state[predicate_end + 4..members_end].to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Published rows of a feed by row number (missing ones are skipped).
+    pub fn rows(&self, feed: FeedId, rows: &[u64]) -> Result<Vec<(u64, EntityRow)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let published = Version(read_meta(&tx.open_table(FEEDS)?, feed)?.map_or(0, |m| m.version));
+        let entities = tx.open_table(ENTITIES)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for &row in rows {
+            if let Some((_, state)) = latest(&entities, feed, row, published)? {
+                out.push((row, EntityRow::decode(state)?));
+            }
+        }
+        Ok(out)
     }
 
     /// Record when feeds were last used (one transaction for all of them).
@@ -481,12 +805,7 @@ impl Store {
         {
             let mut feeds = tx.open_table(FEEDS)?;
             for (feed, at_ms) in used {
-                let Some(mut meta) = feeds
-                    .get(&feed.0)?
-                    .map(|v| serde_json::from_slice::<FeedMeta>(v.value()))
-                    .transpose()
-                    .map_err(StoreError::new)?
-                else {
+                let Some(mut meta) = read_meta(&feeds, *feed)? else {
                     continue;
                 };
                 if meta.last_used_ms < *at_ms {
@@ -521,12 +840,7 @@ impl Store {
         let tx = self.db.begin_write()?;
         {
             let mut feeds = tx.open_table(FEEDS)?;
-            let Some(mut meta) = feeds
-                .get(&feed.0)?
-                .map(|v| serde_json::from_slice::<FeedMeta>(v.value()))
-                .transpose()
-                .map_err(StoreError::new)?
-            else {
+            let Some(mut meta) = read_meta(&feeds, feed)? else {
                 return Ok(false);
             };
             if meta.dropped || meta.last_used_ms >= before_ms {
@@ -536,83 +850,92 @@ impl Store {
             meta.live = 0;
             let encoded = serde_json::to_vec(&meta).map_err(StoreError::new)?;
             feeds.insert(&feed.0, encoded.as_slice())?;
-            let mut entities = tx.open_table(ENTITIES)?;
-            remove_range(
-                &mut entities,
-                entity_key(feed, KeyHash([0; 16])),
-                entity_key(feed, KeyHash([0xff; 16])),
-            )?;
-            let mut index = tx.open_table(CHANGES)?;
-            remove_range(
-                &mut index,
-                change_key(feed, Version(0), KeyHash([0; 16])),
-                change_key(feed, Version(u64::MAX), KeyHash([0xff; 16])),
-            )?;
-            let mut versions = tx.open_table(VERSIONS)?;
-            remove_range(
-                &mut versions,
-                version_key(feed, Version(0)),
-                version_key(feed, Version(u64::MAX)),
+            let low = entity_key(feed, 0, Version(0));
+            let high = entity_key(feed, u64::MAX, Version(u64::MAX));
+            tx.open_table(ENTITIES)?
+                .retain_in::<&[u8; 32], _>(&low..=&high, |_, _| false)?;
+            tx.open_table(CHANGES)?
+                .retain_in::<&[u8; 32], _>(&low..=&high, |_, _| false)?;
+            tx.open_table(STALE)?
+                .retain_in::<&[u8; 32], _>(&low..=&high, |_, _| false)?;
+            tx.open_table(PENDING)?.remove(&feed.0)?;
+            tx.open_table(VERSIONS)?.retain_in::<&[u8; 24], _>(
+                &version_key(feed, Version(0))..=&version_key(feed, Version(u64::MAX)),
+                |_, _| false,
             )?;
         }
         tx.commit()?;
         Ok(true)
     }
 
-    /// Visit the body of every live entity of a feed (for ordering by content).
+    /// Visit the body of every live entity of a feed with its row (for ordering by content).
     pub fn scan_live(
         &self,
         feed: FeedId,
-        mut visit: impl FnMut(KeyHash, &[u8]),
+        mut visit: impl FnMut(u64, &[u8]),
     ) -> Result<(), StoreError> {
         let tx = self.db.begin_read()?;
+        let published = Version(read_meta(&tx.open_table(FEEDS)?, feed)?.map_or(0, |m| m.version));
         let entities = tx.open_table(ENTITIES)?;
-        let start = entity_key(feed, KeyHash([0; 16]));
-        let end = entity_key(feed, KeyHash([0xff; 16]));
-        for item in entities.range::<&[u8; 32]>(&start..=&end)? {
+        let mut states = entities
+            .range::<&[u8; 32]>(
+                &entity_key(feed, 0, Version(0))..=&entity_key(feed, u64::MAX, Version(u64::MAX)),
+            )?
+            .peekable();
+        while let Some(item) = states.next() {
             let (k, v) = item?;
-            let row = v.value();
-            if row.get(25).is_some_and(|flag| *flag != 0) {
+            let (row, version) = split_key(k.value());
+            if version > published.0
+                || newer_follows(&mut states, row, published)
+                || removed_flag(v.value()).is_some()
+            {
                 continue;
             }
-            let mut key = [0u8; 16];
-            key.copy_from_slice(&k.value()[16..]);
-            visit(KeyHash(key), EntityRow::body_of(row)?);
+            let (_, members_end) = EntityRow::bounds(v.value())?;
+            visit(row, &v.value()[members_end..]);
         }
         Ok(())
     }
 
-    /// Up to `limit` live entities of a feed in key-hash order, after `after`, passing over the
-    /// first `skip` of them (a client's `$skip`).
+    /// Up to `limit` live entities of a feed in row order (the upstream's first-seen order), after
+    /// row `after`, passing over the first `skip` of them (a client's `$skip`).
     pub fn live_page(
         &self,
         feed: FeedId,
-        after: Option<KeyHash>,
+        after: Option<u64>,
         mut skip: u64,
         limit: usize,
-    ) -> Result<Vec<(KeyHash, EntityRow)>, StoreError> {
+    ) -> Result<Vec<(u64, EntityRow)>, StoreError> {
         let tx = self.db.begin_read()?;
+        let published = Version(read_meta(&tx.open_table(FEEDS)?, feed)?.map_or(0, |m| m.version));
         let entities = tx.open_table(ENTITIES)?;
-        let start = entity_key(feed, after.unwrap_or(KeyHash([0; 16])));
-        let end = entity_key(feed, KeyHash([0xff; 16]));
+        let first_row = match after {
+            Some(row) if row == u64::MAX => return Ok(Vec::new()),
+            Some(row) => row + 1,
+            None => 0,
+        };
         let mut out = Vec::with_capacity(limit.min(4096));
-        for item in entities.range::<&[u8; 32]>(&start..=&end)? {
+        let mut states = entities
+            .range::<&[u8; 32]>(
+                &entity_key(feed, first_row, Version(0))
+                    ..=&entity_key(feed, u64::MAX, Version(u64::MAX)),
+            )?
+            .peekable();
+        while let Some(item) = states.next() {
             let (k, v) = item?;
-            let mut key = [0u8; 16];
-            key.copy_from_slice(&k.value()[16..]);
-            let key = KeyHash(key);
-            if Some(key) == after {
-                continue;
-            }
-            // The removed flag sits at a fixed offset; skipped rows need no decoding.
-            if v.value().get(25).is_some_and(|flag| *flag != 0) {
+            let (row, version) = split_key(k.value());
+            // Skipped rows need no decoding: the removed flag sits at a fixed offset.
+            if version > published.0
+                || newer_follows(&mut states, row, published)
+                || removed_flag(v.value()).is_some()
+            {
                 continue;
             }
             if skip > 0 {
                 skip -= 1;
                 continue;
             }
-            out.push((key, EntityRow::decode(v.value())?));
+            out.push((row, EntityRow::decode(v.value().to_vec())?));
             if out.len() >= limit {
                 break;
             }
@@ -620,42 +943,22 @@ impl Store {
         Ok(out)
     }
 
-    /// Up to `limit` entries of the delta (`since`, `upto`] in (version, key) order, after `after`,
-    /// each with its current row.
+    /// Up to `limit` entries of the delta (`since`, `upto`] in (version, row) order, after `after`,
+    /// each with its newest published state. An entry whose row has a newer state is passed over:
+    /// that state has its own entry, in this delta or the next one, so every row appears once.
     pub fn delta_page(
         &self,
         feed: FeedId,
         since: Version,
         upto: Version,
-        after: Option<(Version, KeyHash)>,
+        after: Option<(Version, u64)>,
         limit: usize,
-    ) -> Result<Vec<(Version, KeyHash, EntityRow)>, StoreError> {
-        if upto <= since {
-            return Ok(Vec::new());
-        }
-        let tx = self.db.begin_read()?;
-        let index = tx.open_table(CHANGES)?;
-        let entities = tx.open_table(ENTITIES)?;
-        let start = match after {
-            Some((v, k)) => change_key(feed, v, k),
-            None => change_key(feed, Version(since.0 + 1), KeyHash([0; 16])),
-        };
-        let end = change_key(feed, upto, KeyHash([0xff; 16]));
+    ) -> Result<Vec<(Version, u64, EntityRow)>, StoreError> {
         let mut out = Vec::with_capacity(limit.min(4096));
-        for item in index.range::<&[u8; 40]>(&start..=&end)? {
-            let (k, _) = item?;
-            let (version, key) = split_change_key(k.value());
-            if Some((version, key)) == after {
-                continue;
-            }
-            let Some(row) = entities.get(&entity_key(feed, key))? else {
-                continue;
-            };
-            out.push((version, key, EntityRow::decode(row.value())?));
-            if out.len() >= limit {
-                break;
-            }
-        }
+        self.delta_entries(feed, since, upto, after, |version, row, state| {
+            out.push((version, row, EntityRow::decode(state.to_vec())?));
+            Ok(out.len() < limit)
+        })?;
         Ok(out)
     }
 
@@ -666,124 +969,275 @@ impl Store {
         since: Version,
         upto: Version,
     ) -> Result<u64, StoreError> {
-        if upto <= since {
-            return Ok(0);
-        }
-        let tx = self.db.begin_read()?;
-        let index = tx.open_table(CHANGES)?;
-        let start = change_key(feed, Version(since.0 + 1), KeyHash([0; 16]));
-        let end = change_key(feed, upto, KeyHash([0xff; 16]));
         let mut n = 0;
-        for item in index.range::<&[u8; 40]>(&start..=&end)? {
-            item?;
+        self.delta_entries(feed, since, upto, None, |_, _, _| {
             n += 1;
-        }
+            Ok(true)
+        })?;
         Ok(n)
     }
-}
 
-/// Write an entity row and move its entry in the changes index to the row's version.
-fn put_row(
-    entities: &mut redb::Table<&[u8; 32], &[u8]>,
-    index: &mut redb::Table<&[u8; 40], ()>,
-    feed: FeedId,
-    key_hash: KeyHash,
-    row: &EntityRow,
-) -> Result<(), StoreError> {
-    let ek = entity_key(feed, key_hash);
-    let old_version = entities
-        .get(&ek)?
-        .map(|v| EntityRow::decode(v.value()).map(|r| r.version))
-        .transpose()?;
-    if let Some(old) = old_version {
-        index.remove(&change_key(feed, old, key_hash))?;
-    }
-    entities.insert(&ek, row.encode().as_slice())?;
-    index.insert(&change_key(feed, row.version, key_hash), ())?;
-    Ok(())
-}
-
-/// Delete every key in `first..=last` of a table.
-fn remove_range<const N: usize, V: redb::Value + 'static>(
-    table: &mut redb::Table<&[u8; N], V>,
-    first: [u8; N],
-    last: [u8; N],
-) -> Result<(), StoreError> {
-    let keys: Vec<[u8; N]> = table
-        .range::<&[u8; N]>(&first..=&last)?
-        .map(|item| item.map(|(k, _)| *k.value()))
-        .collect::<Result<_, _>>()?;
-    for k in &keys {
-        table.remove(k)?;
-    }
-    Ok(())
-}
-
-/// Delete tombstones (and their index entries) of versions committed before `before_ms`. Live rows
-/// of those versions stay. A still-valid token was issued after every such version was committed,
-/// so its delta starts above them and never needs them (DESIGN "Retention").
-fn purge(
-    feed: FeedId,
-    entities: &mut redb::Table<&[u8; 32], &[u8]>,
-    index: &mut redb::Table<&[u8; 40], ()>,
-    versions: &mut redb::Table<&[u8; 24], u64>,
-    before_ms: u64,
-) -> Result<u64, StoreError> {
-    let mut expired = Vec::new();
-    for item in versions.range::<&[u8; 24]>(
-        &version_key(feed, Version(0))..=&version_key(feed, Version(u64::MAX)),
-    )? {
-        let (k, committed) = item?;
-        if committed.value() >= before_ms {
-            break;
+    /// Visit the entries of the delta (`since`, `upto`] after `after` until `visit` says stop.
+    fn delta_entries(
+        &self,
+        feed: FeedId,
+        since: Version,
+        upto: Version,
+        after: Option<(Version, u64)>,
+        mut visit: impl FnMut(Version, u64, &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        if upto <= since {
+            return Ok(());
         }
-        let mut v = [0u8; 8];
-        v.copy_from_slice(&k.value()[16..]);
-        expired.push(Version(u64::from_be_bytes(v)));
-    }
-    let mut purged = 0;
-    for version in expired {
-        let mut tombstones = Vec::new();
-        let start = change_key(feed, version, KeyHash([0; 16]));
-        let end = change_key(feed, version, KeyHash([0xff; 16]));
-        for item in index.range::<&[u8; 40]>(&start..=&end)? {
+        let tx = self.db.begin_read()?;
+        let published = Version(read_meta(&tx.open_table(FEEDS)?, feed)?.map_or(0, |m| m.version));
+        let upto = upto.min(published);
+        let changes = tx.open_table(CHANGES)?;
+        let entities = tx.open_table(ENTITIES)?;
+        let start = match after {
+            Some((v, row)) => change_key(feed, v, row),
+            None => change_key(feed, Version(since.0 + 1), 0),
+        };
+        let end = change_key(feed, upto, u64::MAX);
+        for item in changes.range::<&[u8; 32]>(&start..=&end)? {
             let (k, _) = item?;
-            let (_, key) = split_change_key(k.value());
-            if let Some(row) = entities.get(&entity_key(feed, key))?
-                && row.value().get(25).is_some_and(|flag| *flag != 0)
-            {
-                tombstones.push(key);
+            let (version, row) = split_key(k.value());
+            let version = Version(version);
+            if Some((version, row)) == after {
+                continue;
+            }
+            let Some((at, state)) = latest(&entities, feed, row, published)? else {
+                continue;
+            };
+            if at != version {
+                continue;
+            }
+            if !visit(version, row, &state)? {
+                break;
             }
         }
-        for key in tombstones {
-            entities.remove(&entity_key(feed, key))?;
-            index.remove(&change_key(feed, version, key))?;
-            purged += 1;
-        }
-        versions.remove(&version_key(feed, version))?;
+        Ok(())
     }
-    Ok(purged)
+}
+
+/// Whether the next state in a range scan is a newer published state of the same row (so the
+/// current one is superseded).
+fn newer_follows<'a, I>(states: &mut std::iter::Peekable<I>, row: u64, published: Version) -> bool
+where
+    I: Iterator<
+        Item = Result<
+            (
+                redb::AccessGuard<'a, &'static [u8; 32]>,
+                redb::AccessGuard<'a, &'static [u8]>,
+            ),
+            redb::StorageError,
+        >,
+    >,
+{
+    match states.peek() {
+        Some(Ok((k, _))) => {
+            let (next_row, next_version) = split_key(k.value());
+            next_row == row && next_version <= published.0
+        }
+        _ => false,
+    }
+}
+
+/// Migrate a schema-1 store: its rows were keyed by key hash, which this layout cannot read in
+/// place. The token secret stays; every feed keeps its definition and version but is marked
+/// dropped, so each delta link issued before gets 410 Gone with the query to start over (C25).
+fn migrate_v1(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    tx.delete_table(ENTITIES)?;
+    tx.delete_table(V1_CHANGES)?;
+    tx.delete_table(VERSIONS)?;
+    let mut feeds = tx.open_table(FEEDS)?;
+    let ids: Vec<[u8; 16]> = feeds
+        .iter()?
+        .map(|item| item.map(|(k, _)| *k.value()))
+        .collect::<Result<_, _>>()?;
+    for id in ids {
+        let Some(mut meta) = read_meta(&feeds, FeedId(id))? else {
+            continue;
+        };
+        meta.dropped = true;
+        meta.live = 0;
+        let encoded = serde_json::to_vec(&meta).map_err(StoreError::new)?;
+        feeds.insert(&id, encoded.as_slice())?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use redb::ReadableTableMetadata;
 
     #[test]
     fn rows_round_trip() {
-        let row = EntityRow {
-            content: ContentHash([3; 16]),
-            version: Version(9),
-            removed: Some(Reason::Changed),
-            predicate: "'a''b'".into(),
-            key_members: br#""ID":"a'b""#.to_vec(),
-            body: br#"{"ID":"a'b"}"#.to_vec(),
-        };
-        assert_eq!(EntityRow::decode(&row.encode()).unwrap(), row);
-        assert_eq!(
-            EntityRow::body_of(&row.encode()).unwrap(),
-            row.body.as_slice()
+        let row = EntityRow::live(
+            KeyHash([1; 16]),
+            ContentHash([3; 16]),
+            "'a''b'",
+            br#""ID":"a'b""#,
+            0,
+            |out| out.extend_from_slice(br#"{"ID":"a'b"}"#),
         );
-        assert!(EntityRow::decode(&row.encode()[..20]).is_err());
+        let back = EntityRow::decode(row.as_bytes().to_vec()).unwrap();
+        assert_eq!(back, row);
+        assert_eq!(back.predicate(), "'a''b'");
+        assert_eq!(back.key_members(), br#""ID":"a'b""#);
+        assert_eq!(back.body(), br#"{"ID":"a'b"}"#);
+        assert_eq!(back.key_hash(), KeyHash([1; 16]));
+        assert_eq!(back.removed_reason(), None);
+        let gone = EntityRow::removed(KeyHash([1; 16]), Reason::Changed, "7", b"\"ID\":7");
+        let back = EntityRow::decode(gone.as_bytes().to_vec()).unwrap();
+        assert_eq!(back.removed_reason(), Some(Reason::Changed));
+        assert_eq!(back.body(), b"");
+        assert_eq!(back.predicate(), "7");
+        assert!(EntityRow::decode(row.as_bytes()[..20].to_vec()).is_err());
+    }
+
+    fn live(n: u64, text: &str) -> EntityRow {
+        let predicate = n.to_string();
+        EntityRow::live(
+            KeyHash::of(&predicate),
+            ContentHash(crate::ids::truncate(blake3::hash(text.as_bytes()))),
+            &predicate,
+            format!("\"ID\":{n}").as_bytes(),
+            0,
+            |out| out.extend_from_slice(text.as_bytes()),
+        )
+    }
+
+    fn meta(version: u64, live: u64, next_row: u64) -> FeedMeta {
+        FeedMeta {
+            route: String::new(),
+            entity_set: "S".into(),
+            query: String::new(),
+            scope: "shared".into(),
+            version,
+            live,
+            last_used_ms: 0,
+            dropped: false,
+            next_row,
+        }
+    }
+
+    fn bodies(store: &Store, feed: FeedId) -> Vec<String> {
+        store
+            .live_page(feed, None, 0, 100)
+            .unwrap()
+            .into_iter()
+            .map(|(_, r)| String::from_utf8(r.body().to_vec()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn pending_states_are_invisible_until_published_and_discarded_when_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let feed = FeedId([9; 16]);
+        let first: Vec<PendingRow> = (0..3)
+            .map(|row| PendingRow {
+                row,
+                existed: false,
+                state: live(row, &format!("a{row}")),
+            })
+            .collect();
+        store.write_pending(feed, Version(1), &first).unwrap();
+        assert!(bodies(&store, feed).is_empty(), "nothing published yet");
+        store.publish(feed, &meta(1, 3, 3), 1).unwrap();
+        assert_eq!(bodies(&store, feed), ["a0", "a1", "a2"]);
+
+        // A refresh that rewrites row 1 and fails: readers and the next load see version 1.
+        let update = [PendingRow {
+            row: 1,
+            existed: true,
+            state: live(1, "b1"),
+        }];
+        store.write_pending(feed, Version(2), &update).unwrap();
+        assert_eq!(bodies(&store, feed), ["a0", "a1", "a2"]);
+        assert_eq!(store.delta_count(feed, Version(1), Version(2)).unwrap(), 0);
+        let settled = store.settle(feed, 0).unwrap();
+        assert_eq!(settled.discarded, 1);
+        let mut loaded = 0;
+        store.load_index(feed, |_| loaded += 1).unwrap();
+        assert_eq!(loaded, 3);
+
+        // The same change published: one delta entry, and the old state compacted away.
+        store.write_pending(feed, Version(2), &update).unwrap();
+        store.publish(feed, &meta(2, 3, 3), 2).unwrap();
+        assert_eq!(bodies(&store, feed), ["a0", "b1", "a2"]);
+        assert_eq!(store.delta_count(feed, Version(0), Version(2)).unwrap(), 3);
+        assert_eq!(store.delta_count(feed, Version(1), Version(2)).unwrap(), 1);
+        assert_eq!(store.settle(feed, 0).unwrap().compacted, 1);
+        assert_eq!(store.delta_count(feed, Version(0), Version(2)).unwrap(), 3);
+        let page = store
+            .delta_page(feed, Version(1), Version(2), None, 10)
+            .unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].2.body(), b"b1");
+    }
+
+    #[test]
+    fn a_crash_before_the_publish_is_cleaned_up_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let feed = FeedId([4; 16]);
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let rows = [PendingRow {
+                row: 0,
+                existed: false,
+                state: live(0, "x"),
+            }];
+            store.write_pending(feed, Version(1), &rows).unwrap();
+            // Some other commit makes the batch durable before the process dies.
+            store.touch(&[]).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.feed(feed).unwrap().is_none());
+        let tx = store.db.begin_read().unwrap();
+        assert_eq!(tx.open_table(ENTITIES).unwrap().len().unwrap(), 0);
+        assert_eq!(tx.open_table(CHANGES).unwrap().len().unwrap(), 0);
+        assert_eq!(tx.open_table(PENDING).unwrap().len().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_schema_1_store_is_migrated_keeping_the_secret_and_dropping_the_feeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let feed = FeedId([2; 16]);
+        {
+            let db = Database::create(dir.path().join(DB_FILE)).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut m = tx.open_table(META).unwrap();
+                m.insert("schema_version", &b"1"[..]).unwrap();
+                m.insert("token_secret", &[7u8; 32][..]).unwrap();
+                let encoded = serde_json::to_vec(&meta(3, 1, 0)).unwrap();
+                tx.open_table(FEEDS)
+                    .unwrap()
+                    .insert(&feed.0, encoded.as_slice())
+                    .unwrap();
+                tx.open_table(ENTITIES)
+                    .unwrap()
+                    .insert(&[1u8; 32], &b"old row"[..])
+                    .unwrap();
+                tx.open_table(V1_CHANGES)
+                    .unwrap()
+                    .insert(&[1u8; 40], ())
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.token_secret().unwrap(), vec![7u8; 32]);
+        let migrated = store.feed(feed).unwrap().unwrap();
+        assert!(migrated.dropped);
+        assert_eq!(migrated.version, 3);
+        let sizes = store.sizes().unwrap();
+        assert_eq!((sizes.entity_states, sizes.changes), (0, 0));
+        drop(store);
+        // Opened again, it is a schema 2 store.
+        Store::open(dir.path()).unwrap();
     }
 }

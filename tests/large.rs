@@ -69,3 +69,125 @@ async fn a_first_load_written_in_batches_gives_exact_reads_and_deltas_even_after
         );
     }
 }
+
+/// A first load that fails half-way, never tried again, leaves nothing in the store once the
+/// gateway starts again: before, its staged rows stayed, with no feed to own them, and the next load
+/// of the feed took them for data (C29).
+#[tokio::test]
+async fn a_failed_first_load_leaves_nothing_behind() {
+    let up = FakeUpstream::start().await;
+    up.define_set(
+        EntitySetDef::new("Customers", "Customer")
+            .key("ID", "Edm.Int32")
+            .property("name", "Edm.String"),
+    );
+    up.insert_many(
+        "Customers",
+        (1..=45_000).map(|i| json!({"ID": i, "name": format!("C{i}")})),
+    );
+    up.set_page_size(Some(5000));
+    let gw = Gateway::start(&up.base_url()).await;
+    let client = Client::default();
+    // Pages 0..=5 are read and more than one batch of rows is written before page 6 fails.
+    up.push_fault(Fault::Status {
+        page: 6,
+        status: 500,
+        retry_after: None,
+    });
+    let r = client
+        .get(
+            &gw.url(&format!("{ROOT}/Customers")),
+            &[("Prefer", "odata.track-changes")],
+        )
+        .await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    let dir = gw.stop().await;
+    let store = odata_delta_gateway::store::Store::open(dir.path()).unwrap();
+    let sizes = store.sizes().unwrap();
+    assert_eq!(sizes.entity_states, 0, "{sizes:?}");
+    assert_eq!(sizes.changes, 0, "{sizes:?}");
+    assert_eq!(sizes.pending, 0, "{sizes:?}");
+}
+
+/// A refresh that changes every row writes them in batches beside the published ones; when it
+/// fails half-way, the pages of an answer being read still show the published version, the old
+/// delta link still answers, and the next refresh publishes exactly the changes (C28, C29).
+#[tokio::test]
+async fn a_bulk_update_that_fails_half_way_publishes_nothing_and_the_retry_is_exact() {
+    let up = FakeUpstream::start().await;
+    up.define_set(
+        EntitySetDef::new("Customers", "Customer")
+            .key("ID", "Edm.Int32")
+            .property("name", "Edm.String"),
+    );
+    let n = 45_000;
+    up.insert_many(
+        "Customers",
+        (1..=n).map(|i| json!({"ID": i, "name": format!("C{i}")})),
+    );
+    up.set_page_size(Some(5000));
+    let gw = Gateway::start(&up.base_url()).await;
+    let client = Client::default();
+    let mut replica = Replica::new("Customers", &["ID"], Shape::V401);
+    replica.page_size = Some(10_000);
+    replica
+        .initial(&client, &gw.url(&format!("{ROOT}/Customers")))
+        .await
+        .unwrap();
+    let baseline = replica.delta_link.clone().unwrap();
+
+    // A second tracked read, of which only the first page is read before the bulk update.
+    let r = client
+        .get(
+            &gw.url(&format!("{ROOT}/Customers")),
+            &[("Prefer", "odata.track-changes,odata.maxpagesize=10000")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut next = r.json()["@odata.nextLink"].as_str().unwrap().to_owned();
+
+    // Every row changes (cleared and inserted again with the same keys: quicker than 45k updates).
+    up.clear("Customers");
+    up.insert_many(
+        "Customers",
+        (1..=n).map(|i| json!({"ID": i, "name": format!("bulk {i}")})),
+    );
+    up.push_fault(Fault::Status {
+        page: 6,
+        status: 500,
+        retry_after: None,
+    });
+    let r = client.get(&baseline, &[]).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+
+    // The rest of the second read: the published version only, nothing of the failed refresh.
+    let mut seen = 10_000;
+    loop {
+        let r = client.get(&next, &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let page = r.json();
+        for e in page["value"].as_array().unwrap() {
+            assert!(
+                e["name"].as_str().unwrap().starts_with('C'),
+                "an unpublished row was served: {e}"
+            );
+            seen += 1;
+        }
+        match page["@odata.nextLink"].as_str() {
+            Some(link) => next = link.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, n as usize);
+
+    // The retry: every row once, with its new state.
+    let count = baseline.replace("/Customers?", "/Customers/$count?");
+    let r = client.get(&count, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), n.to_string());
+    replica.sync(&client).await.unwrap();
+    assert_eq!(
+        replica.rows,
+        replica.expected(&up.rows("Customers"), |_| true)
+    );
+}

@@ -69,13 +69,26 @@ pub struct SetSpec {
     pub ignore: Vec<String>,
 }
 
-/// One entry of the in-memory diff index.
+/// One entry of the in-memory diff index: a live entity, or a tombstone (so that a key that comes
+/// back gets its old row again, and appears once in a delta).
 #[derive(Clone, Copy, Debug)]
 pub struct IndexEntry {
-    /// Content hash as of the current version.
+    /// The entity's row number in the store, assigned when its key was first seen.
+    pub row: u64,
+    /// Content hash as of the current version; [`IndexEntry::REMOVED`] for a tombstone.
     pub content: ContentHash,
     /// The number of the refresh that last saw the entity upstream.
     pub seen: u64,
+}
+
+impl IndexEntry {
+    /// The content hash of a tombstone: no canonical form hashes to 128 zero bits in practice.
+    pub const REMOVED: ContentHash = ContentHash([0; 16]);
+
+    /// Whether the entity is in the feed (not a tombstone).
+    pub fn is_live(&self) -> bool {
+        self.content != Self::REMOVED
+    }
 }
 
 /// The result of the last refresh of a feed, shared with requests that arrived while it ran.
@@ -92,8 +105,9 @@ pub struct LastRefresh {
 /// A feed's in-memory state; one refresh at a time holds it.
 #[derive(Default)]
 pub struct Slot {
-    /// Live entities: key hash → content hash and last sighting. Loaded from the store on first use
-    /// and kept in step with every commit; `None` until loaded.
+    /// Entities and tombstones: key hash → row, content hash and last sighting. Loaded from the
+    /// store on first use and kept in step with every publish; `None` until loaded, and dropped when
+    /// a refresh fails (it may hold that refresh's unpublished state).
     pub index: Option<HashMap<KeyHash, IndexEntry>>,
     /// The stored meta, `None` until the feed's first commit.
     pub meta: Option<FeedMeta>,

@@ -5,8 +5,8 @@
 use crate::odata::entity_id::{EntityKey, KeyError, KeyProperty};
 use crate::odata::json::{JsonError, Member, object_members, write_canonical_members};
 
-pub use crate::ids::{ContentHash, KeyHash};
 use crate::ids::truncate;
+pub use crate::ids::{ContentHash, KeyHash};
 
 /// Why an upstream entity could not be hashed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

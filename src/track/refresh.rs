@@ -1,8 +1,10 @@
 //! Refresh: enumerate the upstream collection, key and hash every entity, diff against the feed's
-//! in-memory index, confirm every candidate removal upstream (C27), and commit the result as one new
-//! version in one write transaction. Anything incomplete — a failed page, a timeout, malformed JSON,
-//! an entity without its key, a link off the upstream — fails the refresh and commits nothing, so
-//! every token stays valid (C28, C29).
+//! in-memory index, confirm every candidate removal upstream (C27), and publish the result as one
+//! new version. Changed rows go to the store in bounded batches as the enumeration yields them, at
+//! the pending version that no token names yet; one small transaction publishes it. Anything
+//! incomplete — a failed page, a timeout, malformed JSON, an entity without its key, a link off the
+//! upstream — fails the refresh and publishes nothing, so every token stays valid (C28, C29); what
+//! it wrote is discarded by the next refresh of the feed or the next start.
 //!
 //! Concurrent requests on one feed share one refresh (single-flight): the slot lock is held by the
 //! refresh, which runs in its own task so a client hanging up does not cancel it halfway.
@@ -19,10 +21,10 @@ use crate::Shared;
 use crate::error::{Error, UpstreamFailure};
 use crate::odata::page::Page;
 use crate::odata::query::{encode_pairs, encode_path};
-use crate::store::{FeedMeta, RowChange};
+use crate::store::{EntityRow, FeedMeta, PendingRow};
 
 use super::feed::{FeedDef, FeedId, IndexEntry, LastRefresh, SetSpec, Slot, Version};
-use super::hash::{ContentHash, Digest, EntityError, Hasher, KeyHash};
+use super::hash::{Digest, EntityError, Hasher, KeyHash};
 
 mod confirm;
 mod fetch;
@@ -80,6 +82,11 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
     let task = tokio::spawn(async move {
         let started = Instant::now();
         let outcome = run(&shared, &mut guard, &input).await;
+        if outcome.is_err() {
+            // The index may hold what this refresh saw but did not publish; the store has the
+            // published state, and the next refresh loads it again.
+            guard.index = None;
+        }
         let finished_at = SystemTime::now();
         let elapsed = started.elapsed();
         shared
@@ -117,21 +124,12 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
     task.await?
 }
 
-/// A changed or new entity waiting for the commit.
-struct Pending {
-    content: ContentHash,
-    predicate: String,
-    key_members: Vec<u8>,
-    body: Vec<u8>,
-}
-
 /// The state of one refresh while it runs.
 struct Pass<'a> {
     shared: &'a Shared,
     input: &'a RefreshInput,
     /// This refresh's number; index entries it sees are stamped with it.
     generation: u64,
-    pending: HashMap<KeyHash, Pending>,
     hasher: Hasher,
     /// GETs of this refresh, with its retry budget.
     fetcher: Fetcher,
@@ -142,72 +140,113 @@ struct Pass<'a> {
     distinct: u64,
     /// The latest `@odata.count` the upstream reported, if it reports one.
     reported: Option<u64>,
-    /// On a feed's first load, new rows are written to the store in batches as they come (at the
-    /// version the final commit will give the feed) instead of being held in memory: no token
-    /// names the feed yet, so no reader can see a partial load. `None` on later refreshes.
-    staging_version: Option<Version>,
-    /// Rows written so far by staging.
-    staged: u64,
+    /// The version this refresh writes at and publishes if it finds a difference.
+    pending_version: Version,
+    /// Rows numbered from here on were first seen by this refresh.
+    first_new_row: u64,
+    /// The number the next new key gets.
+    next_row: u64,
+    /// Changed rows not yet written, and their size.
+    batch: Vec<PendingRow>,
+    batch_bytes: usize,
+    /// Rows written at the pending version so far.
+    written: u64,
 }
 
-/// Rows held in memory before a first load writes them to the store.
-const STAGE_BATCH: usize = 20_000;
+/// A batch of changed rows is written once it holds this many rows or bytes, so a refresh holds
+/// one batch in memory however many rows changed.
+const BATCH_ROWS: usize = 20_000;
+const BATCH_BYTES: usize = 16 << 20;
 
 async fn run(
     shared: &Arc<Shared>,
     slot: &mut Slot,
     input: &RefreshInput,
 ) -> Result<Version, Error> {
-    if slot.index.is_none() {
-        let store = shared.store.clone();
-        let feed = input.feed;
-        let (meta, live) = tokio::task::spawn_blocking(move || {
-            Ok::<_, Error>((store.feed(feed)?, store.live_hashes(feed)?))
-        })
-        .await??;
-        let index = live
-            .into_iter()
-            .map(|(k, content)| (k, IndexEntry { content, seen: 0 }))
-            .collect();
-        slot.index = Some(index);
-        slot.meta = meta;
+    let now = unix_ms(SystemTime::now());
+    let purge_before = now.saturating_sub(shared.config.token_ttl.as_millis() as u64);
+    let store = shared.store.clone();
+    let feed = input.feed;
+    // Whatever a failed refresh of this feed wrote is discarded before anything is compared.
+    let settled = tokio::task::spawn_blocking(move || store.settle(feed, purge_before)).await??;
+    shared
+        .metrics
+        .tombstones_purged
+        .inc_by(settled.purged.len() as u64);
+    match slot.index.as_mut() {
+        None => {
+            let store = shared.store.clone();
+            let (meta, index) = tokio::task::spawn_blocking(move || {
+                let mut index = HashMap::new();
+                let meta = store.load_index(feed, |r| {
+                    index.insert(
+                        r.key_hash,
+                        IndexEntry {
+                            row: r.row,
+                            content: r.content.unwrap_or(IndexEntry::REMOVED),
+                            seen: 0,
+                        },
+                    );
+                })?;
+                Ok::<_, Error>((meta, index))
+            })
+            .await??;
+            slot.index = Some(index);
+            slot.meta = meta;
+        }
+        Some(index) => {
+            for key in &settled.purged {
+                if index.get(key).is_some_and(|e| !e.is_live()) {
+                    index.remove(key);
+                }
+            }
+        }
     }
     slot.refreshes += 1;
+    let current = slot.meta.as_ref().map(|m| m.version).unwrap_or(0);
+    let next_row = slot.meta.as_ref().map(|m| m.next_row).unwrap_or(0);
     let mut pass = Pass {
         shared,
         input,
         generation: slot.refreshes,
-        pending: HashMap::new(),
         hasher: Hasher::default(),
         fetcher: Fetcher::new(shared.clone(), input.headers.clone(), &input.set.name),
         pages: 0,
         delivered: 0,
         distinct: 0,
         reported: None,
-        staging_version: match &slot.meta {
-            Some(m) if !m.dropped => None,
-            other => Some(Version(other.as_ref().map_or(0, |m| m.version) + 1)),
-        },
-        staged: 0,
+        pending_version: Version(current + 1),
+        first_new_row: next_row,
+        next_row,
+        batch: Vec::new(),
+        batch_bytes: 0,
+        written: 0,
     };
     let Some(index) = slot.index.as_mut() else {
         return Err(Error::Internal("the feed index was not loaded".into()));
     };
 
     pass.enumerate(index).await?;
-    let candidates: Vec<KeyHash> = index
+    let candidates: Vec<(KeyHash, u64)> = index
         .iter()
-        .filter(|(_, e)| e.seen != pass.generation)
-        .map(|(k, _)| *k)
+        .filter(|(_, e)| e.is_live() && e.seen != pass.generation)
+        .map(|(k, e)| (*k, e.row))
         .collect();
     let removals = pass.confirm(index, candidates, &mut slot.confirm).await?;
+    for (key, reason) in &removals {
+        if let Some(entry) = index.get_mut(&key.key_hash) {
+            entry.content = IndexEntry::REMOVED;
+        }
+        let state = EntityRow::removed(key.key_hash, *reason, &key.predicate, &key.key_members);
+        pass.push(PendingRow {
+            row: key.row,
+            existed: true,
+            state,
+        });
+    }
+    pass.flush().await?;
 
-    let new_keys = pass
-        .pending
-        .keys()
-        .filter(|k| !index.contains_key(k))
-        .count() as u64;
-    let live = index.len() as u64 + new_keys - removals.len() as u64;
+    let live = index.values().filter(|e| e.is_live()).count() as u64;
     if live > shared.config.limits.max_entities_per_feed {
         return Err(Error::upstream(
             UpstreamFailure::BadAnswer,
@@ -217,17 +256,15 @@ async fn run(
             ),
         ));
     }
-    let current = slot.meta.as_ref().map(|m| m.version).unwrap_or(0);
     let stored = slot.meta.as_ref().is_some_and(|m| !m.dropped);
-    if pass.pending.is_empty() && removals.is_empty() && stored {
+    if pass.written == 0 && stored {
         return Ok(Version(current));
     }
-    // A first load that wrote rows ahead (now, or before a crash) commits them as a version too.
-    let changed = !pass.pending.is_empty()
-        || !removals.is_empty()
-        || pass.staged > 0
-        || (!stored && !index.is_empty());
-    let version = if changed { current + 1 } else { current };
+    let version = if pass.written > 0 {
+        current + 1
+    } else {
+        current
+    };
     let meta = FeedMeta {
         route: input.def.route.clone(),
         entity_set: input.def.entity_set.clone(),
@@ -237,45 +274,22 @@ async fn run(
         live,
         last_used_ms: 0,
         dropped: false,
+        next_row: pass.next_row,
     };
-    let (mut changes, index_updates) = pass.drain_pending();
-    for (key_hash, reason) in &removals {
-        changes.push(RowChange::Remove {
-            key_hash: *key_hash,
-            reason: *reason,
-        });
-    }
-    let now = unix_ms(SystemTime::now());
-    let purge_before = now.saturating_sub(shared.config.token_ttl.as_millis() as u64);
     let store = shared.store.clone();
-    let feed = input.feed;
-    let meta_for_commit = meta.clone();
-    let stats = tokio::task::spawn_blocking(move || {
-        store.commit(feed, &meta_for_commit, &changes, now, purge_before)
-    })
-    .await??;
-    for (key_hash, content) in index_updates {
-        index.insert(
-            key_hash,
-            IndexEntry {
-                content,
-                seen: pass.generation,
-            },
-        );
-    }
-    for (key_hash, _) in &removals {
-        index.remove(key_hash);
-    }
+    let meta_for_publish = meta.clone();
+    let now = unix_ms(SystemTime::now());
+    tokio::task::spawn_blocking(move || store.publish(feed, &meta_for_publish, now)).await??;
     slot.meta = Some(meta);
-    shared.metrics.entities_changed.inc_by(stats.changed);
-    shared.metrics.tombstones_purged.inc_by(stats.purged);
+    shared.metrics.entities_changed.inc_by(pass.written);
     tracing::debug!(
         set = %input.set.name,
         version,
-        upserts = stats.changed.saturating_sub(removals.len() as u64),
+        written = pass.written,
         removals = removals.len(),
-        purged = stats.purged,
-        "committed"
+        purged = settled.purged.len(),
+        discarded = settled.discarded,
+        "published"
     );
     Ok(Version(version))
 }
@@ -410,51 +424,33 @@ impl Pass<'_> {
         Ok(())
     }
 
-    /// The pending rows as changes to write, and the index entries they become.
-    fn drain_pending(&mut self) -> (Vec<RowChange>, Vec<(KeyHash, ContentHash)>) {
-        let mut changes = Vec::with_capacity(self.pending.len());
-        let mut index_updates = Vec::with_capacity(self.pending.len());
-        for (key_hash, p) in self.pending.drain() {
-            index_updates.push((key_hash, p.content));
-            changes.push(RowChange::Upsert {
-                key_hash,
-                content: p.content,
-                predicate: p.predicate,
-                key_members: p.key_members,
-                body: p.body,
-            });
-        }
-        (changes, index_updates)
+    /// Queue a changed row for the store.
+    fn push(&mut self, row: PendingRow) {
+        self.batch_bytes += row.state.len();
+        self.batch.push(row);
     }
 
-    /// On a first load, write what is pending to the store once there is enough of it, so that
-    /// memory holds a batch rather than the whole collection. The index learns the rows at once,
-    /// so a key seen again later in the enumeration is compared with what was written.
-    async fn stage_if_large(
-        &mut self,
-        index: &mut HashMap<KeyHash, IndexEntry>,
-    ) -> Result<(), Error> {
-        let Some(version) = self.staging_version else {
-            return Ok(());
-        };
-        if self.pending.len() < STAGE_BATCH {
+    /// Write the queued rows at the pending version once there are enough of them, so that memory
+    /// holds a batch rather than every changed row.
+    async fn flush_if_full(&mut self) -> Result<(), Error> {
+        if self.batch.len() >= BATCH_ROWS || self.batch_bytes >= BATCH_BYTES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Write the queued rows at the pending version.
+    async fn flush(&mut self) -> Result<(), Error> {
+        if self.batch.is_empty() {
             return Ok(());
         }
-        let (rows, index_updates) = self.drain_pending();
+        let rows = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        self.written += rows.len() as u64;
         let store = self.shared.store.clone();
         let feed = self.input.feed;
-        let written = rows.len() as u64;
-        tokio::task::spawn_blocking(move || store.stage(feed, version, &rows)).await??;
-        for (key_hash, content) in index_updates {
-            index.insert(
-                key_hash,
-                IndexEntry {
-                    content,
-                    seen: self.generation,
-                },
-            );
-        }
-        self.staged += written;
+        let version = self.pending_version;
+        tokio::task::spawn_blocking(move || store.write_pending(feed, version, &rows)).await??;
         Ok(())
     }
 
@@ -470,7 +466,7 @@ impl Pass<'_> {
             let digest = digest.map_err(|e| self.unreadable(e))?;
             self.apply(digest, &page.body[span.0..span.1], index);
         }
-        self.stage_if_large(index).await
+        self.flush_if_full().await
     }
 
     /// Parse an upstream page and count it.
@@ -593,38 +589,54 @@ impl Pass<'_> {
         )
     }
 
-    /// Note one hashed entity in the diff. Returns its key predicate.
+    /// Note one hashed entity in the diff, queueing its row when it is new or changed. The index
+    /// learns the new state at once, so a key seen again later in the enumeration is compared with
+    /// it (a key seen twice counts once; its last state wins). Returns its key predicate.
     fn apply(
         &mut self,
         digest: Digest,
         raw: &[u8],
         index: &mut HashMap<KeyHash, IndexEntry>,
     ) -> String {
-        let (unchanged, first_sighting) = match index.get_mut(&digest.key_hash) {
+        let (changed, row, existed) = match index.get_mut(&digest.key_hash) {
             Some(entry) => {
-                let first = entry.seen != self.generation;
+                if entry.seen != self.generation {
+                    self.distinct += 1;
+                }
                 entry.seen = self.generation;
-                (entry.content == digest.content, first)
+                let changed = entry.content != digest.content;
+                entry.content = digest.content;
+                (changed, entry.row, entry.row < self.first_new_row)
             }
-            None => (false, !self.pending.contains_key(&digest.key_hash)),
+            None => {
+                self.distinct += 1;
+                let row = self.next_row;
+                self.next_row += 1;
+                index.insert(
+                    digest.key_hash,
+                    IndexEntry {
+                        row,
+                        content: digest.content,
+                        seen: self.generation,
+                    },
+                );
+                (true, row, false)
+            }
         };
-        if first_sighting {
-            self.distinct += 1;
-        }
-        if unchanged {
-            self.pending.remove(&digest.key_hash);
-        } else {
-            let mut body = Vec::with_capacity(raw.len());
-            crate::odata::json::write_compact(raw, &mut body);
-            self.pending.insert(
+        if changed {
+            let state = EntityRow::live(
                 digest.key_hash,
-                Pending {
-                    content: digest.content,
-                    predicate: digest.key.predicate.clone(),
-                    key_members: digest.key.members,
-                    body,
-                },
+                digest.content,
+                &digest.key.predicate,
+                &digest.key.members,
+                raw.len(),
+                |out| crate::odata::json::write_compact(raw, out),
             );
+            self.push(PendingRow {
+                row,
+                existed,
+                state,
+            });
         }
         digest.key.predicate
     }

@@ -18,7 +18,6 @@ use crate::odata::{ODataVersion, names};
 use crate::store::EntityRow;
 
 use super::feed::{FeedDef, FeedId, Scope, SetSpec, Version};
-use super::hash::KeyHash;
 use super::refresh::{Fresh, RefreshInput, ensure_fresh, forwarded_headers, unix_ms};
 use super::token::{Cursor, SKIPTOKEN_PREFIX, Token, TokenError, TokenKind};
 
@@ -298,7 +297,7 @@ async fn initial(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<B
     };
     let cursor = Cursor::Initial {
         at: fresh.version,
-        after: KeyHash([0; 16]),
+        after: 0,
         remaining: req.query.top.unwrap_or(u64::MAX),
     };
     live_page(
@@ -335,16 +334,16 @@ async fn ordered(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Answer, Er
     let limit = u64::from(shared.config.max_page_size);
     let store = shared.store.clone();
     let selected = tokio::task::spawn_blocking(move || {
-        let mut keyed: Vec<(SortKey, KeyHash)> = Vec::new();
-        store.scan_live(feed, |key, body| keyed.push((order.key_of(body), key)))?;
+        let mut keyed: Vec<(SortKey, u64)> = Vec::new();
+        store.scan_live(feed, |row, body| keyed.push((order.key_of(body), row)))?;
         let live = keyed.len() as u64;
         let wanted = live.saturating_sub(skip).min(top);
         if wanted > limit {
             return Ok::<_, Error>(None);
         }
-        // Ties are broken by key so that the order is stable.
+        // Ties are broken by row (the upstream's first-seen order) so that the order is stable.
         keyed.sort_by(|a, b| order.compare(&a.0, &b.0).then(a.1.cmp(&b.1)));
-        let window: Vec<KeyHash> = keyed
+        let window: Vec<u64> = keyed
             .into_iter()
             .skip(skip as usize)
             .take(wanted as usize)
@@ -360,7 +359,7 @@ async fn ordered(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Answer, Er
     };
     let entries: Vec<Entry> = rows
         .iter()
-        .map(|(_, row)| Entry::Entity(&row.body))
+        .map(|(_, row)| Entry::Entity(row.body()))
         .collect();
     let ctx = page_context(&req, &def.query, false, req.query.count.then_some(live));
     let link = req.delta_link(shared, feed, fresh.version, issued_at);
@@ -406,7 +405,8 @@ async fn delta(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Bod
     let cursor = Cursor::Delta {
         since,
         upto: fresh.version,
-        after: (since, KeyHash([0; 16])),
+        // No entry is at `since` itself, so this position means "from the start".
+        after: (since, 0),
     };
     delta_page(
         shared,
@@ -572,7 +572,7 @@ async fn live_page(
     };
     let entries: Vec<Entry> = rows
         .iter()
-        .map(|(_, row)| Entry::Entity(&row.body))
+        .map(|(_, row)| Entry::Entity(row.body()))
         .collect();
     let ctx = page_context(req, query, false, count);
     let body = write_page(&ctx, &entries, &end);
@@ -594,7 +594,7 @@ async fn delta_page(
     let Cursor::Delta { since, upto, after } = cursor else {
         return Err(Error::Internal("delta_page needs a delta cursor".into()));
     };
-    let first = after == (since, KeyHash([0; 16]));
+    let first = after == (since, 0);
     let store = shared.store.clone();
     let limit = page_size as usize + 1;
     let start = (!first).then_some(after);
@@ -620,21 +620,21 @@ async fn delta_page(
     };
     let ids: Vec<String> = rows
         .iter()
-        .map(|(_, _, row)| format!("{}({})", req.set_name, row.predicate))
+        .map(|(_, _, row)| format!("{}({})", req.set_name, row.predicate()))
         .collect();
     let entries: Vec<Entry> = rows
         .iter()
         .zip(&ids)
-        .map(
-            |((_, _, row), id): (&(Version, KeyHash, EntityRow), &String)| match row.removed {
-                None => Entry::Entity(&row.body),
+        .map(|((_, _, row), id): (&(Version, u64, EntityRow), &String)| {
+            match row.removed_reason() {
+                None => Entry::Entity(row.body()),
                 Some(reason) => Entry::Removed {
                     entity_id: id,
-                    key_members: &row.key_members,
+                    key_members: row.key_members(),
                     reason,
                 },
-            },
-        )
+            }
+        })
         .collect();
     let ctx = page_context(req, query, true, count);
     let body = write_page(&ctx, &entries, &end);

@@ -7,7 +7,6 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use super::feed::{FeedId, Version};
-use super::hash::KeyHash;
 
 /// Prefix of our page cursors in `$skiptoken`, so they are told apart from an upstream's skiptokens
 /// (which pass through untouched).
@@ -36,12 +35,12 @@ impl TokenKey {
 /// Where a page of a tracked response starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cursor {
-    /// A page of the initial response: the live entities at version `at`, after key `after`.
+    /// A page of the initial response: the live entities at version `at`, after row `after`.
     Initial {
         /// Version fixed by the first page; the delta link on the last page names it.
         at: Version,
-        /// Last key served.
-        after: KeyHash,
+        /// Row number of the last entity served.
+        after: u64,
         /// What is left of a client's `$top`; `u64::MAX` when there is none.
         remaining: u64,
     },
@@ -51,8 +50,8 @@ pub enum Cursor {
         since: Version,
         /// The version fixed by the first page.
         upto: Version,
-        /// Position of the last entry served.
-        after: (Version, KeyHash),
+        /// Position of the last entry served: its version and row number.
+        after: (Version, u64),
     },
 }
 
@@ -131,14 +130,14 @@ impl Token {
                         remaining,
                     } => {
                         payload.extend_from_slice(&at.0.to_be_bytes());
-                        payload.extend_from_slice(&after.0);
+                        payload.extend_from_slice(&after.to_be_bytes());
                         payload.extend_from_slice(&remaining.to_be_bytes());
                     }
                     Cursor::Delta { since, upto, after } => {
                         payload.extend_from_slice(&since.0.to_be_bytes());
                         payload.extend_from_slice(&upto.0.to_be_bytes());
                         payload.extend_from_slice(&after.0.0.to_be_bytes());
-                        payload.extend_from_slice(&after.1.0);
+                        payload.extend_from_slice(&after.1.to_be_bytes());
                     }
                 }
             }
@@ -162,8 +161,8 @@ impl Token {
         let (payload, tag_bytes) = bytes.split_at(bytes.len() - TAG_LEN);
         let expected_len = match payload[1] {
             1 => 26 + 8,
-            2 => 26 + 5 + 8 + 16 + 8,
-            3 => 26 + 5 + 8 + 8 + 8 + 16,
+            2 => 26 + 5 + 8 + 8 + 8,
+            3 => 26 + 5 + 8 + 8 + 8 + 8,
             _ => return Err(TokenError::Malformed),
         };
         if payload.len() != expected_len {
@@ -187,14 +186,14 @@ impl Token {
                 let cursor = if kind == 2 {
                     Cursor::Initial {
                         at: Version(r.u64()),
-                        after: KeyHash(r.array()),
+                        after: r.u64(),
                         remaining: r.u64(),
                     }
                 } else {
                     Cursor::Delta {
                         since: Version(r.u64()),
                         upto: Version(r.u64()),
-                        after: (Version(r.u64()), KeyHash(r.array())),
+                        after: (Version(r.u64()), r.u64()),
                     }
                 };
                 TokenKind::Page {
@@ -261,7 +260,7 @@ mod tests {
                 kind: TokenKind::Page {
                     cursor: Cursor::Initial {
                         at: Version(3),
-                        after: KeyHash([9; 16]),
+                        after: 9,
                         remaining: 7,
                     },
                     page_size: 100,
@@ -275,7 +274,7 @@ mod tests {
                     cursor: Cursor::Delta {
                         since: Version(1),
                         upto: Version(9),
-                        after: (Version(4), KeyHash([1; 16])),
+                        after: (Version(4), 1),
                     },
                     page_size: 7,
                     count: false,

@@ -12,6 +12,7 @@ use crate::error::{Error, UpstreamFailure};
 use crate::odata::delta::Reason;
 use crate::odata::entity_id::key_filter;
 use crate::odata::query::{encode, encode_pairs, encode_path};
+use crate::store::RowKey;
 
 use super::super::feed::IndexEntry;
 use super::super::hash::KeyHash;
@@ -39,17 +40,19 @@ impl Pass<'_> {
     pub(super) async fn confirm(
         &mut self,
         index: &mut HashMap<KeyHash, IndexEntry>,
-        candidates: Vec<KeyHash>,
+        candidates: Vec<(KeyHash, u64)>,
         strategy: &mut ConfirmStrategy,
-    ) -> Result<Vec<(KeyHash, Reason)>, Error> {
+    ) -> Result<Vec<(RowKey, Reason)>, Error> {
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
         let store = self.shared.store.clone();
         let feed = self.input.feed;
-        let rows = tokio::task::spawn_blocking(move || store.rows(feed, &candidates)).await??;
-        let by_predicate: HashMap<String, KeyHash> =
-            rows.into_iter().map(|(k, r)| (r.predicate, k)).collect();
+        let rows: Vec<u64> = candidates.iter().map(|(_, row)| *row).collect();
+        // Only the keys are read, not the stored bodies.
+        let keys = tokio::task::spawn_blocking(move || store.keys_of(feed, &rows)).await??;
+        let mut by_predicate: HashMap<String, RowKey> =
+            keys.into_iter().map(|k| (k.predicate.clone(), k)).collect();
         let predicates: Vec<String> = by_predicate.keys().cloned().collect();
 
         let filtered = self.input.def.query.get("$filter").is_some()
@@ -71,8 +74,8 @@ impl Pass<'_> {
             } else {
                 Reason::Deleted
             };
-            if let Some(k) = by_predicate.get(&p) {
-                removals.push((*k, reason));
+            if let Some(k) = by_predicate.remove(&p) {
+                removals.push((k, reason));
             }
         }
         if !in_feed.is_empty() {
@@ -121,6 +124,8 @@ impl Pass<'_> {
                     .await
                 }
             };
+            // Entities found in the feed may have changed: their rows join the batch.
+            self.flush_if_full().await?;
             match result {
                 Ok(()) => rest.drain(..batch_len),
                 Err(e) if is_rejected(&e) => {
