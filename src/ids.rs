@@ -7,7 +7,7 @@
 pub struct FeedId(pub [u8; 16]);
 
 /// A feed's version: bumped by every refresh that found a difference.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Version(pub u64);
 
 /// Who a feed belongs to: a keyed hash of the caller's credentials, or `shared`. Feed content is

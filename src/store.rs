@@ -309,6 +309,9 @@ pub struct Settled {
     pub compacted: u64,
     /// Key hashes of the tombstones purged because they were older than the retention window.
     pub purged: Vec<KeyHash>,
+    /// The highest version a refresh of the feed wrote at without publishing it. It is never used
+    /// again, so a cursor naming it cannot be mistaken for a later load's.
+    pub burned: u64,
 }
 
 /// Entries per table (see [`Store::sizes`]).
@@ -490,7 +493,9 @@ impl Store {
         };
         for feed in cut_short {
             let n = self.discard_pending(feed)?;
-            tracing::info!(feed = ?feed.0, states = n, "discarded what a refresh cut short had written");
+            if n > 0 {
+                tracing::info!(feed = ?feed.0, states = n, "discarded what a refresh cut short had written");
+            }
         }
         Ok(())
     }
@@ -536,10 +541,16 @@ impl Store {
         };
         settled.compacted = self.compact(feed)?;
         settled.purged = self.purge(feed, purge_before_ms)?;
+        let tx = self.db.begin_read()?;
+        settled.burned = tx
+            .open_table(PENDING)?
+            .get(&feed.0)?
+            .map_or(0, |v| v.value());
         Ok(settled)
     }
 
-    /// Delete every state above the published version of a feed, and the pending marker.
+    /// Delete every state above the published version of a feed. The pending marker stays, as the
+    /// record of a version number that must not be used again.
     fn discard_pending(&self, feed: FeedId) -> Result<u64, StoreError> {
         let mut discarded = 0;
         loop {
@@ -568,7 +579,6 @@ impl Store {
                 if done {
                     // Stale marks of pending rows whose state was already discarded.
                     stale.retain_in::<&[u8; 32], _>(&first..=&last, |_, _| false)?;
-                    tx.open_table(PENDING)?.remove(&feed.0)?;
                 }
             }
             tx.commit()?;
@@ -785,6 +795,14 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether `version` of a feed was published (and its commit time is still recorded, which it
+    /// is for longer than any token lives).
+    pub fn was_published(&self, feed: FeedId, version: Version) -> Result<bool, StoreError> {
+        let tx = self.db.begin_read()?;
+        let versions = tx.open_table(VERSIONS)?;
+        Ok(versions.get(&version_key(feed, version))?.is_some())
+    }
+
     /// Published rows of a feed by row number (missing ones are skipped).
     pub fn rows(&self, feed: FeedId, rows: &[u64]) -> Result<Vec<(u64, EntityRow)>, StoreError> {
         let tx = self.db.begin_read()?;
@@ -858,7 +876,6 @@ impl Store {
                 .retain_in::<&[u8; 32], _>(&low..=&high, |_, _| false)?;
             tx.open_table(STALE)?
                 .retain_in::<&[u8; 32], _>(&low..=&high, |_, _| false)?;
-            tx.open_table(PENDING)?.remove(&feed.0)?;
             tx.open_table(VERSIONS)?.retain_in::<&[u8; 24], _>(
                 &version_key(feed, Version(0))..=&version_key(feed, Version(u64::MAX)),
                 |_, _| false,
@@ -903,11 +920,27 @@ impl Store {
         &self,
         feed: FeedId,
         after: Option<u64>,
-        mut skip: u64,
+        skip: u64,
         limit: usize,
     ) -> Result<Vec<(u64, EntityRow)>, StoreError> {
+        self.live_page_at(feed, after, skip, limit, None)
+    }
+
+    /// [`Store::live_page`] as of `visible` instead of the published version: a first read served
+    /// while the feed's first load runs reads the rows written so far at the pending version.
+    pub fn live_page_at(
+        &self,
+        feed: FeedId,
+        after: Option<u64>,
+        mut skip: u64,
+        limit: usize,
+        visible: Option<Version>,
+    ) -> Result<Vec<(u64, EntityRow)>, StoreError> {
         let tx = self.db.begin_read()?;
-        let published = Version(read_meta(&tx.open_table(FEEDS)?, feed)?.map_or(0, |m| m.version));
+        let published = match visible {
+            Some(v) => v,
+            None => Version(read_meta(&tx.open_table(FEEDS)?, feed)?.map_or(0, |m| m.version)),
+        };
         let entities = tx.open_table(ENTITIES)?;
         let first_row = match after {
             Some(row) if row == u64::MAX => return Ok(Vec::new()),
@@ -1199,7 +1232,10 @@ mod tests {
         let tx = store.db.begin_read().unwrap();
         assert_eq!(tx.open_table(ENTITIES).unwrap().len().unwrap(), 0);
         assert_eq!(tx.open_table(CHANGES).unwrap().len().unwrap(), 0);
-        assert_eq!(tx.open_table(PENDING).unwrap().len().unwrap(), 0);
+        // The marker stays: version 1 is burned and the next load writes at 2.
+        assert_eq!(tx.open_table(PENDING).unwrap().len().unwrap(), 1);
+        drop(tx);
+        assert_eq!(store.settle(feed, 0).unwrap().burned, 1);
     }
 
     #[test]

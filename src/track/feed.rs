@@ -130,6 +130,27 @@ impl Slot {
     }
 }
 
+/// How far a feed's first load has got, so that a first read can be served while it runs.
+#[derive(Clone, Debug)]
+pub struct LoadProgress {
+    /// The feed's definition: until the load is published, the store does not have it.
+    pub def: FeedDef,
+    /// The version the load writes at, published when it ends.
+    pub pending: Version,
+    /// The load's first row number.
+    pub first_row: u64,
+    /// Rows below this one (from `first_row`) are in the store at `pending`.
+    pub written: u64,
+    /// Set when a row already written was written again with other content (the upstream sent its
+    /// key twice): a client may have been served the earlier state.
+    pub rewritten: bool,
+    /// `None` while the load runs; how it ended.
+    pub done: Option<Result<Version, Error>>,
+}
+
+/// Where a feed's first load reports its progress (`None` before any).
+pub type ProgressSender = tokio::sync::watch::Sender<Option<LoadProgress>>;
+
 /// All feeds used since start.
 #[derive(Default)]
 pub struct Feeds {
@@ -137,6 +158,8 @@ pub struct Feeds {
     map: Mutex<HashMap<FeedId, Arc<tokio::sync::Mutex<Slot>>>>,
     /// Feeds whose tokens were issued or used since the last sweep, with when (unix ms).
     used: Mutex<HashMap<FeedId, u64>>,
+    /// Progress of first loads, for first reads served while they run.
+    loads: Mutex<HashMap<FeedId, ProgressSender>>,
 }
 
 impl Feeds {
@@ -147,6 +170,40 @@ impl Feeds {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         map.entry(id).or_default().clone()
+    }
+
+    /// The progress channel of a feed's first loads, created on first use.
+    pub fn load_progress(&self, id: FeedId) -> ProgressSender {
+        let mut loads = self
+            .loads
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        loads
+            .entry(id)
+            .or_insert_with(|| tokio::sync::watch::channel(None).0)
+            .clone()
+    }
+
+    /// The progress of a feed's first loads, if one ran since start.
+    pub fn progress_of(&self, id: FeedId) -> Option<ProgressSender> {
+        let loads = self
+            .loads
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        loads.get(&id).cloned()
+    }
+
+    /// Record how a feed's running first load ended, if one is running.
+    pub fn finish_load(&self, id: FeedId, outcome: &Result<Version, Error>) {
+        if let Some(tx) = self.progress_of(id) {
+            tx.send_if_modified(|p| match p {
+                Some(p) if p.done.is_none() => {
+                    p.done = Some(outcome.clone());
+                    true
+                }
+                _ => false,
+            });
+        }
     }
 
     /// Note that a token of the feed was issued or used now.

@@ -23,7 +23,9 @@ use crate::odata::page::Page;
 use crate::odata::query::{encode_pairs, encode_path};
 use crate::store::{EntityRow, FeedMeta, PendingRow};
 
-use super::feed::{FeedDef, FeedId, IndexEntry, LastRefresh, SetSpec, Slot, Version};
+use super::feed::{
+    FeedDef, FeedId, IndexEntry, LastRefresh, LoadProgress, ProgressSender, SetSpec, Slot, Version,
+};
 use super::hash::{Digest, EntityError, Hasher, KeyHash};
 
 mod confirm;
@@ -82,6 +84,7 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
     let task = tokio::spawn(async move {
         let started = Instant::now();
         let outcome = run(&shared, &mut guard, &input).await;
+        shared.feeds.finish_load(input.feed, &outcome);
         if outcome.is_err() {
             // The index may hold what this refresh saw but did not publish; the store has the
             // published state, and the next refresh loads it again.
@@ -151,6 +154,9 @@ struct Pass<'a> {
     batch_bytes: usize,
     /// Rows written at the pending version so far.
     written: u64,
+    /// On a feed's first load: where the rows written so far are announced, so that the first read
+    /// can be served while the load runs. Rows are then written after every upstream page.
+    progress: Option<ProgressSender>,
 }
 
 /// A batch of changed rows is written once it holds this many rows or bytes, so a refresh holds
@@ -205,6 +211,21 @@ async fn run(
     slot.refreshes += 1;
     let current = slot.meta.as_ref().map(|m| m.version).unwrap_or(0);
     let next_row = slot.meta.as_ref().map(|m| m.next_row).unwrap_or(0);
+    // A version a failed refresh wrote at is not used again (a cursor may name it).
+    let pending_version = Version(current.max(settled.burned) + 1);
+    let first_load = slot.meta.as_ref().is_none_or(|m| m.dropped);
+    let progress = first_load.then(|| {
+        let tx = shared.feeds.load_progress(feed);
+        tx.send_replace(Some(LoadProgress {
+            def: input.def.clone(),
+            pending: pending_version,
+            first_row: next_row,
+            written: next_row,
+            rewritten: false,
+            done: None,
+        }));
+        tx
+    });
     let mut pass = Pass {
         shared,
         input,
@@ -215,12 +236,13 @@ async fn run(
         delivered: 0,
         distinct: 0,
         reported: None,
-        pending_version: Version(current + 1),
+        pending_version,
         first_new_row: next_row,
         next_row,
         batch: Vec::new(),
         batch_bytes: 0,
         written: 0,
+        progress,
     };
     let Some(index) = slot.index.as_mut() else {
         return Err(Error::Internal("the feed index was not loaded".into()));
@@ -261,7 +283,7 @@ async fn run(
         return Ok(Version(current));
     }
     let version = if pass.written > 0 {
-        current + 1
+        pending_version.0
     } else {
         current
     };
@@ -433,7 +455,8 @@ impl Pass<'_> {
     /// Write the queued rows at the pending version once there are enough of them, so that memory
     /// holds a batch rather than every changed row.
     async fn flush_if_full(&mut self) -> Result<(), Error> {
-        if self.batch.len() >= BATCH_ROWS || self.batch_bytes >= BATCH_BYTES {
+        let streaming = self.progress.is_some() && !self.batch.is_empty();
+        if streaming || self.batch.len() >= BATCH_ROWS || self.batch_bytes >= BATCH_BYTES {
             self.flush().await?;
         }
         Ok(())
@@ -451,6 +474,15 @@ impl Pass<'_> {
         let feed = self.input.feed;
         let version = self.pending_version;
         tokio::task::spawn_blocking(move || store.write_pending(feed, version, &rows)).await??;
+        if let Some(progress) = &self.progress {
+            // Every row numbered so far was in this batch or an earlier one.
+            let written = self.next_row;
+            progress.send_modify(|p| {
+                if let Some(p) = p {
+                    p.written = written;
+                }
+            });
+        }
         Ok(())
     }
 
@@ -606,6 +638,16 @@ impl Pass<'_> {
                 entry.seen = self.generation;
                 let changed = entry.content != digest.content;
                 entry.content = digest.content;
+                if changed
+                    && entry.row >= self.first_new_row
+                    && let Some(progress) = &self.progress
+                {
+                    progress.send_modify(|p| {
+                        if let Some(p) = p {
+                            p.rewritten = true;
+                        }
+                    });
+                }
                 (changed, entry.row, entry.row < self.first_new_row)
             }
             None => {

@@ -44,6 +44,17 @@ pub enum Cursor {
         /// What is left of a client's `$top`; `u64::MAX` when there is none.
         remaining: u64,
     },
+    /// A page of a feed's first read served while its first load still runs (see
+    /// `respond::streamed`): the rows written so far at version `pending`, which is published only
+    /// when the load ends.
+    Streaming {
+        /// The version the load writes at; the delta link on the last page names it.
+        pending: Version,
+        /// Row number of the last entity served.
+        after: u64,
+        /// What is left of a client's `$top`; `u64::MAX` when there is none.
+        remaining: u64,
+    },
     /// A page of a delta: changes in (`since`, `upto`], after (`version`, `key`).
     Delta {
         /// The baseline of the delta.
@@ -111,6 +122,10 @@ impl Token {
                 cursor: Cursor::Delta { .. },
                 ..
             } => payload.push(3),
+            TokenKind::Page {
+                cursor: Cursor::Streaming { .. },
+                ..
+            } => payload.push(4),
         }
         payload.extend_from_slice(&self.feed.0);
         payload.extend_from_slice(&self.issued_at.to_be_bytes());
@@ -126,6 +141,11 @@ impl Token {
                 match cursor {
                     Cursor::Initial {
                         at,
+                        after,
+                        remaining,
+                    }
+                    | Cursor::Streaming {
+                        pending: at,
                         after,
                         remaining,
                     } => {
@@ -161,7 +181,7 @@ impl Token {
         let (payload, tag_bytes) = bytes.split_at(bytes.len() - TAG_LEN);
         let expected_len = match payload[1] {
             1 => 26 + 8,
-            2 => 26 + 5 + 8 + 8 + 8,
+            2 | 4 => 26 + 5 + 8 + 8 + 8,
             3 => 26 + 5 + 8 + 8 + 8 + 8,
             _ => return Err(TokenError::Malformed),
         };
@@ -186,6 +206,12 @@ impl Token {
                 let cursor = if kind == 2 {
                     Cursor::Initial {
                         at: Version(r.u64()),
+                        after: r.u64(),
+                        remaining: r.u64(),
+                    }
+                } else if kind == 4 {
+                    Cursor::Streaming {
+                        pending: Version(r.u64()),
                         after: r.u64(),
                         remaining: r.u64(),
                     }
@@ -265,6 +291,19 @@ mod tests {
                     },
                     page_size: 100,
                     count: true,
+                },
+            },
+            Token {
+                feed,
+                issued_at: 5,
+                kind: TokenKind::Page {
+                    cursor: Cursor::Streaming {
+                        pending: Version(3),
+                        after: 9,
+                        remaining: 7,
+                    },
+                    page_size: 100,
+                    count: false,
                 },
             },
             Token {
