@@ -194,9 +194,15 @@ pub struct UpstreamConfig {
     pub max_retries: u32,
     /// Longest `Retry-After` we are willing to wait.
     pub max_retry_wait: Duration,
+    /// How long a fetched `$metadata` is trusted before a set it does not know (or cannot key)
+    /// makes the gateway fetch it again.
+    pub metadata_recheck_interval: Duration,
 }
 
-/// Size limits; exceeding one is a clear error and nothing is committed.
+/// The longest request target hyper parses (`u16::MAX - 1`); `limits.max_uri_bytes` stays below.
+pub(crate) const MAX_URI_BYTES: usize = 65_534;
+
+/// Size and time limits; exceeding one is a clear error and nothing is committed.
 #[derive(Clone, Debug)]
 pub struct Limits {
     /// Largest request body forwarded upstream.
@@ -209,6 +215,16 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Most client connections served at once; further ones wait to be accepted.
     pub max_connections: usize,
+    /// Longest URI (the request target) accepted; a longer one is answered 414.
+    pub max_uri_bytes: usize,
+    /// Time a client has to send a request head, from its first byte (and, on a new
+    /// connection, from the connect); a connection past it is closed.
+    pub header_read_timeout: Duration,
+    /// Time a client has to send a whole request body, from the end of its head.
+    pub body_read_timeout: Duration,
+    /// Time a tracked request (initial read, delta, next page, count) may take before it is
+    /// answered 504; a refresh it started runs on for the requests that share it.
+    pub tracked_request_timeout: Duration,
 }
 
 /// An IP network, for trusted proxies.
@@ -328,6 +344,7 @@ struct FileUpstream {
     connect_timeout: Option<Spanned<String>>,
     max_retries: Option<u32>,
     max_retry_wait: Option<Spanned<String>>,
+    metadata_recheck_interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -338,6 +355,10 @@ struct FileLimits {
     max_entities_per_feed: Option<u64>,
     max_header_bytes: Option<usize>,
     max_connections: Option<usize>,
+    max_uri_bytes: Option<Spanned<usize>>,
+    header_read_timeout: Option<Spanned<String>>,
+    body_read_timeout: Option<Spanned<String>>,
+    tracked_request_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -542,14 +563,55 @@ impl Config {
             connect_timeout: duration(None, "", &up.connect_timeout, Duration::from_secs(5))?,
             max_retries: up.max_retries.unwrap_or(3),
             max_retry_wait: duration(None, "", &up.max_retry_wait, Duration::from_secs(10))?,
+            metadata_recheck_interval: duration(
+                None,
+                "",
+                &up.metadata_recheck_interval,
+                Duration::from_secs(60),
+            )?,
         };
         let lim = parsed.limits.unwrap_or_default();
+        // A zero timeout would close every connection or time out every request at once.
+        let timeout = |value: &Option<Spanned<String>>, what: &str, default: Duration| {
+            let d = duration(None, "", value, default)?;
+            match value {
+                Some(v) if d.is_zero() => Err(source.at(v, format!("{what} must be more than 0"))),
+                _ => Ok(d),
+            }
+        };
+        let max_uri_bytes = match &lim.max_uri_bytes {
+            // hyper refuses longer request targets itself, before the gateway sees them.
+            Some(n) if !(256..=MAX_URI_BYTES).contains(n.get_ref()) => {
+                return Err(source.at(
+                    n,
+                    format!("limits.max_uri_bytes must be between 256 and {MAX_URI_BYTES}"),
+                ));
+            }
+            Some(n) => *n.get_ref(),
+            None => 32 << 10,
+        };
         let limits = Limits {
             max_request_body_bytes: lim.max_request_body_bytes.unwrap_or(64 << 20),
             max_page_bytes: lim.max_page_bytes.unwrap_or(256 << 20),
             max_entities_per_feed: lim.max_entities_per_feed.unwrap_or(50_000_000),
             max_header_bytes: lim.max_header_bytes.unwrap_or(64 << 10),
             max_connections: lim.max_connections.unwrap_or(4096).max(1),
+            max_uri_bytes,
+            header_read_timeout: timeout(
+                &lim.header_read_timeout,
+                "limits.header_read_timeout",
+                Duration::from_secs(10),
+            )?,
+            body_read_timeout: timeout(
+                &lim.body_read_timeout,
+                "limits.body_read_timeout",
+                Duration::from_secs(60),
+            )?,
+            tracked_request_timeout: timeout(
+                &lim.tracked_request_timeout,
+                "limits.tracked_request_timeout",
+                Duration::from_secs(300),
+            )?,
         };
 
         let mut routes = Vec::new();

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::{HeaderMap, Method, Request, header};
 use percent_encoding::percent_decode_str;
@@ -26,21 +26,109 @@ use crate::track::token::SKIPTOKEN_PREFIX;
 pub struct Service {
     /// The route.
     pub route: RouteConfig,
-    /// Cached `$metadata` and when it was fetched.
-    metadata: tokio::sync::Mutex<Option<(Arc<ServiceMetadata>, Instant)>>,
+    /// Cached `$metadata`; shared with the task that fetches it.
+    metadata: Arc<MetadataCache>,
 }
-
-/// How long a `$metadata` is trusted before an unknown entity set makes us fetch it again.
-const METADATA_RECHECK: Duration = Duration::from_secs(60);
 
 impl Service {
     /// A service for a route, metadata not yet fetched.
     pub fn new(route: RouteConfig) -> Self {
         Service {
             route,
-            metadata: tokio::sync::Mutex::new(None),
+            metadata: Arc::default(),
         }
     }
+}
+
+/// What a `$metadata` fetch ended with: the document (if the upstream served a usable one) or
+/// why it could not be fetched.
+type MetadataOutcome = Result<Option<Arc<ServiceMetadata>>, Error>;
+
+/// A service's `$metadata` and the one fetch of it in flight. The lock is only held to look or
+/// swap, never across the fetch, so that a slow upstream `$metadata` delays only the requests
+/// that need it — those for sets the cached document does not key.
+#[derive(Default)]
+struct MetadataCache {
+    state: std::sync::Mutex<MetadataState>,
+}
+
+#[derive(Default)]
+struct MetadataState {
+    /// The last usable document.
+    document: Option<Arc<ServiceMetadata>>,
+    /// When the last fetch answered (usable document or not); the recheck interval counts from it.
+    checked: Option<Instant>,
+    /// The fetch in flight: every request that needs `$metadata` meanwhile waits for this one.
+    in_flight: Option<tokio::sync::watch::Receiver<Option<MetadataOutcome>>>,
+}
+
+/// Why a request path is refused before routing (C37).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PathError {
+    /// A segment that would become `..` after decoding, or a `..` with parameters (`..;x`):
+    /// upstreams and proxies disagree on what such a segment means.
+    Ambiguous,
+}
+
+/// Whether a raw path segment is `.` or `..`, with `%2e` read as `.` (RFC 3986 §2.3, §5.2.4).
+fn dot_segment(segment: &str) -> Option<usize> {
+    let mut rest = segment;
+    let mut dots = 0;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('.') {
+            rest = r;
+        } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case("%2e") {
+            rest = &rest[3..];
+        } else {
+            return None;
+        }
+        dots += 1;
+    }
+    (1..=2).contains(&dots).then_some(dots)
+}
+
+/// Remove the dot segments of a raw (still percent-encoded) request path (RFC 3986 §5.2.4,
+/// `%2e` as `.`). Every other segment is kept byte for byte, so that an encoded slash inside a
+/// key literal (`Products('a%2Fb')`) reaches the upstream as it came. A `..` above the root is
+/// dropped, as the RFC says; whether the result is still below the route is the caller's check.
+pub(crate) fn remove_dot_segments(path: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
+    let Some(rest) = path.strip_prefix('/') else {
+        // `*` (OPTIONS) and the like: nothing to resolve.
+        return Ok(path.into());
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    for segment in &segments {
+        let decoded = percent_decode_str(segment).decode_utf8_lossy();
+        // An upstream that decodes `%2F` (or treats `\` as a separator, or drops `;params`)
+        // before it resolves dots would climb where we did not look.
+        let hidden_climb = dot_segment(segment).is_none()
+            && decoded
+                .split(['/', '\\'])
+                .any(|part| part.split(';').next() == Some(".."));
+        if hidden_climb {
+            return Err(PathError::Ambiguous);
+        }
+    }
+    if segments.iter().all(|s| dot_segment(s).is_none()) {
+        return Ok(path.into());
+    }
+    let mut out: Vec<&str> = Vec::with_capacity(segments.len());
+    let last = segments.len() - 1;
+    for (i, segment) in segments.iter().enumerate() {
+        match dot_segment(segment) {
+            Some(dots) => {
+                if dots == 2 {
+                    out.pop();
+                }
+                // `a/..` and `a/.` name a directory: the trailing slash stays.
+                if i == last {
+                    out.push("");
+                }
+            }
+            None => out.push(segment),
+        }
+    }
+    Ok(format!("/{}", out.join("/")).into())
 }
 
 /// What to do with a request.
@@ -295,7 +383,7 @@ pub fn valid_authority(h: &str) -> bool {
 /// Resolve how to read an entity set: configured key, else `$metadata`. `Ok(None)` means the set
 /// cannot be tracked and the request passes through (C2); the log says why and how to fix it.
 pub async fn resolve_set(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     service: &Service,
     set: &str,
     headers: &HeaderMap,
@@ -361,27 +449,90 @@ pub async fn resolve_set(
 }
 
 /// The service's `$metadata`, fetched on first need with the caller's credentials and cached.
-/// `Ok(None)` when the upstream does not serve a usable one.
+/// Fetched again when the cached one does not key `set` and is older than the recheck interval;
+/// concurrent requests share one fetch. `Ok(None)` when the upstream does not serve a usable one.
 async fn metadata(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     service: &Service,
     set: &str,
     headers: &HeaderMap,
 ) -> Result<Option<Arc<ServiceMetadata>>, Error> {
-    let mut cached = service.metadata.lock().await;
-    if let Some((m, at)) = cached.as_ref()
-        && (m.set(set).is_some() || at.elapsed() < METADATA_RECHECK)
-    {
-        return Ok(Some(m.clone()));
-    }
-    let url = format!(
-        "{}/$metadata",
-        service.route.upstream.as_str().trim_end_matches('/')
-    );
-    let mut request = Request::get(&url)
+    let recheck = shared.config.upstream.metadata_recheck_interval;
+    let mut in_flight = {
+        let mut state = service
+            .metadata
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let recent = state.checked.is_some_and(|at| at.elapsed() < recheck);
+        let keyed = |m: &ServiceMetadata| matches!(m.set(set), Some(SetKey::Key(_)));
+        if let Some(m) = &state.document
+            && (keyed(m) || recent)
+        {
+            return Ok(Some(m.clone()));
+        }
+        if state.document.is_none() && recent {
+            return Ok(None);
+        }
+        // A fetch task that died (it does not panic, but if it did) leaves a closed channel.
+        match state.in_flight.clone().filter(|rx| rx.has_changed().is_ok()) {
+            Some(rx) => rx,
+            None => {
+                let (tx, rx) = tokio::sync::watch::channel(None);
+                state.in_flight = Some(rx.clone());
+                let shared = shared.clone();
+                let cache = service.metadata.clone();
+                let url = format!(
+                    "{}/$metadata",
+                    service.route.upstream.as_str().trim_end_matches('/')
+                );
+                let headers = forwarded_headers(headers);
+                // A task of its own, so that the fetch goes on for the others when the request
+                // that started it is cancelled.
+                tokio::spawn(async move {
+                    let outcome = fetch_metadata(&shared, &url, headers).await;
+                    let mut state = cache
+                        .state
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    state.in_flight = None;
+                    let outcome = match outcome {
+                        Ok(fetched) => {
+                            state.checked = Some(Instant::now());
+                            if let Some(m) = fetched {
+                                state.document = Some(m);
+                            }
+                            // An upstream that stops serving `$metadata` leaves the last one in use.
+                            Ok(state.document.clone())
+                        }
+                        Err(e) => Err(e),
+                    };
+                    drop(state);
+                    let _ = tx.send(Some(outcome));
+                });
+                rx
+            }
+        }
+    };
+    let outcome = in_flight
+        .wait_for(Option::is_some)
+        .await
+        .map_err(|_| Error::Internal("the $metadata fetch ended without an answer".into()))?
+        .clone();
+    outcome.unwrap_or_else(|| Err(Error::Internal("the $metadata fetch has no answer".into())))
+}
+
+/// One upstream `$metadata` fetch: the parsed document, `None` when the upstream answers without
+/// a usable one.
+async fn fetch_metadata(
+    shared: &Shared,
+    url: &str,
+    headers: HeaderMap,
+) -> Result<Option<Arc<ServiceMetadata>>, Error> {
+    let mut request = Request::get(url)
         .body(crate::body::empty())
         .map_err(|e| Error::Internal(format!("cannot build a $metadata request: {e}")))?;
-    request.headers_mut().extend(forwarded_headers(headers));
+    request.headers_mut().extend(headers);
     request.headers_mut().insert(
         header::ACCEPT,
         http::HeaderValue::from_static("application/xml"),
@@ -392,21 +543,20 @@ async fn metadata(
         .await?;
     if !fetched.status.is_success() {
         tracing::warn!(status = %fetched.status, url, "upstream $metadata not available");
-        return Ok(cached.as_ref().map(|(m, _)| m.clone()));
+        return Ok(None);
     }
-    let text = std::str::from_utf8(&fetched.body).map_err(|_| {
-        Error::upstream(
+    // A large document is parsed off the request threads.
+    let body = fetched.body;
+    let parsed =
+        tokio::task::spawn_blocking(move || std::str::from_utf8(&body).map(ServiceMetadata::parse))
+            .await?;
+    match parsed {
+        Err(_) => Err(Error::upstream(
             UpstreamFailure::BadAnswer,
             "the upstream $metadata is not UTF-8",
-        )
-    })?;
-    match ServiceMetadata::parse(text) {
-        Ok(m) => {
-            let m = Arc::new(m);
-            *cached = Some((m.clone(), Instant::now()));
-            Ok(Some(m))
-        }
-        Err(e) => {
+        )),
+        Ok(Ok(m)) => Ok(Some(Arc::new(m))),
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, url, "upstream $metadata cannot be read");
             Ok(None)
         }
@@ -560,5 +710,41 @@ mod tests {
         assert_eq!(scope_of(&d, &key, &a1), scope_of(&d, &key, &a2));
         assert_ne!(scope_of(&d, &key, &a), scope_of(&d, &key, &b));
         assert_eq!(scope_of(&d, &key, &HeaderMap::new()).0, "anonymous");
+    }
+    #[test]
+    fn dot_segments_are_removed_with_percent_encoded_dots_c37() {
+        let r = |p: &str| remove_dot_segments(p).unwrap().into_owned();
+        assert_eq!(r("/odata/v4/shop/../../../_admin/stats"), "/_admin/stats");
+        assert_eq!(r("/odata/v4/shop/%2e%2e/%2E%2e/.%2e/_admin"), "/_admin");
+        assert_eq!(r("/a/./b/../c"), "/a/c");
+        assert_eq!(r("/a/b/.."), "/a/");
+        assert_eq!(r("/a/b/."), "/a/b/");
+        assert_eq!(r("/../../x"), "/x");
+        // Not dot segments: kept byte for byte.
+        for kept in [
+            "/shop/Products('a%2Fb')",
+            "/shop/...",
+            "/shop/.hidden/..x",
+            "/shop/Products('a.b')",
+            "*",
+        ] {
+            assert_eq!(r(kept), kept);
+        }
+    }
+
+    #[test]
+    fn segments_that_hide_a_climb_are_refused_c37() {
+        for hidden in [
+            "/shop/..%2F..%2F_admin",
+            "/shop/..%2f_admin",
+            "/shop/x%5C..%5Cy",
+            "/shop/..;x/_admin",
+        ] {
+            assert_eq!(
+                remove_dot_segments(hidden),
+                Err(PathError::Ambiguous),
+                "{hidden}"
+            );
+        }
     }
 }

@@ -243,7 +243,10 @@ impl TrackedRequest {
         let found = self.feed_def(shared, token).await?;
         self.check_age(shared, token, found.as_ref().map(|(d, _)| &d.query))?;
         match found {
-            Some((def, false)) => Ok(def),
+            Some((def, false)) => {
+                self.check_custom_options(&def.query)?;
+                Ok(def)
+            }
             // Its entities were dropped for disuse (or the store was reset under it): the changes
             // since the token are gone, so the client must start over.
             Some((def, true)) => Err(Error::Expired {
@@ -253,6 +256,19 @@ impl TrackedRequest {
                 location: self.collection_url(),
             }),
         }
+    }
+
+    /// Custom options (`sap-client=100`) choose what the upstream answers, so a link's feed is
+    /// defined with them; one given again must be the feed's own, never another tenant's.
+    fn check_custom_options(&self, feed_query: &DefiningQuery) -> Result<(), Error> {
+        for (name, value) in &self.query.custom {
+            if !feed_query.parts().iter().any(|(n, v)| n == name && v == value) {
+                return Err(Error::bad_request(format!(
+                    "the query option {name} differs from the one the link was issued with; use the link as the gateway returned it, or start a new tracked read"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Resolve a delta token to its verified, unexpired feed definition.

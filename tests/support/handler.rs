@@ -83,7 +83,13 @@ async fn dispatch(up: &Upstream, req: &RecordedRequest, route: Route) -> Respons
             return get_collection(up, req, &set).await;
         }
         Route::ServiceDoc if method == Method::GET => Ok(service_document(up)),
-        Route::Metadata if method == Method::GET => metadata(up),
+        Route::Metadata if method == Method::GET => {
+            let delay = up.lock().metadata_delay;
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
+            metadata(up)
+        }
         Route::Collection(set) if method == Method::POST => post_entity(up, req, &set),
         Route::Count(set) if method == Method::GET => get_count(up, req, &set),
         Route::Entity { set, key } => match *method {

@@ -39,6 +39,8 @@ pub(crate) struct State {
     pub metadata: Option<String>,
     /// Answer `$metadata` with 404, like a service that does not publish it.
     pub metadata_missing: bool,
+    /// Wait this long before answering `$metadata`, like a service that builds it slowly.
+    pub metadata_delay: Option<std::time::Duration>,
     /// Faults not yet fired.
     pub faults: Vec<PendingFault>,
     /// GET collection requests received so far.
@@ -262,6 +264,20 @@ impl Upstream {
     /// Answer `$metadata` with 404 (`true`) or serve it again (`false`).
     pub fn set_metadata_missing(&self, missing: bool) {
         self.lock().metadata_missing = missing;
+    }
+
+    /// Wait `delay` before answering each `$metadata` request (`None`: answer at once).
+    pub fn set_metadata_delay(&self, delay: Option<std::time::Duration>) {
+        self.lock().metadata_delay = delay;
+    }
+
+    /// Recorded `$metadata` requests.
+    pub fn metadata_requests(&self) -> usize {
+        self.lock()
+            .requests
+            .iter()
+            .filter(|r| r.path_and_query.ends_with("/$metadata"))
+            .count()
     }
 
     /// Namespace of the generated schema (default `ShopService`).
