@@ -2,6 +2,8 @@
 //! through the tower stack (request id → tracing → panic guard → handler), drain in-flight requests on
 //! shutdown. The admin listener serves `/metrics`, `/healthz` and `/readyz`.
 
+mod refusals;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -170,7 +172,10 @@ async fn serve(app: App, listener: TcpListener, shutdown: CancellationToken) {
                 return;
             }
             let connection = builder
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                .serve_connection(
+                    refusals::RefusalBodies::new(TokioIo::new(stream)),
+                    TowerToHyperService::new(service),
+                )
                 .into_owned();
             if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");

@@ -273,23 +273,48 @@ async fn a_tracked_request_whose_upstream_stalls_is_504_at_the_deadline() {
 
 // ------------------------------------------------------------------ URI length (C37)
 
-/// C37: a URI over `limits.max_uri_bytes` gets 414 as an OData error with `OData-Version`, the way
-/// an oversized head gets 431.
+/// C37: a URI over `limits.max_uri_bytes` (32 KiB by default) gets 414 as an OData error with
+/// `OData-Version`, the way an oversized head gets 431, and is not forwarded.
 #[tokio::test]
 async fn a_uri_over_the_limit_is_414_with_an_odata_error_c37() {
     let up = shop(1).await;
+    let gw = Gateway::start(&up.base_url()).await;
+    let path = format!("{ROOT}/Customers?$filter={}", "a%20".repeat(10_000));
+    for extra in ["", "Prefer: odata.track-changes\r\n"] {
+        let (answer, _) = raw(gw.addr, &get(&path, extra), Duration::from_secs(10)).await;
+        let (status, json) = odata_error(&answer);
+        assert_eq!(status, 414, "{json}");
+    }
     let gw = Gateway::start_with(
         &up.base_url(),
         Some("[limits]\nmax_uri_bytes = 4096\n"),
         |_| {},
     )
     .await;
-    let path = format!("{ROOT}/Customers?$filter={}", "a%20".repeat(2_000));
-    for extra in ["", "Prefer: odata.track-changes\r\n"] {
-        let (answer, _) = raw(gw.addr, &get(&path, extra), Duration::from_secs(10)).await;
-        let (status, json) = odata_error(&answer);
-        assert_eq!(status, 414, "{json}");
-    }
+    let path = format!("{ROOT}/Customers?$filter={}", "a%20".repeat(1_100));
+    let (answer, _) = raw(gw.addr, &get(&path, ""), Duration::from_secs(10)).await;
+    assert_eq!(odata_error(&answer).0, 414);
+    assert!(up.requests().is_empty());
+}
+
+/// C37: a request line over hyper's own limit (64 KiB), and a head beyond its buffer, are refused
+/// before the gateway's handler runs; the answer is still an OData error, not a bare status.
+#[tokio::test]
+async fn heads_refused_before_routing_still_get_an_odata_error_c37() {
+    let up = shop(1).await;
+    let gw = Gateway::start(&up.base_url()).await;
+    let path = format!("{ROOT}/Customers?$filter={}", "a".repeat(70_000));
+    let (answer, _) = raw(gw.addr, &get(&path, ""), Duration::from_secs(10)).await;
+    assert_eq!(odata_error(&answer).0, 414, "{answer}");
+    let gw = Gateway::start_with(
+        &up.base_url(),
+        Some("[limits]\nmax_header_bytes = 8192\n"),
+        |_| {},
+    )
+    .await;
+    let big = format!("X-Big: {}\r\n", "x".repeat(40_000));
+    let (answer, _) = raw(gw.addr, &get(&format!("{ROOT}/Customers"), &big), Duration::from_secs(10)).await;
+    assert_eq!(odata_error(&answer).0, 431, "{answer}");
     assert!(up.requests().is_empty());
 }
 
