@@ -784,6 +784,32 @@ mod tests {
     }
 
     #[test]
+    fn request_limits_are_checked_with_file_line_and_column() {
+        let route = "[[route]]\nupstream = \"http://a\"\n";
+        for (limits, expected) in [
+            ("header_read_timeout = \"0s\"", "more than 0"),
+            ("body_read_timeout = \"0ms\"", "more than 0"),
+            ("tracked_request_timeout = \"0s\"", "more than 0"),
+            ("tracked_request_timeout = \"soon\"", "30d"),
+            ("max_uri_bytes = 70000", "65534"),
+            ("max_uri_bytes = 10", "256"),
+        ] {
+            let err = load(&format!("{route}[limits]\n{limits}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("gateway.toml:4:"), "{err}");
+            assert!(err.contains(expected), "{limits}: {err}");
+        }
+        let c = load(&format!(
+            "{route}[limits]\nheader_read_timeout = \"2s\"\nmax_uri_bytes = 4096\n"
+        ))
+        .unwrap();
+        assert_eq!(c.limits.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(c.limits.max_uri_bytes, 4096);
+        assert_eq!(c.limits.tracked_request_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
     fn routes_come_from_flag_and_file_longest_prefix_first() {
         let flags = Flags {
             upstream: Some("http://up:4004/odata/v4/shop/".into()),

@@ -23,6 +23,17 @@ fn example_config_loads_with_the_documented_route() {
         Some("127.0.0.1:9090")
     );
     assert_eq!(config.limits.max_connections, 4096);
+    assert_eq!(config.limits.max_uri_bytes, 32 << 10);
+    assert_eq!(config.limits.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(config.limits.body_read_timeout, Duration::from_secs(60));
+    assert_eq!(
+        config.limits.tracked_request_timeout,
+        Duration::from_secs(300)
+    );
+    assert_eq!(
+        config.upstream.metadata_recheck_interval,
+        Duration::from_secs(60)
+    );
     assert_eq!(config.routes.len(), 1);
     let route = &config.routes[0];
     assert_eq!(route.prefix, "/odata/v4/catalog");
@@ -108,12 +119,17 @@ fn every_file_key_appears_in_the_example() {
         "connect_timeout",
         "max_retries",
         "max_retry_wait",
+        "metadata_recheck_interval",
         "[limits]",
         "max_request_body_bytes",
         "max_page_bytes",
         "max_entities_per_feed",
         "max_header_bytes",
         "max_connections",
+        "max_uri_bytes",
+        "header_read_timeout",
+        "body_read_timeout",
+        "tracked_request_timeout",
         "[[route]]",
         "upstream",
         "prefix",

@@ -219,9 +219,10 @@ const SHORT_TIMEOUTS: &str = "[limits]\nheader_read_timeout = \"300ms\"\n\
     body_read_timeout = \"300ms\"\ntracked_request_timeout = \"500ms\"\n";
 
 /// A client that sends half a head, one that sends nothing, and one that stops inside the
-/// HTTP/2 preface all lose their connection once the header timeout has passed.
+/// HTTP/2 preface, and an idle kept-alive one, all lose their connection once the header timeout
+/// has passed.
 #[tokio::test]
-async fn clients_that_stall_before_their_head_is_complete_are_disconnected_in_time() {
+async fn clients_that_stall_before_a_complete_head_or_stay_idle_are_disconnected_in_time() {
     let up = shop(1).await;
     let gw = Gateway::start_with(&up.base_url(), Some(SHORT_TIMEOUTS), |_| {}).await;
     let half = format!("GET {ROOT}/Customers HTTP/1.1\r\nHost: gw\r\nAccept: app");
@@ -232,6 +233,11 @@ async fn clients_that_stall_before_their_head_is_complete_are_disconnected_in_ti
         });
         assert!(closed < Duration::from_secs(3), "{closed:?}");
     }
+    // A kept-alive connection that stays idle after its answer is closed the same way.
+    let request = format!("GET {ROOT}/Customers HTTP/1.1\r\nHost: gw\r\n\r\n");
+    let (answer, closed) = raw(gw.addr, request.as_bytes(), Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(closed.is_some_and(|c| c < Duration::from_secs(3)), "{closed:?}");
     // A client that sends its head in time is served as before.
     let r = Client::default()
         .get(&gw.url(&format!("{ROOT}/Customers")), &[])
