@@ -475,7 +475,11 @@ async fn metadata(
             return Ok(None);
         }
         // A fetch task that died (it does not panic, but if it did) leaves a closed channel.
-        match state.in_flight.clone().filter(|rx| rx.has_changed().is_ok()) {
+        match state
+            .in_flight
+            .clone()
+            .filter(|rx| rx.has_changed().is_ok())
+        {
             Some(rx) => rx,
             None => {
                 let (tx, rx) = tokio::sync::watch::channel(None);
@@ -745,6 +749,37 @@ mod tests {
                 Err(PathError::Ambiguous),
                 "{hidden}"
             );
+        }
+    }
+    proptest::proptest! {
+        /// Whatever the path, the result has no dot segment left, is stable, and a path without
+        /// dot segments comes back byte for byte (C37).
+        #[test]
+        fn resolved_paths_hold_no_dot_segments(
+            segments in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(".".to_owned()),
+                    proptest::strategy::Just("..".to_owned()),
+                    proptest::strategy::Just("%2e%2E".to_owned()),
+                    proptest::strategy::Just("%2e".to_owned()),
+                    proptest::strategy::Just("a%2Fb".to_owned()),
+                    "[a-zA-Z0-9.%()'_-]{0,8}",
+                ],
+                0..12,
+            )
+        ) {
+            let path = format!("/{}", segments.join("/"));
+            if let Ok(resolved) = remove_dot_segments(&path) {
+                proptest::prop_assert!(resolved.starts_with('/'));
+                proptest::prop_assert!(
+                    resolved.split('/').all(|s| dot_segment(s).is_none()),
+                    "{} -> {}", path, resolved
+                );
+                proptest::prop_assert_eq!(remove_dot_segments(&resolved), Ok(resolved.clone()));
+                if path.split('/').all(|s| dot_segment(s).is_none()) {
+                    proptest::prop_assert_eq!(resolved.as_ref(), path.as_str());
+                }
+            }
         }
     }
 }

@@ -211,8 +211,10 @@ async fn protocol_starts(stream: &tokio::net::TcpStream, limit: Duration) -> boo
         }
         if n == seen {
             // `peek` answers at once while the bytes it saw are still unread: poll instead.
-            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_millis(20)))
-                .await;
+            tokio::time::sleep_until(
+                deadline.min(tokio::time::Instant::now() + Duration::from_millis(20)),
+            )
+            .await;
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }

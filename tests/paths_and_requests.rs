@@ -97,7 +97,11 @@ async fn dot_segments_that_leave_the_route_are_400_and_never_reach_the_upstream_
     );
     let (answer, _) = raw(gw.addr, post.as_bytes(), Duration::from_secs(10)).await;
     assert_eq!(odata_error(&answer).0, 400, "{answer}");
-    let seen: Vec<String> = up.requests().into_iter().map(|r| r.path_and_query).collect();
+    let seen: Vec<String> = up
+        .requests()
+        .into_iter()
+        .map(|r| r.path_and_query)
+        .collect();
     assert!(seen.is_empty(), "forwarded upstream: {seen:?}");
 }
 
@@ -121,7 +125,11 @@ async fn dot_segments_inside_the_route_are_resolved_and_encoded_slashes_kept_c37
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
-    let seen: Vec<String> = up.requests().into_iter().map(|r| r.path_and_query).collect();
+    let seen: Vec<String> = up
+        .requests()
+        .into_iter()
+        .map(|r| r.path_and_query)
+        .collect();
     assert_eq!(
         seen,
         [
@@ -189,7 +197,11 @@ async fn custom_options_other_than_the_feeds_are_400_on_its_links_and_its_own_ar
     let gw = Gateway::start(&up.base_url()).await;
     let client = Client::default();
     let link = delta_link(&client, &gw, "?sap-client=100").await;
-    for other in ["sap-client=200", "sap-language=DE", "sap-client=100&sap-client=200"] {
+    for other in [
+        "sap-client=200",
+        "sap-language=DE",
+        "sap-client=100&sap-client=200",
+    ] {
         let r = client.get(&format!("{link}&{other}"), &[]).await;
         let message = assert_odata_error(&r, 400);
         assert!(message.contains("sap-"), "{message}");
@@ -205,12 +217,18 @@ async fn custom_options_other_than_the_feeds_are_400_on_its_links_and_its_own_ar
         )
         .await;
     let next = page.json()["@odata.nextLink"].as_str().unwrap().to_owned();
-    assert_odata_error(&client.get(&format!("{next}&sap-client=200"), &[]).await, 400);
+    assert_odata_error(
+        &client.get(&format!("{next}&sap-client=200"), &[]).await,
+        400,
+    );
     let r = client.get(&format!("{next}&sap-client=100"), &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     // A feed without custom options takes none on its links.
     let plain = delta_link(&client, &gw, "").await;
-    assert_odata_error(&client.get(&format!("{plain}&sap-client=100"), &[]).await, 400);
+    assert_odata_error(
+        &client.get(&format!("{plain}&sap-client=100"), &[]).await,
+        400,
+    );
 }
 
 // ------------------------------------------------------------------ slow and silent clients
@@ -229,7 +247,10 @@ async fn clients_that_stall_before_a_complete_head_or_stay_idle_are_disconnected
     for partial in [half.as_bytes(), b"", b"PRI * HTTP/2.0\r\n"] {
         let (_, closed) = raw(gw.addr, partial, Duration::from_secs(5)).await;
         let closed = closed.unwrap_or_else(|| {
-            panic!("still open after 5 s: {:?}", String::from_utf8_lossy(partial))
+            panic!(
+                "still open after 5 s: {:?}",
+                String::from_utf8_lossy(partial)
+            )
         });
         assert!(closed < Duration::from_secs(3), "{closed:?}");
     }
@@ -237,7 +258,10 @@ async fn clients_that_stall_before_a_complete_head_or_stay_idle_are_disconnected
     let request = format!("GET {ROOT}/Customers HTTP/1.1\r\nHost: gw\r\n\r\n");
     let (answer, closed) = raw(gw.addr, request.as_bytes(), Duration::from_secs(5)).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(closed.is_some_and(|c| c < Duration::from_secs(3)), "{closed:?}");
+    assert!(
+        closed.is_some_and(|c| c < Duration::from_secs(3)),
+        "{closed:?}"
+    );
     // A client that sends its head in time is served as before.
     let r = Client::default()
         .get(&gw.url(&format!("{ROOT}/Customers")), &[])
@@ -273,7 +297,11 @@ async fn a_tracked_request_whose_upstream_stalls_is_504_at_the_deadline() {
     let r = Client::default()
         .get(&gw.url(&format!("{ROOT}/Customers")), &TRACK)
         .await;
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     assert_odata_error(&r, 504);
 }
 
@@ -319,7 +347,12 @@ async fn heads_refused_before_routing_still_get_an_odata_error_c37() {
     )
     .await;
     let big = format!("X-Big: {}\r\n", "x".repeat(40_000));
-    let (answer, _) = raw(gw.addr, &get(&format!("{ROOT}/Customers"), &big), Duration::from_secs(10)).await;
+    let (answer, _) = raw(
+        gw.addr,
+        &get(&format!("{ROOT}/Customers"), &big),
+        Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(odata_error(&answer).0, 431, "{answer}");
     assert!(up.requests().is_empty());
 }
@@ -346,7 +379,9 @@ async fn a_slow_metadata_fetch_blocks_only_the_requests_that_need_it() {
     let toml = "[upstream]\nmetadata_recheck_interval = \"100ms\"\n";
     let gw = Gateway::start_with(&up.base_url(), Some(toml), |_| {}).await;
     let client = Client::default();
-    let r = client.get(&gw.url(&format!("{ROOT}/Customers")), &TRACK).await;
+    let r = client
+        .get(&gw.url(&format!("{ROOT}/Customers")), &TRACK)
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(up.metadata_requests(), 1);
     tokio::time::sleep(Duration::from_millis(200)).await;

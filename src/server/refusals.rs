@@ -168,7 +168,11 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
             b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\n",
         ] {
-            assert!(replacement(kept).is_none(), "{}", String::from_utf8_lossy(kept));
+            assert!(
+                replacement(kept).is_none(),
+                "{}",
+                String::from_utf8_lossy(kept)
+            );
         }
     }
 }

@@ -262,7 +262,11 @@ impl TrackedRequest {
     /// defined with them; one given again must be the feed's own, never another tenant's.
     fn check_custom_options(&self, feed_query: &DefiningQuery) -> Result<(), Error> {
         for (name, value) in &self.query.custom {
-            if !feed_query.parts().iter().any(|(n, v)| n == name && v == value) {
+            if !feed_query
+                .parts()
+                .iter()
+                .any(|(n, v)| n == name && v == value)
+            {
                 return Err(Error::bad_request(format!(
                     "the query option {name} differs from the one the link was issued with; use the link as the gateway returned it, or start a new tracked read"
                 )));
