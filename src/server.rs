@@ -1,6 +1,8 @@
 //! Listeners and the request pipeline: accept connections (HTTP/1.1 and HTTP/2), run each request
 //! through the tower stack (request id → tracing → panic guard → handler), drain in-flight requests on
-//! shutdown. The admin listener serves `/metrics`, `/healthz` and `/readyz`.
+//! shutdown. The admin listener serves `/metrics`, `/healthz` and `/readyz`. Before a request is
+//! routed, its path is resolved and bounded (C37); `refusals` gives heads that hyper refuses on
+//! its own the same OData error answer.
 
 mod refusals;
 
@@ -283,7 +285,7 @@ async fn route(
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum::<usize>()
-        + req.uri().to_string().len();
+        + uri_bytes;
     if head_bytes > app.config.limits.max_header_bytes {
         return Err(Error::client(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,

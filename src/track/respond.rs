@@ -268,7 +268,7 @@ impl TrackedRequest {
                 .any(|(n, v)| n == name && v == value)
             {
                 return Err(Error::bad_request(format!(
-                    "the query option {name} differs from the one the link was issued with; use the link as the gateway returned it, or start a new tracked read"
+                    "the query option {name}={value} is not part of the feed the link was issued for; use the link as the gateway returned it, or start a new tracked read with it"
                 )));
             }
         }
