@@ -954,6 +954,8 @@ fn hostile_request(issued: Issued) -> impl Strategy<Value = Hostile> {
         1 => Just(format!("{ROOT}/Customers/")),
         1 => Just(format!("{ROOT}//Customers")),
         1 => Just("/other/Customers".to_owned()),
+        1 => Just(format!("{ROOT}/../../_admin/stats")),
+        1 => Just(format!("{ROOT}/Orders/%2e%2E/./Customers")),
         1 => "[A-Za-z0-9$%()'/.,=_-]{0,30}".prop_map(|p| format!("{ROOT}/{}", url_safe(&p))),
     ];
     let method = prop_oneof![
