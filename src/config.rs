@@ -140,6 +140,10 @@ pub struct Config {
     pub min_refresh_interval: Duration,
     /// How feeds are scoped by identity.
     pub identity: IdentityScope,
+    /// How long an upstream's 2xx to the authorization check of a per-identity tracked request is
+    /// reused for the same credentials and feed (`identity.authorization_cache`); zero checks
+    /// every request.
+    pub authorization_cache: Duration,
     /// Talking to upstreams.
     pub upstream: UpstreamConfig,
     /// Size limits.
@@ -173,8 +177,13 @@ pub struct SetConfig {
 pub enum IdentityScope {
     /// The default: a keyed hash of the credentials a request carries — `Authorization` and API-key
     /// headers, or, only when it has none of those, its cookies (cookie sessions change, so they
-    /// count only where nothing else identifies the caller).
-    Credentials,
+    /// count only where nothing else identifies the caller). A bearer JWT that carries every one of
+    /// `jwt_claims` counts by those claims instead of its whole value, so that a renewed access
+    /// token keeps its scope; an empty list hashes every credential whole.
+    Credentials {
+        /// Claims of a bearer JWT that identify the caller, e.g. `iss` and `sub`.
+        jwt_claims: Vec<String>,
+    },
     /// A keyed hash of exactly these request headers.
     Headers(Vec<String>),
     /// One scope for everyone: the gateway uses its own upstream credentials.
@@ -209,7 +218,19 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Most client connections served at once; further ones wait to be accepted.
     pub max_connections: usize,
+    /// Most feeds stored at once, all scopes together; a request that would create one more gets 503.
+    pub max_feeds: usize,
+    /// Most feeds one identity scope may have (the `shared` scope is bound by `max_feeds` alone); a
+    /// request that would create one more gets 429.
+    pub max_feeds_per_scope: usize,
+    /// Most refreshes running at once, across all feeds.
+    pub max_concurrent_refreshes: usize,
+    /// Most refreshes waiting for one of `max_concurrent_refreshes`; one more gets 503.
+    pub max_refresh_waiters: usize,
 }
+
+/// The JWT claims that identify a caller unless configured otherwise.
+pub const DEFAULT_JWT_CLAIMS: &[&str] = &["iss", "sub"];
 
 /// An IP network, for trusted proxies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -315,9 +336,11 @@ struct File {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileIdentity {
-    mode: Spanned<String>,
+    mode: Option<Spanned<String>>,
     #[serde(default)]
     headers: Vec<String>,
+    jwt_claims: Option<Spanned<Vec<String>>>,
+    authorization_cache: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -338,6 +361,10 @@ struct FileLimits {
     max_entities_per_feed: Option<u64>,
     max_header_bytes: Option<usize>,
     max_connections: Option<usize>,
+    max_feeds: Option<Spanned<usize>>,
+    max_feeds_per_scope: Option<Spanned<usize>>,
+    max_concurrent_refreshes: Option<Spanned<usize>>,
+    max_refresh_waiters: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -509,31 +536,7 @@ impl Config {
         let max_page_size =
             positive(&parsed.max_page_size, "max_page_size", 10_000)?.max(page_size);
 
-        let identity = match &parsed.identity {
-            None => IdentityScope::Credentials,
-            Some(id) => match id.get_ref().mode.get_ref().as_str() {
-                "shared" => IdentityScope::Shared,
-                "credentials" => IdentityScope::Credentials,
-                "headers" => {
-                    let headers: Vec<String> = id
-                        .get_ref()
-                        .headers
-                        .iter()
-                        .map(|h| h.to_ascii_lowercase())
-                        .collect();
-                    if headers.is_empty() {
-                        return Err(source.at(
-                            id,
-                            "identity mode \"headers\" needs headers = [\"authorization\", …]",
-                        ));
-                    }
-                    IdentityScope::Headers(headers)
-                }
-                other => {
-                    return Err(source.at(&id.get_ref().mode, format!("unknown identity mode '{other}'; expected \"credentials\", \"headers\" or \"shared\"")));
-                }
-            },
-        };
+        let (identity, authorization_cache) = identity(&source, parsed.identity.as_ref())?;
 
         let up = parsed.upstream.unwrap_or_default();
         let upstream = UpstreamConfig {
@@ -550,6 +553,20 @@ impl Config {
             max_entities_per_feed: lim.max_entities_per_feed.unwrap_or(50_000_000),
             max_header_bytes: lim.max_header_bytes.unwrap_or(64 << 10),
             max_connections: lim.max_connections.unwrap_or(4096).max(1),
+            max_feeds: at_least_one(&source, &lim.max_feeds, "limits.max_feeds", 10_000)?,
+            max_feeds_per_scope: at_least_one(
+                &source,
+                &lim.max_feeds_per_scope,
+                "limits.max_feeds_per_scope",
+                100,
+            )?,
+            max_concurrent_refreshes: at_least_one(
+                &source,
+                &lim.max_concurrent_refreshes,
+                "limits.max_concurrent_refreshes",
+                8,
+            )?,
+            max_refresh_waiters: lim.max_refresh_waiters.unwrap_or(64),
         };
 
         let mut routes = Vec::new();
@@ -650,10 +667,104 @@ impl Config {
             max_page_size,
             min_refresh_interval,
             identity,
+            authorization_cache,
             upstream,
             limits,
         })
     }
+}
+
+/// A count limit that must be at least 1.
+fn at_least_one(
+    source: &Source<'_>,
+    value: &Option<Spanned<usize>>,
+    what: &str,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    match value {
+        Some(n) if *n.get_ref() == 0 => Err(source.at(n, format!("{what} must be at least 1"))),
+        Some(n) => Ok(*n.get_ref()),
+        None => Ok(default),
+    }
+}
+
+/// The `[identity]` table: the scope mode and the authorization check's cache time.
+fn identity(
+    source: &Source<'_>,
+    table: Option<&Spanned<FileIdentity>>,
+) -> Result<(IdentityScope, Duration), ConfigError> {
+    let default_claims = || DEFAULT_JWT_CLAIMS.iter().map(|c| (*c).to_owned()).collect();
+    let Some(spanned) = table else {
+        return Ok((
+            IdentityScope::Credentials {
+                jwt_claims: default_claims(),
+            },
+            Duration::from_secs(30),
+        ));
+    };
+    let id = spanned.get_ref();
+    let mode = id
+        .mode
+        .as_ref()
+        .map_or("credentials", |m| m.get_ref().as_str());
+    if let Some(claims) = &id.jwt_claims {
+        if mode != "credentials" {
+            return Err(source.at(
+                claims,
+                "jwt_claims applies to identity mode \"credentials\" only",
+            ));
+        }
+        if claims.get_ref().iter().any(|c| c.trim().is_empty()) {
+            return Err(source.at(
+                claims,
+                "jwt_claims must list claim names, e.g. [\"iss\", \"sub\"], or be [] to hash bearer tokens whole",
+            ));
+        }
+    }
+    let scope = match mode {
+        "shared" => IdentityScope::Shared,
+        "credentials" => IdentityScope::Credentials {
+            jwt_claims: id
+                .jwt_claims
+                .as_ref()
+                .map_or_else(default_claims, |c| c.get_ref().clone()),
+        },
+        "headers" => {
+            let headers: Vec<String> = id.headers.iter().map(|h| h.to_ascii_lowercase()).collect();
+            if headers.is_empty() {
+                return Err(source.at(
+                    spanned,
+                    "identity mode \"headers\" needs headers = [\"authorization\", …]",
+                ));
+            }
+            IdentityScope::Headers(headers)
+        }
+        other => {
+            let at = id
+                .mode
+                .as_ref()
+                .map_or_else(|| spanned.span(), |m| m.span());
+            return Err(source.error(
+                Some(at),
+                format!(
+                    "unknown identity mode '{other}'; expected \"credentials\", \"headers\" or \"shared\""
+                ),
+            ));
+        }
+    };
+    let cache = match &id.authorization_cache {
+        None => Duration::from_secs(30),
+        Some(v) => parse_duration(v.get_ref()).map_err(|e| source.at(v, e))?,
+    };
+    if cache > Duration::from_secs(3600)
+        && let Some(v) = &id.authorization_cache
+    {
+        return Err(source.at(
+            v,
+            "authorization_cache is at most 1h: a revoked credential keeps reading for that long",
+        ));
+    }
+    Ok((scope, cache))
 }
 
 fn parse_upstream(s: &str) -> Result<Url, String> {
