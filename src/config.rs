@@ -881,4 +881,73 @@ mod tests {
         assert!(Cidr::parse("::1").unwrap().contains("::1".parse().unwrap()));
         assert!(Cidr::parse("10.0.0.0/33").is_err());
     }
+
+    #[test]
+    fn identity_and_admission_settings_have_safe_defaults() {
+        let c = load("[[route]]\nupstream = \"http://a/x\"\n").unwrap();
+        assert_eq!(
+            c.identity,
+            IdentityScope::Credentials {
+                jwt_claims: vec!["iss".into(), "sub".into()]
+            }
+        );
+        assert_eq!(c.authorization_cache, Duration::from_secs(30));
+        assert_eq!(c.limits.max_feeds, 10_000);
+        assert_eq!(c.limits.max_feeds_per_scope, 100);
+        assert_eq!(c.limits.max_concurrent_refreshes, 8);
+        assert_eq!(c.limits.max_refresh_waiters, 64);
+        let c = load("[identity]\njwt_claims = [\"oid\", \"tid\"]\nauthorization_cache = \"0s\"\n[limits]\nmax_feeds = 5\nmax_refresh_waiters = 0\n[[route]]\nupstream = \"http://a/x\"\n").unwrap();
+        assert_eq!(
+            c.identity,
+            IdentityScope::Credentials {
+                jwt_claims: vec!["oid".into(), "tid".into()]
+            }
+        );
+        assert_eq!(c.authorization_cache, Duration::ZERO);
+        assert_eq!(c.limits.max_feeds, 5);
+        assert_eq!(c.limits.max_refresh_waiters, 0);
+    }
+
+    #[test]
+    fn bad_identity_and_admission_settings_name_file_line_and_column() {
+        let route = "[[route]]\nupstream = \"http://a/x\"\n";
+        let cases = [
+            (
+                "[identity]\nmode = \"shared\"\njwt_claims = [\"sub\"]\n",
+                "3:",
+                "credentials",
+            ),
+            ("[identity]\njwt_claims = [\"\"]\n", "2:", "claim names"),
+            (
+                "[identity]\nauthorization_cache = \"soon\"\n",
+                "2:",
+                "duration",
+            ),
+            (
+                "[identity]\nauthorization_cache = \"2h\"\n",
+                "2:",
+                "at most 1h",
+            ),
+            (
+                "[identity]\nmode = \"jwt\"\n",
+                "2:",
+                "unknown identity mode",
+            ),
+            ("[limits]\nmax_feeds = 0\n", "2:", "at least 1"),
+            ("[limits]\nmax_feeds_per_scope = 0\n", "2:", "at least 1"),
+            (
+                "[limits]\nmax_concurrent_refreshes = 0\n",
+                "2:",
+                "at least 1",
+            ),
+        ];
+        for (text, line, says) in cases {
+            let err = load(&format!("{text}{route}")).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("gateway.toml:{line}")),
+                "{text}: {err}"
+            );
+            assert!(err.contains(says), "{text}: {err}");
+        }
+    }
 }

@@ -86,7 +86,8 @@ impl Authorizations {
     }
 }
 
-/// The key of a request's credentials for a feed.
+/// The key of credentials for a feed; `headers` are those forwarded upstream
+/// ([`forwarded_headers`]), so that a refresh and a check of the same request agree.
 pub(crate) fn key(shared: &Shared, def: &FeedDef, headers: &HeaderMap) -> AuthKey {
     let mut h = blake3::Hasher::new_keyed(&shared.scope_key);
     h.update(b"authorization check\0");
@@ -124,11 +125,12 @@ pub(crate) async fn authorize(
     if shared.config.identity == IdentityScope::Shared {
         return Ok(());
     }
-    let key = key(shared, def, headers);
+    let forwarded = forwarded_headers(headers);
+    let key = key(shared, def, &forwarded);
     if shared.authorizations.fresh(key) {
         return Ok(());
     }
-    let fetcher = Fetcher::new(shared.clone(), forwarded_headers(headers), &def.entity_set);
+    let fetcher = Fetcher::new(shared.clone(), forwarded, &def.entity_set);
     let url = |top: &str| {
         let mut pairs = def.query.parts().to_vec();
         pairs.push(("$top".into(), top.into()));
@@ -154,6 +156,14 @@ pub(crate) async fn authorize(
     Ok(())
 }
 
+/// Note that a refresh read the feed upstream with these (forwarded) credentials. Called before
+/// the refresh lets go of the feed, so that a request sharing the refresh finds it.
+pub(crate) fn refreshed_with(shared: &Shared, def: &FeedDef, forwarded: &HeaderMap) {
+    if shared.config.identity != IdentityScope::Shared {
+        shared.authorizations.record(key(shared, def, forwarded));
+    }
+}
+
 /// Authorize a request whose answer follows a refresh: one this request ran itself read the
 /// upstream with its credentials already.
 pub(crate) async fn authorize_after_refresh(
@@ -164,9 +174,6 @@ pub(crate) async fn authorize_after_refresh(
     refreshed_by_this_request: bool,
 ) -> Result<(), Error> {
     if refreshed_by_this_request {
-        if shared.config.identity != IdentityScope::Shared {
-            shared.authorizations.record(key(shared, def, headers));
-        }
         return Ok(());
     }
     authorize(shared, service_root, def, headers).await

@@ -105,6 +105,9 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
                 .feeds
                 .set_stored(input.feed, &input.def.scope, stored);
         }
+        if outcome.is_ok() {
+            super::authorize::refreshed_with(&shared, &input.def, &input.headers);
+        }
         let finished_at = SystemTime::now();
         let elapsed = started.elapsed();
         shared
