@@ -27,7 +27,8 @@
 //! - [`odata`]: protocol vocabulary, pure — preferences, queries, `$orderby`, `$metadata`, key
 //!   literals, the raw JSON scanner, upstream pages, delta payloads.
 //! - [`track`]: feeds and versions, hashing, tokens, refresh (fetch, confirm removals), answering
-//!   tracked requests, retention of idle feeds.
+//!   tracked requests, authorizing them upstream, admission (feed caps, refresh turns), retention of
+//!   idle feeds.
 //! - [`body`]: the one boxed body type requests and responses travel in.
 //! - [`store`]: the redb schema and its transactions.
 //! - [`metrics`]: Prometheus metrics.

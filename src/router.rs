@@ -695,4 +695,38 @@ mod tests {
             )
         );
     }
+
+    proptest::proptest! {
+        /// Any `Authorization` value is scoped without a panic, and a JWT's scope depends on its
+        /// `iss` and `sub` alone: other claims, their order and the signature do not count.
+        #[test]
+        fn jwt_scopes_follow_iss_and_sub_only(
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            sub in "[a-z0-9]{1,12}",
+            exp in proptest::prelude::any::<u64>(),
+            extra in "[a-zA-Z0-9 ]{0,20}",
+            signature in "[A-Za-z0-9_-]{0,40}",
+        ) {
+            let key = [3u8; 32];
+            let d = IdentityScope::Credentials {
+                jwt_claims: vec!["iss".into(), "sub".into()],
+            };
+            let junk = String::from_utf8_lossy(&junk).into_owned();
+            for value in [format!("Bearer {junk}"), format!("Bearer e30.{junk}.c")] {
+                if let Ok(v) = value.parse::<http::HeaderValue>() {
+                    let mut h = HeaderMap::new();
+                    h.insert("authorization", v);
+                    let _ = scope_of(&d, &key, &h);
+                }
+            }
+            let a = jwt(&format!(r#"{{"iss":"i","sub":"{sub}","exp":{exp}}}"#), "x");
+            let b = jwt(
+                &format!(r#"{{"extra":"{extra}","sub":"{sub}","iss":"i"}}"#),
+                &signature,
+            );
+            proptest::prop_assert_eq!(scope_of(&d, &key, &bearer(&a)), scope_of(&d, &key, &bearer(&b)));
+            let other = jwt(&format!(r#"{{"iss":"i","sub":"{sub}-"}}"#), "x");
+            proptest::prop_assert_ne!(scope_of(&d, &key, &bearer(&a)), scope_of(&d, &key, &bearer(&other)));
+        }
+    }
 }

@@ -517,7 +517,7 @@ impl Store {
     }
 
     /// Every feed that holds entities (not dropped), with its scope label: what the feed caps count.
-    pub fn stored_feeds(&self) -> Result<Vec<(FeedId, String)>, StoreError> {
+    pub(crate) fn stored_feeds(&self) -> Result<Vec<(FeedId, String)>, StoreError> {
         let tx = self.db.begin_read()?;
         let feeds = tx.open_table(FEEDS)?;
         let mut out = Vec::new();

@@ -55,7 +55,7 @@ pub struct Fresh {
     /// When the refresh behind it finished.
     pub finished_at: SystemTime,
     /// Whether this request ran that refresh, so the upstream accepted its own credentials.
-    pub by_this_request: bool,
+    pub(crate) by_this_request: bool,
 }
 
 /// Bring a feed up to date, sharing a refresh with concurrent requests: a refresh that was still
