@@ -103,7 +103,7 @@ async fn refreshes_past_the_running_and_waiting_bounds_get_503() {
     // Fetches $metadata, so that the requests below go straight to their refreshes.
     assert_eq!(tracked(&client, &gw, "0", "Bearer a").await.status, 200);
     for page in 0..2 {
-        up.push_fault(Fault::Delay { page, ms: 1500 });
+        up.push_fault(Fault::Delay { page, ms: 3000 });
     }
     let running = {
         let (client, url) = (client.clone(), gw.url(""));
@@ -114,7 +114,7 @@ async fn refreshes_past_the_running_and_waiting_bounds_get_503() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     let waiting = {
         let (client, url) = (client.clone(), gw.url(""));
         tokio::spawn(async move {
@@ -124,7 +124,7 @@ async fn refreshes_past_the_running_and_waiting_bounds_get_503() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     let url = gw.url(&format!("{ROOT}/Customers?$filter=ID%20gt%203"));
     let r = client.get(&url, &[("Prefer", "odata.track-changes")]).await;
     assert_limited(&r, 503, "RefreshesBusy");

@@ -89,7 +89,7 @@ async fn a_revoked_credential_cannot_follow_an_earlier_next_link() {
 #[tokio::test]
 async fn authorization_checks_are_cached_per_credential_and_ask_for_an_empty_page() {
     let up = shop(10).await;
-    let toml = "[identity]\nauthorization_cache = \"300ms\"\n";
+    let toml = "[identity]\nauthorization_cache = \"2s\"\n";
     let gw = Gateway::start_with(&up.base_url(), Some(toml), |_| {}).await;
     let client = Client::default();
     let url = gw.url(&format!("{ROOT}/Customers?$filter=ID%20gt%202"));
@@ -102,7 +102,7 @@ async fn authorization_checks_are_cached_per_credential_and_ask_for_an_empty_pag
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(up.collection_requests("Customers"), 0, "the refresh counts");
 
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
     let next = r.json()["@odata.nextLink"].as_str().unwrap().to_owned();
     let r = get(&client, &next, auth, None).await;
     assert_eq!(r.status, 200, "{}", r.text());
