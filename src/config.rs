@@ -140,6 +140,10 @@ pub struct Config {
     pub min_refresh_interval: Duration,
     /// How feeds are scoped by identity.
     pub identity: IdentityScope,
+    /// How long an upstream's 2xx to the authorization check of a per-identity tracked request is
+    /// reused for the same credentials and feed (`identity.authorization_cache`); zero checks
+    /// every request.
+    pub authorization_cache: Duration,
     /// Talking to upstreams.
     pub upstream: UpstreamConfig,
     /// Size limits.
@@ -173,8 +177,13 @@ pub struct SetConfig {
 pub enum IdentityScope {
     /// The default: a keyed hash of the credentials a request carries — `Authorization` and API-key
     /// headers, or, only when it has none of those, its cookies (cookie sessions change, so they
-    /// count only where nothing else identifies the caller).
-    Credentials,
+    /// count only where nothing else identifies the caller). A bearer JWT that carries every one of
+    /// `jwt_claims` counts by those claims instead of its whole value, so that a renewed access
+    /// token keeps its scope; an empty list hashes every credential whole.
+    Credentials {
+        /// Claims of a bearer JWT that identify the caller, e.g. `iss` and `sub`.
+        jwt_claims: Vec<String>,
+    },
     /// A keyed hash of exactly these request headers.
     Headers(Vec<String>),
     /// One scope for everyone: the gateway uses its own upstream credentials.
@@ -225,7 +234,19 @@ pub struct Limits {
     /// Time a tracked request (initial read, delta, next page, count) may take before it is
     /// answered 504; a refresh it started runs on for the requests that share it.
     pub tracked_request_timeout: Duration,
+    /// Most feeds stored at once, all scopes together; a request that would create one more gets 503.
+    pub max_feeds: usize,
+    /// Most feeds one identity scope may have (the `shared` scope is bound by `max_feeds` alone); a
+    /// request that would create one more gets 429.
+    pub max_feeds_per_scope: usize,
+    /// Most refreshes running at once, across all feeds.
+    pub max_concurrent_refreshes: usize,
+    /// Most refreshes waiting for one of `max_concurrent_refreshes`; one more gets 503.
+    pub max_refresh_waiters: usize,
 }
+
+/// The JWT claims that identify a caller unless configured otherwise.
+pub const DEFAULT_JWT_CLAIMS: &[&str] = &["iss", "sub"];
 
 /// An IP network, for trusted proxies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -331,9 +352,11 @@ struct File {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileIdentity {
-    mode: Spanned<String>,
+    mode: Option<Spanned<String>>,
     #[serde(default)]
     headers: Vec<String>,
+    jwt_claims: Option<Spanned<Vec<String>>>,
+    authorization_cache: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -359,6 +382,10 @@ struct FileLimits {
     header_read_timeout: Option<Spanned<String>>,
     body_read_timeout: Option<Spanned<String>>,
     tracked_request_timeout: Option<Spanned<String>>,
+    max_feeds: Option<Spanned<usize>>,
+    max_feeds_per_scope: Option<Spanned<usize>>,
+    max_concurrent_refreshes: Option<Spanned<usize>>,
+    max_refresh_waiters: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -530,31 +557,7 @@ impl Config {
         let max_page_size =
             positive(&parsed.max_page_size, "max_page_size", 10_000)?.max(page_size);
 
-        let identity = match &parsed.identity {
-            None => IdentityScope::Credentials,
-            Some(id) => match id.get_ref().mode.get_ref().as_str() {
-                "shared" => IdentityScope::Shared,
-                "credentials" => IdentityScope::Credentials,
-                "headers" => {
-                    let headers: Vec<String> = id
-                        .get_ref()
-                        .headers
-                        .iter()
-                        .map(|h| h.to_ascii_lowercase())
-                        .collect();
-                    if headers.is_empty() {
-                        return Err(source.at(
-                            id,
-                            "identity mode \"headers\" needs headers = [\"authorization\", …]",
-                        ));
-                    }
-                    IdentityScope::Headers(headers)
-                }
-                other => {
-                    return Err(source.at(&id.get_ref().mode, format!("unknown identity mode '{other}'; expected \"credentials\", \"headers\" or \"shared\"")));
-                }
-            },
-        };
+        let (identity, authorization_cache) = identity(&source, parsed.identity.as_ref())?;
 
         let up = parsed.upstream.unwrap_or_default();
         let upstream = UpstreamConfig {
@@ -612,6 +615,20 @@ impl Config {
                 "limits.tracked_request_timeout",
                 Duration::from_secs(300),
             )?,
+            max_feeds: at_least_one(&source, &lim.max_feeds, "limits.max_feeds", 10_000)?,
+            max_feeds_per_scope: at_least_one(
+                &source,
+                &lim.max_feeds_per_scope,
+                "limits.max_feeds_per_scope",
+                100,
+            )?,
+            max_concurrent_refreshes: at_least_one(
+                &source,
+                &lim.max_concurrent_refreshes,
+                "limits.max_concurrent_refreshes",
+                8,
+            )?,
+            max_refresh_waiters: lim.max_refresh_waiters.unwrap_or(64),
         };
 
         let mut routes = Vec::new();
@@ -712,10 +729,104 @@ impl Config {
             max_page_size,
             min_refresh_interval,
             identity,
+            authorization_cache,
             upstream,
             limits,
         })
     }
+}
+
+/// A count limit that must be at least 1.
+fn at_least_one(
+    source: &Source<'_>,
+    value: &Option<Spanned<usize>>,
+    what: &str,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    match value {
+        Some(n) if *n.get_ref() == 0 => Err(source.at(n, format!("{what} must be at least 1"))),
+        Some(n) => Ok(*n.get_ref()),
+        None => Ok(default),
+    }
+}
+
+/// The `[identity]` table: the scope mode and the authorization check's cache time.
+fn identity(
+    source: &Source<'_>,
+    table: Option<&Spanned<FileIdentity>>,
+) -> Result<(IdentityScope, Duration), ConfigError> {
+    let default_claims = || DEFAULT_JWT_CLAIMS.iter().map(|c| (*c).to_owned()).collect();
+    let Some(spanned) = table else {
+        return Ok((
+            IdentityScope::Credentials {
+                jwt_claims: default_claims(),
+            },
+            Duration::from_secs(30),
+        ));
+    };
+    let id = spanned.get_ref();
+    let mode = id
+        .mode
+        .as_ref()
+        .map_or("credentials", |m| m.get_ref().as_str());
+    if let Some(claims) = &id.jwt_claims {
+        if mode != "credentials" {
+            return Err(source.at(
+                claims,
+                "jwt_claims applies to identity mode \"credentials\" only",
+            ));
+        }
+        if claims.get_ref().iter().any(|c| c.trim().is_empty()) {
+            return Err(source.at(
+                claims,
+                "jwt_claims must list claim names, e.g. [\"iss\", \"sub\"], or be [] to hash bearer tokens whole",
+            ));
+        }
+    }
+    let scope = match mode {
+        "shared" => IdentityScope::Shared,
+        "credentials" => IdentityScope::Credentials {
+            jwt_claims: id
+                .jwt_claims
+                .as_ref()
+                .map_or_else(default_claims, |c| c.get_ref().clone()),
+        },
+        "headers" => {
+            let headers: Vec<String> = id.headers.iter().map(|h| h.to_ascii_lowercase()).collect();
+            if headers.is_empty() {
+                return Err(source.at(
+                    spanned,
+                    "identity mode \"headers\" needs headers = [\"authorization\", …]",
+                ));
+            }
+            IdentityScope::Headers(headers)
+        }
+        other => {
+            let at = id
+                .mode
+                .as_ref()
+                .map_or_else(|| spanned.span(), |m| m.span());
+            return Err(source.error(
+                Some(at),
+                format!(
+                    "unknown identity mode '{other}'; expected \"credentials\", \"headers\" or \"shared\""
+                ),
+            ));
+        }
+    };
+    let cache = match &id.authorization_cache {
+        None => Duration::from_secs(30),
+        Some(v) => parse_duration(v.get_ref()).map_err(|e| source.at(v, e))?,
+    };
+    if cache > Duration::from_secs(3600)
+        && let Some(v) = &id.authorization_cache
+    {
+        return Err(source.at(
+            v,
+            "authorization_cache is at most 1h: a revoked credential keeps reading for that long",
+        ));
+    }
+    Ok((scope, cache))
 }
 
 fn parse_upstream(s: &str) -> Result<Url, String> {
@@ -857,5 +968,74 @@ mod tests {
         assert!(!c.contains("11.0.0.1".parse().unwrap()));
         assert!(Cidr::parse("::1").unwrap().contains("::1".parse().unwrap()));
         assert!(Cidr::parse("10.0.0.0/33").is_err());
+    }
+
+    #[test]
+    fn identity_and_admission_settings_have_safe_defaults() {
+        let c = load("[[route]]\nupstream = \"http://a/x\"\n").unwrap();
+        assert_eq!(
+            c.identity,
+            IdentityScope::Credentials {
+                jwt_claims: vec!["iss".into(), "sub".into()]
+            }
+        );
+        assert_eq!(c.authorization_cache, Duration::from_secs(30));
+        assert_eq!(c.limits.max_feeds, 10_000);
+        assert_eq!(c.limits.max_feeds_per_scope, 100);
+        assert_eq!(c.limits.max_concurrent_refreshes, 8);
+        assert_eq!(c.limits.max_refresh_waiters, 64);
+        let c = load("[identity]\njwt_claims = [\"oid\", \"tid\"]\nauthorization_cache = \"0s\"\n[limits]\nmax_feeds = 5\nmax_refresh_waiters = 0\n[[route]]\nupstream = \"http://a/x\"\n").unwrap();
+        assert_eq!(
+            c.identity,
+            IdentityScope::Credentials {
+                jwt_claims: vec!["oid".into(), "tid".into()]
+            }
+        );
+        assert_eq!(c.authorization_cache, Duration::ZERO);
+        assert_eq!(c.limits.max_feeds, 5);
+        assert_eq!(c.limits.max_refresh_waiters, 0);
+    }
+
+    #[test]
+    fn bad_identity_and_admission_settings_name_file_line_and_column() {
+        let route = "[[route]]\nupstream = \"http://a/x\"\n";
+        let cases = [
+            (
+                "[identity]\nmode = \"shared\"\njwt_claims = [\"sub\"]\n",
+                "3:",
+                "credentials",
+            ),
+            ("[identity]\njwt_claims = [\"\"]\n", "2:", "claim names"),
+            (
+                "[identity]\nauthorization_cache = \"soon\"\n",
+                "2:",
+                "duration",
+            ),
+            (
+                "[identity]\nauthorization_cache = \"2h\"\n",
+                "2:",
+                "at most 1h",
+            ),
+            (
+                "[identity]\nmode = \"jwt\"\n",
+                "2:",
+                "unknown identity mode",
+            ),
+            ("[limits]\nmax_feeds = 0\n", "2:", "at least 1"),
+            ("[limits]\nmax_feeds_per_scope = 0\n", "2:", "at least 1"),
+            (
+                "[limits]\nmax_concurrent_refreshes = 0\n",
+                "2:",
+                "at least 1",
+            ),
+        ];
+        for (text, line, says) in cases {
+            let err = load(&format!("{text}{route}")).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("gateway.toml:{line}")),
+                "{text}: {err}"
+            );
+            assert!(err.contains(says), "{text}: {err}");
+        }
     }
 }

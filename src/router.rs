@@ -272,19 +272,22 @@ pub fn classify(
 }
 
 /// Headers that carry credentials, for the default identity scope.
-const CREDENTIAL_HEADERS: &[&str] = &["authorization", "apikey", "x-api-key"];
+pub(crate) const CREDENTIAL_HEADERS: &[&str] = &["authorization", "apikey", "x-api-key"];
 
 /// The identity scope of a request: a keyed hash of the headers that identify the caller, or
-/// `shared`. A request without any of them is `anonymous`.
+/// `shared`. A request without any of them is `anonymous`. In the default mode a bearer JWT counts
+/// by its identifying claims, read without checking the signature: that is safe only because
+/// every tracked request of a per-identity feed is authorized by the upstream with the request's
+/// own credentials before it is answered (`track::authorize`).
 pub fn scope_of(identity: &IdentityScope, scope_key: &[u8; 32], headers: &HeaderMap) -> Scope {
-    let names: Vec<&str> = match identity {
+    let (names, jwt_claims): (Vec<&str>, &[String]) = match identity {
         IdentityScope::Shared => return Scope("shared".into()),
-        IdentityScope::Headers(names) => names.iter().map(String::as_str).collect(),
-        IdentityScope::Credentials => {
+        IdentityScope::Headers(names) => (names.iter().map(String::as_str).collect(), &[]),
+        IdentityScope::Credentials { jwt_claims } => {
             if CREDENTIAL_HEADERS.iter().any(|n| headers.contains_key(*n)) {
-                CREDENTIAL_HEADERS.to_vec()
+                (CREDENTIAL_HEADERS.to_vec(), jwt_claims)
             } else {
-                vec!["cookie"]
+                (vec!["cookie"], &[])
             }
         }
     };
@@ -295,8 +298,29 @@ pub fn scope_of(identity: &IdentityScope, scope_key: &[u8; 32], headers: &Header
         h.update(name.as_bytes());
         for v in headers.get_all(name) {
             any = true;
-            h.update(&(v.len() as u64).to_be_bytes());
-            h.update(v.as_bytes());
+            let claims = (name == "authorization" && !jwt_claims.is_empty())
+                .then(|| {
+                    v.to_str()
+                        .ok()
+                        .and_then(|v| bearer_jwt_claims(v, jwt_claims))
+                })
+                .flatten();
+            match claims {
+                // Tagged so that claims never hash like a credential that happens to spell them.
+                Some(claims) => {
+                    h.update(b"jwt-claims\0");
+                    for (claim, value) in jwt_claims.iter().zip(&claims) {
+                        h.update(&(claim.len() as u64).to_be_bytes());
+                        h.update(claim.as_bytes());
+                        h.update(&(value.len() as u64).to_be_bytes());
+                        h.update(value.as_bytes());
+                    }
+                }
+                None => {
+                    h.update(&(v.len() as u64).to_be_bytes());
+                    h.update(v.as_bytes());
+                }
+            }
         }
         h.update(b"\0");
     }
@@ -304,6 +328,47 @@ pub fn scope_of(identity: &IdentityScope, scope_key: &[u8; 32], headers: &Header
         return Scope("anonymous".into());
     }
     Scope(h.finalize().to_hex()[..32].to_owned())
+}
+
+/// The values of `claims` in an `Authorization: Bearer` JWT (three base64url parts, the second a
+/// JSON object), as canonical JSON, without verifying anything. `None` when the value is not a
+/// bearer JWT or lacks one of the claims: the credential is then hashed whole, as an opaque one.
+fn bearer_jwt_claims(value: &str, claims: &[String]) -> Option<Vec<String>> {
+    use base64::Engine;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let parts: Vec<&str> = token.trim().split('.').collect();
+    let base64url = |p: &str| {
+        p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    let [header, payload, signature] = parts.as_slice() else {
+        return None;
+    };
+    if header.is_empty()
+        || payload.is_empty()
+        || ![header, payload, signature].iter().all(|p| base64url(p))
+    {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let serde_json::Value::Object(map) = serde_json::from_slice(&bytes).ok()? else {
+        return None;
+    };
+    let values: Option<Vec<String>> = claims
+        .iter()
+        .map(|c| map.get(c).filter(|v| !v.is_null()).map(|v| v.to_string()))
+        .collect();
+    if values.is_none() {
+        tracing::debug!(
+            "a bearer JWT lacks an identity claim; scoped by the whole credential instead"
+        );
+    }
+    values
 }
 
 /// The public base URL for links in the response to `req`, without trailing slash and without the
@@ -702,7 +767,9 @@ mod tests {
         assert_eq!(scope_of(&id, &key, &HeaderMap::new()).0, "anonymous");
         assert_eq!(scope_of(&IdentityScope::Shared, &key, &a).0, "shared");
         // By default, cookies count only when no other credential is there.
-        let d = IdentityScope::Credentials;
+        let d = IdentityScope::Credentials {
+            jwt_claims: vec!["iss".into(), "sub".into()],
+        };
         let mut c1 = HeaderMap::new();
         c1.insert("cookie", "s=1".parse().unwrap());
         let mut c2 = HeaderMap::new();
@@ -780,6 +847,107 @@ mod tests {
                     proptest::prop_assert_eq!(resolved.as_ref(), path.as_str());
                 }
             }
+        }
+    }
+
+    fn jwt(payload: &str, signature: &str) -> String {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!(
+            "Bearer {}.{}.{}",
+            b64(r#"{"alg":"RS256","typ":"JWT"}"#),
+            b64(payload),
+            b64(signature)
+        )
+    }
+
+    fn bearer(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_jwts_are_scoped_by_their_identifying_claims() {
+        let key = [7u8; 32];
+        let claims = |c: &[&str]| IdentityScope::Credentials {
+            jwt_claims: c.iter().map(|c| (*c).to_owned()).collect(),
+        };
+        let d = claims(&["iss", "sub"]);
+        let first = jwt(r#"{"iss":"https://idp","sub":"alice","exp":1}"#, "sig-1");
+        let renewed = jwt(r#"{"exp":2,"sub":"alice","iss":"https://idp"}"#, "sig-2");
+        let bob = jwt(r#"{"iss":"https://idp","sub":"bob","exp":1}"#, "sig-1");
+        let scope = |id: &IdentityScope, v: &str| scope_of(id, &key, &bearer(v));
+        assert_eq!(scope(&d, &first), scope(&d, &renewed));
+        assert_ne!(scope(&d, &first), scope(&d, &bob));
+        // Another issuer with the same subject is someone else.
+        let other_iss = jwt(r#"{"iss":"https://evil","sub":"alice"}"#, "s");
+        assert_ne!(scope(&d, &first), scope(&d, &other_iss));
+        // A JWT without a configured claim, and opaque tokens, are hashed whole.
+        let no_sub = jwt(r#"{"iss":"https://idp","exp":1}"#, "a");
+        let no_sub_renewed = jwt(r#"{"iss":"https://idp","exp":2}"#, "b");
+        assert_ne!(scope(&d, &no_sub), scope(&d, &no_sub_renewed));
+        assert_ne!(scope(&d, "Bearer opaque-1"), scope(&d, "Bearer opaque-2"));
+        assert_eq!(scope(&d, "Bearer opaque-1"), scope(&d, "Bearer opaque-1"));
+        for not_a_jwt in [
+            "Bearer a.b",
+            "Bearer a.!.c",
+            "Basic a.b.c",
+            "Bearer a.bm90IGpzb24.c",
+        ] {
+            assert_eq!(
+                scope(&d, not_a_jwt),
+                scope(&claims(&[]), not_a_jwt),
+                "{not_a_jwt}"
+            );
+        }
+        // Other claims, when configured; none turns claim scoping off.
+        let azure = claims(&["oid", "tid"]);
+        let a1 = jwt(r#"{"oid":"o1","tid":"t1","sub":"x"}"#, "1");
+        let a2 = jwt(r#"{"oid":"o1","tid":"t1","sub":"y"}"#, "2");
+        assert_eq!(scope(&azure, &a1), scope(&azure, &a2));
+        assert_ne!(scope(&claims(&[]), &first), scope(&claims(&[]), &renewed));
+        // The claims never collide with an opaque credential or the headers mode.
+        assert_ne!(
+            scope(&d, &first),
+            scope(
+                &IdentityScope::Headers(vec!["authorization".into()]),
+                &first
+            )
+        );
+    }
+
+    proptest::proptest! {
+        /// Any `Authorization` value is scoped without a panic, and a JWT's scope depends on its
+        /// `iss` and `sub` alone: other claims, their order and the signature do not count.
+        #[test]
+        fn jwt_scopes_follow_iss_and_sub_only(
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            sub in "[a-z0-9]{1,12}",
+            exp in proptest::prelude::any::<u64>(),
+            extra in "[a-zA-Z0-9 ]{0,20}",
+            signature in "[A-Za-z0-9_-]{0,40}",
+        ) {
+            let key = [3u8; 32];
+            let d = IdentityScope::Credentials {
+                jwt_claims: vec!["iss".into(), "sub".into()],
+            };
+            let junk = String::from_utf8_lossy(&junk).into_owned();
+            for value in [format!("Bearer {junk}"), format!("Bearer e30.{junk}.c")] {
+                if let Ok(v) = value.parse::<http::HeaderValue>() {
+                    let mut h = HeaderMap::new();
+                    h.insert("authorization", v);
+                    let _ = scope_of(&d, &key, &h);
+                }
+            }
+            let a = jwt(&format!(r#"{{"iss":"i","sub":"{sub}","exp":{exp}}}"#), "x");
+            let b = jwt(
+                &format!(r#"{{"extra":"{extra}","sub":"{sub}","iss":"i"}}"#),
+                &signature,
+            );
+            proptest::prop_assert_eq!(scope_of(&d, &key, &bearer(&a)), scope_of(&d, &key, &bearer(&b)));
+            let other = jwt(&format!(r#"{{"iss":"i","sub":"{sub}-"}}"#), "x");
+            proptest::prop_assert_ne!(scope_of(&d, &key, &bearer(&a)), scope_of(&d, &key, &bearer(&other)));
         }
     }
 }

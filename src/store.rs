@@ -516,6 +516,21 @@ impl Store {
         Ok(out)
     }
 
+    /// Every feed that holds entities (not dropped), with its scope label: what the feed caps count.
+    pub(crate) fn stored_feeds(&self) -> Result<Vec<(FeedId, String)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let feeds = tx.open_table(FEEDS)?;
+        let mut out = Vec::new();
+        for item in feeds.iter()? {
+            let (k, v) = item?;
+            let meta: FeedMeta = serde_json::from_slice(v.value()).map_err(StoreError::new)?;
+            if !meta.dropped {
+                out.push((FeedId(*k.value()), meta.scope));
+            }
+        }
+        Ok(out)
+    }
+
     /// Delete everything stored for a feed but its definition, if it is still unused since
     /// `before_ms`. Returns whether it was dropped.
     pub fn drop_feed(&self, feed: FeedId, before_ms: u64) -> Result<bool, StoreError> {

@@ -45,7 +45,17 @@ fn example_config_loads_with_the_documented_route() {
     assert_eq!(products.key.as_deref(), Some(&["ID".to_owned()][..]));
     assert_eq!(products.ignore, vec!["modifiedAt".to_owned()]);
     assert_eq!(config.token_ttl, Duration::from_secs(30 * 86_400));
-    assert_eq!(config.identity, IdentityScope::Credentials);
+    assert_eq!(
+        config.identity,
+        IdentityScope::Credentials {
+            jwt_claims: vec!["iss".into(), "sub".into()]
+        }
+    );
+    assert_eq!(config.authorization_cache, Duration::from_secs(30));
+    assert_eq!(config.limits.max_feeds, 10_000);
+    assert_eq!(config.limits.max_feeds_per_scope, 100);
+    assert_eq!(config.limits.max_concurrent_refreshes, 8);
+    assert_eq!(config.limits.max_refresh_waiters, 64);
 }
 
 /// What gateway.toml's header comment tells to do to put it in front of the demo's sample service.
@@ -114,6 +124,8 @@ fn every_file_key_appears_in_the_example() {
         "[identity]",
         "mode",
         "headers",
+        "jwt_claims",
+        "authorization_cache",
         "[upstream]",
         "timeout",
         "connect_timeout",
@@ -130,6 +142,10 @@ fn every_file_key_appears_in_the_example() {
         "header_read_timeout",
         "body_read_timeout",
         "tracked_request_timeout",
+        "max_feeds",
+        "max_feeds_per_scope",
+        "max_concurrent_refreshes",
+        "max_refresh_waiters",
         "[[route]]",
         "upstream",
         "prefix",

@@ -28,8 +28,9 @@ mod confirm;
 mod fetch;
 
 pub use confirm::ConfirmStrategy;
+use fetch::Prefetch;
 pub use fetch::forwarded_headers;
-use fetch::{Fetcher, OnRefusal, Prefetch};
+pub(crate) use fetch::{Fetcher, OnRefusal};
 
 /// What a tracked request needs to refresh a feed.
 #[derive(Clone, Debug)]
@@ -53,6 +54,8 @@ pub struct Fresh {
     pub version: Version,
     /// When the refresh behind it finished.
     pub finished_at: SystemTime,
+    /// Whether this request ran that refresh, so the upstream accepted its own credentials.
+    pub(crate) by_this_request: bool,
 }
 
 /// Bring a feed up to date, sharing a refresh with concurrent requests: a refresh that was still
@@ -60,6 +63,9 @@ pub struct Fresh {
 /// reused. Its result is as of its enumeration, which is all a delta promises (C28).
 pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<Fresh, Error> {
     let arrived = Instant::now();
+    let new_feed = shared
+        .feeds
+        .admit(input.feed, &input.def.scope, &shared.config.limits)?;
     let slot = shared.feeds.slot(input.feed);
     let mut guard = slot.lock_owned().await;
     guard.last_used = Some(Instant::now());
@@ -73,13 +79,35 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
             return last.outcome.clone().map(|version| Fresh {
                 version,
                 finished_at: last.finished_at,
+                by_this_request: false,
             });
         }
     }
+    // Taken with the slot locked: other requests on this feed wait for the slot and share the
+    // refresh instead of taking turns of their own.
+    let permit = match shared.refresh_permits.acquire().await {
+        Ok(permit) => permit,
+        Err(e) => {
+            if new_feed {
+                shared.feeds.unregister(input.feed);
+            }
+            return Err(e);
+        }
+    };
     let shared = shared.clone();
     let task = tokio::spawn(async move {
         let started = Instant::now();
         let outcome = run(&shared, &mut guard, &input).await;
+        drop(permit);
+        if guard.index.is_some() {
+            let stored = guard.meta.as_ref().is_some_and(|m| !m.dropped);
+            shared
+                .feeds
+                .set_stored(input.feed, &input.def.scope, stored);
+        }
+        if outcome.is_ok() {
+            super::authorize::refreshed_with(&shared, &input.def, &input.headers);
+        }
         let finished_at = SystemTime::now();
         let elapsed = started.elapsed();
         shared
@@ -112,6 +140,7 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
         outcome.map(|version| Fresh {
             version,
             finished_at,
+            by_this_request: true,
         })
     });
     task.await?

@@ -17,6 +17,7 @@ use crate::odata::query::{DefiningQuery, ODataQuery, encode_path};
 use crate::odata::{ODataVersion, names};
 use crate::store::EntityRow;
 
+use super::authorize::{authorize, authorize_after_refresh};
 use super::feed::{FeedDef, FeedId, Scope, SetSpec, Version};
 use super::hash::KeyHash;
 use super::refresh::{Fresh, RefreshInput, ensure_fresh, forwarded_headers, unix_ms};
@@ -131,6 +132,21 @@ impl TrackedRequest {
             service_root: self.service_root.clone(),
             headers: forwarded_headers(&self.headers),
         })
+    }
+
+    /// Refresh the feed, then make sure the upstream accepts this request's credentials for it
+    /// (the refresh may have been another request's).
+    async fn fresh(&self, shared: &Arc<Shared>, def: &FeedDef) -> Result<Fresh, Error> {
+        let fresh = ensure_fresh(shared, self.refresh_input(def.clone())?).await?;
+        authorize_after_refresh(
+            shared,
+            &self.service_root,
+            def,
+            &self.headers,
+            fresh.by_this_request,
+        )
+        .await?;
+        Ok(fresh)
     }
 
     fn collection_url(&self) -> String {
@@ -302,7 +318,7 @@ async fn initial(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<B
     let def = req.requested_feed();
     // Taken before the version is fixed, so every later version is younger than the token (retention).
     let issued_at = now_secs();
-    let fresh = ensure_fresh(shared, req.refresh_input(def.clone())?).await?;
+    let fresh = req.fresh(shared, &def).await?;
     let page_size = req.page_size(shared);
     let count = if req.query.count {
         let store = shared.store.clone();
@@ -346,7 +362,7 @@ async fn ordered(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Answer, Er
     };
     let def = req.requested_feed();
     let issued_at = now_secs();
-    let fresh = ensure_fresh(shared, req.refresh_input(def.clone())?).await?;
+    let fresh = req.fresh(shared, &def).await?;
     let feed = def.id();
     let (skip, top) = (
         req.query.skip.unwrap_or(0),
@@ -396,7 +412,7 @@ async fn ordered(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Answer, Er
 async fn latest(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body>, Error> {
     let def = req.requested_feed();
     let issued_at = now_secs();
-    let fresh = ensure_fresh(shared, req.refresh_input(def.clone())?).await?;
+    let fresh = req.fresh(shared, &def).await?;
     let ctx = page_context(&req, &def.query, true, req.query.count.then_some(0));
     let link = req.delta_link(shared, def.id(), fresh.version, issued_at);
     let body = write_page(&ctx, &[], &PageEnd::Delta(link));
@@ -413,7 +429,7 @@ async fn latest(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Bo
 async fn delta(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body>, Error> {
     let (_, since, def) = req.delta_token(shared).await?;
     let issued_at = now_secs();
-    let fresh = ensure_fresh(shared, req.refresh_input(def.clone())?).await?;
+    let fresh = req.fresh(shared, &def).await?;
     let page_size = req.page_size(shared);
     let feed = def.id();
     let count = if req.query.count {
@@ -456,6 +472,9 @@ async fn page(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body
         return Err(refused(TokenError::BadTag));
     };
     let def = req.live_feed(shared, &token).await?;
+    // Pages come from the store, so the upstream is asked whether these credentials may still
+    // read the feed.
+    authorize(shared, &req.service_root, &def, &req.headers).await?;
     let feed = token.feed;
     let store = shared.store.clone();
     let count = match (count, cursor) {
@@ -504,7 +523,7 @@ async fn page(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body
 /// it is.
 async fn count(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body>, Error> {
     let (_, since, def) = req.delta_token(shared).await?;
-    let fresh = ensure_fresh(shared, req.refresh_input(def.clone())?).await?;
+    let fresh = req.fresh(shared, &def).await?;
     let store = shared.store.clone();
     let feed = def.id();
     let n = tokio::task::spawn_blocking(move || store.delta_count(feed, since, fresh.version))

@@ -1,6 +1,7 @@
 //! Retention beyond tombstones (DESIGN "Retention"): a periodic sweep that records when feeds were
 //! last used, drops the in-memory index of feeds nobody asked about for a while (the store has it),
-//! and deletes feeds unused for longer than the token lifetime — no valid token can name them.
+//! deletes feeds unused for longer than the token lifetime — no valid token can name them — and
+//! frees the in-memory slots of idle feeds nobody holds.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -75,6 +76,7 @@ pub async fn sweep(shared: &Arc<Shared>) {
         match tokio::task::spawn_blocking(move || store.drop_feed(feed, cutoff)).await {
             Ok(Ok(true)) => {
                 guard.forget();
+                shared.feeds.unregister(feed);
                 shared.metrics.feeds_dropped.inc();
                 tracing::info!(feed = ?feed.0, "dropped a feed unused for longer than the token lifetime");
             }
@@ -82,5 +84,10 @@ pub async fn sweep(shared: &Arc<Shared>) {
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot drop an idle feed"),
             Err(e) => tracing::warn!(error = %e, "cannot drop an idle feed"),
         }
+    }
+    // Last, so that the slots the drops above looked at are freed too.
+    let freed = shared.feeds.free_idle(INDEX_IDLE);
+    if freed > 0 {
+        tracing::debug!(freed, "freed the memory of idle feeds");
     }
 }

@@ -66,7 +66,26 @@ pub(crate) async fn handle(upstream: Upstream, request: Request<Incoming>) -> Re
         st.requests.push(recorded.clone());
         (recorded, st.knobs.clone())
     };
-    let mut response = dispatch(&upstream, &recorded, route).await;
+    let revoked = recorded
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| knobs.revoked_credentials.iter().any(|r| r == v));
+    let mut response = if revoked {
+        let error = ODataError {
+            status: 401,
+            message: "the access token was revoked".into(),
+        };
+        let mut response = error_response(&error, None);
+        set_header(
+            &mut response,
+            "www-authenticate",
+            "Bearer error=\"invalid_token\"",
+        );
+        response
+    } else {
+        dispatch(&upstream, &recorded, route).await
+    };
     if let Some(version) = &knobs.odata_version {
         set_header(&mut response, "odata-version", version);
     }

@@ -124,6 +124,8 @@ pub(crate) struct Knobs {
     pub reject_or: bool,
     /// Namespace of the generated schema.
     pub namespace: String,
+    /// `Authorization` values answered 401, as if revoked.
+    pub revoked_credentials: Vec<String>,
 }
 
 impl Default for Knobs {
@@ -140,6 +142,7 @@ impl Default for Knobs {
             reject_in: false,
             reject_or: false,
             namespace: "ShopService".to_string(),
+            revoked_credentials: Vec::new(),
         }
     }
 }

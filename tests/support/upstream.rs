@@ -336,6 +336,15 @@ impl Upstream {
         self.lock().knobs.reject_or = on;
     }
 
+    /// Answer every request whose `Authorization` is exactly `value` with 401 and a
+    /// `WWW-Authenticate` challenge, as an identity provider's revoked token is.
+    pub fn revoke_credential(&self, value: &str) {
+        self.lock()
+            .knobs
+            .revoked_credentials
+            .push(value.to_string());
+    }
+
     /// Queues a fault; see [`Fault`] for how requests are counted.
     pub fn push_fault(&self, fault: Fault) {
         let mut st = self.lock();
