@@ -77,8 +77,10 @@ pub struct FeedMeta {
     pub version: u64,
     /// Live (not removed) entities at `version`.
     pub live: u64,
-    /// When a token of the feed was last issued or used (unix ms); a feed unused for longer than
-    /// the token lifetime can have no valid token left and is dropped.
+    /// The feed's retention mark (unix ms): no token of the feed handed out so far was issued
+    /// after it (it is written before a newer token is handed out, possibly a little ahead), and the
+    /// feed was last used or committed no later. A feed whose mark is older than the token lifetime
+    /// can have no valid token left and is dropped. It only grows; every writer keeps the larger.
     #[serde(default)]
     pub last_used_ms: u64,
     /// Set when the feed's entities were dropped for disuse. The definition stays, so an expired
@@ -445,7 +447,14 @@ impl Store {
             )?;
             let mut feeds = tx.open_table(FEEDS)?;
             let mut meta = meta.clone();
-            meta.last_used_ms = meta.last_used_ms.max(now_ms);
+            // The refresh does not know the mark; a smaller one would uncover issued tokens.
+            let stored_mark = feeds
+                .get(&feed.0)?
+                .map(|v| serde_json::from_slice::<FeedMeta>(v.value()))
+                .transpose()
+                .map_err(StoreError::new)?
+                .map_or(0, |m| m.last_used_ms);
+            meta.last_used_ms = meta.last_used_ms.max(now_ms).max(stored_mark);
             let encoded = serde_json::to_vec(&meta).map_err(StoreError::new)?;
             feeds.insert(&feed.0, encoded.as_slice())?;
         }
@@ -499,6 +508,45 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Make a feed's retention mark cover a token issued at `issued_ms`: if the stored mark is
+    /// older, move it to `until_ms` (at least `issued_ms`) in a durable commit. Returns the mark as
+    /// stored afterwards; 0 for a feed that is not stored.
+    pub fn cover_issued(
+        &self,
+        feed: FeedId,
+        issued_ms: u64,
+        until_ms: u64,
+    ) -> Result<u64, StoreError> {
+        // Most calls find the mark far enough already; a read transaction costs no fsync.
+        match self.feed(feed)? {
+            None => return Ok(0),
+            Some(meta) if meta.last_used_ms >= issued_ms => return Ok(meta.last_used_ms),
+            Some(_) => {}
+        }
+        let tx = self.db.begin_write()?;
+        let mark;
+        {
+            let mut feeds = tx.open_table(FEEDS)?;
+            let Some(mut meta) = feeds
+                .get(&feed.0)?
+                .map(|v| serde_json::from_slice::<FeedMeta>(v.value()))
+                .transpose()
+                .map_err(StoreError::new)?
+            else {
+                return Ok(0);
+            };
+            if meta.last_used_ms >= issued_ms {
+                return Ok(meta.last_used_ms);
+            }
+            meta.last_used_ms = until_ms.max(issued_ms);
+            mark = meta.last_used_ms;
+            let encoded = serde_json::to_vec(&meta).map_err(StoreError::new)?;
+            feeds.insert(&feed.0, encoded.as_slice())?;
+        }
+        tx.commit()?;
+        Ok(mark)
     }
 
     /// Feeds not used since `before_ms`.

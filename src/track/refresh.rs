@@ -245,8 +245,8 @@ async fn run(
             reason: *reason,
         });
     }
-    let now = unix_ms(SystemTime::now());
-    let purge_before = now.saturating_sub(shared.config.token_ttl.as_millis() as u64);
+    let now = shared.clock.now_ms();
+    let purge_before = super::retention::purge_before_ms(now, shared.config.token_ttl);
     let store = shared.store.clone();
     let feed = input.feed;
     let meta_for_commit = meta.clone();
