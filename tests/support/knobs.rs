@@ -122,6 +122,8 @@ pub(crate) struct Knobs {
     pub reject_in: bool,
     /// Refuse `or` in filters.
     pub reject_or: bool,
+    /// Spell key values another way in collection answers.
+    pub respell_keys: bool,
     /// Namespace of the generated schema.
     pub namespace: String,
 }
@@ -139,6 +141,7 @@ impl Default for Knobs {
             etags: false,
             reject_in: false,
             reject_or: false,
+            respell_keys: false,
             namespace: "ShopService".to_string(),
         }
     }
