@@ -824,8 +824,8 @@ fn remove_range<const N: usize, V: redb::Value + 'static>(
 }
 
 /// Delete tombstones (and their index entries) of versions committed before `before_ms`. Live rows
-/// of those versions stay. A still-valid token was issued after every such version was committed,
-/// so its delta starts above them and never needs them (DESIGN "Retention").
+/// of those versions stay. The caller picks `before_ms` so that every token that could need such a
+/// version has expired (`retention::purge_before_ms`, DESIGN "Retention").
 fn purge(
     feed: FeedId,
     entities: &mut redb::Table<&[u8; 32], &[u8]>,
