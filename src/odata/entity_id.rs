@@ -91,16 +91,27 @@ pub struct EntityKey {
     pub predicate: String,
     /// The key members as compact JSON, `"ID":42,"Line":2`, for 4.01 tombstones (C17).
     pub members: Vec<u8>,
-    /// Key values not spelled the way [`normalized_literal`] spells them, by their byte range in
-    /// the entity, each with its JSON value in that spelling (a string stays a string, a number a
-    /// number): the content hash is taken with these in place, so that a key spelled another way
-    /// is no change either. Empty, and nothing allocated, in the usual case.
-    pub respelled: Vec<((usize, usize), Vec<u8>)>,
 }
+
+/// Key values of an entity not spelled the way [`normalized_literal`] spells them, by their byte
+/// range in the entity, each with its JSON value in that spelling (a string stays a string, a
+/// number a number). Empty, and nothing allocated, in the usual case.
+pub type Respelled = Vec<((usize, usize), Vec<u8>)>;
 
 impl EntityKey {
     /// Read the key of an entity from its top-level members.
     pub fn read(text: &[u8], members: &[Member], key: &[KeyProperty]) -> Result<Self, KeyError> {
+        Self::read_spelled(text, members, key).map(|(key, _)| key)
+    }
+
+    /// Read the key of an entity, and which of its values are spelled otherwise than their
+    /// identity: the content hash is taken with those in their normalized spelling, so that a key
+    /// spelled another way is no change either.
+    pub fn read_spelled(
+        text: &[u8],
+        members: &[Member],
+        key: &[KeyProperty],
+    ) -> Result<(Self, Respelled), KeyError> {
         let mut predicate = String::new();
         let mut json = Vec::new();
         let mut respelled = Vec::new();
@@ -133,11 +144,13 @@ impl EntityKey {
             json.extend_from_slice(b"\":");
             super::json::write_compact(raw, &mut json);
         }
-        Ok(EntityKey {
-            predicate,
-            members: json,
+        Ok((
+            EntityKey {
+                predicate,
+                members: json,
+            },
             respelled,
-        })
+        ))
     }
 
     /// The entity-id relative to the service root: `Customers(42)` (C16).
@@ -620,12 +633,16 @@ mod tests {
 
     #[test]
     fn a_respelled_key_is_marked_for_the_content_hash() {
-        let k = read(
-            r#"{"ID":"6F9619FF-8B86-D011-B42D-00C04FC964FF","P":1.50}"#,
+        let text = r#"{"ID":"6F9619FF-8B86-D011-B42D-00C04FC964FF","P":1.50}"#;
+        let mut m = Vec::new();
+        object_members(text.as_bytes(), &mut m).unwrap();
+        let (k, respelled) = EntityKey::read_spelled(
+            text.as_bytes(),
+            &m,
             &key(&[("ID", KeyType::Guid), ("P", KeyType::Decimal)]),
         )
         .unwrap();
-        let spelled: Vec<&[u8]> = k.respelled.iter().map(|(_, v)| v.as_slice()).collect();
+        let spelled: Vec<&[u8]> = respelled.iter().map(|(_, v)| v.as_slice()).collect();
         assert_eq!(
             spelled,
             [&br#""6f9619ff-8b86-d011-b42d-00c04fc964ff""#[..], b"1.5"]
@@ -634,8 +651,11 @@ mod tests {
             k.predicate, "ID=6F9619FF-8B86-D011-B42D-00C04FC964FF,P=1.50",
             "C16: the entity-id keeps the upstream's literal"
         );
-        let plain = read(r#"{"ID":42}"#, &key(&[("ID", KeyType::Integer)])).unwrap();
-        assert!(plain.respelled.is_empty());
+        let text = br#"{"ID":42}"#;
+        object_members(text, &mut m).unwrap();
+        let (_, respelled) =
+            EntityKey::read_spelled(text, &m, &key(&[("ID", KeyType::Integer)])).unwrap();
+        assert!(respelled.is_empty());
     }
 
     /// A decimal value as (negative, digits, exponent) and a spelling of it chosen by `style`.

@@ -87,14 +87,14 @@ impl Hasher {
         ignore: &[String],
     ) -> Result<Digest, EntityError> {
         object_members(raw, &mut self.members)?;
-        let key = EntityKey::read(raw, &self.members, key)?;
+        let (key, respelled) = EntityKey::read_spelled(raw, &self.members, key)?;
         self.canonical.clear();
         let skip = |name: &[u8]| ignore.iter().any(|i| i.as_bytes() == name);
-        if key.respelled.is_empty() {
+        if respelled.is_empty() {
             write_canonical_members(raw, &self.members, &skip, &mut self.canonical)?;
         } else {
             // A key spelled another way is the same content: hash it as spelled canonically.
-            let text = respell(raw, &key.respelled);
+            let text = respell(raw, &respelled);
             object_members(&text, &mut self.members)?;
             write_canonical_members(&text, &self.members, &skip, &mut self.canonical)?;
         }
