@@ -85,6 +85,8 @@ pub struct Shared {
     pub services: Vec<Service>,
     /// Metrics.
     pub metrics: Metrics,
+    /// The wall clock of tokens and retention.
+    pub clock: crate::track::retention::Clock,
 }
 
 impl Shared {
@@ -112,6 +114,7 @@ impl Shared {
             ),
             services: config.routes.iter().cloned().map(Service::new).collect(),
             metrics: Metrics::default(),
+            clock: Default::default(),
             store,
             config,
         })

@@ -32,7 +32,9 @@ const CHANGES: TableDefinition<&[u8; 40], ()> = TableDefinition::new("changes");
 const VERSIONS: TableDefinition<&[u8; 24], u64> = TableDefinition::new("versions");
 
 /// Bumped when the layout of any table changes; a store of another version is refused at start.
-const SCHEMA_VERSION: &[u8] = b"1";
+/// 2: entities are keyed by the hash of their key identity (`KeyHash::of`), no longer of the key
+/// predicate as spelled; a version 1 store is re-keyed when it is opened (`rekey_v1`).
+const SCHEMA_VERSION: &[u8] = b"2";
 const DB_FILE: &str = "gateway.redb";
 
 /// A store failure: I/O, corruption, or a bug. Answered with 503/500, never blamed on the client.
@@ -77,8 +79,10 @@ pub struct FeedMeta {
     pub version: u64,
     /// Live (not removed) entities at `version`.
     pub live: u64,
-    /// When a token of the feed was last issued or used (unix ms); a feed unused for longer than
-    /// the token lifetime can have no valid token left and is dropped.
+    /// The feed's retention mark (unix ms): no token of the feed handed out so far was issued
+    /// after it (it is written before a newer token is handed out, possibly a little ahead), and the
+    /// feed was last used or committed no later. A feed whose mark is older than the token lifetime
+    /// can have no valid token left and is dropped. It only grows; every writer keeps the larger.
     #[serde(default)]
     pub last_used_ms: u64,
     /// Set when the feed's entities were dropped for disuse. The definition stays, so an expired
@@ -298,6 +302,14 @@ impl Store {
             let mut meta = tx.open_table(META)?;
             let existing = meta.get("schema_version")?.map(|v| v.value().to_vec());
             match existing {
+                Some(v) if v == b"1" => {
+                    let moved = rekey_v1(&tx)?;
+                    meta.insert("schema_version", SCHEMA_VERSION)?;
+                    tracing::info!(
+                        moved,
+                        "store upgraded to schema version 2: entities re-keyed by key identity"
+                    );
+                }
                 Some(v) if v != SCHEMA_VERSION => {
                     return Err(StoreError(format!(
                         "the store has schema version {}, this gateway reads {}",
@@ -445,7 +457,14 @@ impl Store {
             )?;
             let mut feeds = tx.open_table(FEEDS)?;
             let mut meta = meta.clone();
-            meta.last_used_ms = meta.last_used_ms.max(now_ms);
+            // The refresh does not know the mark; a smaller one would uncover issued tokens.
+            let stored_mark = feeds
+                .get(&feed.0)?
+                .map(|v| serde_json::from_slice::<FeedMeta>(v.value()))
+                .transpose()
+                .map_err(StoreError::new)?
+                .map_or(0, |m| m.last_used_ms);
+            meta.last_used_ms = meta.last_used_ms.max(now_ms).max(stored_mark);
             let encoded = serde_json::to_vec(&meta).map_err(StoreError::new)?;
             feeds.insert(&feed.0, encoded.as_slice())?;
         }
@@ -499,6 +518,45 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Make a feed's retention mark cover a token issued at `issued_ms`: if the stored mark is
+    /// older, move it to `until_ms` (at least `issued_ms`) in a durable commit. Returns the mark as
+    /// stored afterwards; 0 for a feed that is not stored.
+    pub fn cover_issued(
+        &self,
+        feed: FeedId,
+        issued_ms: u64,
+        until_ms: u64,
+    ) -> Result<u64, StoreError> {
+        // Most calls find the mark far enough already; a read transaction costs no fsync.
+        match self.feed(feed)? {
+            None => return Ok(0),
+            Some(meta) if meta.last_used_ms >= issued_ms => return Ok(meta.last_used_ms),
+            Some(_) => {}
+        }
+        let tx = self.db.begin_write()?;
+        let mark;
+        {
+            let mut feeds = tx.open_table(FEEDS)?;
+            let Some(mut meta) = feeds
+                .get(&feed.0)?
+                .map(|v| serde_json::from_slice::<FeedMeta>(v.value()))
+                .transpose()
+                .map_err(StoreError::new)?
+            else {
+                return Ok(0);
+            };
+            if meta.last_used_ms >= issued_ms {
+                return Ok(meta.last_used_ms);
+            }
+            meta.last_used_ms = until_ms.max(issued_ms);
+            mark = meta.last_used_ms;
+            let encoded = serde_json::to_vec(&meta).map_err(StoreError::new)?;
+            feeds.insert(&feed.0, encoded.as_slice())?;
+        }
+        tx.commit()?;
+        Ok(mark)
     }
 
     /// Feeds not used since `before_ms`.
@@ -698,6 +756,51 @@ impl Store {
     }
 }
 
+/// Re-key a schema 1 store: rows whose key predicate is not spelled the way its identity is (an
+/// upper-case GUID, `1.50`) move to the hash of the identity, with their changes entry, so that the
+/// next refresh finds them under the key it computes. Two rows that turn out to be one key (the
+/// same value spelled two ways, which schema 1 took for two entities) become one: the live one, or
+/// else the newer. Runs in the transaction that opens the store, so a crash leaves schema 1 to be
+/// re-keyed again. Returns the rows moved.
+fn rekey_v1(tx: &redb::WriteTransaction) -> Result<u64, StoreError> {
+    let mut entities = tx.open_table(ENTITIES)?;
+    let mut index = tx.open_table(CHANGES)?;
+    let mut moves = Vec::new();
+    for item in entities.iter()? {
+        let (k, v) = item?;
+        let row = EntityRow::decode(v.value())?;
+        let identity = KeyHash::of(&row.predicate);
+        if identity.0[..] != k.value()[16..] {
+            moves.push((*k.value(), identity, row));
+        }
+    }
+    let moved = moves.len() as u64;
+    for (old_key, identity, row) in moves {
+        let mut feed = [0u8; 16];
+        feed.copy_from_slice(&old_key[..16]);
+        let mut old = [0u8; 16];
+        old.copy_from_slice(&old_key[16..]);
+        let (feed, old) = (FeedId(feed), KeyHash(old));
+        entities.remove(&old_key)?;
+        index.remove(&change_key(feed, row.version, old))?;
+        let new_key = entity_key(feed, identity);
+        let existing = entities
+            .get(&new_key)?
+            .map(|v| EntityRow::decode(v.value()))
+            .transpose()?;
+        if let Some(existing) = existing {
+            let rank = |r: &EntityRow| (r.removed.is_none(), r.version);
+            if rank(&existing) >= rank(&row) {
+                continue;
+            }
+            index.remove(&change_key(feed, existing.version, identity))?;
+        }
+        entities.insert(&new_key, row.encode().as_slice())?;
+        index.insert(&change_key(feed, row.version, identity), ())?;
+    }
+    Ok(moved)
+}
+
 /// Write an entity row and move its entry in the changes index to the row's version.
 fn put_row(
     entities: &mut redb::Table<&[u8; 32], &[u8]>,
@@ -736,8 +839,8 @@ fn remove_range<const N: usize, V: redb::Value + 'static>(
 }
 
 /// Delete tombstones (and their index entries) of versions committed before `before_ms`. Live rows
-/// of those versions stay. A still-valid token was issued after every such version was committed,
-/// so its delta starts above them and never needs them (DESIGN "Retention").
+/// of those versions stay. The caller picks `before_ms` so that every token that could need such a
+/// version has expired (`retention::purge_before_ms`, DESIGN "Retention").
 fn purge(
     feed: FeedId,
     entities: &mut redb::Table<&[u8; 32], &[u8]>,
@@ -784,6 +887,81 @@ fn purge(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(predicate: &str, version: u64, removed: Option<Reason>) -> EntityRow {
+        EntityRow {
+            content: ContentHash([1; 16]),
+            version: Version(version),
+            removed,
+            predicate: predicate.into(),
+            key_members: Vec::new(),
+            body: b"{}".to_vec(),
+        }
+    }
+
+    /// A schema 1 store holds rows under the hash of the predicate as spelled; opened now, they
+    /// are found under the hash of their identity, one row per key.
+    #[test]
+    fn a_schema_1_store_is_re_keyed_by_key_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let feed = FeedId([5; 16]);
+        let legacy = |p: &str| KeyHash(truncate16(blake3::hash(p.as_bytes())));
+        let rows = [
+            row(
+                "ABCDEF01-2345-6789-ABCD-EF0123456789",
+                3,
+                Some(Reason::Deleted),
+            ),
+            row("abcdef01-2345-6789-abcd-ef0123456789", 4, None),
+            row("1.50", 2, None),
+            row("7", 1, None),
+        ];
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let tx = store.db.begin_write().unwrap();
+            {
+                let mut meta = tx.open_table(META).unwrap();
+                meta.insert("schema_version", &b"1"[..]).unwrap();
+                let mut entities = tx.open_table(ENTITIES).unwrap();
+                let mut index = tx.open_table(CHANGES).unwrap();
+                for r in &rows {
+                    let k = legacy(&r.predicate);
+                    entities
+                        .insert(&entity_key(feed, k), r.encode().as_slice())
+                        .unwrap();
+                    index.insert(&change_key(feed, r.version, k), ()).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let live = store.live_hashes(feed).unwrap();
+        let mut keys: Vec<KeyHash> = live.iter().map(|(k, _)| *k).collect();
+        keys.sort();
+        let mut want = vec![
+            KeyHash::of("abcdef01-2345-6789-abcd-ef0123456789"),
+            KeyHash::of("1.5"),
+            KeyHash::of("7"),
+        ];
+        want.sort();
+        assert_eq!(keys, want);
+        let delta = store
+            .delta_page(feed, Version(0), Version(9), None, 100)
+            .unwrap();
+        assert_eq!(delta.len(), 3, "one changes entry per key");
+        let kept = store.rows(feed, &[KeyHash::of("1.50")]).unwrap();
+        assert_eq!(kept[0].1.predicate, "1.50", "the literal stays as sent");
+        // Opening again changes nothing.
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.live_hashes(feed).unwrap().len(), 3);
+    }
+
+    fn truncate16(h: blake3::Hash) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&h.as_bytes()[..16]);
+        out
+    }
 
     #[test]
     fn rows_round_trip() {

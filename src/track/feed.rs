@@ -141,6 +141,9 @@ pub struct Feeds {
     used: Mutex<HashMap<FeedId, u64>>,
     /// Feeds that hold entities in the store or are being created, for the feed caps.
     stored: Mutex<StoredFeeds>,
+    /// Each feed's stored retention mark as last read or written (unix ms): a lower bound of what
+    /// is on disk, so that issuing a token the mark already covers needs no store access.
+    covered: Mutex<HashMap<FeedId, u64>>,
 }
 
 /// The feeds the caps count: stored ones, and new ones admitted whose first load is under way.
@@ -190,6 +193,25 @@ impl Feeds {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         used.insert(id, now_ms);
+    }
+
+    /// The stored retention mark of a feed, as far as this process knows it.
+    pub(crate) fn covered(&self, id: FeedId) -> Option<u64> {
+        self.covered
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&id)
+            .copied()
+    }
+
+    /// Remember a feed's stored retention mark (it only grows).
+    pub(crate) fn set_covered(&self, id: FeedId, until_ms: u64) {
+        let mut covered = self
+            .covered
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mark = covered.entry(id).or_default();
+        *mark = (*mark).max(until_ms);
     }
 
     /// The feeds touched since the last call.

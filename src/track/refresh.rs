@@ -274,8 +274,8 @@ async fn run(
             reason: *reason,
         });
     }
-    let now = unix_ms(SystemTime::now());
-    let purge_before = now.saturating_sub(shared.config.token_ttl.as_millis() as u64);
+    let now = shared.clock.now_ms();
+    let purge_before = super::retention::purge_before_ms(now, shared.config.token_ttl);
     let store = shared.store.clone();
     let feed = input.feed;
     let meta_for_commit = meta.clone();
@@ -579,36 +579,38 @@ impl Pass<'_> {
         Ok(())
     }
 
-    /// Parse one page, observe its entities, and return its nextLink. With `found`, the predicates of
-    /// the entities seen are collected there too.
+    /// Parse one page, observe its entities, and return its nextLink. With `found`, the key hashes
+    /// of the entities seen are collected there too.
     fn read_page(
         &mut self,
         body: &Bytes,
         index: &mut HashMap<KeyHash, IndexEntry>,
-        mut found: Option<&mut HashSet<String>>,
+        mut found: Option<&mut HashSet<KeyHash>>,
     ) -> Result<Option<String>, Error> {
         let page = self.parse_page(body)?;
         for raw in &page.entities {
-            let predicate = self.observe(raw.get().as_bytes(), index)?;
+            let key_hash = self.observe(raw.get().as_bytes(), index)?;
             if let Some(found) = found.as_deref_mut() {
-                found.insert(predicate);
+                found.insert(key_hash);
             }
         }
         Ok(page.next_link)
     }
 
     /// Key and hash one upstream entity and note it in the diff. A key seen twice in one refresh
-    /// counts once; its last state wins. Returns the key predicate.
+    /// counts once; its last state wins. Returns the key hash.
     fn observe(
         &mut self,
         raw: &[u8],
         index: &mut HashMap<KeyHash, IndexEntry>,
-    ) -> Result<String, Error> {
+    ) -> Result<KeyHash, Error> {
         let digest = self
             .hasher
             .digest(raw, &self.input.set.key, &self.input.set.ignore)
             .map_err(|e| self.unreadable(e))?;
-        Ok(self.apply(digest, raw, index))
+        let key_hash = digest.key_hash;
+        self.apply(digest, raw, index);
+        Ok(key_hash)
     }
 
     /// The error for an entity that cannot be keyed or hashed.
@@ -622,13 +624,8 @@ impl Pass<'_> {
         )
     }
 
-    /// Note one hashed entity in the diff. Returns its key predicate.
-    fn apply(
-        &mut self,
-        digest: Digest,
-        raw: &[u8],
-        index: &mut HashMap<KeyHash, IndexEntry>,
-    ) -> String {
+    /// Note one hashed entity in the diff.
+    fn apply(&mut self, digest: Digest, raw: &[u8], index: &mut HashMap<KeyHash, IndexEntry>) {
         let (unchanged, first_sighting) = match index.get_mut(&digest.key_hash) {
             Some(entry) => {
                 let first = entry.seen != self.generation;
@@ -649,12 +646,11 @@ impl Pass<'_> {
                 digest.key_hash,
                 Pending {
                     content: digest.content,
-                    predicate: digest.key.predicate.clone(),
+                    predicate: digest.key.predicate,
                     key_members: digest.key.members,
                     body,
                 },
             );
         }
-        digest.key.predicate
     }
 }

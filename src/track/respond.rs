@@ -20,7 +20,8 @@ use crate::store::EntityRow;
 use super::authorize::{authorize, authorize_after_refresh};
 use super::feed::{FeedDef, FeedId, Scope, SetSpec, Version};
 use super::hash::KeyHash;
-use super::refresh::{Fresh, RefreshInput, ensure_fresh, forwarded_headers, unix_ms};
+use super::refresh::{Fresh, RefreshInput, ensure_fresh, forwarded_headers};
+use super::retention::{record_issued, token_is_valid};
 use super::token::{Cursor, SKIPTOKEN_PREFIX, Token, TokenError, TokenKind};
 
 /// A tracked request, classified and with everything resolved that the router knows.
@@ -88,8 +89,8 @@ pub enum Answer {
     PassThrough,
 }
 
-fn now_secs() -> u64 {
-    unix_ms(SystemTime::now()) / 1000
+fn now_secs(shared: &Shared) -> u64 {
+    shared.clock.now_secs()
 }
 
 impl TrackedRequest {
@@ -154,7 +155,7 @@ impl TrackedRequest {
     }
 
     fn delta_link(&self, shared: &Shared, feed: FeedId, since: Version, issued_at: u64) -> String {
-        shared.feeds.touch(feed, unix_ms(SystemTime::now()));
+        shared.feeds.touch(feed, shared.clock.now_ms());
         let token = Token {
             feed,
             issued_at,
@@ -204,9 +205,8 @@ impl TrackedRequest {
         token: &Token,
         query: Option<&DefiningQuery>,
     ) -> Result<(), Error> {
-        let age = now_secs().saturating_sub(token.issued_at);
-        if age <= shared.config.token_ttl.as_secs() {
-            shared.feeds.touch(token.feed, unix_ms(SystemTime::now()));
+        if token_is_valid(token.issued_at, now_secs(shared), shared.config.token_ttl) {
+            shared.feeds.touch(token.feed, shared.clock.now_ms());
             return Ok(());
         }
         Err(Error::Expired {
@@ -317,7 +317,7 @@ fn refused(e: impl std::fmt::Display) -> Error {
 async fn initial(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body>, Error> {
     let def = req.requested_feed();
     // Taken before the version is fixed, so every later version is younger than the token (retention).
-    let issued_at = now_secs();
+    let issued_at = now_secs(shared);
     let fresh = req.fresh(shared, &def).await?;
     let page_size = req.page_size(shared);
     let count = if req.query.count {
@@ -361,7 +361,7 @@ async fn ordered(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Answer, Er
         return Ok(Answer::PassThrough);
     };
     let def = req.requested_feed();
-    let issued_at = now_secs();
+    let issued_at = now_secs(shared);
     let fresh = req.fresh(shared, &def).await?;
     let feed = def.id();
     let (skip, top) = (
@@ -399,6 +399,7 @@ async fn ordered(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Answer, Er
         .map(|(_, row)| Entry::Entity(&row.body))
         .collect();
     let ctx = page_context(&req, &def.query, false, req.query.count.then_some(live));
+    record_issued(shared, feed, issued_at).await?;
     let link = req.delta_link(shared, feed, fresh.version, issued_at);
     let body = write_page(&ctx, &entries, &PageEnd::Delta(link));
     // The page size preference is not applied: the whole ordered result is one page.
@@ -411,9 +412,10 @@ async fn ordered(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Answer, Er
 /// `$deltatoken=latest` (C13): refresh to fix "now", answer no entities and a delta link from now.
 async fn latest(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body>, Error> {
     let def = req.requested_feed();
-    let issued_at = now_secs();
+    let issued_at = now_secs(shared);
     let fresh = req.fresh(shared, &def).await?;
     let ctx = page_context(&req, &def.query, true, req.query.count.then_some(0));
+    record_issued(shared, def.id(), issued_at).await?;
     let link = req.delta_link(shared, def.id(), fresh.version, issued_at);
     let body = write_page(&ctx, &[], &PageEnd::Delta(link));
     Ok(respond(
@@ -428,7 +430,7 @@ async fn latest(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Bo
 /// A delta: refresh, then the changes since the token's version.
 async fn delta(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body>, Error> {
     let (_, since, def) = req.delta_token(shared).await?;
-    let issued_at = now_secs();
+    let issued_at = now_secs(shared);
     let fresh = req.fresh(shared, &def).await?;
     let page_size = req.page_size(shared);
     let feed = def.id();
@@ -594,6 +596,7 @@ async fn live_page(
         tokio::task::spawn_blocking(move || store.live_page(feed, after, skip, limit)).await??;
     let more = rows.len() > take && remaining > take as u64;
     rows.truncate(take);
+    record_issued(shared, feed, issued_at).await?;
     let end = match rows.last() {
         Some((last, _)) if more => PageEnd::Next(req.next_link(
             shared,
@@ -642,6 +645,7 @@ async fn delta_page(
             .await??;
     let more = rows.len() > page_size as usize;
     rows.truncate(page_size as usize);
+    record_issued(shared, feed, issued_at).await?;
     let end = match rows.last() {
         Some((v, k, _)) if more => PageEnd::Next(req.next_link(
             shared,

@@ -194,6 +194,7 @@ fn render_page(
         etags: knobs.etags,
         rotate: knobs.reorder.then_some(st.responses),
         drop_keys: faults.iter().any(|f| matches!(f, Fault::DropKey { .. })),
+        respell_keys: knobs.respell_keys,
     };
     let value = rows[start..end]
         .iter()

@@ -122,6 +122,8 @@ pub(crate) struct Knobs {
     pub reject_in: bool,
     /// Refuse `or` in filters.
     pub reject_or: bool,
+    /// Spell key values another way in collection answers.
+    pub respell_keys: bool,
     /// Namespace of the generated schema.
     pub namespace: String,
     /// `Authorization` values answered 401, as if revoked.
@@ -141,6 +143,7 @@ impl Default for Knobs {
             etags: false,
             reject_in: false,
             reject_or: false,
+            respell_keys: false,
             namespace: "ShopService".to_string(),
             revoked_credentials: Vec::new(),
         }

@@ -345,6 +345,13 @@ impl Upstream {
             .push(value.to_string());
     }
 
+    /// Spell key values of collection answers another way while `on`, as servers do that format
+    /// one value differently in different answers: GUIDs in upper case, decimals sent as strings
+    /// with a trailing zero (`"1.5"` → `"1.50"`). The value stays the same.
+    pub fn set_respell_keys(&self, on: bool) {
+        self.lock().knobs.respell_keys = on;
+    }
+
     /// Queues a fault; see [`Fault`] for how requests are counted.
     pub fn push_fault(&self, fault: Fault) {
         let mut st = self.lock();

@@ -48,32 +48,32 @@ impl Pass<'_> {
         let store = self.shared.store.clone();
         let feed = self.input.feed;
         let rows = tokio::task::spawn_blocking(move || store.rows(feed, &candidates)).await??;
-        let by_predicate: HashMap<String, KeyHash> =
-            rows.into_iter().map(|(k, r)| (r.predicate, k)).collect();
-        let predicates: Vec<String> = by_predicate.keys().cloned().collect();
+        // Answers are matched by key identity, not spelling: an upstream may write a GUID or a
+        // decimal of the same key another way than the enumeration did.
+        let predicates: Vec<String> = rows.iter().map(|(_, r)| r.predicate.clone()).collect();
+        let keys: Vec<KeyHash> = rows.iter().map(|(k, _)| *k).collect();
 
         let filtered = self.input.def.query.get("$filter").is_some()
             || self.input.def.query.get("$search").is_some();
         let in_feed = self.lookup(&predicates, true, index, strategy).await?;
-        let missing: Vec<String> = predicates
+        let (missing_keys, missing): (Vec<KeyHash>, Vec<String>) = keys
             .into_iter()
-            .filter(|p| !in_feed.contains(p))
-            .collect();
+            .zip(predicates)
+            .filter(|(k, _)| !in_feed.contains(k))
+            .unzip();
         let still_exist = if filtered && !missing.is_empty() {
             self.lookup(&missing, false, index, strategy).await?
         } else {
             HashSet::new()
         };
         let mut removals = Vec::new();
-        for p in missing {
-            let reason = if still_exist.contains(&p) {
+        for k in missing_keys {
+            let reason = if still_exist.contains(&k) {
                 Reason::Changed
             } else {
                 Reason::Deleted
             };
-            if let Some(k) = by_predicate.get(&p) {
-                removals.push((*k, reason));
-            }
+            removals.push((k, reason));
         }
         if !in_feed.is_empty() {
             tracing::info!(
@@ -94,7 +94,7 @@ impl Pass<'_> {
         in_feed: bool,
         index: &mut HashMap<KeyHash, IndexEntry>,
         strategy: &mut ConfirmStrategy,
-    ) -> Result<HashSet<String>, Error> {
+    ) -> Result<HashSet<KeyHash>, Error> {
         let mut found = HashSet::new();
         let has_filter = self.input.def.query.get("$filter").is_some()
             || self.input.def.query.get("$search").is_some();
@@ -154,7 +154,7 @@ impl Pass<'_> {
         use_in: bool,
         in_feed: bool,
         index: &mut HashMap<KeyHash, IndexEntry>,
-        found: &mut HashSet<String>,
+        found: &mut HashSet<KeyHash>,
     ) -> Result<(), Error> {
         let keys = key_filter(&self.input.set.key, batch, use_in);
         let mut pairs: Vec<(String, String)> = Vec::new();
@@ -197,7 +197,7 @@ impl Pass<'_> {
     fn read_keys(
         &mut self,
         body: &Bytes,
-        found: &mut HashSet<String>,
+        found: &mut HashSet<KeyHash>,
     ) -> Result<Option<String>, Error> {
         let page = self.parse_page(body)?;
         for raw in &page.entities {
@@ -210,7 +210,7 @@ impl Pass<'_> {
                         format!("an entity of {} cannot be read ({e})", self.set_name()),
                     )
                 })?;
-            found.insert(digest.key.predicate);
+            found.insert(digest.key_hash);
         }
         Ok(page.next_link)
     }
@@ -220,7 +220,7 @@ impl Pass<'_> {
         predicate: &str,
         in_feed: bool,
         index: &mut HashMap<KeyHash, IndexEntry>,
-        found: &mut HashSet<String>,
+        found: &mut HashSet<KeyHash>,
     ) -> Result<(), Error> {
         let mut url = self.input.service_root.clone();
         let path = format!(
@@ -255,8 +255,7 @@ impl Pass<'_> {
                                 format!("an entity cannot be read ({e})"),
                             )
                         })?
-                        .key
-                        .predicate
+                        .key_hash
                 };
                 found.insert(p);
                 Ok(())
