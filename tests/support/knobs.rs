@@ -124,6 +124,14 @@ pub(crate) struct Knobs {
     pub reject_or: bool,
     /// Namespace of the generated schema.
     pub namespace: String,
+    /// `(at, back)`: a nextLink onward to offset `at` or beyond points back at offset `back`.
+    pub next_link_cycle: Option<(usize, usize)>,
+    /// Status answered to a `$filter` that uses `in`.
+    pub in_filter_status: Option<u16>,
+    /// Ignore `$skip`, as if every request started at the first row.
+    pub ignore_skip: bool,
+    /// Raw JSON written as `@odata.count` instead of the real count.
+    pub count_text: Option<String>,
 }
 
 impl Default for Knobs {
@@ -140,6 +148,10 @@ impl Default for Knobs {
             reject_in: false,
             reject_or: false,
             namespace: "ShopService".to_string(),
+            next_link_cycle: None,
+            in_filter_status: None,
+            ignore_skip: false,
+            count_text: None,
         }
     }
 }
