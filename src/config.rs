@@ -209,6 +209,11 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Most client connections served at once; further ones wait to be accepted.
     pub max_connections: usize,
+    /// Most upstream requests (pages, read-on and removal checks) one refresh may make; an upstream
+    /// whose nextLinks never end fails the refresh instead of holding the feed's lock for good.
+    pub max_pages_per_refresh: u64,
+    /// Longest one refresh may read the upstream before it fails with 504 and commits nothing.
+    pub refresh_timeout: Duration,
 }
 
 /// An IP network, for trusted proxies.
@@ -338,6 +343,8 @@ struct FileLimits {
     max_entities_per_feed: Option<u64>,
     max_header_bytes: Option<usize>,
     max_connections: Option<usize>,
+    max_pages_per_refresh: Option<Spanned<u64>>,
+    refresh_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -550,7 +557,25 @@ impl Config {
             max_entities_per_feed: lim.max_entities_per_feed.unwrap_or(50_000_000),
             max_header_bytes: lim.max_header_bytes.unwrap_or(64 << 10),
             max_connections: lim.max_connections.unwrap_or(4096).max(1),
+            max_pages_per_refresh: match &lim.max_pages_per_refresh {
+                Some(n) if *n.get_ref() == 0 => {
+                    return Err(source.at(n, "limits.max_pages_per_refresh must be at least 1"));
+                }
+                Some(n) => *n.get_ref(),
+                None => 100_000,
+            },
+            refresh_timeout: duration(
+                None,
+                "",
+                &lim.refresh_timeout,
+                Duration::from_secs(15 * 60),
+            )?,
         };
+        if limits.refresh_timeout < Duration::from_secs(1)
+            && let Some(v) = &lim.refresh_timeout
+        {
+            return Err(source.at(v, "limits.refresh_timeout must be at least 1s"));
+        }
 
         let mut routes = Vec::new();
         if let Some(upstream) = &flags.upstream {
@@ -754,6 +779,36 @@ mod tests {
         assert_eq!(c.routes.len(), 1);
         assert_eq!(c.routes[0].upstream.as_str(), "http://flag:1/svc");
         assert_eq!(c.routes[0].sets["C"].key, Some(vec!["K".to_owned()]));
+    }
+
+    #[test]
+    fn refresh_bounds_have_safe_defaults_and_are_validated_with_their_place() {
+        let route = "[[route]]\nupstream = \"http://up:1/svc\"\n";
+        let c = load(route).unwrap();
+        assert_eq!(c.limits.max_pages_per_refresh, 100_000);
+        assert_eq!(c.limits.refresh_timeout, Duration::from_secs(900));
+        let c = load(&format!(
+            "[limits]\nmax_pages_per_refresh = 7\nrefresh_timeout = \"90s\"\n{route}"
+        ))
+        .unwrap();
+        assert_eq!(c.limits.max_pages_per_refresh, 7);
+        assert_eq!(c.limits.refresh_timeout, Duration::from_secs(90));
+        for (bad, column, says) in [
+            ("max_pages_per_refresh = 0", 25, "at least 1"),
+            ("refresh_timeout = \"500ms\"", 19, "at least 1s"),
+            ("refresh_timeout = \"soon\"", 19, "not a duration"),
+        ] {
+            let err = load(&format!("[limits]\n{bad}\n{route}")).unwrap_err();
+            match err {
+                ConfigError::File {
+                    line: 2,
+                    column: c,
+                    ref message,
+                    ..
+                } if c == column && message.contains(says) => {}
+                other => panic!("{bad}: {other}"),
+            }
+        }
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! Reading from the upstream during a refresh: one GET with the feed's forwarded credentials, our
 //! own `Accept`/`Prefer`/`OData-MaxVersion`, 429/503 retried after `Retry-After` within a budget
-//! shared by the whole refresh. Cheap to clone, so the next page can be fetched while the current
-//! one is hashed.
+//! shared by the whole refresh, and at most `limits.max_pages_per_refresh` requests in all. Cheap to
+//! clone, so the next page can be fetched while the current one is hashed.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -70,6 +70,9 @@ pub struct Fetcher {
     set: Arc<str>,
     /// 429/503 retries left for the whole refresh.
     retries_left: Arc<AtomicU32>,
+    /// Requests left for the whole refresh: paging that never ends (a nextLink cycle the link
+    /// check misses, a read-on that keeps getting rows) stops here instead of holding the feed.
+    requests_left: Arc<AtomicU64>,
 }
 
 impl Fetcher {
@@ -77,10 +80,11 @@ impl Fetcher {
     pub fn new(shared: Arc<Shared>, headers: HeaderMap, set: &str) -> Self {
         let retries = shared.config.upstream.max_retries;
         Fetcher {
-            shared,
             headers: Arc::new(headers),
             set: Arc::from(set),
             retries_left: Arc::new(AtomicU32::new(retries)),
+            requests_left: Arc::new(AtomicU64::new(shared.config.limits.max_pages_per_refresh)),
+            shared,
         }
     }
 
@@ -93,17 +97,16 @@ impl Fetcher {
             return Ok(fetched.body);
         }
         match on_refusal {
-            OnRefusal::FallBack if matches!(status.as_u16(), 400 | 501) => {
+            OnRefusal::FallBack if matches!(status.as_u16(), 401 | 403) => {
+                return Err(passed_on(&fetched));
+            }
+            OnRefusal::FallBack if status.as_u16() != 429 => {
                 return Err(super::confirm::rejected());
             }
             OnRefusal::PassOn
                 if status.is_client_error() && !matches!(status.as_u16(), 408 | 429) =>
             {
-                return Err(Error::Rejected {
-                    status,
-                    message: upstream_message(&fetched.body),
-                    challenge: fetched.headers.get(header::WWW_AUTHENTICATE).cloned(),
-                });
+                return Err(passed_on(&fetched));
             }
             _ => {}
         }
@@ -120,6 +123,20 @@ impl Fetcher {
     /// GET an upstream URL; 429/503 are retried after their `Retry-After` while the budget lasts.
     pub async fn get_status(&self, url: &Url) -> Result<Fetched, Error> {
         loop {
+            if self
+                .requests_left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_err()
+            {
+                tracing::warn!(set = %self.set, limit = self.shared.config.limits.max_pages_per_refresh, "the refresh reached its page cap");
+                return Err(Error::upstream(
+                    UpstreamFailure::BadAnswer,
+                    format!(
+                        "reading {} took more than the limit of {} upstream requests per refresh; nothing was committed",
+                        self.set, self.shared.config.limits.max_pages_per_refresh
+                    ),
+                ));
+            }
             let mut request = Request::builder()
                 .method(Method::GET)
                 .uri(url.as_str())
@@ -160,12 +177,22 @@ impl Fetcher {
     }
 }
 
+/// The upstream's refusal of the client's request or credentials, passed on as it came.
+pub(super) fn passed_on(fetched: &Fetched) -> Error {
+    Error::Rejected {
+        status: fetched.status,
+        message: upstream_message(&fetched.body),
+        challenge: fetched.headers.get(header::WWW_AUTHENTICATE).cloned(),
+    }
+}
+
 /// What a non-2xx answer means to the caller of [`Fetcher::get`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnRefusal {
     /// Any non-2xx fails the refresh (a later page: the upstream is inconsistent).
     Fail,
-    /// 400/501 mean "this form of query is not supported": the caller tries another.
+    /// Any refusal but 401, 403 and 429 means "this form of query is not supported" (servers
+    /// say so with 400, 501 or even 500): the caller tries another. 401/403 are passed on.
     FallBack,
     /// A 4xx refuses the client's own query or credentials (the first page of a read): the
     /// client gets the upstream's status and message.
