@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -190,24 +190,13 @@ async fn run(
         return Err(Error::Internal("the feed index was not loaded".into()));
     };
 
-    // The deadline covers everything that reads the upstream, not the commit: dropping the reads
-    // halfway loses nothing (the index and the store change only at the commit; rows a first load
-    // staged are written again), but a commit must not be cut off after the store took it.
-    let strategy = &mut slot.confirm;
-    let limit = shared.config.limits.refresh_timeout;
-    let read = async {
-        pass.enumerate(index).await?;
-        let candidates: Vec<KeyHash> = index
-            .iter()
-            .filter(|(_, e)| e.seen != pass.generation)
-            .map(|(k, _)| *k)
-            .collect();
-        pass.confirm(index, candidates, strategy).await
-    };
-    let removals = match tokio::time::timeout(limit, read).await {
-        Ok(removals) => removals?,
-        Err(_) => return Err(deadline_passed(&input.set.name, limit)),
-    };
+    pass.enumerate(index).await?;
+    let candidates: Vec<KeyHash> = index
+        .iter()
+        .filter(|(_, e)| e.seen != pass.generation)
+        .map(|(k, _)| *k)
+        .collect();
+    let removals = pass.confirm(index, candidates, &mut slot.confirm).await?;
 
     let new_keys = pass
         .pending
@@ -287,17 +276,6 @@ async fn run(
         "committed"
     );
     Ok(Version(version))
-}
-
-/// The error for a refresh that read the upstream for longer than the refresh timeout.
-fn deadline_passed(set: &str, limit: Duration) -> Error {
-    Error::upstream(
-        UpstreamFailure::Timeout,
-        format!(
-            "reading {set} from the upstream took longer than the refresh timeout of {}s; nothing was committed",
-            limit.as_secs_f64()
-        ),
-    )
 }
 
 /// The digest of each entity of a page, by the entity's byte range in the page.

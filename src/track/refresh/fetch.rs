@@ -1,11 +1,16 @@
 //! Reading from the upstream during a refresh: one GET with the feed's forwarded credentials, our
 //! own `Accept`/`Prefer`/`OData-MaxVersion`, 429/503 retried after `Retry-After` within a budget
-//! shared by the whole refresh, and at most `limits.max_pages_per_refresh` requests in all. Cheap to
-//! clone, so the next page can be fetched while the current one is hashed.
+//! shared by the whole refresh, at most `limits.max_pages_per_refresh` requests in all, and none
+//! past the refresh's deadline (`limits.refresh_timeout`). The deadline is kept here, where the
+//! refresh waits, rather than by cancelling the refresh from outside: a refresh cut off at any
+//! await could leave a first load's batch being written after it failed. Cheap to clone, so the
+//! next page can be fetched while the current one is hashed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, header};
@@ -73,6 +78,8 @@ pub struct Fetcher {
     /// Requests left for the whole refresh: paging that never ends (a nextLink cycle the link
     /// check misses, a read-on that keeps getting rows) stops here instead of holding the feed.
     requests_left: Arc<AtomicU64>,
+    /// When the refresh must have read everything.
+    deadline: Instant,
 }
 
 impl Fetcher {
@@ -84,6 +91,7 @@ impl Fetcher {
             set: Arc::from(set),
             retries_left: Arc::new(AtomicU32::new(retries)),
             requests_left: Arc::new(AtomicU64::new(shared.config.limits.max_pages_per_refresh)),
+            deadline: Instant::now() + shared.config.limits.refresh_timeout,
             shared,
         }
     }
@@ -120,6 +128,20 @@ impl Fetcher {
         ))
     }
 
+    /// The error for a refresh that read the upstream for longer than `limits.refresh_timeout`.
+    fn deadline_passed(&self) -> Error {
+        let limit = self.shared.config.limits.refresh_timeout;
+        tracing::warn!(set = %self.set, limit_s = limit.as_secs_f64(), "the refresh ran out of time");
+        Error::upstream(
+            UpstreamFailure::Timeout,
+            format!(
+                "reading {} from the upstream took longer than the refresh timeout of {}s; nothing was committed",
+                self.set,
+                limit.as_secs_f64()
+            ),
+        )
+    }
+
     /// GET an upstream URL; 429/503 are retried after their `Retry-After` while the budget lasts.
     pub async fn get_status(&self, url: &Url) -> Result<Fetched, Error> {
         loop {
@@ -153,11 +175,13 @@ impl Fetcher {
             if let Ok(v) = HeaderValue::from_str(&prefer) {
                 headers.insert("prefer", v);
             }
-            let fetched = self
+            let fetch = self
                 .shared
                 .upstream
-                .fetch(request, self.shared.config.limits.max_page_bytes)
-                .await?;
+                .fetch(request, self.shared.config.limits.max_page_bytes);
+            let fetched = tokio::time::timeout_at(self.deadline, fetch)
+                .await
+                .map_err(|_| self.deadline_passed())??;
             let status = fetched.status;
             let retry = matches!(status.as_u16(), 429 | 503)
                 && self
@@ -169,6 +193,9 @@ impl Fetcher {
                     .unwrap_or(Duration::from_secs(1))
                     .min(self.shared.config.upstream.max_retry_wait);
                 tracing::info!(set = %self.set, %status, wait_ms = wait.as_millis() as u64, "upstream asks to retry");
+                if Instant::now() + wait >= self.deadline {
+                    return Err(self.deadline_passed());
+                }
                 tokio::time::sleep(wait).await;
                 continue;
             }
