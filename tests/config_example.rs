@@ -23,6 +23,8 @@ fn example_config_loads_with_the_documented_route() {
         Some("127.0.0.1:9090")
     );
     assert_eq!(config.limits.max_connections, 4096);
+    assert_eq!(config.limits.max_pages_per_refresh, 100_000);
+    assert_eq!(config.limits.refresh_timeout, Duration::from_secs(15 * 60));
     assert_eq!(config.routes.len(), 1);
     let route = &config.routes[0];
     assert_eq!(route.prefix, "/odata/v4/catalog");
@@ -114,6 +116,8 @@ fn every_file_key_appears_in_the_example() {
         "max_entities_per_feed",
         "max_header_bytes",
         "max_connections",
+        "max_pages_per_refresh",
+        "refresh_timeout",
         "[[route]]",
         "upstream",
         "prefix",
