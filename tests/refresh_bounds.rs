@@ -425,3 +425,58 @@ async fn a_healthy_upstream_under_churn_never_fails_a_refresh_nor_yields_a_false
         );
     }
 }
+
+/// Upstream pages (up to `max_page_bytes`) are parsed and their entities compacted on the blocking
+/// pool: while a refresh reads 24 MiB of pages, the thread that serves requests keeps running. The
+/// gateway runs on a runtime of one thread, the fake upstream on a runtime of its own, and a ticker
+/// on the gateway's thread measures the longest stall (about 1.1 s when pages were parsed and
+/// compacted there, about 0.1 s now).
+#[test]
+fn large_pages_are_parsed_off_the_threads_that_serve_requests() {
+    let upstream_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let up = upstream_runtime.block_on(shop(0, 1000));
+    let filler = "x".repeat(16 << 10);
+    up.insert_many(
+        "Customers",
+        (1..=1500).map(|i| json!({"ID": i, "name": filler, "city": "Rome"})),
+    );
+    let gateway_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (stall, took) = gateway_runtime.block_on(async {
+        let gw = Gateway::start(&up.base_url()).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut longest = Duration::ZERO;
+                let mut last = Instant::now();
+                while !stop.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    longest = longest.max(last.elapsed());
+                    last = Instant::now();
+                }
+                longest
+            })
+        };
+        let client = Client::default();
+        let started = Instant::now();
+        let prefer = [("Prefer", "odata.track-changes, odata.maxpagesize=1")];
+        let r = client
+            .get(&gw.url(&format!("{ROOT}/Customers")), &prefer)
+            .await;
+        let took = started.elapsed();
+        stop.store(true, Ordering::SeqCst);
+        assert_eq!(r.status, 200, "{}", r.text());
+        (ticker.await.unwrap(), took)
+    });
+    assert!(
+        stall < Duration::from_millis(400),
+        "the request threads stalled for {stall:?} of a {took:?} refresh"
+    );
+}
