@@ -209,8 +209,9 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Most client connections served at once; further ones wait to be accepted.
     pub max_connections: usize,
-    /// Most upstream requests (pages, read-on and removal checks) one refresh may make; an upstream
-    /// whose nextLinks never end fails the refresh instead of holding the feed's lock for good.
+    /// Most upstream pages (of the enumeration, the `$skip` read-on, and removal checks continued
+    /// by a nextLink) one refresh may read; an upstream whose nextLinks never end fails the refresh
+    /// instead of holding the feed's lock for good.
     pub max_pages_per_refresh: u64,
     /// Longest one refresh may read the upstream before it fails with 504 and commits nothing.
     pub refresh_timeout: Duration,

@@ -185,8 +185,14 @@ impl Pass<'_> {
             }
         }
         let mut url = self.collection_url(&pairs);
+        let mut first = true;
         loop {
-            let body = self.fetcher.get(&url, OnRefusal::FallBack).await?;
+            let body = if first {
+                self.fetcher.get(&url, OnRefusal::FallBack).await?
+            } else {
+                self.fetcher.get_page(&url, OnRefusal::FallBack).await?
+            };
+            first = false;
             let (scanned, digests) = self.scan_and_digest(&body).await?;
             self.count_page(&scanned);
             if in_feed {

@@ -1,6 +1,6 @@
 //! Reading from the upstream during a refresh: one GET with the feed's forwarded credentials, our
 //! own `Accept`/`Prefer`/`OData-MaxVersion`, 429/503 retried after `Retry-After` within a budget
-//! shared by the whole refresh, at most `limits.max_pages_per_refresh` requests in all, and none
+//! shared by the whole refresh, at most `limits.max_pages_per_refresh` pages in all, and none
 //! past the refresh's deadline (`limits.refresh_timeout`). The deadline is kept here, where the
 //! refresh waits, rather than by cancelling the refresh from outside: a refresh cut off at any
 //! await could leave a first load's batch being written after it failed. Cheap to clone, so the
@@ -75,8 +75,8 @@ pub struct Fetcher {
     set: Arc<str>,
     /// 429/503 retries left for the whole refresh.
     retries_left: Arc<AtomicU32>,
-    /// Requests left for the whole refresh: paging that never ends (a nextLink cycle the link
-    /// check misses, a read-on that keeps getting rows) stops here instead of holding the feed.
+    /// Pages left for the whole refresh: paging that never ends (a nextLink cycle the link check
+    /// misses, a read-on that keeps getting rows) stops here instead of holding the feed.
     requests_left: Arc<AtomicU64>,
     /// When the refresh must have read everything.
     deadline: Instant,
@@ -94,6 +94,30 @@ impl Fetcher {
             deadline: Instant::now() + shared.config.limits.refresh_timeout,
             shared,
         }
+    }
+
+    /// [`Fetcher::get`] for a page whose number the upstream decides — the enumeration's, the
+    /// read-on's, and every page a removal check is continued on by a nextLink — counted against
+    /// `limits.max_pages_per_refresh`. The first page of each removal check is not: their number
+    /// is bounded by the candidates, and a feed whose rows went in bulk must still be confirmable
+    /// one key at a time.
+    pub async fn get_page(&self, url: &Url, on_refusal: OnRefusal) -> Result<Bytes, Error> {
+        let limit = self.shared.config.limits.max_pages_per_refresh;
+        if self
+            .requests_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_err()
+        {
+            tracing::warn!(set = %self.set, limit, "the refresh reached its page cap");
+            return Err(Error::upstream(
+                UpstreamFailure::BadAnswer,
+                format!(
+                    "reading {} took more than the limit of {limit} upstream pages per refresh; nothing was committed",
+                    self.set
+                ),
+            ));
+        }
+        self.get(url, on_refusal).await
     }
 
     /// GET an upstream URL and return the body of a 2xx answer; other answers are handled as
@@ -145,20 +169,6 @@ impl Fetcher {
     /// GET an upstream URL; 429/503 are retried after their `Retry-After` while the budget lasts.
     pub async fn get_status(&self, url: &Url) -> Result<Fetched, Error> {
         loop {
-            if self
-                .requests_left
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_err()
-            {
-                tracing::warn!(set = %self.set, limit = self.shared.config.limits.max_pages_per_refresh, "the refresh reached its page cap");
-                return Err(Error::upstream(
-                    UpstreamFailure::BadAnswer,
-                    format!(
-                        "reading {} took more than the limit of {} upstream requests per refresh; nothing was committed",
-                        self.set, self.shared.config.limits.max_pages_per_refresh
-                    ),
-                ));
-            }
             let mut request = Request::builder()
                 .method(Method::GET)
                 .uri(url.as_str())
@@ -255,9 +265,9 @@ impl Prefetch {
     /// Start fetching `url`.
     pub fn start(fetcher: &Fetcher, url: Url, on_refusal: OnRefusal) -> Self {
         let fetcher = fetcher.clone();
-        Prefetch(tokio::spawn(
-            async move { fetcher.get(&url, on_refusal).await },
-        ))
+        Prefetch(tokio::spawn(async move {
+            fetcher.get_page(&url, on_refusal).await
+        }))
     }
 
     /// The body, once fetched.
