@@ -243,6 +243,12 @@ pub struct Limits {
     pub max_concurrent_refreshes: usize,
     /// Most refreshes waiting for one of `max_concurrent_refreshes`; one more gets 503.
     pub max_refresh_waiters: usize,
+    /// Most upstream pages (of the enumeration, the `$skip` read-on, and removal checks continued
+    /// by a nextLink) one refresh may read; an upstream whose nextLinks never end fails the refresh
+    /// instead of holding the feed's lock for good.
+    pub max_pages_per_refresh: u64,
+    /// Longest one refresh may read the upstream before it fails with 504 and commits nothing.
+    pub refresh_timeout: Duration,
 }
 
 /// The JWT claims that identify a caller unless configured otherwise.
@@ -386,6 +392,8 @@ struct FileLimits {
     max_feeds_per_scope: Option<Spanned<usize>>,
     max_concurrent_refreshes: Option<Spanned<usize>>,
     max_refresh_waiters: Option<usize>,
+    max_pages_per_refresh: Option<Spanned<u64>>,
+    refresh_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -629,7 +637,25 @@ impl Config {
                 8,
             )?,
             max_refresh_waiters: lim.max_refresh_waiters.unwrap_or(64),
+            max_pages_per_refresh: match &lim.max_pages_per_refresh {
+                Some(n) if *n.get_ref() == 0 => {
+                    return Err(source.at(n, "limits.max_pages_per_refresh must be at least 1"));
+                }
+                Some(n) => *n.get_ref(),
+                None => 100_000,
+            },
+            refresh_timeout: duration(
+                None,
+                "",
+                &lim.refresh_timeout,
+                Duration::from_secs(15 * 60),
+            )?,
         };
+        if limits.refresh_timeout < Duration::from_secs(1)
+            && let Some(v) = &lim.refresh_timeout
+        {
+            return Err(source.at(v, "limits.refresh_timeout must be at least 1s"));
+        }
 
         let mut routes = Vec::new();
         if let Some(upstream) = &flags.upstream {
@@ -953,6 +979,36 @@ mod tests {
         assert_eq!(c.routes.len(), 1);
         assert_eq!(c.routes[0].upstream.as_str(), "http://flag:1/svc");
         assert_eq!(c.routes[0].sets["C"].key, Some(vec!["K".to_owned()]));
+    }
+
+    #[test]
+    fn refresh_bounds_have_safe_defaults_and_are_validated_with_their_place() {
+        let route = "[[route]]\nupstream = \"http://up:1/svc\"\n";
+        let c = load(route).unwrap();
+        assert_eq!(c.limits.max_pages_per_refresh, 100_000);
+        assert_eq!(c.limits.refresh_timeout, Duration::from_secs(900));
+        let c = load(&format!(
+            "[limits]\nmax_pages_per_refresh = 7\nrefresh_timeout = \"90s\"\n{route}"
+        ))
+        .unwrap();
+        assert_eq!(c.limits.max_pages_per_refresh, 7);
+        assert_eq!(c.limits.refresh_timeout, Duration::from_secs(90));
+        for (bad, column, says) in [
+            ("max_pages_per_refresh = 0", 25, "at least 1"),
+            ("refresh_timeout = \"500ms\"", 19, "at least 1s"),
+            ("refresh_timeout = \"soon\"", 19, "not a duration"),
+        ] {
+            let err = load(&format!("[limits]\n{bad}\n{route}")).unwrap_err();
+            match err {
+                ConfigError::File {
+                    line: 2,
+                    column: c,
+                    ref message,
+                    ..
+                } if c == column && message.contains(says) => {}
+                other => panic!("{bad}: {other}"),
+            }
+        }
     }
 
     #[test]

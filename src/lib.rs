@@ -26,9 +26,9 @@
 //! - [`upstream`]: the pooled HTTP client, timeouts, the origin guard for upstream links.
 //! - [`odata`]: protocol vocabulary, pure — preferences, queries, `$orderby`, `$metadata`, key
 //!   literals, the raw JSON scanner, upstream pages, delta payloads.
-//! - [`track`]: feeds and versions, hashing, tokens, refresh (fetch, confirm removals), answering
-//!   tracked requests, authorizing them upstream, admission (feed caps, refresh turns), retention of
-//!   idle feeds.
+//! - [`track`]: feeds and versions, hashing, tokens, refresh (fetch, confirm removals, the tally
+//!   against `@odata.count` and the `$skip` read-on), answering tracked requests, authorizing them
+//!   upstream, admission (feed caps, refresh turns), retention of idle feeds.
 //! - [`body`]: the one boxed body type requests and responses travel in.
 //! - [`store`]: the redb schema and its transactions.
 //! - [`metrics`]: Prometheus metrics.

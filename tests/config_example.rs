@@ -34,6 +34,8 @@ fn example_config_loads_with_the_documented_route() {
         config.upstream.metadata_recheck_interval,
         Duration::from_secs(60)
     );
+    assert_eq!(config.limits.max_pages_per_refresh, 100_000);
+    assert_eq!(config.limits.refresh_timeout, Duration::from_secs(15 * 60));
     assert_eq!(config.routes.len(), 1);
     let route = &config.routes[0];
     assert_eq!(route.prefix, "/odata/v4/catalog");
@@ -146,6 +148,8 @@ fn every_file_key_appears_in_the_example() {
         "max_feeds_per_scope",
         "max_concurrent_refreshes",
         "max_refresh_waiters",
+        "max_pages_per_refresh",
+        "refresh_timeout",
         "[[route]]",
         "upstream",
         "prefix",

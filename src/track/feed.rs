@@ -405,6 +405,8 @@ mod tests {
             header_read_timeout: Duration::from_secs(1),
             body_read_timeout: Duration::from_secs(1),
             tracked_request_timeout: Duration::from_secs(1),
+            max_pages_per_refresh: 1,
+            refresh_timeout: Duration::from_secs(1),
         };
         let feeds = Feeds::default();
         let (alice, bob) = (Scope("alice".into()), Scope("bob".into()));

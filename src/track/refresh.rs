@@ -17,7 +17,7 @@ use url::Url;
 
 use crate::Shared;
 use crate::error::{Error, UpstreamFailure};
-use crate::odata::page::Page;
+use crate::odata::page::{Page, PageError};
 use crate::odata::query::{encode_pairs, encode_path};
 use crate::store::{FeedMeta, RowChange};
 
@@ -26,11 +26,13 @@ use super::hash::{ContentHash, Digest, EntityError, Hasher, KeyHash};
 
 mod confirm;
 mod fetch;
+pub mod tally;
 
 pub use confirm::ConfirmStrategy;
 use fetch::Prefetch;
 pub use fetch::forwarded_headers;
 pub(crate) use fetch::{Fetcher, OnRefusal};
+use tally::{ReadOn, Tally, Verdict};
 
 /// What a tracked request needs to refresh a feed.
 #[derive(Clone, Debug)]
@@ -161,16 +163,13 @@ struct Pass<'a> {
     /// This refresh's number; index entries it sees are stamped with it.
     generation: u64,
     pending: HashMap<KeyHash, Pending>,
-    hasher: Hasher,
-    /// GETs of this refresh, with its retry budget.
+    /// GETs of this refresh, with its retry budget and page cap.
     fetcher: Fetcher,
-    pages: u64,
-    /// Entities received from the upstream, duplicates included.
-    delivered: u64,
-    /// Distinct keys seen by this refresh.
-    distinct: u64,
-    /// The latest `@odata.count` the upstream reported, if it reports one.
-    reported: Option<u64>,
+    /// Pages and entities read against the upstream's count.
+    tally: Tally,
+    /// Hashes of the nextLinks followed, to notice one that points back at a page already read.
+    /// At most one per page, so the page cap bounds it.
+    links: HashSet<[u8; 16]>,
     /// On a feed's first load, new rows are written to the store in batches as they come (at the
     /// version the final commit will give the feed) instead of being held in memory: no token
     /// names the feed yet, so no reader can see a partial load. `None` on later refreshes.
@@ -207,12 +206,9 @@ async fn run(
         input,
         generation: slot.refreshes,
         pending: HashMap::new(),
-        hasher: Hasher::default(),
         fetcher: Fetcher::new(shared.clone(), input.headers.clone(), &input.set.name),
-        pages: 0,
-        delivered: 0,
-        distinct: 0,
-        reported: None,
+        tally: Tally::default(),
+        links: HashSet::new(),
         staging_version: match &slot.meta {
             Some(m) if !m.dropped => None,
             other => Some(Version(other.as_ref().map_or(0, |m| m.version) + 1)),
@@ -236,7 +232,9 @@ async fn run(
         .keys()
         .filter(|k| !index.contains_key(k))
         .count() as u64;
-    let live = index.len() as u64 + new_keys - removals.len() as u64;
+    let live = (index.len() as u64)
+        .saturating_add(new_keys)
+        .saturating_sub(removals.len() as u64);
     if live > shared.config.limits.max_entities_per_feed {
         return Err(Error::upstream(
             UpstreamFailure::BadAnswer,
@@ -311,6 +309,60 @@ async fn run(
 
 /// The digest of each entity of a page, by the entity's byte range in the page.
 type PageDigests = Vec<((usize, usize), Result<Digest, EntityError>)>;
+
+/// What the parse of a page yields besides its entities: the paging controls and where in the body
+/// each entity lies, so that it can be hashed without parsing the page again.
+struct Scanned {
+    next_link: Option<String>,
+    count: Option<u64>,
+    spans: Vec<(usize, usize)>,
+}
+
+/// Parse a page and locate its entities in the body.
+fn scan(body: &[u8]) -> Result<Scanned, PageError> {
+    let page = Page::parse(body)?;
+    let base = body.as_ptr() as usize;
+    let spans: Vec<(usize, usize)> = page
+        .entities
+        .iter()
+        .map(|raw| {
+            // Borrowed raw values point into the body they were parsed from.
+            let start = (raw.get().as_ptr() as usize).wrapping_sub(base);
+            (start, start.saturating_add(raw.get().len()))
+        })
+        .filter(|&(start, end)| start <= end && end <= body.len())
+        .collect();
+    if spans.len() != page.entities.len() {
+        return Err(PageError::Malformed(
+            "a parsed entity lies outside its page".into(),
+        ));
+    }
+    Ok(Scanned {
+        next_link: page.next_link,
+        count: page.count,
+        spans,
+    })
+}
+
+/// The compact form of each entity (given as byte ranges) of a page, to store.
+fn compact_all(body: &[u8], spans: &[(usize, usize)]) -> Vec<Vec<u8>> {
+    spans
+        .iter()
+        .map(|&(a, b)| {
+            let mut out = Vec::with_capacity(b - a);
+            crate::odata::json::write_compact(&body[a..b], &mut out);
+            out
+        })
+        .collect()
+}
+
+/// The short, fixed-size identity of a link, for the set of links followed.
+fn link_hash(url: &Url) -> [u8; 16] {
+    let hash = blake3::hash(url.as_str().as_bytes());
+    let mut out = [0; 16];
+    out.copy_from_slice(&hash.as_bytes()[..16]);
+    out
+}
 
 /// One page being keyed and hashed on the blocking pool.
 struct HashingPage {
@@ -396,39 +448,30 @@ impl Pass<'_> {
         index: &mut HashMap<KeyHash, IndexEntry>,
         on_refusal: OnRefusal,
     ) -> Result<(), Error> {
-        // A pipeline: the next page is fetched while earlier ones are hashed on the blocking pool
-        // (off the threads that serve requests), two pages at a time so that both cores work.
+        // A pipeline: the next page is fetched while earlier ones are parsed and hashed on the
+        // blocking pool (pages are up to `max_page_bytes`; parsing them on the threads that serve
+        // requests would stall those), two pages hashing at a time so that both cores work.
         // Results are applied in page order, so that a key seen twice keeps its last state.
-        let first = Prefetch::start(&self.fetcher, self.collection_url(pairs), on_refusal);
-        let mut next = Some(first);
+        let url = self.collection_url(pairs);
+        self.links.insert(link_hash(&url));
+        let mut next = Some(Prefetch::start(&self.fetcher, url, on_refusal));
         let mut hashing: VecDeque<HashingPage> = VecDeque::new();
         loop {
             let Some(mut fetch) = next.take() else {
                 break;
             };
             let body = fetch.wait().await?;
-            let page = self.parse_page(&body)?;
-            if let Some(link) = &page.next_link {
+            let scanned = self.scan_page(&body).await?;
+            if let Some(link) = &scanned.next_link {
                 let url = crate::upstream::resolve_link(&self.input.service_root, link)?;
+                self.follow(&url)?;
                 next = Some(Prefetch::start(&self.fetcher, url, OnRefusal::Fail));
             }
-            let spans: Vec<(usize, usize)> = page
-                .entities
-                .iter()
-                .map(|raw| {
-                    // Borrowed raw values point into the body they were parsed from.
-                    let start = (raw.get().as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
-                    (start, start.saturating_add(raw.get().len()))
-                })
-                .filter(|&(_, end)| end <= body.len())
-                .collect();
-            if spans.len() != page.entities.len() {
-                return Err(Error::Internal(
-                    "a parsed entity lies outside its page".into(),
-                ));
-            }
-            drop(page);
-            hashing.push_back(HashingPage::start(body, spans, self.input.set.clone()));
+            hashing.push_back(HashingPage::start(
+                body,
+                scanned.spans,
+                self.input.set.clone(),
+            ));
             if hashing.len() >= 2 {
                 self.apply_page(hashing.pop_front(), index).await?;
             }
@@ -437,6 +480,22 @@ impl Pass<'_> {
             self.apply_page(hashing.pop_front(), index).await?;
         }
         Ok(())
+    }
+
+    /// Note a nextLink about to be followed; one seen before in this refresh is a cycle, which would
+    /// otherwise be read until the page cap.
+    fn follow(&mut self, url: &Url) -> Result<(), Error> {
+        if self.links.insert(link_hash(url)) {
+            return Ok(());
+        }
+        tracing::warn!(set = %self.set_name(), link = %url, "the upstream's nextLink points back at a page already read");
+        Err(Error::upstream(
+            UpstreamFailure::BadAnswer,
+            format!(
+                "the upstream's paging of {} loops back to a page already read; nothing was committed",
+                self.set_name()
+            ),
+        ))
     }
 
     /// The pending rows as changes to write, and the index entries they become.
@@ -495,122 +554,91 @@ impl Pass<'_> {
     ) -> Result<(), Error> {
         let Some(mut page) = page else { return Ok(()) };
         let digests = (&mut page.task).await?;
-        for (span, digest) in digests {
-            let digest = digest.map_err(|e| self.unreadable(e))?;
-            self.apply(digest, &page.body[span.0..span.1], index);
-        }
+        self.apply_digests(&page.body, digests, index, None).await?;
         self.stage_if_large(index).await
     }
 
-    /// Parse an upstream page and count it.
-    fn parse_page<'b>(&mut self, body: &'b Bytes) -> Result<Page<'b>, Error> {
-        let page = Page::parse(body).map_err(|e| {
-            tracing::warn!(set = %self.set_name(), error = %e, "unreadable upstream page");
-            Error::upstream(
-                UpstreamFailure::BadAnswer,
-                format!(
-                    "the upstream sent an unreadable page of {}; nothing was committed",
-                    self.set_name()
-                ),
-            )
-        })?;
-        self.pages += 1;
-        self.delivered += page.entities.len() as u64;
-        self.reported = page.count.or(self.reported);
+    /// Parse an upstream page on the blocking pool and count it.
+    async fn scan_page(&mut self, body: &Bytes) -> Result<Scanned, Error> {
+        let shared = body.clone();
+        let scanned = tokio::task::spawn_blocking(move || scan(&shared)).await?;
+        let scanned = scanned.map_err(|e| self.unreadable_page(e))?;
+        self.count_page(&scanned);
+        Ok(scanned)
+    }
+
+    /// Count a parsed page.
+    fn count_page(&mut self, scanned: &Scanned) {
+        self.tally.page(scanned.spans.len() as u64, scanned.count);
         self.shared.metrics.upstream_pages.inc();
-        Ok(page)
+    }
+
+    /// The error for a page that is not an OData collection.
+    fn unreadable_page(&self, e: PageError) -> Error {
+        tracing::warn!(set = %self.set_name(), error = %e, "unreadable upstream page");
+        Error::upstream(
+            UpstreamFailure::BadAnswer,
+            format!(
+                "the upstream sent an unreadable page of {}; nothing was committed",
+                self.set_name()
+            ),
+        )
     }
 
     /// Cross-check the enumeration with the upstream's `@odata.count`. An upstream that stops early
-    /// without a nextLink (silent truncation) is read on with `$skip`/`$top`; if entities are still
-    /// missing beyond what concurrent writes explain, the refresh fails rather than miss changes.
+    /// without a nextLink (silent truncation, or a silent cap on every answer) is read on with
+    /// `$skip`/`$top` until the count is reached or a round comes back empty; the page cap and the
+    /// refresh timeout bound how long. Rows that went while the enumeration ran leave a shortfall
+    /// the read-on cannot fill: that is churn, and the removal confirmation decides about those
+    /// rows (C27). Only an upstream that keeps delivering rows it already sent fails the refresh.
     async fn check_complete(
         &mut self,
         pairs: &[(String, String)],
         index: &mut HashMap<KeyHash, IndexEntry>,
     ) -> Result<(), Error> {
-        let Some(reported) = self.reported else {
-            return Ok(());
-        };
-        if self.distinct >= reported {
-            return Ok(());
-        }
-        tracing::warn!(
-            set = %self.set_name(),
-            reported,
-            delivered = self.distinct,
-            "the upstream delivered fewer entities than it counted; reading on with $skip"
-        );
         let step = u64::from(self.shared.config.upstream.page_size);
-        let mut offset = self.delivered;
-        let rounds = (reported - self.distinct) / step + 3;
-        for _ in 0..rounds {
-            let (distinct, delivered) = (self.distinct, self.delivered);
+        let mut read_on = ReadOn::new(&self.tally, step);
+        let mut verdict = read_on.first(&self.tally);
+        if verdict != Verdict::Complete {
+            tracing::warn!(
+                set = %self.set_name(),
+                reported = self.tally.reported,
+                delivered = self.tally.distinct,
+                "the upstream delivered fewer entities than it counted; reading on with $skip"
+            );
+        }
+        while let Verdict::ReadOn { skip, top } = verdict {
+            let before = self.tally;
             let mut more: Vec<(String, String)> = pairs
                 .iter()
                 .filter(|(n, _)| n != "$count")
                 .cloned()
                 .collect();
-            more.push(("$skip".into(), offset.to_string()));
-            more.push(("$top".into(), step.to_string()));
+            more.push(("$skip".into(), skip.to_string()));
+            more.push(("$top".into(), top.to_string()));
             self.read_collection(&more, index, OnRefusal::Fail).await?;
-            if self.delivered == delivered || self.distinct == distinct {
-                break;
-            }
-            offset += self.delivered - delivered;
+            verdict = read_on.after_round(
+                &self.tally,
+                self.tally.delivered.saturating_sub(before.delivered),
+                self.tally.distinct.saturating_sub(before.distinct),
+            );
         }
-        let shortfall = reported.saturating_sub(self.distinct);
-        if shortfall == 0 {
-            return Ok(());
-        }
-        // Rows inserted while offset paging ran can be passed over once; a few are tolerated (the
-        // next refresh sees them), a real truncation is not.
-        if shortfall * 100 > reported {
-            return Err(Error::upstream(
+        match verdict {
+            Verdict::Truncated => Err(Error::upstream(
                 UpstreamFailure::BadAnswer,
                 format!(
-                    "the upstream counted {reported} entities of {} but delivered {}; nothing was committed",
+                    "the upstream counted {} entities of {} but delivered {}, even when asked past them; nothing was committed",
+                    self.tally.reported.unwrap_or(0),
                     self.set_name(),
-                    self.distinct
+                    self.tally.distinct
                 ),
-            ));
-        }
-        tracing::warn!(set = %self.set_name(), reported, delivered = self.distinct, "a few counted entities were not delivered; the next refresh will look again");
-        Ok(())
-    }
-
-    /// Parse one page, observe its entities, and return its nextLink. With `found`, the key hashes
-    /// of the entities seen are collected there too.
-    fn read_page(
-        &mut self,
-        body: &Bytes,
-        index: &mut HashMap<KeyHash, IndexEntry>,
-        mut found: Option<&mut HashSet<KeyHash>>,
-    ) -> Result<Option<String>, Error> {
-        let page = self.parse_page(body)?;
-        for raw in &page.entities {
-            let key_hash = self.observe(raw.get().as_bytes(), index)?;
-            if let Some(found) = found.as_deref_mut() {
-                found.insert(key_hash);
+            )),
+            Verdict::Explained => {
+                tracing::info!(set = %self.set_name(), reported = self.tally.reported, delivered = self.tally.distinct, "the upstream holds fewer entities than it counted; rows went while it was read");
+                Ok(())
             }
+            Verdict::Complete | Verdict::ReadOn { .. } => Ok(()),
         }
-        Ok(page.next_link)
-    }
-
-    /// Key and hash one upstream entity and note it in the diff. A key seen twice in one refresh
-    /// counts once; its last state wins. Returns the key hash.
-    fn observe(
-        &mut self,
-        raw: &[u8],
-        index: &mut HashMap<KeyHash, IndexEntry>,
-    ) -> Result<KeyHash, Error> {
-        let digest = self
-            .hasher
-            .digest(raw, &self.input.set.key, &self.input.set.ignore)
-            .map_err(|e| self.unreadable(e))?;
-        let key_hash = digest.key_hash;
-        self.apply(digest, raw, index);
-        Ok(key_hash)
     }
 
     /// The error for an entity that cannot be keyed or hashed.
@@ -624,24 +652,38 @@ impl Pass<'_> {
         )
     }
 
-    /// Note one hashed entity in the diff.
-    fn apply(&mut self, digest: Digest, raw: &[u8], index: &mut HashMap<KeyHash, IndexEntry>) {
-        let (unchanged, first_sighting) = match index.get_mut(&digest.key_hash) {
-            Some(entry) => {
-                let first = entry.seen != self.generation;
-                entry.seen = self.generation;
-                (entry.content == digest.content, first)
+    /// Note the hashed entities of one page (or one entity read by key) in the diff, in order; with
+    /// `found`, collect their key hashes there too. New and changed entities are kept in their
+    /// compact form, written on the blocking pool.
+    async fn apply_digests(
+        &mut self,
+        body: &Bytes,
+        digests: PageDigests,
+        index: &mut HashMap<KeyHash, IndexEntry>,
+        mut found: Option<&mut HashSet<KeyHash>>,
+    ) -> Result<(), Error> {
+        // The page's last state of each changed key; a later unchanged sighting cancels it.
+        let mut changed: HashMap<KeyHash, ((usize, usize), Digest)> = HashMap::new();
+        for (span, digest) in digests {
+            let digest = digest.map_err(|e| self.unreadable(e))?;
+            if let Some(found) = found.as_deref_mut() {
+                found.insert(digest.key_hash);
             }
-            None => (false, !self.pending.contains_key(&digest.key_hash)),
-        };
-        if first_sighting {
-            self.distinct += 1;
+            let on_page = changed.contains_key(&digest.key_hash);
+            if self.note(&digest, index, on_page) {
+                changed.insert(digest.key_hash, (span, digest));
+            } else {
+                changed.remove(&digest.key_hash);
+            }
         }
-        if unchanged {
-            self.pending.remove(&digest.key_hash);
-        } else {
-            let mut body = Vec::with_capacity(raw.len());
-            crate::odata::json::write_compact(raw, &mut body);
+        self.check_size()?;
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let (spans, digests): (Vec<(usize, usize)>, Vec<Digest>) = changed.into_values().unzip();
+        let shared = body.clone();
+        let bodies = tokio::task::spawn_blocking(move || compact_all(&shared, &spans)).await?;
+        for (digest, body) in digests.into_iter().zip(bodies) {
             self.pending.insert(
                 digest.key_hash,
                 Pending {
@@ -652,5 +694,53 @@ impl Pass<'_> {
                 },
             );
         }
+        Ok(())
+    }
+
+    /// Note one hashed entity in the diff. A key seen twice in one refresh counts once; its last
+    /// state wins. Returns whether the entity is new or changed, so its body is to be kept (the
+    /// caller keeps it); an unchanged one drops what an earlier sighting left pending. `on_page`:
+    /// the key is new or changed earlier on the same page, so not yet pending.
+    fn note(
+        &mut self,
+        digest: &Digest,
+        index: &mut HashMap<KeyHash, IndexEntry>,
+        on_page: bool,
+    ) -> bool {
+        let (unchanged, first_sighting) = match index.get_mut(&digest.key_hash) {
+            Some(entry) => {
+                let first = entry.seen != self.generation;
+                entry.seen = self.generation;
+                (entry.content == digest.content, first)
+            }
+            None => (
+                false,
+                !on_page && !self.pending.contains_key(&digest.key_hash),
+            ),
+        };
+        if first_sighting {
+            self.tally.sighting();
+        }
+        if unchanged {
+            self.pending.remove(&digest.key_hash);
+        }
+        !unchanged
+    }
+
+    /// Fail as soon as the feed outgrows `max_entities_per_feed`, rather than after reading the
+    /// whole upstream. Deliveries are bounded at twice the limit too, against an upstream that
+    /// sends the same rows again and again under new links.
+    fn check_size(&self) -> Result<(), Error> {
+        let limit = self.shared.config.limits.max_entities_per_feed;
+        if self.tally.distinct <= limit && self.tally.delivered <= limit.saturating_mul(2) {
+            return Ok(());
+        }
+        Err(Error::upstream(
+            UpstreamFailure::BadAnswer,
+            format!(
+                "{} holds more than the limit of {limit} entities per feed; nothing was committed",
+                self.set_name()
+            ),
+        ))
     }
 }

@@ -128,6 +128,14 @@ pub(crate) struct Knobs {
     pub namespace: String,
     /// `Authorization` values answered 401, as if revoked.
     pub revoked_credentials: Vec<String>,
+    /// `(at, back)`: a nextLink onward to offset `at` or beyond points back at offset `back`.
+    pub next_link_cycle: Option<(usize, usize)>,
+    /// Status answered to a `$filter` that uses `in`.
+    pub in_filter_status: Option<u16>,
+    /// Ignore `$skip`, as if every request started at the first row.
+    pub ignore_skip: bool,
+    /// Raw JSON written as `@odata.count` instead of the real count.
+    pub count_text: Option<String>,
 }
 
 impl Default for Knobs {
@@ -146,6 +154,10 @@ impl Default for Knobs {
             respell_keys: false,
             namespace: "ShopService".to_string(),
             revoked_credentials: Vec::new(),
+            next_link_cycle: None,
+            in_filter_status: None,
+            ignore_skip: false,
+            count_text: None,
         }
     }
 }

@@ -352,6 +352,29 @@ impl Upstream {
         self.lock().knobs.respell_keys = on;
     }
 
+    /// Make paging loop: a nextLink onward to offset `at` or beyond points back at offset `back`
+    /// instead (a server whose paging state is broken). `None` ends the loop.
+    pub fn set_next_link_cycle(&self, cycle: Option<(usize, usize)>) {
+        self.lock().knobs.next_link_cycle = cycle;
+    }
+
+    /// Answer `status` to any collection `$filter` containing ` in (` (JayStack's server answers
+    /// 500); `None` serves them again.
+    pub fn set_in_filter_status(&self, status: Option<u16>) {
+        self.lock().knobs.in_filter_status = status;
+    }
+
+    /// Ignore `$skip` on collections, as if every request started at the first row.
+    pub fn set_ignore_skip(&self, on: bool) {
+        self.lock().knobs.ignore_skip = on;
+    }
+
+    /// Write `raw` (JSON text, e.g. `18446744073709551615` or `-1`) as `@odata.count` instead of
+    /// the real count; `None` writes the real count again.
+    pub fn set_count_text(&self, raw: Option<&str>) {
+        self.lock().knobs.count_text = raw.map(str::to_string);
+    }
+
     /// Queues a fault; see [`Fault`] for how requests are counted.
     pub fn push_fault(&self, fault: Fault) {
         let mut st = self.lock();

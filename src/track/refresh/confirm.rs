@@ -1,8 +1,12 @@
 //! Confirming candidate removals upstream before a tombstone is published (C27): an entity the
 //! enumeration did not see is looked up by key — batched `$filter=key in (…)` ANDed with the feed's
 //! filter, falling back to `or`-chains, single `eq` filters and GET by key as the upstream rejects
-//! each form. Found → kept (and updated if changed); found by key but outside the filter → removed
-//! with reason `changed`; not found → `deleted`. Any other failure fails the refresh.
+//! each form. Any refusal of a form counts as rejection — servers answer an `in` they cannot parse
+//! with 400, 501, or even 500 (JayStack's odata-v4-server) — except 401 and 403, which are passed on,
+//! and 429, which fails the refresh once its retries are spent. The form that worked is remembered
+//! in the feed's slot. Found → kept (and updated if changed); found by key but outside the filter →
+//! removed with reason `changed`; not found → `deleted`. Only when every form fails, or the upstream
+//! fails otherwise, does the refresh fail. Pages are parsed and hashed on the blocking pool.
 
 use std::collections::{HashMap, HashSet};
 
@@ -11,12 +15,13 @@ use bytes::Bytes;
 use crate::error::{Error, UpstreamFailure};
 use crate::odata::delta::Reason;
 use crate::odata::entity_id::key_filter;
+use crate::odata::page::PageError;
 use crate::odata::query::{encode, encode_pairs, encode_path};
 
 use super::super::feed::IndexEntry;
 use super::super::hash::KeyHash;
-use super::Pass;
-use super::fetch::OnRefusal;
+use super::fetch::{OnRefusal, passed_on};
+use super::{PageDigests, Pass, Scanned, digest_all, scan};
 
 /// How candidate removals are looked up upstream; a step down whenever the upstream rejects one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -87,7 +92,8 @@ impl Pass<'_> {
 
     /// Which of `predicates` the upstream returns — within the feed's query (`in_feed`, observing
     /// what it finds) or by key alone. Falls back through `in`, `or`, single `eq` and GET by key as
-    /// the upstream rejects them (400/501); any other failure fails the refresh.
+    /// the upstream refuses them (any status but 401, 403 and 429); any other failure fails the
+    /// refresh.
     async fn lookup(
         &mut self,
         predicates: &[String],
@@ -179,40 +185,46 @@ impl Pass<'_> {
             }
         }
         let mut url = self.collection_url(&pairs);
+        let mut first = true;
         loop {
-            let body = self.fetcher.get(&url, OnRefusal::FallBack).await?;
-            let next = if in_feed {
-                self.read_page(&body, index, Some(found))?
+            let body = if first {
+                self.fetcher.get(&url, OnRefusal::FallBack).await?
             } else {
-                self.read_keys(&body, found)?
+                self.fetcher.get_page(&url, OnRefusal::FallBack).await?
             };
-            match next {
+            first = false;
+            let (scanned, digests) = self.scan_and_digest(&body).await?;
+            self.count_page(&scanned);
+            if in_feed {
+                self.apply_digests(&body, digests, index, Some(found))
+                    .await?;
+            } else {
+                // An existence check: the entity only tells that its key is there.
+                for (_, digest) in digests {
+                    found.insert(digest.map_err(|e| self.unreadable(e))?.key_hash);
+                }
+            }
+            match scanned.next_link {
                 None => return Ok(()),
-                Some(link) => url = crate::upstream::resolve_link(&self.input.service_root, &link)?,
+                Some(link) => {
+                    url = crate::upstream::resolve_link(&self.input.service_root, &link)?;
+                    self.follow(&url)?;
+                }
             }
         }
     }
 
-    /// Collect the key predicates of a page without observing its entities (existence checks).
-    fn read_keys(
-        &mut self,
-        body: &Bytes,
-        found: &mut HashSet<KeyHash>,
-    ) -> Result<Option<String>, Error> {
-        let page = self.parse_page(body)?;
-        for raw in &page.entities {
-            let digest = self
-                .hasher
-                .digest(raw.get().as_bytes(), &self.input.set.key, &[])
-                .map_err(|e| {
-                    Error::upstream(
-                        UpstreamFailure::BadAnswer,
-                        format!("an entity of {} cannot be read ({e})", self.set_name()),
-                    )
-                })?;
-            found.insert(digest.key_hash);
-        }
-        Ok(page.next_link)
+    /// Parse a page and hash its entities, on the blocking pool.
+    async fn scan_and_digest(&self, body: &Bytes) -> Result<(Scanned, PageDigests), Error> {
+        let shared = body.clone();
+        let set = self.input.set.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let scanned = scan(&shared)?;
+            let digests = digest_all(&shared, &scanned.spans, &set);
+            Ok::<_, PageError>((scanned, digests))
+        })
+        .await?;
+        done.map_err(|e| self.unreadable_page(e))
     }
 
     async fn lookup_by_key(
@@ -241,26 +253,27 @@ impl Pass<'_> {
         let q = encode_pairs(&pairs);
         url.set_query(if q.is_empty() { None } else { Some(&q) });
         let fetched = self.fetcher.get_status(&url).await?;
-        let (status, body) = (fetched.status, fetched.body);
+        let status = fetched.status;
         match status.as_u16() {
             200 => {
-                let p = if in_feed {
-                    self.observe(&body, index)?
+                let body = fetched.body;
+                let shared = body.clone();
+                let set = self.input.set.clone();
+                let digests = tokio::task::spawn_blocking(move || {
+                    digest_all(&shared, &[(0, shared.len())], &set)
+                })
+                .await?;
+                if in_feed {
+                    self.apply_digests(&body, digests, index, Some(found)).await
                 } else {
-                    self.hasher
-                        .digest(&body, &self.input.set.key, &[])
-                        .map_err(|e| {
-                            Error::upstream(
-                                UpstreamFailure::BadAnswer,
-                                format!("an entity cannot be read ({e})"),
-                            )
-                        })?
-                        .key_hash
-                };
-                found.insert(p);
-                Ok(())
+                    for (_, digest) in digests {
+                        found.insert(digest.map_err(|e| self.unreadable(e))?.key_hash);
+                    }
+                    Ok(())
+                }
             }
             404 => Ok(()),
+            401 | 403 => Err(passed_on(&fetched)),
             _ => Err(Error::upstream(
                 UpstreamFailure::BadAnswer,
                 format!(
