@@ -140,6 +140,10 @@ pub struct Config {
     pub min_refresh_interval: Duration,
     /// How feeds are scoped by identity.
     pub identity: IdentityScope,
+    /// How long an upstream's 2xx to the authorization check of a per-identity tracked request is
+    /// reused for the same credentials and feed (`identity.authorization_cache`); zero checks
+    /// every request.
+    pub authorization_cache: Duration,
     /// Talking to upstreams.
     pub upstream: UpstreamConfig,
     /// Size limits.
@@ -173,8 +177,13 @@ pub struct SetConfig {
 pub enum IdentityScope {
     /// The default: a keyed hash of the credentials a request carries — `Authorization` and API-key
     /// headers, or, only when it has none of those, its cookies (cookie sessions change, so they
-    /// count only where nothing else identifies the caller).
-    Credentials,
+    /// count only where nothing else identifies the caller). A bearer JWT that carries every one of
+    /// `jwt_claims` counts by those claims instead of its whole value, so that a renewed access
+    /// token keeps its scope; an empty list hashes every credential whole.
+    Credentials {
+        /// Claims of a bearer JWT that identify the caller, e.g. `iss` and `sub`.
+        jwt_claims: Vec<String>,
+    },
     /// A keyed hash of exactly these request headers.
     Headers(Vec<String>),
     /// One scope for everyone: the gateway uses its own upstream credentials.
@@ -194,9 +203,15 @@ pub struct UpstreamConfig {
     pub max_retries: u32,
     /// Longest `Retry-After` we are willing to wait.
     pub max_retry_wait: Duration,
+    /// How long a fetched `$metadata` is trusted before a set it does not know (or cannot key)
+    /// makes the gateway fetch it again.
+    pub metadata_recheck_interval: Duration,
 }
 
-/// Size limits; exceeding one is a clear error and nothing is committed.
+/// The longest request target hyper parses (`u16::MAX - 1`); `limits.max_uri_bytes` stays below.
+pub(crate) const MAX_URI_BYTES: usize = 65_534;
+
+/// Size and time limits; exceeding one is a clear error and nothing is committed.
 #[derive(Clone, Debug)]
 pub struct Limits {
     /// Largest request body forwarded upstream.
@@ -209,7 +224,35 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Most client connections served at once; further ones wait to be accepted.
     pub max_connections: usize,
+    /// Longest URI (the request target) accepted; a longer one is answered 414.
+    pub max_uri_bytes: usize,
+    /// Time a client has to send a request head, from its first byte (and, on a new
+    /// connection, from the connect); a connection past it is closed.
+    pub header_read_timeout: Duration,
+    /// Time a client has to send a whole request body, from the end of its head.
+    pub body_read_timeout: Duration,
+    /// Time a tracked request (initial read, delta, next page, count) may take before it is
+    /// answered 504; a refresh it started runs on for the requests that share it.
+    pub tracked_request_timeout: Duration,
+    /// Most feeds stored at once, all scopes together; a request that would create one more gets 503.
+    pub max_feeds: usize,
+    /// Most feeds one identity scope may have (the `shared` scope is bound by `max_feeds` alone); a
+    /// request that would create one more gets 429.
+    pub max_feeds_per_scope: usize,
+    /// Most refreshes running at once, across all feeds.
+    pub max_concurrent_refreshes: usize,
+    /// Most refreshes waiting for one of `max_concurrent_refreshes`; one more gets 503.
+    pub max_refresh_waiters: usize,
+    /// Most upstream pages (of the enumeration, the `$skip` read-on, and removal checks continued
+    /// by a nextLink) one refresh may read; an upstream whose nextLinks never end fails the refresh
+    /// instead of holding the feed's lock for good.
+    pub max_pages_per_refresh: u64,
+    /// Longest one refresh may read the upstream before it fails with 504 and commits nothing.
+    pub refresh_timeout: Duration,
 }
+
+/// The JWT claims that identify a caller unless configured otherwise.
+pub const DEFAULT_JWT_CLAIMS: &[&str] = &["iss", "sub"];
 
 /// An IP network, for trusted proxies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -315,9 +358,11 @@ struct File {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileIdentity {
-    mode: Spanned<String>,
+    mode: Option<Spanned<String>>,
     #[serde(default)]
     headers: Vec<String>,
+    jwt_claims: Option<Spanned<Vec<String>>>,
+    authorization_cache: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -328,6 +373,7 @@ struct FileUpstream {
     connect_timeout: Option<Spanned<String>>,
     max_retries: Option<u32>,
     max_retry_wait: Option<Spanned<String>>,
+    metadata_recheck_interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -338,6 +384,16 @@ struct FileLimits {
     max_entities_per_feed: Option<u64>,
     max_header_bytes: Option<usize>,
     max_connections: Option<usize>,
+    max_uri_bytes: Option<Spanned<usize>>,
+    header_read_timeout: Option<Spanned<String>>,
+    body_read_timeout: Option<Spanned<String>>,
+    tracked_request_timeout: Option<Spanned<String>>,
+    max_feeds: Option<Spanned<usize>>,
+    max_feeds_per_scope: Option<Spanned<usize>>,
+    max_concurrent_refreshes: Option<Spanned<usize>>,
+    max_refresh_waiters: Option<usize>,
+    max_pages_per_refresh: Option<Spanned<u64>>,
+    refresh_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -509,31 +565,7 @@ impl Config {
         let max_page_size =
             positive(&parsed.max_page_size, "max_page_size", 10_000)?.max(page_size);
 
-        let identity = match &parsed.identity {
-            None => IdentityScope::Credentials,
-            Some(id) => match id.get_ref().mode.get_ref().as_str() {
-                "shared" => IdentityScope::Shared,
-                "credentials" => IdentityScope::Credentials,
-                "headers" => {
-                    let headers: Vec<String> = id
-                        .get_ref()
-                        .headers
-                        .iter()
-                        .map(|h| h.to_ascii_lowercase())
-                        .collect();
-                    if headers.is_empty() {
-                        return Err(source.at(
-                            id,
-                            "identity mode \"headers\" needs headers = [\"authorization\", …]",
-                        ));
-                    }
-                    IdentityScope::Headers(headers)
-                }
-                other => {
-                    return Err(source.at(&id.get_ref().mode, format!("unknown identity mode '{other}'; expected \"credentials\", \"headers\" or \"shared\"")));
-                }
-            },
-        };
+        let (identity, authorization_cache) = identity(&source, parsed.identity.as_ref())?;
 
         let up = parsed.upstream.unwrap_or_default();
         let upstream = UpstreamConfig {
@@ -542,15 +574,88 @@ impl Config {
             connect_timeout: duration(None, "", &up.connect_timeout, Duration::from_secs(5))?,
             max_retries: up.max_retries.unwrap_or(3),
             max_retry_wait: duration(None, "", &up.max_retry_wait, Duration::from_secs(10))?,
+            metadata_recheck_interval: duration(
+                None,
+                "",
+                &up.metadata_recheck_interval,
+                Duration::from_secs(60),
+            )?,
         };
         let lim = parsed.limits.unwrap_or_default();
+        // A zero timeout would close every connection or time out every request at once.
+        let timeout = |value: &Option<Spanned<String>>, what: &str, default: Duration| {
+            let d = duration(None, "", value, default)?;
+            match value {
+                Some(v) if d.is_zero() => Err(source.at(v, format!("{what} must be more than 0"))),
+                _ => Ok(d),
+            }
+        };
+        let max_uri_bytes = match &lim.max_uri_bytes {
+            // hyper refuses longer request targets itself, before the gateway sees them.
+            Some(n) if !(256..=MAX_URI_BYTES).contains(n.get_ref()) => {
+                return Err(source.at(
+                    n,
+                    format!("limits.max_uri_bytes must be between 256 and {MAX_URI_BYTES}"),
+                ));
+            }
+            Some(n) => *n.get_ref(),
+            None => 32 << 10,
+        };
         let limits = Limits {
             max_request_body_bytes: lim.max_request_body_bytes.unwrap_or(64 << 20),
             max_page_bytes: lim.max_page_bytes.unwrap_or(256 << 20),
             max_entities_per_feed: lim.max_entities_per_feed.unwrap_or(50_000_000),
             max_header_bytes: lim.max_header_bytes.unwrap_or(64 << 10),
             max_connections: lim.max_connections.unwrap_or(4096).max(1),
+            max_uri_bytes,
+            header_read_timeout: timeout(
+                &lim.header_read_timeout,
+                "limits.header_read_timeout",
+                Duration::from_secs(10),
+            )?,
+            body_read_timeout: timeout(
+                &lim.body_read_timeout,
+                "limits.body_read_timeout",
+                Duration::from_secs(60),
+            )?,
+            tracked_request_timeout: timeout(
+                &lim.tracked_request_timeout,
+                "limits.tracked_request_timeout",
+                Duration::from_secs(300),
+            )?,
+            max_feeds: at_least_one(&source, &lim.max_feeds, "limits.max_feeds", 10_000)?,
+            max_feeds_per_scope: at_least_one(
+                &source,
+                &lim.max_feeds_per_scope,
+                "limits.max_feeds_per_scope",
+                100,
+            )?,
+            max_concurrent_refreshes: at_least_one(
+                &source,
+                &lim.max_concurrent_refreshes,
+                "limits.max_concurrent_refreshes",
+                8,
+            )?,
+            max_refresh_waiters: lim.max_refresh_waiters.unwrap_or(64),
+            max_pages_per_refresh: match &lim.max_pages_per_refresh {
+                Some(n) if *n.get_ref() == 0 => {
+                    return Err(source.at(n, "limits.max_pages_per_refresh must be at least 1"));
+                }
+                Some(n) => *n.get_ref(),
+                None => 100_000,
+            },
+            refresh_timeout: duration(
+                None,
+                "",
+                &lim.refresh_timeout,
+                Duration::from_secs(15 * 60),
+            )?,
         };
+        if limits.refresh_timeout < Duration::from_secs(1)
+            && let Some(v) = &lim.refresh_timeout
+        {
+            return Err(source.at(v, "limits.refresh_timeout must be at least 1s"));
+        }
 
         let mut routes = Vec::new();
         if let Some(upstream) = &flags.upstream {
@@ -650,10 +755,104 @@ impl Config {
             max_page_size,
             min_refresh_interval,
             identity,
+            authorization_cache,
             upstream,
             limits,
         })
     }
+}
+
+/// A count limit that must be at least 1.
+fn at_least_one(
+    source: &Source<'_>,
+    value: &Option<Spanned<usize>>,
+    what: &str,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    match value {
+        Some(n) if *n.get_ref() == 0 => Err(source.at(n, format!("{what} must be at least 1"))),
+        Some(n) => Ok(*n.get_ref()),
+        None => Ok(default),
+    }
+}
+
+/// The `[identity]` table: the scope mode and the authorization check's cache time.
+fn identity(
+    source: &Source<'_>,
+    table: Option<&Spanned<FileIdentity>>,
+) -> Result<(IdentityScope, Duration), ConfigError> {
+    let default_claims = || DEFAULT_JWT_CLAIMS.iter().map(|c| (*c).to_owned()).collect();
+    let Some(spanned) = table else {
+        return Ok((
+            IdentityScope::Credentials {
+                jwt_claims: default_claims(),
+            },
+            Duration::from_secs(30),
+        ));
+    };
+    let id = spanned.get_ref();
+    let mode = id
+        .mode
+        .as_ref()
+        .map_or("credentials", |m| m.get_ref().as_str());
+    if let Some(claims) = &id.jwt_claims {
+        if mode != "credentials" {
+            return Err(source.at(
+                claims,
+                "jwt_claims applies to identity mode \"credentials\" only",
+            ));
+        }
+        if claims.get_ref().iter().any(|c| c.trim().is_empty()) {
+            return Err(source.at(
+                claims,
+                "jwt_claims must list claim names, e.g. [\"iss\", \"sub\"], or be [] to hash bearer tokens whole",
+            ));
+        }
+    }
+    let scope = match mode {
+        "shared" => IdentityScope::Shared,
+        "credentials" => IdentityScope::Credentials {
+            jwt_claims: id
+                .jwt_claims
+                .as_ref()
+                .map_or_else(default_claims, |c| c.get_ref().clone()),
+        },
+        "headers" => {
+            let headers: Vec<String> = id.headers.iter().map(|h| h.to_ascii_lowercase()).collect();
+            if headers.is_empty() {
+                return Err(source.at(
+                    spanned,
+                    "identity mode \"headers\" needs headers = [\"authorization\", …]",
+                ));
+            }
+            IdentityScope::Headers(headers)
+        }
+        other => {
+            let at = id
+                .mode
+                .as_ref()
+                .map_or_else(|| spanned.span(), |m| m.span());
+            return Err(source.error(
+                Some(at),
+                format!(
+                    "unknown identity mode '{other}'; expected \"credentials\", \"headers\" or \"shared\""
+                ),
+            ));
+        }
+    };
+    let cache = match &id.authorization_cache {
+        None => Duration::from_secs(30),
+        Some(v) => parse_duration(v.get_ref()).map_err(|e| source.at(v, e))?,
+    };
+    if cache > Duration::from_secs(3600)
+        && let Some(v) = &id.authorization_cache
+    {
+        return Err(source.at(
+            v,
+            "authorization_cache is at most 1h: a revoked credential keeps reading for that long",
+        ));
+    }
+    Ok((scope, cache))
 }
 
 fn parse_upstream(s: &str) -> Result<Url, String> {
@@ -722,6 +921,32 @@ mod tests {
     }
 
     #[test]
+    fn request_limits_are_checked_with_file_line_and_column() {
+        let route = "[[route]]\nupstream = \"http://a\"\n";
+        for (limits, expected) in [
+            ("header_read_timeout = \"0s\"", "more than 0"),
+            ("body_read_timeout = \"0ms\"", "more than 0"),
+            ("tracked_request_timeout = \"0s\"", "more than 0"),
+            ("tracked_request_timeout = \"soon\"", "30d"),
+            ("max_uri_bytes = 70000", "65534"),
+            ("max_uri_bytes = 10", "256"),
+        ] {
+            let err = load(&format!("{route}[limits]\n{limits}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("gateway.toml:4:"), "{err}");
+            assert!(err.contains(expected), "{limits}: {err}");
+        }
+        let c = load(&format!(
+            "{route}[limits]\nheader_read_timeout = \"2s\"\nmax_uri_bytes = 4096\n"
+        ))
+        .unwrap();
+        assert_eq!(c.limits.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(c.limits.max_uri_bytes, 4096);
+        assert_eq!(c.limits.tracked_request_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
     fn routes_come_from_flag_and_file_longest_prefix_first() {
         let flags = Flags {
             upstream: Some("http://up:4004/odata/v4/shop/".into()),
@@ -757,6 +982,36 @@ mod tests {
     }
 
     #[test]
+    fn refresh_bounds_have_safe_defaults_and_are_validated_with_their_place() {
+        let route = "[[route]]\nupstream = \"http://up:1/svc\"\n";
+        let c = load(route).unwrap();
+        assert_eq!(c.limits.max_pages_per_refresh, 100_000);
+        assert_eq!(c.limits.refresh_timeout, Duration::from_secs(900));
+        let c = load(&format!(
+            "[limits]\nmax_pages_per_refresh = 7\nrefresh_timeout = \"90s\"\n{route}"
+        ))
+        .unwrap();
+        assert_eq!(c.limits.max_pages_per_refresh, 7);
+        assert_eq!(c.limits.refresh_timeout, Duration::from_secs(90));
+        for (bad, column, says) in [
+            ("max_pages_per_refresh = 0", 25, "at least 1"),
+            ("refresh_timeout = \"500ms\"", 19, "at least 1s"),
+            ("refresh_timeout = \"soon\"", 19, "not a duration"),
+        ] {
+            let err = load(&format!("[limits]\n{bad}\n{route}")).unwrap_err();
+            match err {
+                ConfigError::File {
+                    line: 2,
+                    column: c,
+                    ref message,
+                    ..
+                } if c == column && message.contains(says) => {}
+                other => panic!("{bad}: {other}"),
+            }
+        }
+    }
+
+    #[test]
     fn no_upstream_is_an_error() {
         assert!(Config::from_parts(&Flags::default(), None).is_err());
     }
@@ -769,5 +1024,74 @@ mod tests {
         assert!(!c.contains("11.0.0.1".parse().unwrap()));
         assert!(Cidr::parse("::1").unwrap().contains("::1".parse().unwrap()));
         assert!(Cidr::parse("10.0.0.0/33").is_err());
+    }
+
+    #[test]
+    fn identity_and_admission_settings_have_safe_defaults() {
+        let c = load("[[route]]\nupstream = \"http://a/x\"\n").unwrap();
+        assert_eq!(
+            c.identity,
+            IdentityScope::Credentials {
+                jwt_claims: vec!["iss".into(), "sub".into()]
+            }
+        );
+        assert_eq!(c.authorization_cache, Duration::from_secs(30));
+        assert_eq!(c.limits.max_feeds, 10_000);
+        assert_eq!(c.limits.max_feeds_per_scope, 100);
+        assert_eq!(c.limits.max_concurrent_refreshes, 8);
+        assert_eq!(c.limits.max_refresh_waiters, 64);
+        let c = load("[identity]\njwt_claims = [\"oid\", \"tid\"]\nauthorization_cache = \"0s\"\n[limits]\nmax_feeds = 5\nmax_refresh_waiters = 0\n[[route]]\nupstream = \"http://a/x\"\n").unwrap();
+        assert_eq!(
+            c.identity,
+            IdentityScope::Credentials {
+                jwt_claims: vec!["oid".into(), "tid".into()]
+            }
+        );
+        assert_eq!(c.authorization_cache, Duration::ZERO);
+        assert_eq!(c.limits.max_feeds, 5);
+        assert_eq!(c.limits.max_refresh_waiters, 0);
+    }
+
+    #[test]
+    fn bad_identity_and_admission_settings_name_file_line_and_column() {
+        let route = "[[route]]\nupstream = \"http://a/x\"\n";
+        let cases = [
+            (
+                "[identity]\nmode = \"shared\"\njwt_claims = [\"sub\"]\n",
+                "3:",
+                "credentials",
+            ),
+            ("[identity]\njwt_claims = [\"\"]\n", "2:", "claim names"),
+            (
+                "[identity]\nauthorization_cache = \"soon\"\n",
+                "2:",
+                "duration",
+            ),
+            (
+                "[identity]\nauthorization_cache = \"2h\"\n",
+                "2:",
+                "at most 1h",
+            ),
+            (
+                "[identity]\nmode = \"jwt\"\n",
+                "2:",
+                "unknown identity mode",
+            ),
+            ("[limits]\nmax_feeds = 0\n", "2:", "at least 1"),
+            ("[limits]\nmax_feeds_per_scope = 0\n", "2:", "at least 1"),
+            (
+                "[limits]\nmax_concurrent_refreshes = 0\n",
+                "2:",
+                "at least 1",
+            ),
+        ];
+        for (text, line, says) in cases {
+            let err = load(&format!("{text}{route}")).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("gateway.toml:{line}")),
+                "{text}: {err}"
+            );
+            assert!(err.contains(says), "{text}: {err}");
+        }
     }
 }

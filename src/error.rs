@@ -46,6 +46,19 @@ pub enum Error {
         /// What happened, without upstream internals.
         message: String,
     },
+    /// A limit of the gateway keeps it from taking on this request now (too many feeds, too many
+    /// refreshes waiting): 429 or 503 with `Retry-After`.
+    #[error("{message}")]
+    Limited {
+        /// 429 (this caller's share is used up) or 503 (the gateway's).
+        status: StatusCode,
+        /// OData error code.
+        code: &'static str,
+        /// Which limit, and what to do.
+        message: String,
+        /// Seconds for `Retry-After`.
+        retry_after_secs: u64,
+    },
     /// The store failed.
     #[error("the change store is unavailable")]
     Store(String),
@@ -98,6 +111,7 @@ impl Error {
             Error::Client { status, .. } => *status,
             Error::Expired { .. } => StatusCode::GONE,
             Error::Rejected { status, .. } => *status,
+            Error::Limited { status, .. } => *status,
             Error::Upstream {
                 kind: UpstreamFailure::Timeout,
                 ..
@@ -114,6 +128,7 @@ impl Error {
             Error::Client { code, .. } => code,
             Error::Expired { .. } => "DeltaTokenExpired",
             Error::Rejected { .. } => "UpstreamRejected",
+            Error::Limited { code, .. } => code,
             Error::Upstream {
                 kind: UpstreamFailure::Unreachable,
                 ..
@@ -152,6 +167,12 @@ impl Error {
         } = &self
         {
             headers.insert(header::WWW_AUTHENTICATE, challenge.clone());
+        }
+        if let Error::Limited {
+            retry_after_secs, ..
+        } = &self
+        {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
         }
         if let Error::Expired { location } = &self
             && let Ok(v) = HeaderValue::from_str(location)

@@ -19,17 +19,10 @@ pub struct Scope(pub String);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ContentHash(pub [u8; 16]);
 
-/// 128 bits of blake3 over an entity's key predicate: how the in-memory index names an entity of a
-/// feed.
+/// 128 bits of blake3 over an entity's key identity (its predicate with every value in one
+/// spelling; `KeyHash::of` in `track::hash`): how the in-memory index names an entity of a feed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyHash(pub [u8; 16]);
-
-impl KeyHash {
-    /// The hash of a key predicate such as `42` or `ID=1,Line=2`.
-    pub fn of(predicate: &str) -> Self {
-        KeyHash(truncate(blake3::hash(predicate.as_bytes())))
-    }
-}
 
 /// The first 128 bits of a blake3 hash.
 pub(crate) fn truncate(h: blake3::Hash) -> [u8; 16] {

@@ -28,8 +28,9 @@
 //! - [`upstream`]: the pooled HTTP client, timeouts, the origin guard for upstream links.
 //! - [`odata`]: protocol vocabulary, pure — preferences, queries, `$orderby`, `$metadata`, key
 //!   literals, the raw JSON scanner, upstream pages, delta payloads.
-//! - [`track`]: feeds and versions, hashing, tokens, refresh (fetch, confirm removals), answering
-//!   tracked requests, retention of idle feeds.
+//! - [`track`]: feeds and versions, hashing, tokens, refresh (fetch, confirm removals, the tally
+//!   against `@odata.count` and the `$skip` read-on), answering tracked requests, authorizing them
+//!   upstream, admission (feed caps, refresh turns), retention of idle feeds.
 //! - [`body`]: the one boxed body type requests and responses travel in.
 //! - [`store`]: the redb schema and its transactions.
 //! - [`metrics`]: Prometheus metrics.
@@ -56,7 +57,9 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::router::Service;
 use crate::store::{Store, StoreError};
-use crate::track::feed::Feeds;
+use crate::track::admission::RefreshPermits;
+use crate::track::authorize::Authorizations;
+use crate::track::feed::{Feeds, Scope};
 use crate::track::token::TokenKey;
 use crate::upstream::Upstream;
 
@@ -77,10 +80,16 @@ pub struct Shared {
     pub scope_key: [u8; 32],
     /// Feeds in memory.
     pub feeds: Feeds,
+    /// Recent upstream authorizations of per-identity tracked requests.
+    pub(crate) authorizations: Authorizations,
+    /// Turns for refreshes, across all feeds.
+    pub(crate) refresh_permits: RefreshPermits,
     /// One service per route, in route order (longest prefix first).
     pub services: Vec<Service>,
     /// Metrics.
     pub metrics: Metrics,
+    /// The wall clock of tokens and retention.
+    pub clock: crate::track::retention::Clock,
 }
 
 impl Shared {
@@ -89,13 +98,26 @@ impl Shared {
         let store = Store::open(&config.data_dir)?;
         let secret = store.token_secret()?;
         let scope_key = blake3::derive_key("odata-delta-gateway 2026-11 identity scope", &secret);
+        let feeds = Feeds::default();
+        feeds.register_stored(
+            store
+                .stored_feeds()?
+                .into_iter()
+                .map(|(feed, scope)| (feed, Scope(scope))),
+        );
         Ok(Shared {
             upstream: Upstream::new(&config.upstream),
             token_key: TokenKey::derive(&secret),
             scope_key,
-            feeds: Feeds::default(),
+            feeds,
+            authorizations: Authorizations::new(config.authorization_cache),
+            refresh_permits: RefreshPermits::new(
+                config.limits.max_concurrent_refreshes,
+                config.limits.max_refresh_waiters,
+            ),
             services: config.routes.iter().cloned().map(Service::new).collect(),
             metrics: Metrics::default(),
+            clock: Default::default(),
             store,
             config,
         })

@@ -3,7 +3,10 @@
 //! `Content-Location` and in JSON bodies (`@odata.nextLink`, `@odata.context`, …) are rewritten to
 //! the gateway's public base while the body streams, so a client never leaves the gateway.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -73,11 +76,27 @@ pub async fn forward(
         .parse()
         .map_err(|_| Error::bad_request("the request path cannot be forwarded upstream"))?;
     parts.version = http::Version::HTTP_11;
-    let body = Limited::new(incoming, limit as usize).boxed();
-    let response = shared
+    let timeout = shared.config.limits.body_read_timeout;
+    let body = TimedBody::new(Limited::new(incoming, limit as usize).boxed(), timeout);
+    let timed_out = body.timed_out.clone();
+    let response = match shared
         .upstream
-        .send(Request::from_parts(parts, body))
-        .await?;
+        .send(Request::from_parts(parts, body.boxed()))
+        .await
+    {
+        Ok(r) => r,
+        Err(_) if timed_out.load(Ordering::Relaxed) => {
+            return Err(Error::client(
+                StatusCode::REQUEST_TIMEOUT,
+                "RequestTimeout",
+                format!(
+                    "the request body did not arrive within the limit of {} ms",
+                    timeout.as_millis()
+                ),
+            ));
+        }
+        Err(e) => return Err(e),
+    };
 
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -115,6 +134,57 @@ pub async fn forward(
         body.map_err(BoxError::from).boxed()
     };
     Ok(Response::from_parts(parts, body))
+}
+
+/// A request body that must arrive whole within a time limit, counted from when forwarding starts:
+/// a client that trickles its body would otherwise hold the connection and an upstream request.
+struct TimedBody {
+    inner: Body,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Set when the deadline ended the body, so that the client is told 408, not 502.
+    timed_out: Arc<AtomicBool>,
+}
+
+impl TimedBody {
+    fn new(inner: Body, limit: std::time::Duration) -> Self {
+        TimedBody {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+            timed_out: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// The body error when a request body was too slow.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive in time")]
+struct BodyReadTimeout;
+
+impl HttpBody for TimedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            self.timed_out.store(true, Ordering::Relaxed);
+            return Poll::Ready(Some(Err(Box::new(BodyReadTimeout))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 fn too_large(limit: u64) -> Error {

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::{HeaderMap, Method, Request, header};
 use percent_encoding::percent_decode_str;
@@ -26,21 +26,109 @@ use crate::track::token::SKIPTOKEN_PREFIX;
 pub struct Service {
     /// The route.
     pub route: RouteConfig,
-    /// Cached `$metadata` and when it was fetched.
-    metadata: tokio::sync::Mutex<Option<(Arc<ServiceMetadata>, Instant)>>,
+    /// Cached `$metadata`; shared with the task that fetches it.
+    metadata: Arc<MetadataCache>,
 }
-
-/// How long a `$metadata` is trusted before an unknown entity set makes us fetch it again.
-const METADATA_RECHECK: Duration = Duration::from_secs(60);
 
 impl Service {
     /// A service for a route, metadata not yet fetched.
     pub fn new(route: RouteConfig) -> Self {
         Service {
             route,
-            metadata: tokio::sync::Mutex::new(None),
+            metadata: Arc::default(),
         }
     }
+}
+
+/// What a `$metadata` fetch ended with: the document (if the upstream served a usable one) or
+/// why it could not be fetched.
+type MetadataOutcome = Result<Option<Arc<ServiceMetadata>>, Error>;
+
+/// A service's `$metadata` and the one fetch of it in flight. The lock is only held to look or
+/// swap, never across the fetch, so that a slow upstream `$metadata` delays only the requests
+/// that need it — those for sets the cached document does not key.
+#[derive(Default)]
+struct MetadataCache {
+    state: std::sync::Mutex<MetadataState>,
+}
+
+#[derive(Default)]
+struct MetadataState {
+    /// The last usable document.
+    document: Option<Arc<ServiceMetadata>>,
+    /// When the last fetch answered (usable document or not); the recheck interval counts from it.
+    checked: Option<Instant>,
+    /// The fetch in flight: every request that needs `$metadata` meanwhile waits for this one.
+    in_flight: Option<tokio::sync::watch::Receiver<Option<MetadataOutcome>>>,
+}
+
+/// Why a request path is refused before routing (C37).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PathError {
+    /// A segment that would become `..` after decoding, or a `..` with parameters (`..;x`):
+    /// upstreams and proxies disagree on what such a segment means.
+    Ambiguous,
+}
+
+/// Whether a raw path segment is `.` or `..`, with `%2e` read as `.` (RFC 3986 §2.3, §5.2.4).
+fn dot_segment(segment: &str) -> Option<usize> {
+    let mut rest = segment;
+    let mut dots = 0;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('.') {
+            rest = r;
+        } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case("%2e") {
+            rest = &rest[3..];
+        } else {
+            return None;
+        }
+        dots += 1;
+    }
+    (1..=2).contains(&dots).then_some(dots)
+}
+
+/// Remove the dot segments of a raw (still percent-encoded) request path (RFC 3986 §5.2.4,
+/// `%2e` as `.`). Every other segment is kept byte for byte, so that an encoded slash inside a
+/// key literal (`Products('a%2Fb')`) reaches the upstream as it came. A `..` above the root is
+/// dropped, as the RFC says; whether the result is still below the route is the caller's check.
+pub(crate) fn remove_dot_segments(path: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
+    let Some(rest) = path.strip_prefix('/') else {
+        // `*` (OPTIONS) and the like: nothing to resolve.
+        return Ok(path.into());
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    for segment in &segments {
+        let decoded = percent_decode_str(segment).decode_utf8_lossy();
+        // An upstream that decodes `%2F` (or treats `\` as a separator, or drops `;params`)
+        // before it resolves dots would climb where we did not look.
+        let hidden_climb = dot_segment(segment).is_none()
+            && decoded
+                .split(['/', '\\'])
+                .any(|part| part.split(';').next() == Some(".."));
+        if hidden_climb {
+            return Err(PathError::Ambiguous);
+        }
+    }
+    if segments.iter().all(|s| dot_segment(s).is_none()) {
+        return Ok(path.into());
+    }
+    let mut out: Vec<&str> = Vec::with_capacity(segments.len());
+    let last = segments.len() - 1;
+    for (i, segment) in segments.iter().enumerate() {
+        match dot_segment(segment) {
+            Some(dots) => {
+                if dots == 2 {
+                    out.pop();
+                }
+                // `a/..` and `a/.` name a directory: the trailing slash stays.
+                if i == last {
+                    out.push("");
+                }
+            }
+            None => out.push(segment),
+        }
+    }
+    Ok(format!("/{}", out.join("/")).into())
 }
 
 /// What to do with a request.
@@ -184,19 +272,22 @@ pub fn classify(
 }
 
 /// Headers that carry credentials, for the default identity scope.
-const CREDENTIAL_HEADERS: &[&str] = &["authorization", "apikey", "x-api-key"];
+pub(crate) const CREDENTIAL_HEADERS: &[&str] = &["authorization", "apikey", "x-api-key"];
 
 /// The identity scope of a request: a keyed hash of the headers that identify the caller, or
-/// `shared`. A request without any of them is `anonymous`.
+/// `shared`. A request without any of them is `anonymous`. In the default mode a bearer JWT counts
+/// by its identifying claims, read without checking the signature: that is safe only because
+/// every tracked request of a per-identity feed is authorized by the upstream with the request's
+/// own credentials before it is answered (`track::authorize`).
 pub fn scope_of(identity: &IdentityScope, scope_key: &[u8; 32], headers: &HeaderMap) -> Scope {
-    let names: Vec<&str> = match identity {
+    let (names, jwt_claims): (Vec<&str>, &[String]) = match identity {
         IdentityScope::Shared => return Scope("shared".into()),
-        IdentityScope::Headers(names) => names.iter().map(String::as_str).collect(),
-        IdentityScope::Credentials => {
+        IdentityScope::Headers(names) => (names.iter().map(String::as_str).collect(), &[]),
+        IdentityScope::Credentials { jwt_claims } => {
             if CREDENTIAL_HEADERS.iter().any(|n| headers.contains_key(*n)) {
-                CREDENTIAL_HEADERS.to_vec()
+                (CREDENTIAL_HEADERS.to_vec(), jwt_claims)
             } else {
-                vec!["cookie"]
+                (vec!["cookie"], &[])
             }
         }
     };
@@ -207,8 +298,29 @@ pub fn scope_of(identity: &IdentityScope, scope_key: &[u8; 32], headers: &Header
         h.update(name.as_bytes());
         for v in headers.get_all(name) {
             any = true;
-            h.update(&(v.len() as u64).to_be_bytes());
-            h.update(v.as_bytes());
+            let claims = (name == "authorization" && !jwt_claims.is_empty())
+                .then(|| {
+                    v.to_str()
+                        .ok()
+                        .and_then(|v| bearer_jwt_claims(v, jwt_claims))
+                })
+                .flatten();
+            match claims {
+                // Tagged so that claims never hash like a credential that happens to spell them.
+                Some(claims) => {
+                    h.update(b"jwt-claims\0");
+                    for (claim, value) in jwt_claims.iter().zip(&claims) {
+                        h.update(&(claim.len() as u64).to_be_bytes());
+                        h.update(claim.as_bytes());
+                        h.update(&(value.len() as u64).to_be_bytes());
+                        h.update(value.as_bytes());
+                    }
+                }
+                None => {
+                    h.update(&(v.len() as u64).to_be_bytes());
+                    h.update(v.as_bytes());
+                }
+            }
         }
         h.update(b"\0");
     }
@@ -216,6 +328,47 @@ pub fn scope_of(identity: &IdentityScope, scope_key: &[u8; 32], headers: &Header
         return Scope("anonymous".into());
     }
     Scope(h.finalize().to_hex()[..32].to_owned())
+}
+
+/// The values of `claims` in an `Authorization: Bearer` JWT (three base64url parts, the second a
+/// JSON object), as canonical JSON, without verifying anything. `None` when the value is not a
+/// bearer JWT or lacks one of the claims: the credential is then hashed whole, as an opaque one.
+fn bearer_jwt_claims(value: &str, claims: &[String]) -> Option<Vec<String>> {
+    use base64::Engine;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let parts: Vec<&str> = token.trim().split('.').collect();
+    let base64url = |p: &str| {
+        p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    let [header, payload, signature] = parts.as_slice() else {
+        return None;
+    };
+    if header.is_empty()
+        || payload.is_empty()
+        || ![header, payload, signature].iter().all(|p| base64url(p))
+    {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let serde_json::Value::Object(map) = serde_json::from_slice(&bytes).ok()? else {
+        return None;
+    };
+    let values: Option<Vec<String>> = claims
+        .iter()
+        .map(|c| map.get(c).filter(|v| !v.is_null()).map(|v| v.to_string()))
+        .collect();
+    if values.is_none() {
+        tracing::debug!(
+            "a bearer JWT lacks an identity claim; scoped by the whole credential instead"
+        );
+    }
+    values
 }
 
 /// The public base URL for links in the response to `req`, without trailing slash and without the
@@ -295,7 +448,7 @@ pub fn valid_authority(h: &str) -> bool {
 /// Resolve how to read an entity set: configured key, else `$metadata`. `Ok(None)` means the set
 /// cannot be tracked and the request passes through (C2); the log says why and how to fix it.
 pub async fn resolve_set(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     service: &Service,
     set: &str,
     headers: &HeaderMap,
@@ -361,27 +514,94 @@ pub async fn resolve_set(
 }
 
 /// The service's `$metadata`, fetched on first need with the caller's credentials and cached.
-/// `Ok(None)` when the upstream does not serve a usable one.
+/// Fetched again when the cached one does not key `set` and is older than the recheck interval;
+/// concurrent requests share one fetch. `Ok(None)` when the upstream does not serve a usable one.
 async fn metadata(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     service: &Service,
     set: &str,
     headers: &HeaderMap,
 ) -> Result<Option<Arc<ServiceMetadata>>, Error> {
-    let mut cached = service.metadata.lock().await;
-    if let Some((m, at)) = cached.as_ref()
-        && (m.set(set).is_some() || at.elapsed() < METADATA_RECHECK)
-    {
-        return Ok(Some(m.clone()));
-    }
-    let url = format!(
-        "{}/$metadata",
-        service.route.upstream.as_str().trim_end_matches('/')
-    );
-    let mut request = Request::get(&url)
+    let recheck = shared.config.upstream.metadata_recheck_interval;
+    let mut in_flight = {
+        let mut state = service
+            .metadata
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let recent = state.checked.is_some_and(|at| at.elapsed() < recheck);
+        let keyed = |m: &ServiceMetadata| matches!(m.set(set), Some(SetKey::Key(_)));
+        if let Some(m) = &state.document
+            && (keyed(m) || recent)
+        {
+            return Ok(Some(m.clone()));
+        }
+        if state.document.is_none() && recent {
+            return Ok(None);
+        }
+        // A fetch task that died (it does not panic, but if it did) leaves a closed channel.
+        match state
+            .in_flight
+            .clone()
+            .filter(|rx| rx.has_changed().is_ok())
+        {
+            Some(rx) => rx,
+            None => {
+                let (tx, rx) = tokio::sync::watch::channel(None);
+                state.in_flight = Some(rx.clone());
+                let shared = shared.clone();
+                let cache = service.metadata.clone();
+                let url = format!(
+                    "{}/$metadata",
+                    service.route.upstream.as_str().trim_end_matches('/')
+                );
+                let headers = forwarded_headers(headers);
+                // A task of its own, so that the fetch goes on for the others when the request
+                // that started it is cancelled.
+                tokio::spawn(async move {
+                    let outcome = fetch_metadata(&shared, &url, headers).await;
+                    let mut state = cache
+                        .state
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    state.in_flight = None;
+                    let outcome = match outcome {
+                        Ok(fetched) => {
+                            state.checked = Some(Instant::now());
+                            if let Some(m) = fetched {
+                                state.document = Some(m);
+                            }
+                            // An upstream that stops serving `$metadata` leaves the last one in use.
+                            Ok(state.document.clone())
+                        }
+                        Err(e) => Err(e),
+                    };
+                    drop(state);
+                    let _ = tx.send(Some(outcome));
+                });
+                rx
+            }
+        }
+    };
+    let outcome = in_flight
+        .wait_for(Option::is_some)
+        .await
+        .map_err(|_| Error::Internal("the $metadata fetch ended without an answer".into()))?
+        .clone();
+    outcome.unwrap_or_else(|| Err(Error::Internal("the $metadata fetch has no answer".into())))
+}
+
+/// One upstream `$metadata` fetch: the parsed document, `None` when the upstream answers without
+/// a usable one.
+async fn fetch_metadata(
+    shared: &Shared,
+    url: &str,
+    headers: HeaderMap,
+) -> Result<Option<Arc<ServiceMetadata>>, Error> {
+    let mut request = Request::get(url)
         .body(crate::body::empty())
         .map_err(|e| Error::Internal(format!("cannot build a $metadata request: {e}")))?;
-    request.headers_mut().extend(forwarded_headers(headers));
+    request.headers_mut().extend(headers);
     request.headers_mut().insert(
         header::ACCEPT,
         http::HeaderValue::from_static("application/xml"),
@@ -392,21 +612,20 @@ async fn metadata(
         .await?;
     if !fetched.status.is_success() {
         tracing::warn!(status = %fetched.status, url, "upstream $metadata not available");
-        return Ok(cached.as_ref().map(|(m, _)| m.clone()));
+        return Ok(None);
     }
-    let text = std::str::from_utf8(&fetched.body).map_err(|_| {
-        Error::upstream(
+    // A large document is parsed off the request threads.
+    let body = fetched.body;
+    let parsed =
+        tokio::task::spawn_blocking(move || std::str::from_utf8(&body).map(ServiceMetadata::parse))
+            .await?;
+    match parsed {
+        Err(_) => Err(Error::upstream(
             UpstreamFailure::BadAnswer,
             "the upstream $metadata is not UTF-8",
-        )
-    })?;
-    match ServiceMetadata::parse(text) {
-        Ok(m) => {
-            let m = Arc::new(m);
-            *cached = Some((m.clone(), Instant::now()));
-            Ok(Some(m))
-        }
-        Err(e) => {
+        )),
+        Ok(Ok(m)) => Ok(Some(Arc::new(m))),
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, url, "upstream $metadata cannot be read");
             Ok(None)
         }
@@ -548,7 +767,9 @@ mod tests {
         assert_eq!(scope_of(&id, &key, &HeaderMap::new()).0, "anonymous");
         assert_eq!(scope_of(&IdentityScope::Shared, &key, &a).0, "shared");
         // By default, cookies count only when no other credential is there.
-        let d = IdentityScope::Credentials;
+        let d = IdentityScope::Credentials {
+            jwt_claims: vec!["iss".into(), "sub".into()],
+        };
         let mut c1 = HeaderMap::new();
         c1.insert("cookie", "s=1".parse().unwrap());
         let mut c2 = HeaderMap::new();
@@ -560,5 +781,173 @@ mod tests {
         assert_eq!(scope_of(&d, &key, &a1), scope_of(&d, &key, &a2));
         assert_ne!(scope_of(&d, &key, &a), scope_of(&d, &key, &b));
         assert_eq!(scope_of(&d, &key, &HeaderMap::new()).0, "anonymous");
+    }
+    #[test]
+    fn dot_segments_are_removed_with_percent_encoded_dots_c37() {
+        let r = |p: &str| remove_dot_segments(p).unwrap().into_owned();
+        assert_eq!(r("/odata/v4/shop/../../../_admin/stats"), "/_admin/stats");
+        assert_eq!(r("/odata/v4/shop/%2e%2e/%2E%2e/.%2e/_admin"), "/_admin");
+        assert_eq!(r("/a/./b/../c"), "/a/c");
+        assert_eq!(r("/a/b/.."), "/a/");
+        assert_eq!(r("/a/b/."), "/a/b/");
+        assert_eq!(r("/../../x"), "/x");
+        // Not dot segments: kept byte for byte.
+        for kept in [
+            "/shop/Products('a%2Fb')",
+            "/shop/...",
+            "/shop/.hidden/..x",
+            "/shop/Products('a.b')",
+            "*",
+        ] {
+            assert_eq!(r(kept), kept);
+        }
+    }
+
+    #[test]
+    fn segments_that_hide_a_climb_are_refused_c37() {
+        for hidden in [
+            "/shop/..%2F..%2F_admin",
+            "/shop/..%2f_admin",
+            "/shop/x%5C..%5Cy",
+            "/shop/..;x/_admin",
+        ] {
+            assert_eq!(
+                remove_dot_segments(hidden),
+                Err(PathError::Ambiguous),
+                "{hidden}"
+            );
+        }
+    }
+    proptest::proptest! {
+        /// Whatever the path, the result has no dot segment left, is stable, and a path without
+        /// dot segments comes back byte for byte (C37).
+        #[test]
+        fn resolved_paths_hold_no_dot_segments(
+            segments in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(".".to_owned()),
+                    proptest::strategy::Just("..".to_owned()),
+                    proptest::strategy::Just("%2e%2E".to_owned()),
+                    proptest::strategy::Just("%2e".to_owned()),
+                    proptest::strategy::Just("a%2Fb".to_owned()),
+                    "[a-zA-Z0-9.%()'_-]{0,8}",
+                ],
+                0..12,
+            )
+        ) {
+            let path = format!("/{}", segments.join("/"));
+            if let Ok(resolved) = remove_dot_segments(&path) {
+                proptest::prop_assert!(resolved.starts_with('/'));
+                proptest::prop_assert!(
+                    resolved.split('/').all(|s| dot_segment(s).is_none()),
+                    "{} -> {}", path, resolved
+                );
+                proptest::prop_assert_eq!(remove_dot_segments(&resolved), Ok(resolved.clone()));
+                if path.split('/').all(|s| dot_segment(s).is_none()) {
+                    proptest::prop_assert_eq!(resolved.as_ref(), path.as_str());
+                }
+            }
+        }
+    }
+
+    fn jwt(payload: &str, signature: &str) -> String {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!(
+            "Bearer {}.{}.{}",
+            b64(r#"{"alg":"RS256","typ":"JWT"}"#),
+            b64(payload),
+            b64(signature)
+        )
+    }
+
+    fn bearer(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_jwts_are_scoped_by_their_identifying_claims() {
+        let key = [7u8; 32];
+        let claims = |c: &[&str]| IdentityScope::Credentials {
+            jwt_claims: c.iter().map(|c| (*c).to_owned()).collect(),
+        };
+        let d = claims(&["iss", "sub"]);
+        let first = jwt(r#"{"iss":"https://idp","sub":"alice","exp":1}"#, "sig-1");
+        let renewed = jwt(r#"{"exp":2,"sub":"alice","iss":"https://idp"}"#, "sig-2");
+        let bob = jwt(r#"{"iss":"https://idp","sub":"bob","exp":1}"#, "sig-1");
+        let scope = |id: &IdentityScope, v: &str| scope_of(id, &key, &bearer(v));
+        assert_eq!(scope(&d, &first), scope(&d, &renewed));
+        assert_ne!(scope(&d, &first), scope(&d, &bob));
+        // Another issuer with the same subject is someone else.
+        let other_iss = jwt(r#"{"iss":"https://evil","sub":"alice"}"#, "s");
+        assert_ne!(scope(&d, &first), scope(&d, &other_iss));
+        // A JWT without a configured claim, and opaque tokens, are hashed whole.
+        let no_sub = jwt(r#"{"iss":"https://idp","exp":1}"#, "a");
+        let no_sub_renewed = jwt(r#"{"iss":"https://idp","exp":2}"#, "b");
+        assert_ne!(scope(&d, &no_sub), scope(&d, &no_sub_renewed));
+        assert_ne!(scope(&d, "Bearer opaque-1"), scope(&d, "Bearer opaque-2"));
+        assert_eq!(scope(&d, "Bearer opaque-1"), scope(&d, "Bearer opaque-1"));
+        for not_a_jwt in [
+            "Bearer a.b",
+            "Bearer a.!.c",
+            "Basic a.b.c",
+            "Bearer a.bm90IGpzb24.c",
+        ] {
+            assert_eq!(
+                scope(&d, not_a_jwt),
+                scope(&claims(&[]), not_a_jwt),
+                "{not_a_jwt}"
+            );
+        }
+        // Other claims, when configured; none turns claim scoping off.
+        let azure = claims(&["oid", "tid"]);
+        let a1 = jwt(r#"{"oid":"o1","tid":"t1","sub":"x"}"#, "1");
+        let a2 = jwt(r#"{"oid":"o1","tid":"t1","sub":"y"}"#, "2");
+        assert_eq!(scope(&azure, &a1), scope(&azure, &a2));
+        assert_ne!(scope(&claims(&[]), &first), scope(&claims(&[]), &renewed));
+        // The claims never collide with an opaque credential or the headers mode.
+        assert_ne!(
+            scope(&d, &first),
+            scope(
+                &IdentityScope::Headers(vec!["authorization".into()]),
+                &first
+            )
+        );
+    }
+
+    proptest::proptest! {
+        /// Any `Authorization` value is scoped without a panic, and a JWT's scope depends on its
+        /// `iss` and `sub` alone: other claims, their order and the signature do not count.
+        #[test]
+        fn jwt_scopes_follow_iss_and_sub_only(
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            sub in "[a-z0-9]{1,12}",
+            exp in proptest::prelude::any::<u64>(),
+            extra in "[a-zA-Z0-9 ]{0,20}",
+            signature in "[A-Za-z0-9_-]{0,40}",
+        ) {
+            let key = [3u8; 32];
+            let d = IdentityScope::Credentials {
+                jwt_claims: vec!["iss".into(), "sub".into()],
+            };
+            let junk = String::from_utf8_lossy(&junk).into_owned();
+            for value in [format!("Bearer {junk}"), format!("Bearer e30.{junk}.c")] {
+                if let Ok(v) = value.parse::<http::HeaderValue>() {
+                    let mut h = HeaderMap::new();
+                    h.insert("authorization", v);
+                    let _ = scope_of(&d, &key, &h);
+                }
+            }
+            let a = jwt(&format!(r#"{{"iss":"i","sub":"{sub}","exp":{exp}}}"#), "x");
+            let b = jwt(
+                &format!(r#"{{"extra":"{extra}","sub":"{sub}","iss":"i"}}"#),
+                &signature,
+            );
+            proptest::prop_assert_eq!(scope_of(&d, &key, &bearer(&a)), scope_of(&d, &key, &bearer(&b)));
+            let other = jwt(&format!(r#"{{"iss":"i","sub":"{sub}-"}}"#), "x");
+            proptest::prop_assert_ne!(scope_of(&d, &key, &bearer(&a)), scope_of(&d, &key, &bearer(&other)));
+        }
     }
 }

@@ -1,6 +1,10 @@
 //! Listeners and the request pipeline: accept connections (HTTP/1.1 and HTTP/2), run each request
 //! through the tower stack (request id → tracing → panic guard → handler), drain in-flight requests on
-//! shutdown. The admin listener serves `/metrics`, `/healthz` and `/readyz`.
+//! shutdown. The admin listener serves `/metrics`, `/healthz` and `/readyz`. Before a request is
+//! routed, its path is resolved and bounded (C37); `refusals` gives heads that hyper refuses on
+//! its own the same OData error answer.
+
+mod refusals;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,7 +24,7 @@ use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::body::{self, Body};
-use crate::error::Error;
+use crate::error::{Error, UpstreamFailure};
 use crate::odata::prefer::Preferences;
 use crate::odata::query::ODataQuery;
 use crate::odata::{ODataVersion, names};
@@ -95,7 +99,7 @@ fn connection_builder(app: &Shared) -> auto::Builder<TokioExecutor> {
                 .max(16 * 1024),
         )
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(app.config.limits.header_read_timeout);
     builder
         .http2()
         .max_header_list_size(app.config.limits.max_header_bytes as u32)
@@ -130,6 +134,7 @@ async fn serve(app: App, listener: TcpListener, shutdown: CancellationToken) {
                 }
             },
         };
+        let head_timeout = app.config.limits.header_read_timeout;
         let app = app.clone();
         let service = ServiceBuilder::new()
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -153,12 +158,28 @@ async fn serve(app: App, listener: TcpListener, shutdown: CancellationToken) {
                     Ok::<_, Infallible>(response)
                 }
             });
-        let connection =
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-        let connection = graceful.watch(connection.into_owned());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = connection.await {
+            // hyper's header timer starts only once it knows the protocol; until then a silent
+            // client would hold its connection (and a connection slot) for ever.
+            let started = tokio::select! {
+                _ = shutdown.cancelled() => false,
+                started = protocol_starts(&stream, head_timeout) => started,
+            };
+            if !started {
+                tracing::debug!(%peer, "closing a connection that sent no request in time");
+                return;
+            }
+            let connection = builder
+                .serve_connection(
+                    refusals::RefusalBodies::new(TokioIo::new(stream)),
+                    TowerToHyperService::new(service),
+                )
+                .into_owned();
+            if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
         });
@@ -169,6 +190,38 @@ async fn serve(app: App, listener: TcpListener, shutdown: CancellationToken) {
         .is_err()
     {
         tracing::warn!("in-flight requests did not finish in time; closing");
+    }
+}
+
+/// The HTTP/2 connection preface; hyper tells HTTP/1 from HTTP/2 by it.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Wait until a new connection has sent enough for hyper to pick the protocol (the HTTP/2
+/// preface, or bytes that cannot start it), at most `limit`. `false` when it did not; an
+/// end of stream counts as started, for hyper to close.
+async fn protocol_starts(stream: &tokio::net::TcpStream, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut seen = 0;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(_)) | Err(_) => return false,
+        };
+        if n == 0 || n == buf.len() || buf[..n] != H2_PREFACE[..n] {
+            return true;
+        }
+        if n == seen {
+            // `peek` answers at once while the bytes it saw are still unread: poll instead.
+            tokio::time::sleep_until(
+                deadline.min(tokio::time::Instant::now() + Duration::from_millis(20)),
+            )
+            .await;
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+        }
+        seen = n;
     }
 }
 
@@ -212,16 +265,27 @@ pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Respo
 
 async fn route(
     app: &App,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: SocketAddr,
     version: ODataVersion,
 ) -> Result<Response<Body>, Error> {
+    let uri_bytes = req.uri().to_string().len();
+    if uri_bytes > app.config.limits.max_uri_bytes {
+        return Err(Error::client(
+            StatusCode::URI_TOO_LONG,
+            "URITooLong",
+            format!(
+                "the request URI is longer than the limit of {} bytes",
+                app.config.limits.max_uri_bytes
+            ),
+        ));
+    }
     let head_bytes: usize = req
         .headers()
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum::<usize>()
-        + req.uri().to_string().len();
+        + uri_bytes;
     if head_bytes > app.config.limits.max_header_bytes {
         return Err(Error::client(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -246,6 +310,7 @@ async fn route(
             .iter()
             .filter_map(|v| v.to_str().ok()),
     );
+    normalize_path(&app.services, &mut req)?;
     let path = req.uri().path().to_owned();
     let raw_query = req.uri().query().map(str::to_owned);
     let decision = router::classify(
@@ -285,9 +350,27 @@ async fn route(
             )));
         }
     }
+    refuse_options_a_link_ignores(op, &query)?;
+    // The deadline covers resolving the set and answering; a pass-through is bounded by the
+    // upstream timeout instead.
+    let deadline = tokio::time::Instant::now() + app.config.limits.tracked_request_timeout;
+    let past_deadline = || {
+        Error::upstream(
+            UpstreamFailure::Timeout,
+            format!(
+                "the tracked request took longer than the limit of {} ms",
+                app.config.limits.tracked_request_timeout.as_millis()
+            ),
+        )
+    };
     let set_spec = match op {
         Operation::Page => None,
-        _ => router::resolve_set(app, service, &set, req.headers()).await?,
+        _ => tokio::time::timeout_at(
+            deadline,
+            router::resolve_set(app, service, &set, req.headers()),
+        )
+        .await
+        .map_err(|_| past_deadline())??,
     };
     if set_spec.is_none() && op != Operation::Page {
         if op == Operation::Initial && query.deltatoken.is_none() {
@@ -319,10 +402,73 @@ async fn route(
         scope: router::scope_of(&app.config.identity, &app.scope_key, req.headers()),
         headers: req.headers().clone(),
     };
-    match respond::answer(app, op, tracked).await? {
+    let answer = tokio::time::timeout_at(deadline, respond::answer(app, op, tracked))
+        .await
+        .map_err(|_| past_deadline())??;
+    match answer {
         Answer::Response(response) => Ok(response),
         Answer::PassThrough => proxy(app, req, peer, route).await,
     }
+}
+
+/// Resolve the dot segments of the request path before anything looks at it (C37), and refuse
+/// a path that climbs out of the route it was sent to: an upstream, or a proxy before it, that
+/// resolves them itself would otherwise serve what lies outside the service root.
+fn normalize_path(services: &[router::Service], req: &mut Request<Incoming>) -> Result<(), Error> {
+    let raw = req.uri().path();
+    let resolved = router::remove_dot_segments(raw).map_err(|_| {
+        Error::bad_request(
+            "the request path has a segment that decodes to '..'; send the path without it",
+        )
+    })?;
+    if resolved == raw {
+        return Ok(());
+    }
+    let addressed = services
+        .iter()
+        .find(|s| router::below_prefix(raw, &s.route.prefix).is_some());
+    if let Some(service) = addressed
+        && router::below_prefix(&resolved, &service.route.prefix).is_none()
+    {
+        return Err(Error::bad_request(format!(
+            "the request path leaves the service root {}",
+            service.route.prefix
+        )));
+    }
+    let path_and_query = match req.uri().query() {
+        Some(q) => format!("{resolved}?{q}"),
+        None => resolved.into_owned(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(
+        path_and_query
+            .parse()
+            .map_err(|_| Error::bad_request("the request path cannot be read"))?,
+    );
+    *req.uri_mut() = http::Uri::from_parts(parts)
+        .map_err(|_| Error::bad_request("the request path cannot be read"))?;
+    Ok(())
+}
+
+/// Options that would change the answer but that a delta link, a next link or `latest` cannot
+/// honour: its query was fixed when the link was issued.
+fn refuse_options_a_link_ignores(op: Operation, query: &ODataQuery) -> Result<(), Error> {
+    let from_link = matches!(op, Operation::Delta | Operation::Count | Operation::Page)
+        || query.deltatoken.as_deref() == Some("latest");
+    if !from_link {
+        return Ok(());
+    }
+    if let Some(name) = query.untrackable.first() {
+        return Err(Error::bad_request(format!(
+            "{name} cannot be used with a delta or next link: the gateway cannot track changes of its result"
+        )));
+    }
+    if op != Operation::Page && query.skiptoken.is_some() {
+        return Err(Error::bad_request(
+            "$skiptoken cannot be added to a delta link: follow the next links the gateway returns",
+        ));
+    }
+    Ok(())
 }
 
 fn op_label(op: Operation) -> &'static str {
@@ -362,6 +508,13 @@ async fn proxy(
     crate::proxy::forward(app, req, &upstream_url, &upstream_root, &public_root).await
 }
 
+/// Whether the store answers, read on the blocking pool like every store call.
+async fn ready(app: &App) -> Result<(), Error> {
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || store.token_secret()).await??;
+    Ok(())
+}
+
 async fn serve_admin(app: App, listener: TcpListener, shutdown: CancellationToken) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
@@ -375,7 +528,7 @@ async fn serve_admin(app: App, listener: TcpListener, shutdown: CancellationToke
         let app = app.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let app = app.clone();
-            async move { Ok::<_, Infallible>(admin(&app, &req)) }
+            async move { Ok::<_, Infallible>(admin(&app, &req).await) }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -386,7 +539,7 @@ async fn serve_admin(app: App, listener: TcpListener, shutdown: CancellationToke
     }
 }
 
-fn admin(app: &Shared, req: &Request<Incoming>) -> Response<Body> {
+async fn admin(app: &App, req: &Request<Incoming>) -> Response<Body> {
     let text = |status: StatusCode, body: String, content_type: &'static str| {
         let mut r = Response::new(body::full(Bytes::from(body)));
         *r.status_mut() = status;
@@ -401,7 +554,7 @@ fn admin(app: &Shared, req: &Request<Incoming>) -> Response<Body> {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into(), "text/plain"),
-        (&Method::GET, "/readyz") => match app.store.token_secret() {
+        (&Method::GET, "/readyz") => match ready(app).await {
             Ok(_) => text(StatusCode::OK, "ready\n".into(), "text/plain"),
             Err(_) => text(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -44,12 +44,13 @@ const STALE: TableDefinition<&[u8; 32], ()> = TableDefinition::new("stale");
 const PENDING: TableDefinition<&[u8; 16], u64> = TableDefinition::new("pending");
 const VERSIONS: TableDefinition<&[u8; 24], u64> = TableDefinition::new("versions");
 
-/// Tables of schema version 1 (entities and changes keyed by key hash), deleted by the migration.
-const V1_CHANGES: TableDefinition<&[u8; 40], ()> = TableDefinition::new("changes");
+/// The `changes` table of schema versions 1 and 2 (keyed by key hash), deleted by the migration.
+const OLD_CHANGES: TableDefinition<&[u8; 40], ()> = TableDefinition::new("changes");
 
-/// Bumped when the layout of any table changes. A store of version 1 is migrated at start (see
-/// `migrate_v1`); any other version is refused.
-const SCHEMA_VERSION: &[u8] = b"2";
+/// Bumped when the layout of any table changes. Stores of versions 1 and 2 (entities keyed by a
+/// key hash: the predicate as spelled, then the key identity) are migrated at start (see
+/// `migrate_keyed_by_hash`); any other version is refused.
+const SCHEMA_VERSION: &[u8] = b"3";
 const DB_FILE: &str = "gateway.redb";
 
 /// Rows per transaction of the maintenance passes (discarding, compacting, purging).
@@ -98,8 +99,10 @@ pub struct FeedMeta {
     pub version: u64,
     /// Live (not removed) entities at `version`.
     pub live: u64,
-    /// When a token of the feed was last issued or used (unix ms); a feed unused for longer than
-    /// the token lifetime can have no valid token left and is dropped.
+    /// The feed's retention mark (unix ms): no token of the feed handed out so far was issued
+    /// after it (it is written before a newer token is handed out, possibly a little ahead), and the
+    /// feed was last used or committed no later. A feed whose mark is older than the token lifetime
+    /// can have no valid token left and is dropped. It only grows; every writer keeps the larger.
     #[serde(default)]
     pub last_used_ms: u64,
     /// Set when the feed's entities were dropped for disuse. The definition stays, so an expired
@@ -444,12 +447,12 @@ impl Store {
             let mut meta = tx.open_table(META)?;
             let existing = meta.get("schema_version")?.map(|v| v.value().to_vec());
             match existing {
-                Some(v) if v == b"1" => {
+                Some(v) if v == b"1" || v == b"2" => {
                     drop(meta);
-                    migrate_v1(&tx)?;
+                    migrate_keyed_by_hash(&tx)?;
                     meta = tx.open_table(META)?;
                     meta.insert("schema_version", SCHEMA_VERSION)?;
-                    tracing::warn!(store = %path.display(), "migrated the store from schema version 1: tracked feeds start over, their delta links answer 410 Gone");
+                    tracing::warn!(store = %path.display(), from = %String::from_utf8_lossy(&v), "migrated the store to schema version 3: tracked feeds start over, their delta links answer 410 Gone");
                 }
                 Some(v) if v != SCHEMA_VERSION => {
                     return Err(StoreError(format!(
@@ -837,6 +840,45 @@ impl Store {
         Ok(())
     }
 
+    /// Make a feed's retention mark cover a token issued at `issued_ms`: if the stored mark is
+    /// older, move it to `until_ms` (at least `issued_ms`) in a durable commit. Returns the mark as
+    /// stored afterwards; 0 for a feed that is not stored.
+    pub fn cover_issued(
+        &self,
+        feed: FeedId,
+        issued_ms: u64,
+        until_ms: u64,
+    ) -> Result<u64, StoreError> {
+        // Most calls find the mark far enough already; a read transaction costs no fsync.
+        match self.feed(feed)? {
+            None => return Ok(0),
+            Some(meta) if meta.last_used_ms >= issued_ms => return Ok(meta.last_used_ms),
+            Some(_) => {}
+        }
+        let tx = self.db.begin_write()?;
+        let mark;
+        {
+            let mut feeds = tx.open_table(FEEDS)?;
+            let Some(mut meta) = feeds
+                .get(&feed.0)?
+                .map(|v| serde_json::from_slice::<FeedMeta>(v.value()))
+                .transpose()
+                .map_err(StoreError::new)?
+            else {
+                return Ok(0);
+            };
+            if meta.last_used_ms >= issued_ms {
+                return Ok(meta.last_used_ms);
+            }
+            meta.last_used_ms = until_ms.max(issued_ms);
+            mark = meta.last_used_ms;
+            let encoded = serde_json::to_vec(&meta).map_err(StoreError::new)?;
+            feeds.insert(&feed.0, encoded.as_slice())?;
+        }
+        tx.commit()?;
+        Ok(mark)
+    }
+
     /// Feeds not used since `before_ms`.
     pub fn idle_feeds(&self, before_ms: u64) -> Result<Vec<FeedId>, StoreError> {
         let tx = self.db.begin_read()?;
@@ -847,6 +889,21 @@ impl Store {
             let meta: FeedMeta = serde_json::from_slice(v.value()).map_err(StoreError::new)?;
             if !meta.dropped && meta.last_used_ms < before_ms {
                 out.push(FeedId(*k.value()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every feed that holds entities (not dropped), with its scope label: what the feed caps count.
+    pub(crate) fn stored_feeds(&self) -> Result<Vec<(FeedId, String)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let feeds = tx.open_table(FEEDS)?;
+        let mut out = Vec::new();
+        for item in feeds.iter()? {
+            let (k, v) = item?;
+            let meta: FeedMeta = serde_json::from_slice(v.value()).map_err(StoreError::new)?;
+            if !meta.dropped {
+                out.push((FeedId(*k.value()), meta.scope));
             }
         }
         Ok(out)
@@ -1076,12 +1133,12 @@ where
     }
 }
 
-/// Migrate a schema-1 store: its rows were keyed by key hash, which this layout cannot read in
-/// place. The token secret stays; every feed keeps its definition and version but is marked
+/// Migrate a schema 1 or 2 store: its rows were keyed by a key hash, which this layout cannot read
+/// in place. The token secret stays; every feed keeps its definition and version but is marked
 /// dropped, so each delta link issued before gets 410 Gone with the query to start over (C25).
-fn migrate_v1(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+fn migrate_keyed_by_hash(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     tx.delete_table(ENTITIES)?;
-    tx.delete_table(V1_CHANGES)?;
+    tx.delete_table(OLD_CHANGES)?;
     tx.delete_table(VERSIONS)?;
     let mut feeds = tx.open_table(FEEDS)?;
     let ids: Vec<[u8; 16]> = feeds
@@ -1239,7 +1296,13 @@ mod tests {
     }
 
     #[test]
-    fn a_schema_1_store_is_migrated_keeping_the_secret_and_dropping_the_feeds() {
+    fn a_schema_1_or_2_store_is_migrated_keeping_the_secret_and_dropping_the_feeds() {
+        for old in [&b"1"[..], b"2"] {
+            migrates(old);
+        }
+    }
+
+    fn migrates(old: &[u8]) {
         let dir = tempfile::tempdir().unwrap();
         let feed = FeedId([2; 16]);
         {
@@ -1247,7 +1310,7 @@ mod tests {
             let tx = db.begin_write().unwrap();
             {
                 let mut m = tx.open_table(META).unwrap();
-                m.insert("schema_version", &b"1"[..]).unwrap();
+                m.insert("schema_version", old).unwrap();
                 m.insert("token_secret", &[7u8; 32][..]).unwrap();
                 let encoded = serde_json::to_vec(&meta(3, 1, 0)).unwrap();
                 tx.open_table(FEEDS)
@@ -1258,7 +1321,7 @@ mod tests {
                     .unwrap()
                     .insert(&[1u8; 32], &b"old row"[..])
                     .unwrap();
-                tx.open_table(V1_CHANGES)
+                tx.open_table(OLD_CHANGES)
                     .unwrap()
                     .insert(&[1u8; 40], ())
                     .unwrap();
@@ -1273,7 +1336,7 @@ mod tests {
         let sizes = store.sizes().unwrap();
         assert_eq!((sizes.entity_states, sizes.changes), (0, 0));
         drop(store);
-        // Opened again, it is a schema 2 store.
+        // Opened again, it is a schema 3 store.
         Store::open(dir.path()).unwrap();
     }
 }

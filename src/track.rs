@@ -1,6 +1,9 @@
 //! Change tracking: feeds and their versions, the refresh that turns upstream enumerations into
-//! versions, the signed tokens that name a version, and answering tracked requests from the store.
+//! versions, the signed tokens that name a version, and answering tracked requests from the store —
+//! after the upstream has authorized them and within the gateway's limits on feeds and refreshes.
 
+pub(crate) mod admission;
+pub(crate) mod authorize;
 pub mod feed;
 pub mod hash;
 pub mod refresh;

@@ -23,6 +23,19 @@ fn example_config_loads_with_the_documented_route() {
         Some("127.0.0.1:9090")
     );
     assert_eq!(config.limits.max_connections, 4096);
+    assert_eq!(config.limits.max_uri_bytes, 32 << 10);
+    assert_eq!(config.limits.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(config.limits.body_read_timeout, Duration::from_secs(60));
+    assert_eq!(
+        config.limits.tracked_request_timeout,
+        Duration::from_secs(300)
+    );
+    assert_eq!(
+        config.upstream.metadata_recheck_interval,
+        Duration::from_secs(60)
+    );
+    assert_eq!(config.limits.max_pages_per_refresh, 100_000);
+    assert_eq!(config.limits.refresh_timeout, Duration::from_secs(15 * 60));
     assert_eq!(config.routes.len(), 1);
     let route = &config.routes[0];
     assert_eq!(route.prefix, "/odata/v4/catalog");
@@ -34,7 +47,17 @@ fn example_config_loads_with_the_documented_route() {
     assert_eq!(products.key.as_deref(), Some(&["ID".to_owned()][..]));
     assert_eq!(products.ignore, vec!["modifiedAt".to_owned()]);
     assert_eq!(config.token_ttl, Duration::from_secs(30 * 86_400));
-    assert_eq!(config.identity, IdentityScope::Credentials);
+    assert_eq!(
+        config.identity,
+        IdentityScope::Credentials {
+            jwt_claims: vec!["iss".into(), "sub".into()]
+        }
+    );
+    assert_eq!(config.authorization_cache, Duration::from_secs(30));
+    assert_eq!(config.limits.max_feeds, 10_000);
+    assert_eq!(config.limits.max_feeds_per_scope, 100);
+    assert_eq!(config.limits.max_concurrent_refreshes, 8);
+    assert_eq!(config.limits.max_refresh_waiters, 64);
 }
 
 /// What gateway.toml's header comment tells to do to put it in front of the demo's sample service.
@@ -103,17 +126,30 @@ fn every_file_key_appears_in_the_example() {
         "[identity]",
         "mode",
         "headers",
+        "jwt_claims",
+        "authorization_cache",
         "[upstream]",
         "timeout",
         "connect_timeout",
         "max_retries",
         "max_retry_wait",
+        "metadata_recheck_interval",
         "[limits]",
         "max_request_body_bytes",
         "max_page_bytes",
         "max_entities_per_feed",
         "max_header_bytes",
         "max_connections",
+        "max_uri_bytes",
+        "header_read_timeout",
+        "body_read_timeout",
+        "tracked_request_timeout",
+        "max_feeds",
+        "max_feeds_per_scope",
+        "max_concurrent_refreshes",
+        "max_refresh_waiters",
+        "max_pages_per_refresh",
+        "refresh_timeout",
         "[[route]]",
         "upstream",
         "prefix",

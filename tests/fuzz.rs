@@ -339,6 +339,7 @@ fn page_text() -> impl Strategy<Value = String> {
     let count = prop_oneof![
         number_text(),
         select(&["\"12\"", "\"x\"", "null", "\"\"", "\"-1\"", "[]"][..]).prop_map(str::to_owned),
+        huge_count(),
     ];
     let next = prop_oneof![
         string_text(),
@@ -364,6 +365,38 @@ fn page_text() -> impl Strategy<Value = String> {
             page.push('}');
             page
         })
+}
+
+/// `@odata.count` at and past the edge of `u64`, bare or quoted.
+fn huge_count() -> impl Strategy<Value = String> {
+    let n = prop_oneof![
+        Just(u64::MAX.to_string()),
+        (u64::MAX - 1000..=u64::MAX).prop_map(|n| n.to_string()),
+        any::<u64>().prop_map(|n| n.to_string()),
+        (20usize..60, any::<u64>()).prop_map(|(len, seed)| digits(len, seed)),
+    ];
+    (n, any::<bool>()).prop_map(|(n, quoted)| if quoted { format!("\"{n}\"") } else { n })
+}
+
+/// A count or entity number an upstream might send: small, at the edge of `u64`, or anything.
+fn upstream_number() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        3 => 0u64..200,
+        1 => u64::MAX - 200..=u64::MAX,
+        1 => any::<u64>(),
+    ]
+}
+
+/// Rounds of reading an upstream: entities delivered, how many new, and the count reported.
+fn rounds() -> impl Strategy<Value = Vec<invariants::Round>> {
+    prop::collection::vec(
+        (
+            upstream_number(),
+            upstream_number(),
+            prop::option::of(upstream_number()),
+        ),
+        0..12,
+    )
 }
 
 fn hostile_json() -> impl Strategy<Value = Vec<u8>> {
@@ -407,6 +440,15 @@ proptest! {
     #[test]
     fn hostile_pages_never_panic_and_their_entities_hash_stably(body in hostile_page()) {
         invariants::page_parse(&body);
+    }
+
+    #[test]
+    fn any_upstream_count_is_tallied_without_overflow_and_reading_on_ends(
+        enumeration in rounds(),
+        read_on in rounds(),
+        step in upstream_number(),
+    ) {
+        invariants::count_tally(&enumeration, &read_on, step);
     }
 }
 
@@ -947,6 +989,8 @@ fn hostile_request(issued: Issued) -> impl Strategy<Value = Hostile> {
         1 => Just(format!("{ROOT}/Customers/")),
         1 => Just(format!("{ROOT}//Customers")),
         1 => Just("/other/Customers".to_owned()),
+        1 => Just(format!("{ROOT}/../../_admin/stats")),
+        1 => Just(format!("{ROOT}/Orders/%2e%2E/./Customers")),
         1 => "[A-Za-z0-9$%()'/.,=_-]{0,30}".prop_map(|p| format!("{ROOT}/{}", url_safe(&p))),
     ];
     let method = prop_oneof![

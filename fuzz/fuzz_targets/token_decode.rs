@@ -5,7 +5,6 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use odata_delta_gateway::track::feed::{FeedId, Version};
-use odata_delta_gateway::track::hash::KeyHash;
 use odata_delta_gateway::track::token::{Cursor, Token, TokenKind};
 use odata_delta_gateway_fuzz::{token_decode, token_round_trip};
 
@@ -34,7 +33,7 @@ enum Kind {
     },
     InitialPage {
         at: u64,
-        after: [u8; 16],
+        after: u64,
         remaining: u64,
         page_size: u32,
         count: bool,
@@ -43,7 +42,7 @@ enum Kind {
         since: u64,
         upto: u64,
         after_version: u64,
-        after_key: [u8; 16],
+        after_key: u64,
         page_size: u32,
         count: bool,
     },
@@ -64,7 +63,7 @@ impl Issued {
             } => TokenKind::Page {
                 cursor: Cursor::Initial {
                     at: Version(at),
-                    after: KeyHash(after),
+                    after,
                     remaining,
                 },
                 page_size,
@@ -81,7 +80,7 @@ impl Issued {
                 cursor: Cursor::Delta {
                     since: Version(since),
                     upto: Version(upto),
-                    after: (Version(after_version), KeyHash(after_key)),
+                    after: (Version(after_version), after_key),
                 },
                 page_size,
                 count,

@@ -15,6 +15,7 @@ use odata_delta_gateway::odata::prefer::Preferences;
 use odata_delta_gateway::odata::query::{DefiningQuery, ODataQuery, encode_pairs};
 use odata_delta_gateway::proxy::LinkRewriter;
 use odata_delta_gateway::track::hash::{EntityError, Hasher, KeyHash};
+use odata_delta_gateway::track::refresh::tally::{ReadOn, Tally, Verdict};
 use odata_delta_gateway::track::token::{Token, TokenError, TokenKey};
 
 /// The request context tokens are bound to in these checks; its content does not matter, only that
@@ -112,6 +113,103 @@ fn int32_key() -> [KeyProperty; 1] {
     }]
 }
 
+/// A count the page parser accepted is what the page says: digits (bare or quoted) read as a `u64`,
+/// or `u64::MAX` when they do not fit in one.
+fn assert_count_read_right(body: &[u8], count: u64) {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return;
+    };
+    let written = value.get("@odata.count").or_else(|| value.get("@count"));
+    let Some(written) = written else {
+        return;
+    };
+    let text = match written {
+        serde_json::Value::String(s) => s.clone(),
+        // Numbers too long for u64 come back as floats here; only integers are checked.
+        serde_json::Value::Number(n) if n.is_u64() => n.to_string(),
+        _ => return,
+    };
+    assert!(
+        !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()),
+        "the count {text:?} was read as {count}"
+    );
+    assert_eq!(
+        count,
+        text.parse::<u64>().unwrap_or(u64::MAX),
+        "count {text:?}"
+    );
+}
+
+/// One round of reading an upstream as the fuzzer describes it: entities delivered, how many of
+/// them carry new keys (at most all of them), and the `@odata.count` of the round, if any.
+pub type Round = (u64, u64, Option<u64>);
+
+/// Whatever an upstream counts and delivers, tallying it never overflows (saturating at
+/// `u64::MAX`), and the read-on that a shortfall starts behaves: it asks from where the pages read
+/// so far ended, never backwards; it stops once the count is met, once a round comes back empty,
+/// and after two rounds in a row without a new key; and a shortfall of at most 1% never fails.
+pub fn count_tally(enumeration: &[Round], rounds: &[Round], step: u64) {
+    let mut tally = Tally::default();
+    let apply = |tally: &mut Tally, &(entities, new, count): &Round| {
+        tally.page(entities, count);
+        tally.distinct = tally.distinct.saturating_add(new.min(entities));
+    };
+    for round in enumeration {
+        apply(&mut tally, round);
+    }
+    let pages = enumeration.len() as u64;
+    assert_eq!(tally.pages, pages, "pages miscounted");
+    let mut read_on = ReadOn::new(&tally, step);
+    let mut verdict = read_on.first(&tally);
+    assert_eq!(
+        verdict == Verdict::Complete,
+        tally.shortfall() == 0,
+        "{tally:?}: {verdict:?}"
+    );
+    let mut last_skip = None;
+    let mut idle = 0;
+    for round in rounds {
+        let Verdict::ReadOn { skip, top } = verdict else {
+            break;
+        };
+        assert!(top >= 1, "asked for {top} entities");
+        assert_eq!(
+            skip, tally.delivered,
+            "read on from elsewhere than where the pages ended"
+        );
+        if let Some(last) = last_skip {
+            assert!(skip >= last, "read on backwards: {last} then {skip}");
+        }
+        last_skip = Some(skip);
+        let before = tally;
+        apply(&mut tally, round);
+        let (delivered, new) = (
+            tally.delivered - before.delivered,
+            tally.distinct - before.distinct,
+        );
+        idle = if new == 0 { idle + 1 } else { 0 };
+        verdict = read_on.after_round(&tally, delivered, new);
+        let stopped = !matches!(verdict, Verdict::ReadOn { .. });
+        if tally.shortfall() == 0 {
+            assert_eq!(verdict, Verdict::Complete, "{tally:?}");
+        } else if delivered == 0 {
+            assert_eq!(
+                verdict,
+                Verdict::Explained,
+                "an empty round must stop: {tally:?}"
+            );
+        } else if idle >= 2 {
+            assert!(stopped, "two idle rounds must stop: {tally:?}");
+        }
+        if verdict == Verdict::Truncated {
+            assert!(
+                !tally.tolerable(),
+                "a shortfall within 1% failed: {tally:?}"
+            );
+        }
+    }
+}
+
 /// How deep the scanner in `odata::json` follows nesting before it refuses.
 const SCANNER_MAX_DEPTH: usize = 128;
 
@@ -151,6 +249,9 @@ pub fn page_parse(body: &[u8]) {
     let Ok(page) = Page::parse(body) else {
         return;
     };
+    if let Some(count) = page.count {
+        assert_count_read_right(body, count);
+    }
     let key = int32_key();
     let mut hasher = Hasher::default();
     let mut members = Vec::new();

@@ -1,6 +1,13 @@
 //! Keys and entity-ids: which properties form an entity's key, and how their values are written as
 //! key literals — `Customers(42)`, `Products('A''1')`, `Orders(ID=1,Line=2)`, GUIDs and dates unquoted
 //! (U "Key-as-Segment"/"Canonical URL", ABNF primitive literals).
+//!
+//! A key's identity is not its spelling: an upstream may write one GUID in upper case in one answer
+//! and lower case in the next, or one decimal as `1.50`, `1.5` or `15e-1`. [`key_identity`] gives
+//! each value one spelling, and that is what entities are told apart by; payloads keep the literal
+//! as the upstream wrote it.
+
+use std::borrow::Cow;
 
 use super::json::Member;
 
@@ -86,11 +93,28 @@ pub struct EntityKey {
     pub members: Vec<u8>,
 }
 
+/// Key values of an entity not spelled the way [`normalized_literal`] spells them, by their byte
+/// range in the entity, each with its JSON value in that spelling (a string stays a string, a
+/// number a number). Empty, and nothing allocated, in the usual case.
+pub type Respelled = Vec<((usize, usize), Vec<u8>)>;
+
 impl EntityKey {
     /// Read the key of an entity from its top-level members.
     pub fn read(text: &[u8], members: &[Member], key: &[KeyProperty]) -> Result<Self, KeyError> {
+        Self::read_spelled(text, members, key).map(|(key, _)| key)
+    }
+
+    /// Read the key of an entity, and which of its values are spelled otherwise than their
+    /// identity: the content hash is taken with those in their normalized spelling, so that a key
+    /// spelled another way is no change either.
+    pub fn read_spelled(
+        text: &[u8],
+        members: &[Member],
+        key: &[KeyProperty],
+    ) -> Result<(Self, Respelled), KeyError> {
         let mut predicate = String::new();
         let mut json = Vec::new();
+        let mut respelled = Vec::new();
         for (i, prop) in key.iter().enumerate() {
             let member = members
                 .iter()
@@ -98,6 +122,14 @@ impl EntityKey {
                 .ok_or_else(|| KeyError::Missing(prop.name.clone()))?;
             let raw = member.value(text);
             let literal = literal(prop, raw)?;
+            if let Cow::Owned(spelled) = normalized_literal(&literal) {
+                let quoted = raw.first() == Some(&b'"');
+                let mut value = Vec::with_capacity(spelled.len() + 2);
+                value.extend_from_slice(if quoted { b"\"" } else { b"" });
+                value.extend_from_slice(spelled.as_bytes());
+                value.extend_from_slice(if quoted { b"\"" } else { b"" });
+                respelled.push((member.value, value));
+            }
             if i > 0 {
                 predicate.push(',');
                 json.push(b',');
@@ -112,10 +144,13 @@ impl EntityKey {
             json.extend_from_slice(b"\":");
             super::json::write_compact(raw, &mut json);
         }
-        Ok(EntityKey {
-            predicate,
-            members: json,
-        })
+        Ok((
+            EntityKey {
+                predicate,
+                members: json,
+            },
+            respelled,
+        ))
     }
 
     /// The entity-id relative to the service root: `Customers(42)` (C16).
@@ -198,6 +233,214 @@ fn literal(prop: &KeyProperty, raw: &[u8]) -> Result<String, KeyError> {
             })
             .ok_or_else(|| invalid("enumeration")),
     }
+}
+
+/// The identity of a key predicate (`42`, `ID=1,Line=2`, as [`EntityKey::read`] writes them): the
+/// predicate with each key literal in one spelling per value, so that two spellings of one key
+/// value give one identity and two values never do. Numbers (integers, decimals, doubles, written
+/// bare or from JSON strings) become their shortest exact decimal form (`1.50`, `+1.5`, `15e-1` →
+/// `1.5`; `1e2`, `100.0`, `0100` → `100`; `-0` → `0`); GUIDs become lower case. Other literals —
+/// strings, which are case-sensitive, dates and times, durations, binaries, enumerations,
+/// booleans — are taken as they are.
+///
+/// It reads the literals alone, without the key's types, so that a store can be re-keyed from the
+/// predicates it holds: the literal forms of the Edm types do not overlap (strings and their kin
+/// are quoted, numbers are digits, GUIDs are hex in 8-4-4-4-12 groups, dates hold `-` between digits).
+pub fn key_identity(predicate: &str) -> Cow<'_, str> {
+    // A composite predicate starts with a property name and `=`; a single literal holds `=` only
+    // inside quotes (`'a=b'`, `binary'AA=='`).
+    let composite = predicate
+        .bytes()
+        .find(|b| matches!(b, b'=' | b'\''))
+        .is_some_and(|b| b == b'=');
+    if !composite {
+        return normalized_literal(predicate);
+    }
+    let mut changed = false;
+    let parts: Vec<Cow<'_, str>> = super::query::split_top_level(predicate, ',')
+        .into_iter()
+        .map(|part| match part.split_once('=') {
+            Some((name, literal)) => match normalized_literal(literal) {
+                Cow::Owned(literal) => {
+                    changed = true;
+                    Cow::Owned(format!("{name}={literal}"))
+                }
+                Cow::Borrowed(_) => Cow::Borrowed(part),
+            },
+            None => Cow::Borrowed(part),
+        })
+        .collect();
+    if changed {
+        Cow::Owned(parts.join(","))
+    } else {
+        Cow::Borrowed(predicate)
+    }
+}
+
+/// One key literal in the spelling its value is known by (see [`key_identity`]).
+pub fn normalized_literal(literal: &str) -> Cow<'_, str> {
+    if is_guid(literal) {
+        if literal.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Cow::Owned(literal.to_ascii_lowercase());
+        }
+        return Cow::Borrowed(literal);
+    }
+    if is_canonical_number(literal) {
+        return Cow::Borrowed(literal);
+    }
+    match canonical_number(literal) {
+        Some(n) if n != literal => Cow::Owned(n),
+        _ => Cow::Borrowed(literal),
+    }
+}
+
+/// Whether a literal is a number already in the form `canonical_number` gives, checked without
+/// allocating: integers and plain decimals as well-behaved upstreams write them. `false` only
+/// means "compute it".
+fn is_canonical_number(s: &str) -> bool {
+    let unsigned = s.strip_prefix('-').unwrap_or(s);
+    let (int, frac) = match unsigned.split_once('.') {
+        Some((int, frac)) => (int, Some(frac)),
+        None => (unsigned, None),
+    };
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    if !digits(int) || (int.len() > 1 && int.starts_with('0')) {
+        return false;
+    }
+    match frac {
+        None => {
+            // `-0` is `0`; long runs of trailing zeros are written with an exponent.
+            (unsigned != "0" || s.len() == 1)
+                && int.bytes().rev().take_while(|b| *b == b'0').count() <= MAX_PADDING
+        }
+        Some(frac) => {
+            digits(frac)
+                && !frac.ends_with('0')
+                && (int != "0" || frac.bytes().take_while(|b| *b == b'0').count() <= MAX_PADDING)
+        }
+    }
+}
+
+fn is_guid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
+/// Padding zeros written out before a number is written with an exponent instead.
+const MAX_PADDING: usize = 40;
+
+/// The shortest exact decimal form of a number literal (`[+-]digits[.digits][e[+-]digits]`, or
+/// `.5`-style): no sign on zero, no leading or trailing zeros, no exponent unless the plain form
+/// would need more than `MAX_PADDING` zeros (then `d.ddde±n`, so that a hostile `1e999999999` stays
+/// short). `None` for anything else (`INF`, `NaN`, dates, malformed numbers).
+fn canonical_number(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let negative = match b.first() {
+        Some(b'-') => {
+            i += 1;
+            true
+        }
+        Some(b'+') => {
+            i += 1;
+            false
+        }
+        _ => false,
+    };
+    let int_start = i;
+    while b.get(i).is_some_and(u8::is_ascii_digit) {
+        i += 1;
+    }
+    let int = &b[int_start..i];
+    let mut frac: &[u8] = &[];
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        frac = &b[start..i];
+    }
+    if int.is_empty() && frac.is_empty() {
+        return None;
+    }
+    let mut exponent: i64 = 0;
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        let exp_negative = match b.get(i) {
+            Some(b'-') => {
+                i += 1;
+                true
+            }
+            Some(b'+') => {
+                i += 1;
+                false
+            }
+            _ => false,
+        };
+        let start = i;
+        while let Some(d) = b.get(i).filter(|d| d.is_ascii_digit()) {
+            // Far beyond any real number; refused rather than overflowed.
+            exponent = exponent.checked_mul(10)?.checked_add(i64::from(d - b'0'))?;
+            if exponent > 1_000_000_000 {
+                return None;
+            }
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        if exp_negative {
+            exponent = -exponent;
+        }
+    }
+    if i != b.len() {
+        return None;
+    }
+    // value = digits × 10^exp10, with digits free of leading and trailing zeros.
+    let mut digits: Vec<u8> = int.iter().chain(frac).copied().collect();
+    let mut exp10 = exponent - frac.len() as i64;
+    let leading = digits.iter().take_while(|d| **d == b'0').count();
+    digits.drain(..leading);
+    if digits.is_empty() {
+        return Some("0".to_owned());
+    }
+    while digits.last() == Some(&b'0') {
+        digits.pop();
+        exp10 += 1;
+    }
+    let n = digits.len() as i64;
+    let digits = String::from_utf8(digits).ok()?;
+    let mut out = String::with_capacity(digits.len() + MAX_PADDING + 8);
+    if negative {
+        out.push('-');
+    }
+    let padding = MAX_PADDING as i64;
+    if (0..=padding).contains(&exp10) {
+        out.push_str(&digits);
+        out.extend(std::iter::repeat_n('0', exp10 as usize));
+    } else if exp10 < 0 && -exp10 < n {
+        let point = (n + exp10) as usize;
+        out.push_str(&digits[..point]);
+        out.push('.');
+        out.push_str(&digits[point..]);
+    } else if exp10 < 0 && -exp10 - n <= padding {
+        out.push_str("0.");
+        out.extend(std::iter::repeat_n('0', (-exp10 - n) as usize));
+        out.push_str(&digits);
+    } else {
+        out.push_str(&digits[..1]);
+        if n > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
+        out.push('e');
+        out.push_str(&(exp10 + n - 1).to_string());
+    }
+    Some(out)
 }
 
 /// A `$filter` expression matching exactly the given key predicates: `ID in (1,2)` for single keys,
@@ -322,6 +565,172 @@ mod tests {
             Err(KeyError::Invalid { .. })
         ));
         assert!(read(r#"{"ID":"x"}"#, &key(&[("ID", KeyType::Guid)])).is_err());
+    }
+
+    #[test]
+    fn spellings_of_one_key_value_have_one_identity() {
+        for (spellings, identity) in [
+            (
+                &["1.5", "1.50", "+1.5", "15e-1", "0.15E1", "01.500"][..],
+                "1.5",
+            ),
+            (&["100", "1e2", "100.0", "0100", "1E+2", "100.00"], "100"),
+            (&["0", "-0", "0.000", "0e5", "-0.0"], "0"),
+            (&["-12.25", "-1225e-2"], "-12.25"),
+            (&["0.0015", "1.5e-3", ".0015"], "0.0015"),
+            (
+                &["1e45", "1000000000000000000000000000000000000000000000"],
+                "1e45",
+            ),
+            (&["1.25e-300", "125e-302"], "1.25e-300"),
+            (
+                &[
+                    "6F9619FF-8B86-D011-B42D-00C04FC964FF",
+                    "6f9619ff-8b86-d011-b42d-00c04fc964ff",
+                    "6f9619FF-8b86-D011-b42d-00c04fc964ff",
+                ],
+                "6f9619ff-8b86-d011-b42d-00c04fc964ff",
+            ),
+            (
+                &[
+                    "ID=6F9619FF-8B86-D011-B42D-00C04FC964FF,Line=2.0",
+                    "ID=6f9619ff-8b86-d011-b42d-00c04fc964ff,Line=2",
+                ],
+                "ID=6f9619ff-8b86-d011-b42d-00c04fc964ff,Line=2",
+            ),
+        ] {
+            for s in spellings {
+                assert_eq!(key_identity(s), identity, "{s}");
+            }
+        }
+    }
+
+    #[test]
+    fn strings_dates_and_other_literals_keep_their_spelling() {
+        for literal in [
+            "'ABC'",
+            "'1.50'",
+            "'6F9619FF-8B86-D011-B42D-00C04FC964FF'",
+            "'a=b,c'",
+            "Name='X=1',Code='2.0'",
+            "2024-01-31",
+            "2024-01-31T10:20:30.000Z",
+            "10:20:30",
+            "duration'PT1H'",
+            "binary'AAE='",
+            "NS.Color'Red'",
+            "true",
+            "INF",
+            "-INF",
+            "NaN",
+            "1e",
+            "1-2",
+            "1e99999999999999999999",
+        ] {
+            assert_eq!(key_identity(literal), literal);
+        }
+    }
+
+    #[test]
+    fn a_respelled_key_is_marked_for_the_content_hash() {
+        let text = r#"{"ID":"6F9619FF-8B86-D011-B42D-00C04FC964FF","P":1.50}"#;
+        let mut m = Vec::new();
+        object_members(text.as_bytes(), &mut m).unwrap();
+        let (k, respelled) = EntityKey::read_spelled(
+            text.as_bytes(),
+            &m,
+            &key(&[("ID", KeyType::Guid), ("P", KeyType::Decimal)]),
+        )
+        .unwrap();
+        let spelled: Vec<&[u8]> = respelled.iter().map(|(_, v)| v.as_slice()).collect();
+        assert_eq!(
+            spelled,
+            [&br#""6f9619ff-8b86-d011-b42d-00c04fc964ff""#[..], b"1.5"]
+        );
+        assert_eq!(
+            k.predicate, "ID=6F9619FF-8B86-D011-B42D-00C04FC964FF,P=1.50",
+            "C16: the entity-id keeps the upstream's literal"
+        );
+        let text = br#"{"ID":42}"#;
+        object_members(text, &mut m).unwrap();
+        let (_, respelled) =
+            EntityKey::read_spelled(text, &m, &key(&[("ID", KeyType::Integer)])).unwrap();
+        assert!(respelled.is_empty());
+    }
+
+    /// A decimal value as (negative, digits, exponent) and a spelling of it chosen by `style`.
+    fn spell(negative: bool, digits: u64, exp: i32, style: u8, pad: usize) -> String {
+        let sign = if negative { "-" } else { ["", "+"][pad % 2] };
+        let zeros = "0".repeat(pad % 4);
+        match style % 3 {
+            // Scientific, with padding zeros in the mantissa.
+            0 => format!("{sign}{zeros}{digits}{zeros}e{}", exp - (pad % 4) as i32),
+            // Plain, with the point moved into place.
+            _ => {
+                let d = digits.to_string();
+                let e = exp as i64;
+                let plain = if e >= 0 {
+                    format!("{d}{}", "0".repeat(e as usize))
+                } else if (-e as usize) < d.len() {
+                    let at = d.len() - (-e as usize);
+                    format!("{}.{}", &d[..at], &d[at..])
+                } else {
+                    format!("0.{}{d}", "0".repeat(-e as usize - d.len()))
+                };
+                let trailing = if plain.contains('.') {
+                    zeros.clone()
+                } else {
+                    String::new()
+                };
+                format!("{sign}{zeros}{plain}{trailing}")
+            }
+        }
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Normalizing twice changes nothing.
+        #[test]
+        fn normalizing_is_idempotent(s in "[-+]?[0-9]{0,6}(\\.[0-9]{0,6})?([eE][-+]?[0-9]{1,3})?|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|'.{0,8}'|.{0,12}") {
+            let once = key_identity(&s).into_owned();
+            prop_assert_eq!(key_identity(&once), once.as_str());
+        }
+
+        /// Every spelling of one number gives one identity and one key hash; different numbers
+        /// never share one.
+        #[test]
+        fn equal_numbers_have_equal_hashes_and_only_they(
+            negative in any::<bool>(),
+            digits in 1u64..1_000_000,
+            exp in -50i32..50,
+            styles in (any::<u8>(), any::<u8>(), 0usize..8, 0usize..8),
+            other in (1u64..1_000_000, -50i32..50),
+        ) {
+            let a = spell(negative, digits, exp, styles.0, styles.2);
+            let b = spell(negative, digits, exp, styles.1, styles.3);
+            prop_assert_eq!(key_identity(&a), key_identity(&b), "{} {}", a, b);
+            prop_assert_eq!(crate::track::hash::KeyHash::of(&a), crate::track::hash::KeyHash::of(&b));
+            // A different value: compared as exact rationals digits × 10^exp.
+            let (d2, e2) = other;
+            let same_value = {
+                let (mut x, mut ex) = (digits, exp);
+                while x % 10 == 0 { x /= 10; ex += 1; }
+                let (mut y, mut ey) = (d2, e2);
+                while y % 10 == 0 { y /= 10; ey += 1; }
+                (x, ex) == (y, ey)
+            };
+            let c = spell(negative, d2, e2, styles.0, styles.2);
+            prop_assert_eq!(key_identity(&a) == key_identity(&c), same_value, "{} {}", a, c);
+        }
+
+        /// GUIDs are one key in any case.
+        #[test]
+        fn guids_in_any_case_have_one_hash(g in "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", mask in any::<u64>()) {
+            let mixed: String = g.chars().enumerate().map(|(i, c)| if mask >> (i % 64) & 1 == 1 { c.to_ascii_uppercase() } else { c }).collect();
+            prop_assert_eq!(crate::track::hash::KeyHash::of(&mixed), crate::track::hash::KeyHash::of(&g));
+            prop_assert_eq!(key_identity(&mixed), g.as_str());
+        }
     }
 
     #[test]

@@ -11,7 +11,8 @@ pub struct Page<'a> {
     pub entities: Vec<&'a RawValue>,
     /// `@odata.nextLink` (or 4.01 `@nextLink`), as written by the upstream.
     pub next_link: Option<String>,
-    /// `@odata.count`, when the upstream sent it (as a number or, like some servers, a string).
+    /// `@odata.count`, when the upstream sent it (as a number or, like some servers, a string). A
+    /// count beyond `u64` is read as `u64::MAX`: it is only ever compared with what was delivered.
     pub count: Option<u64>,
 }
 
@@ -24,7 +25,7 @@ pub enum PageError {
     /// An entity in `value` is not a JSON object.
     #[error("entity {0} of the upstream page is not a JSON object")]
     NotAnObject(usize),
-    /// `@odata.count` is neither a number nor a numeric string.
+    /// `@odata.count` is not a non-negative integer, as a number or a numeric string.
     #[error("the upstream page has an unreadable @odata.count")]
     BadCount,
 }
@@ -49,10 +50,7 @@ impl<'a> Page<'a> {
         }
         let count = match wire.count {
             None => None,
-            Some(raw) => {
-                let text = raw.get().trim_matches('"');
-                Some(text.parse::<u64>().map_err(|_| PageError::BadCount)?)
-            }
+            Some(raw) => Some(parse_count(raw.get()).ok_or(PageError::BadCount)?),
         };
         Ok(Page {
             entities: wire.value,
@@ -60,6 +58,18 @@ impl<'a> Page<'a> {
             count,
         })
     }
+}
+
+/// A count as JSON text: digits, bare or quoted; more digits than `u64` holds saturate.
+fn parse_count(raw: &str) -> Option<u64> {
+    let text = raw
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(raw);
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(text.parse::<u64>().unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
@@ -75,6 +85,14 @@ mod tests {
         assert_eq!(p.entities[1].get(), r#"{ "ID" : 2 }"#);
         assert_eq!(p.next_link.as_deref(), Some("C?$skiptoken=2"));
         assert_eq!(p.count, Some(3));
+        for (text, count) in [
+            ("18446744073709551615", u64::MAX),
+            ("18446744073709551616", u64::MAX),
+            ("\"99999999999999999999999999\"", u64::MAX),
+        ] {
+            let body = format!(r#"{{"value":[],"@odata.count":{text}}}"#);
+            assert_eq!(Page::parse(body.as_bytes()).unwrap().count, Some(count));
+        }
         let p = Page::parse(br#"{"value":[],"@nextLink":"x","@count":0}"#).unwrap();
         assert_eq!((p.next_link.as_deref(), p.count), (Some("x"), Some(0)));
     }
@@ -87,6 +105,10 @@ mod tests {
             br#"{"error":{"code":"1","message":"x"}}"#,
             br#"{"value":[{"a":1}"#,
             br#"{"value":[],"@odata.count":"x"}"#,
+            br#"{"value":[],"@odata.count":-1}"#,
+            br#"{"value":[],"@odata.count":2.5}"#,
+            br#"{"value":[],"@odata.count":1e3}"#,
+            br#"{"value":[],"@odata.count":"\"7"}"#,
             br#"{"value":[],"value":[]}"#,
             b"",
         ] {

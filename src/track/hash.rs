@@ -8,6 +8,35 @@ use crate::odata::json::{JsonError, Member, object_members, write_canonical_memb
 use crate::ids::truncate;
 pub use crate::ids::{ContentHash, KeyHash};
 
+// Defined here rather than beside the type: the key identity is protocol knowledge
+// (`odata::entity_id`), and the ids module imports nothing of ours.
+impl KeyHash {
+    /// The hash of a key predicate such as `42` or `ID=1,Line=2`: of its identity, so that
+    /// `Guid`s in either case, or `1.50` and `1.5`, are one key (`key_identity`).
+    pub fn of(predicate: &str) -> Self {
+        let identity = crate::odata::entity_id::key_identity(predicate);
+        KeyHash(truncate(blake3::hash(identity.as_bytes())))
+    }
+}
+
+/// `raw` with the given byte ranges replaced.
+fn respell(raw: &[u8], replacements: &[((usize, usize), Vec<u8>)]) -> Vec<u8> {
+    let mut sorted: Vec<&((usize, usize), Vec<u8>)> = replacements.iter().collect();
+    sorted.sort_by_key(|((start, _), _)| *start);
+    let mut out = Vec::with_capacity(raw.len() + 16);
+    let mut at = 0;
+    for ((start, end), value) in sorted {
+        if *start < at || *end > raw.len() {
+            continue;
+        }
+        out.extend_from_slice(&raw[at..*start]);
+        out.extend_from_slice(value);
+        at = *end;
+    }
+    out.extend_from_slice(&raw[at..]);
+    out
+}
+
 /// Why an upstream entity could not be hashed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EntityError {
@@ -47,10 +76,17 @@ impl Hasher {
         ignore: &[String],
     ) -> Result<Digest, EntityError> {
         object_members(raw, &mut self.members)?;
-        let key = EntityKey::read(raw, &self.members, key)?;
+        let (key, respelled) = EntityKey::read_spelled(raw, &self.members, key)?;
         self.canonical.clear();
         let skip = |name: &[u8]| ignore.iter().any(|i| i.as_bytes() == name);
-        write_canonical_members(raw, &self.members, &skip, &mut self.canonical)?;
+        if respelled.is_empty() {
+            write_canonical_members(raw, &self.members, &skip, &mut self.canonical)?;
+        } else {
+            // A key spelled another way is the same content: hash it as spelled canonically.
+            let text = respell(raw, &respelled);
+            object_members(&text, &mut self.members)?;
+            write_canonical_members(&text, &self.members, &skip, &mut self.canonical)?;
+        }
         Ok(Digest {
             key_hash: KeyHash::of(&key.predicate),
             content: ContentHash(truncate(blake3::hash(&self.canonical))),
@@ -97,6 +133,48 @@ mod tests {
             .unwrap();
         assert_ne!(a.content, c.content);
         assert_eq!(a.key_hash, c.key_hash);
+    }
+
+    #[test]
+    fn a_key_spelled_another_way_is_the_same_key_and_the_same_content() {
+        let key = vec![
+            KeyProperty {
+                name: "G".into(),
+                ty: KeyType::Guid,
+                enum_type: None,
+            },
+            KeyProperty {
+                name: "P".into(),
+                ty: KeyType::Decimal,
+                enum_type: None,
+            },
+        ];
+        let mut h = Hasher::default();
+        let lower = h
+            .digest(
+                br#"{"G":"6f9619ff-8b86-d011-b42d-00c04fc964ff","P":1.5,"n":"x"}"#,
+                &key,
+                &[],
+            )
+            .unwrap();
+        let upper = h
+            .digest(
+                br#"{"n":"x","P":1.50,"G":"6F9619FF-8B86-D011-B42D-00C04FC964FF"}"#,
+                &key,
+                &[],
+            )
+            .unwrap();
+        assert_eq!(lower.key_hash, upper.key_hash);
+        assert_eq!(lower.content, upper.content);
+        assert_ne!(lower.key.predicate, upper.key.predicate, "spelled as sent");
+        let other = h
+            .digest(
+                br#"{"n":"y","P":1.50,"G":"6F9619FF-8B86-D011-B42D-00C04FC964FF"}"#,
+                &key,
+                &[],
+            )
+            .unwrap();
+        assert_ne!(lower.content, other.content);
     }
 
     /// A JSON value with nested objects and arrays, for the property test.

@@ -19,7 +19,7 @@ use url::Url;
 
 use crate::Shared;
 use crate::error::{Error, UpstreamFailure};
-use crate::odata::page::Page;
+use crate::odata::page::{Page, PageError};
 use crate::odata::query::{encode_pairs, encode_path};
 use crate::store::{EntityRow, FeedMeta, PendingRow};
 
@@ -30,10 +30,13 @@ use super::hash::{Digest, EntityError, Hasher, KeyHash};
 
 mod confirm;
 mod fetch;
+pub mod tally;
 
 pub use confirm::ConfirmStrategy;
+use fetch::Prefetch;
 pub use fetch::forwarded_headers;
-use fetch::{Fetcher, OnRefusal, Prefetch};
+pub(crate) use fetch::{Fetcher, OnRefusal};
+use tally::{ReadOn, Tally, Verdict};
 
 /// What a tracked request needs to refresh a feed.
 #[derive(Clone, Debug)]
@@ -57,6 +60,8 @@ pub struct Fresh {
     pub version: Version,
     /// When the refresh behind it finished.
     pub finished_at: SystemTime,
+    /// Whether this request ran that refresh, so the upstream accepted its own credentials.
+    pub(crate) by_this_request: bool,
 }
 
 /// Bring a feed up to date, sharing a refresh with concurrent requests: a refresh that was still
@@ -64,6 +69,9 @@ pub struct Fresh {
 /// reused. Its result is as of its enumeration, which is all a delta promises (C28).
 pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<Fresh, Error> {
     let arrived = Instant::now();
+    let new_feed = shared
+        .feeds
+        .admit(input.feed, &input.def.scope, &shared.config.limits)?;
     let slot = shared.feeds.slot(input.feed);
     let mut guard = slot.lock_owned().await;
     guard.last_used = Some(Instant::now());
@@ -77,13 +85,35 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
             return last.outcome.clone().map(|version| Fresh {
                 version,
                 finished_at: last.finished_at,
+                by_this_request: false,
             });
         }
     }
+    // Taken with the slot locked: other requests on this feed wait for the slot and share the
+    // refresh instead of taking turns of their own.
+    let permit = match shared.refresh_permits.acquire().await {
+        Ok(permit) => permit,
+        Err(e) => {
+            if new_feed {
+                shared.feeds.unregister(input.feed);
+            }
+            return Err(e);
+        }
+    };
     let shared = shared.clone();
     let task = tokio::spawn(async move {
         let started = Instant::now();
         let outcome = run(&shared, &mut guard, &input).await;
+        drop(permit);
+        if guard.index.is_some() {
+            let stored = guard.meta.as_ref().is_some_and(|m| !m.dropped);
+            shared
+                .feeds
+                .set_stored(input.feed, &input.def.scope, stored);
+        }
+        if outcome.is_ok() {
+            super::authorize::refreshed_with(&shared, &input.def, &input.headers);
+        }
         shared.feeds.finish_load(input.feed, &outcome);
         if outcome.is_err() {
             // The index may hold what this refresh saw but did not publish; the store has the
@@ -122,6 +152,7 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
         outcome.map(|version| Fresh {
             version,
             finished_at,
+            by_this_request: true,
         })
     });
     task.await?
@@ -133,16 +164,13 @@ struct Pass<'a> {
     input: &'a RefreshInput,
     /// This refresh's number; index entries it sees are stamped with it.
     generation: u64,
-    hasher: Hasher,
-    /// GETs of this refresh, with its retry budget.
+    /// GETs of this refresh, with its retry budget and page cap.
     fetcher: Fetcher,
-    pages: u64,
-    /// Entities received from the upstream, duplicates included.
-    delivered: u64,
-    /// Distinct keys seen by this refresh.
-    distinct: u64,
-    /// The latest `@odata.count` the upstream reported, if it reports one.
-    reported: Option<u64>,
+    /// Pages and entities read against the upstream's count.
+    tally: Tally,
+    /// Hashes of the nextLinks followed, to notice one that points back at a page already read.
+    /// At most one per page, so the page cap bounds it.
+    links: HashSet<[u8; 16]>,
     /// The version this refresh writes at and publishes if it finds a difference.
     pending_version: Version,
     /// Rows numbered from here on were first seen by this refresh.
@@ -169,8 +197,8 @@ async fn run(
     slot: &mut Slot,
     input: &RefreshInput,
 ) -> Result<Version, Error> {
-    let now = unix_ms(SystemTime::now());
-    let purge_before = now.saturating_sub(shared.config.token_ttl.as_millis() as u64);
+    let now = shared.clock.now_ms();
+    let purge_before = super::retention::purge_before_ms(now, shared.config.token_ttl);
     let store = shared.store.clone();
     let feed = input.feed;
     // Whatever a failed refresh of this feed wrote is discarded before anything is compared.
@@ -230,12 +258,9 @@ async fn run(
         shared,
         input,
         generation: slot.refreshes,
-        hasher: Hasher::default(),
         fetcher: Fetcher::new(shared.clone(), input.headers.clone(), &input.set.name),
-        pages: 0,
-        delivered: 0,
-        distinct: 0,
-        reported: None,
+        tally: Tally::default(),
+        links: HashSet::new(),
         pending_version,
         first_new_row: next_row,
         next_row,
@@ -300,7 +325,7 @@ async fn run(
     };
     let store = shared.store.clone();
     let meta_for_publish = meta.clone();
-    let now = unix_ms(SystemTime::now());
+    let now = shared.clock.now_ms();
     tokio::task::spawn_blocking(move || store.publish(feed, &meta_for_publish, now)).await??;
     slot.meta = Some(meta);
     shared.metrics.entities_changed.inc_by(pass.written);
@@ -318,6 +343,72 @@ async fn run(
 
 /// The digest of each entity of a page, by the entity's byte range in the page.
 type PageDigests = Vec<((usize, usize), Result<Digest, EntityError>)>;
+
+/// What the parse of a page yields besides its entities: the paging controls and where in the body
+/// each entity lies, so that it can be hashed without parsing the page again.
+struct Scanned {
+    next_link: Option<String>,
+    count: Option<u64>,
+    spans: Vec<(usize, usize)>,
+}
+
+/// Parse a page and locate its entities in the body.
+fn scan(body: &[u8]) -> Result<Scanned, PageError> {
+    let page = Page::parse(body)?;
+    let base = body.as_ptr() as usize;
+    let spans: Vec<(usize, usize)> = page
+        .entities
+        .iter()
+        .map(|raw| {
+            // Borrowed raw values point into the body they were parsed from.
+            let start = (raw.get().as_ptr() as usize).wrapping_sub(base);
+            (start, start.saturating_add(raw.get().len()))
+        })
+        .filter(|&(start, end)| start <= end && end <= body.len())
+        .collect();
+    if spans.len() != page.entities.len() {
+        return Err(PageError::Malformed(
+            "a parsed entity lies outside its page".into(),
+        ));
+    }
+    Ok(Scanned {
+        next_link: page.next_link,
+        count: page.count,
+        spans,
+    })
+}
+
+/// The stored states of a page's new and changed entities, built from their raw bytes (compacted)
+/// on the blocking pool.
+fn rows_all(body: &[u8], changed: Vec<((usize, usize), Digest, u64, bool)>) -> Vec<PendingRow> {
+    changed
+        .into_iter()
+        .map(|((start, end), digest, row, existed)| {
+            let raw = &body[start..end];
+            let state = EntityRow::live(
+                digest.key_hash,
+                digest.content,
+                &digest.key.predicate,
+                &digest.key.members,
+                raw.len(),
+                |out| crate::odata::json::write_compact(raw, out),
+            );
+            PendingRow {
+                row,
+                existed,
+                state,
+            }
+        })
+        .collect()
+}
+
+/// The short, fixed-size identity of a link, for the set of links followed.
+fn link_hash(url: &Url) -> [u8; 16] {
+    let hash = blake3::hash(url.as_str().as_bytes());
+    let mut out = [0; 16];
+    out.copy_from_slice(&hash.as_bytes()[..16]);
+    out
+}
 
 /// One page being keyed and hashed on the blocking pool.
 struct HashingPage {
@@ -403,39 +494,30 @@ impl Pass<'_> {
         index: &mut HashMap<KeyHash, IndexEntry>,
         on_refusal: OnRefusal,
     ) -> Result<(), Error> {
-        // A pipeline: the next page is fetched while earlier ones are hashed on the blocking pool
-        // (off the threads that serve requests), two pages at a time so that both cores work.
+        // A pipeline: the next page is fetched while earlier ones are parsed and hashed on the
+        // blocking pool (pages are up to `max_page_bytes`; parsing them on the threads that serve
+        // requests would stall those), two pages hashing at a time so that both cores work.
         // Results are applied in page order, so that a key seen twice keeps its last state.
-        let first = Prefetch::start(&self.fetcher, self.collection_url(pairs), on_refusal);
-        let mut next = Some(first);
+        let url = self.collection_url(pairs);
+        self.links.insert(link_hash(&url));
+        let mut next = Some(Prefetch::start(&self.fetcher, url, on_refusal));
         let mut hashing: VecDeque<HashingPage> = VecDeque::new();
         loop {
             let Some(mut fetch) = next.take() else {
                 break;
             };
             let body = fetch.wait().await?;
-            let page = self.parse_page(&body)?;
-            if let Some(link) = &page.next_link {
+            let scanned = self.scan_page(&body).await?;
+            if let Some(link) = &scanned.next_link {
                 let url = crate::upstream::resolve_link(&self.input.service_root, link)?;
+                self.follow(&url)?;
                 next = Some(Prefetch::start(&self.fetcher, url, OnRefusal::Fail));
             }
-            let spans: Vec<(usize, usize)> = page
-                .entities
-                .iter()
-                .map(|raw| {
-                    // Borrowed raw values point into the body they were parsed from.
-                    let start = (raw.get().as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
-                    (start, start.saturating_add(raw.get().len()))
-                })
-                .filter(|&(_, end)| end <= body.len())
-                .collect();
-            if spans.len() != page.entities.len() {
-                return Err(Error::Internal(
-                    "a parsed entity lies outside its page".into(),
-                ));
-            }
-            drop(page);
-            hashing.push_back(HashingPage::start(body, spans, self.input.set.clone()));
+            hashing.push_back(HashingPage::start(
+                body,
+                scanned.spans,
+                self.input.set.clone(),
+            ));
             if hashing.len() >= 2 {
                 self.apply_page(hashing.pop_front(), index).await?;
             }
@@ -450,6 +532,22 @@ impl Pass<'_> {
     fn push(&mut self, row: PendingRow) {
         self.batch_bytes += row.state.len();
         self.batch.push(row);
+    }
+
+    /// Note a nextLink about to be followed; one seen before in this refresh is a cycle, which would
+    /// otherwise be read until the page cap.
+    fn follow(&mut self, url: &Url) -> Result<(), Error> {
+        if self.links.insert(link_hash(url)) {
+            return Ok(());
+        }
+        tracing::warn!(set = %self.set_name(), link = %url, "the upstream's nextLink points back at a page already read");
+        Err(Error::upstream(
+            UpstreamFailure::BadAnswer,
+            format!(
+                "the upstream's paging of {} loops back to a page already read; nothing was committed",
+                self.set_name()
+            ),
+        ))
     }
 
     /// Write the queued rows at the pending version once there are enough of them, so that memory
@@ -494,120 +592,91 @@ impl Pass<'_> {
     ) -> Result<(), Error> {
         let Some(mut page) = page else { return Ok(()) };
         let digests = (&mut page.task).await?;
-        for (span, digest) in digests {
-            let digest = digest.map_err(|e| self.unreadable(e))?;
-            self.apply(digest, &page.body[span.0..span.1], index);
-        }
+        self.apply_digests(&page.body, digests, index, None).await?;
         self.flush_if_full().await
     }
 
-    /// Parse an upstream page and count it.
-    fn parse_page<'b>(&mut self, body: &'b Bytes) -> Result<Page<'b>, Error> {
-        let page = Page::parse(body).map_err(|e| {
-            tracing::warn!(set = %self.set_name(), error = %e, "unreadable upstream page");
-            Error::upstream(
-                UpstreamFailure::BadAnswer,
-                format!(
-                    "the upstream sent an unreadable page of {}; nothing was committed",
-                    self.set_name()
-                ),
-            )
-        })?;
-        self.pages += 1;
-        self.delivered += page.entities.len() as u64;
-        self.reported = page.count.or(self.reported);
+    /// Parse an upstream page on the blocking pool and count it.
+    async fn scan_page(&mut self, body: &Bytes) -> Result<Scanned, Error> {
+        let shared = body.clone();
+        let scanned = tokio::task::spawn_blocking(move || scan(&shared)).await?;
+        let scanned = scanned.map_err(|e| self.unreadable_page(e))?;
+        self.count_page(&scanned);
+        Ok(scanned)
+    }
+
+    /// Count a parsed page.
+    fn count_page(&mut self, scanned: &Scanned) {
+        self.tally.page(scanned.spans.len() as u64, scanned.count);
         self.shared.metrics.upstream_pages.inc();
-        Ok(page)
+    }
+
+    /// The error for a page that is not an OData collection.
+    fn unreadable_page(&self, e: PageError) -> Error {
+        tracing::warn!(set = %self.set_name(), error = %e, "unreadable upstream page");
+        Error::upstream(
+            UpstreamFailure::BadAnswer,
+            format!(
+                "the upstream sent an unreadable page of {}; nothing was committed",
+                self.set_name()
+            ),
+        )
     }
 
     /// Cross-check the enumeration with the upstream's `@odata.count`. An upstream that stops early
-    /// without a nextLink (silent truncation) is read on with `$skip`/`$top`; if entities are still
-    /// missing beyond what concurrent writes explain, the refresh fails rather than miss changes.
+    /// without a nextLink (silent truncation, or a silent cap on every answer) is read on with
+    /// `$skip`/`$top` until the count is reached or a round comes back empty; the page cap and the
+    /// refresh timeout bound how long. Rows that went while the enumeration ran leave a shortfall
+    /// the read-on cannot fill: that is churn, and the removal confirmation decides about those
+    /// rows (C27). Only an upstream that keeps delivering rows it already sent fails the refresh.
     async fn check_complete(
         &mut self,
         pairs: &[(String, String)],
         index: &mut HashMap<KeyHash, IndexEntry>,
     ) -> Result<(), Error> {
-        let Some(reported) = self.reported else {
-            return Ok(());
-        };
-        if self.distinct >= reported {
-            return Ok(());
-        }
-        tracing::warn!(
-            set = %self.set_name(),
-            reported,
-            delivered = self.distinct,
-            "the upstream delivered fewer entities than it counted; reading on with $skip"
-        );
         let step = u64::from(self.shared.config.upstream.page_size);
-        let mut offset = self.delivered;
-        let rounds = (reported - self.distinct) / step + 3;
-        for _ in 0..rounds {
-            let (distinct, delivered) = (self.distinct, self.delivered);
+        let mut read_on = ReadOn::new(&self.tally, step);
+        let mut verdict = read_on.first(&self.tally);
+        if verdict != Verdict::Complete {
+            tracing::warn!(
+                set = %self.set_name(),
+                reported = self.tally.reported,
+                delivered = self.tally.distinct,
+                "the upstream delivered fewer entities than it counted; reading on with $skip"
+            );
+        }
+        while let Verdict::ReadOn { skip, top } = verdict {
+            let before = self.tally;
             let mut more: Vec<(String, String)> = pairs
                 .iter()
                 .filter(|(n, _)| n != "$count")
                 .cloned()
                 .collect();
-            more.push(("$skip".into(), offset.to_string()));
-            more.push(("$top".into(), step.to_string()));
+            more.push(("$skip".into(), skip.to_string()));
+            more.push(("$top".into(), top.to_string()));
             self.read_collection(&more, index, OnRefusal::Fail).await?;
-            if self.delivered == delivered || self.distinct == distinct {
-                break;
-            }
-            offset += self.delivered - delivered;
+            verdict = read_on.after_round(
+                &self.tally,
+                self.tally.delivered.saturating_sub(before.delivered),
+                self.tally.distinct.saturating_sub(before.distinct),
+            );
         }
-        let shortfall = reported.saturating_sub(self.distinct);
-        if shortfall == 0 {
-            return Ok(());
-        }
-        // Rows inserted while offset paging ran can be passed over once; a few are tolerated (the
-        // next refresh sees them), a real truncation is not.
-        if shortfall * 100 > reported {
-            return Err(Error::upstream(
+        match verdict {
+            Verdict::Truncated => Err(Error::upstream(
                 UpstreamFailure::BadAnswer,
                 format!(
-                    "the upstream counted {reported} entities of {} but delivered {}; nothing was committed",
+                    "the upstream counted {} entities of {} but delivered {}, even when asked past them; nothing was committed",
+                    self.tally.reported.unwrap_or(0),
                     self.set_name(),
-                    self.distinct
+                    self.tally.distinct
                 ),
-            ));
-        }
-        tracing::warn!(set = %self.set_name(), reported, delivered = self.distinct, "a few counted entities were not delivered; the next refresh will look again");
-        Ok(())
-    }
-
-    /// Parse one page, observe its entities, and return its nextLink. With `found`, the predicates of
-    /// the entities seen are collected there too.
-    fn read_page(
-        &mut self,
-        body: &Bytes,
-        index: &mut HashMap<KeyHash, IndexEntry>,
-        mut found: Option<&mut HashSet<String>>,
-    ) -> Result<Option<String>, Error> {
-        let page = self.parse_page(body)?;
-        for raw in &page.entities {
-            let predicate = self.observe(raw.get().as_bytes(), index)?;
-            if let Some(found) = found.as_deref_mut() {
-                found.insert(predicate);
+            )),
+            Verdict::Explained => {
+                tracing::info!(set = %self.set_name(), reported = self.tally.reported, delivered = self.tally.distinct, "the upstream holds fewer entities than it counted; rows went while it was read");
+                Ok(())
             }
+            Verdict::Complete | Verdict::ReadOn { .. } => Ok(()),
         }
-        Ok(page.next_link)
-    }
-
-    /// Key and hash one upstream entity and note it in the diff. A key seen twice in one refresh
-    /// counts once; its last state wins. Returns the key predicate.
-    fn observe(
-        &mut self,
-        raw: &[u8],
-        index: &mut HashMap<KeyHash, IndexEntry>,
-    ) -> Result<String, Error> {
-        let digest = self
-            .hasher
-            .digest(raw, &self.input.set.key, &self.input.set.ignore)
-            .map_err(|e| self.unreadable(e))?;
-        Ok(self.apply(digest, raw, index))
     }
 
     /// The error for an entity that cannot be keyed or hashed.
@@ -621,25 +690,65 @@ impl Pass<'_> {
         )
     }
 
-    /// Note one hashed entity in the diff, queueing its row when it is new or changed. The index
-    /// learns the new state at once, so a key seen again later in the enumeration is compared with
-    /// it (a key seen twice counts once; its last state wins). Returns its key predicate.
-    fn apply(
+    /// Note the hashed entities of one page (or one entity read by key) in the diff, in order; with
+    /// `found`, collect their key hashes there too. New and changed entities are kept in their
+    /// compact form, written on the blocking pool.
+    async fn apply_digests(
         &mut self,
-        digest: Digest,
-        raw: &[u8],
+        body: &Bytes,
+        digests: PageDigests,
         index: &mut HashMap<KeyHash, IndexEntry>,
-    ) -> String {
-        let (changed, row, existed) = match index.get_mut(&digest.key_hash) {
+        mut found: Option<&mut HashSet<KeyHash>>,
+    ) -> Result<(), Error> {
+        // The page's last state of each new or changed key. The index learns every state at once,
+        // so a later sighting that matches it changes nothing, and one that differs replaces it.
+        let mut changed: HashMap<KeyHash, ((usize, usize), Digest, u64, bool)> = HashMap::new();
+        for (span, digest) in digests {
+            let digest = digest.map_err(|e| self.unreadable(e))?;
+            if let Some(found) = found.as_deref_mut() {
+                found.insert(digest.key_hash);
+            }
+            if let Some((row, existed)) = self.note(&digest, index) {
+                let existed = existed
+                    || changed
+                        .get(&digest.key_hash)
+                        .is_some_and(|(_, _, _, existed)| *existed);
+                changed.insert(digest.key_hash, (span, digest, row, existed));
+            }
+        }
+        self.check_size()?;
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let changed: Vec<_> = changed.into_values().collect();
+        let shared = body.clone();
+        let rows = tokio::task::spawn_blocking(move || rows_all(&shared, changed)).await?;
+        for row in rows {
+            self.push(row);
+        }
+        Ok(())
+    }
+
+    /// Note one hashed entity in the diff. A key seen twice in one refresh counts once; its last
+    /// state wins. The index entry takes the new state at once (a new key gets the next row
+    /// number). Returns the entity's row, and whether that row had a published state before this
+    /// refresh, when the entity is new or changed and so is to be written.
+    fn note(
+        &mut self,
+        digest: &Digest,
+        index: &mut HashMap<KeyHash, IndexEntry>,
+    ) -> Option<(u64, bool)> {
+        match index.get_mut(&digest.key_hash) {
             Some(entry) => {
                 if entry.seen != self.generation {
-                    self.distinct += 1;
+                    self.tally.sighting();
                 }
                 entry.seen = self.generation;
-                let changed = entry.content != digest.content;
+                if entry.content == digest.content {
+                    return None;
+                }
                 entry.content = digest.content;
-                if changed
-                    && entry.row >= self.first_new_row
+                if entry.row >= self.first_new_row
                     && let Some(progress) = &self.progress
                 {
                     progress.send_modify(|p| {
@@ -648,10 +757,10 @@ impl Pass<'_> {
                         }
                     });
                 }
-                (changed, entry.row, entry.row < self.first_new_row)
+                Some((entry.row, entry.row < self.first_new_row))
             }
             None => {
-                self.distinct += 1;
+                self.tally.sighting();
                 let row = self.next_row;
                 self.next_row += 1;
                 index.insert(
@@ -662,24 +771,25 @@ impl Pass<'_> {
                         seen: self.generation,
                     },
                 );
-                (true, row, false)
+                Some((row, false))
             }
-        };
-        if changed {
-            let state = EntityRow::live(
-                digest.key_hash,
-                digest.content,
-                &digest.key.predicate,
-                &digest.key.members,
-                raw.len(),
-                |out| crate::odata::json::write_compact(raw, out),
-            );
-            self.push(PendingRow {
-                row,
-                existed,
-                state,
-            });
         }
-        digest.key.predicate
+    }
+
+    /// Fail as soon as the feed outgrows `max_entities_per_feed`, rather than after reading the
+    /// whole upstream. Deliveries are bounded at twice the limit too, against an upstream that
+    /// sends the same rows again and again under new links.
+    fn check_size(&self) -> Result<(), Error> {
+        let limit = self.shared.config.limits.max_entities_per_feed;
+        if self.tally.distinct <= limit && self.tally.delivered <= limit.saturating_mul(2) {
+            return Ok(());
+        }
+        Err(Error::upstream(
+            UpstreamFailure::BadAnswer,
+            format!(
+                "{} holds more than the limit of {limit} entities per feed; nothing was committed",
+                self.set_name()
+            ),
+        ))
     }
 }

@@ -17,8 +17,10 @@ use crate::odata::query::{DefiningQuery, ODataQuery, encode_path};
 use crate::odata::{ODataVersion, names};
 use crate::store::EntityRow;
 
+use super::authorize::{authorize, authorize_after_refresh};
 use super::feed::{FeedDef, FeedId, Scope, SetSpec, Version};
-use super::refresh::{Fresh, RefreshInput, ensure_fresh, forwarded_headers, unix_ms};
+use super::refresh::{Fresh, RefreshInput, ensure_fresh, forwarded_headers};
+use super::retention::{record_issued, token_is_valid};
 use super::token::{Cursor, SKIPTOKEN_PREFIX, Token, TokenError, TokenKind};
 
 /// A tracked request, classified and with everything resolved that the router knows.
@@ -86,8 +88,8 @@ pub enum Answer {
     PassThrough,
 }
 
-fn now_secs() -> u64 {
-    unix_ms(SystemTime::now()) / 1000
+fn now_secs(shared: &Shared) -> u64 {
+    shared.clock.now_secs()
 }
 
 impl TrackedRequest {
@@ -132,12 +134,27 @@ impl TrackedRequest {
         })
     }
 
+    /// Refresh the feed, then make sure the upstream accepts this request's credentials for it
+    /// (the refresh may have been another request's).
+    async fn fresh(&self, shared: &Arc<Shared>, def: &FeedDef) -> Result<Fresh, Error> {
+        let fresh = ensure_fresh(shared, self.refresh_input(def.clone())?).await?;
+        authorize_after_refresh(
+            shared,
+            &self.service_root,
+            def,
+            &self.headers,
+            fresh.by_this_request,
+        )
+        .await?;
+        Ok(fresh)
+    }
+
     fn collection_url(&self) -> String {
         format!("{}/{}", self.public_root, encode_path(&self.set_name))
     }
 
     fn delta_link(&self, shared: &Shared, feed: FeedId, since: Version, issued_at: u64) -> String {
-        shared.feeds.touch(feed, unix_ms(SystemTime::now()));
+        shared.feeds.touch(feed, shared.clock.now_ms());
         let token = Token {
             feed,
             issued_at,
@@ -187,9 +204,8 @@ impl TrackedRequest {
         token: &Token,
         query: Option<&DefiningQuery>,
     ) -> Result<(), Error> {
-        let age = now_secs().saturating_sub(token.issued_at);
-        if age <= shared.config.token_ttl.as_secs() {
-            shared.feeds.touch(token.feed, unix_ms(SystemTime::now()));
+        if token_is_valid(token.issued_at, now_secs(shared), shared.config.token_ttl) {
+            shared.feeds.touch(token.feed, shared.clock.now_ms());
             return Ok(());
         }
         Err(Error::Expired {
@@ -242,7 +258,10 @@ impl TrackedRequest {
         let found = self.feed_def(shared, token).await?;
         self.check_age(shared, token, found.as_ref().map(|(d, _)| &d.query))?;
         match found {
-            Some((def, false)) => Ok(def),
+            Some((def, false)) => {
+                self.check_custom_options(&def.query)?;
+                Ok(def)
+            }
             // Its entities were dropped for disuse (or the store was reset under it): the changes
             // since the token are gone, so the client must start over.
             Some((def, true)) => Err(Error::Expired {
@@ -252,6 +271,23 @@ impl TrackedRequest {
                 location: self.collection_url(),
             }),
         }
+    }
+
+    /// Custom options (`sap-client=100`) choose what the upstream answers, so a link's feed is
+    /// defined with them; one given again must be the feed's own, never another tenant's.
+    fn check_custom_options(&self, feed_query: &DefiningQuery) -> Result<(), Error> {
+        for (name, value) in &self.query.custom {
+            if !feed_query
+                .parts()
+                .iter()
+                .any(|(n, v)| n == name && v == value)
+            {
+                return Err(Error::bad_request(format!(
+                    "the query option {name}={value} is not part of the feed the link was issued for; use the link as the gateway returned it, or start a new tracked read with it"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Resolve a delta token to its verified, unexpired feed definition.
@@ -280,7 +316,7 @@ fn refused(e: impl std::fmt::Display) -> Error {
 async fn initial(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body>, Error> {
     let def = req.requested_feed();
     // Taken before the version is fixed, so every later version is younger than the token (retention).
-    let issued_at = now_secs();
+    let issued_at = now_secs(shared);
     let page_size = req.page_size(shared);
     let input = req.refresh_input(def.clone())?;
     let fresh = match first_read(shared, &req, &def, input, issued_at, page_size).await? {
@@ -351,25 +387,39 @@ async fn first_read(
     let remaining = req.query.top.unwrap_or(u64::MAX);
     let take = u64::from(page_size).min(remaining);
     if stored || req.query.count || remaining <= take {
-        return ensure_fresh(shared, input).await.map(FirstRead::Refreshed);
+        return req.fresh(shared, def).await.map(FirstRead::Refreshed);
     }
     let mut progress = shared.feeds.load_progress(feed).subscribe();
     progress.mark_changed();
     let task_shared = shared.clone();
     // The refresh goes on in its own task whether or not this request waits for it.
     let mut refresh = tokio::spawn(async move { ensure_fresh(&task_shared, input).await });
+    let refreshed = |fresh: Fresh| async move {
+        authorize_after_refresh(
+            shared,
+            &req.service_root,
+            def,
+            &req.headers,
+            fresh.by_this_request,
+        )
+        .await?;
+        Ok::<_, Error>(FirstRead::Refreshed(fresh))
+    };
     loop {
         tokio::select! {
-            done = &mut refresh => return Ok(FirstRead::Refreshed(done??)),
+            done = &mut refresh => return refreshed(done??).await,
             changed = progress.changed() => {
                 if changed.is_err() {
-                    return Ok(FirstRead::Refreshed(refresh.await??));
+                    return refreshed(refresh.await??).await;
                 }
                 let Some(p) = progress.borrow_and_update().clone() else { continue };
                 // One row more than the page shows that a next page exists.
                 if p.done.is_some() || p.written.saturating_sub(p.first_row) <= skip + take {
                     continue;
                 }
+                // Served from the store while the refresh runs: the upstream is asked whether these
+                // credentials may read the feed, as for any page served from the store.
+                authorize(shared, &req.service_root, def, &req.headers).await?;
                 let cursor = Cursor::Streaming { pending: p.pending, after: 0, remaining };
                 let response =
                     streamed_rows(shared, req, feed, &def.query, issued_at, cursor, page_size, true)
@@ -424,6 +474,7 @@ async fn streamed_rows(
         after: *last,
         remaining: remaining.saturating_sub(take as u64),
     };
+    record_issued(shared, feed, issued_at).await?;
     let end = PageEnd::Next(req.next_link(shared, feed, issued_at, next, page_size, false));
     let entries: Vec<Entry> = rows
         .iter()
@@ -489,6 +540,7 @@ async fn streaming_page(
             .filter(|p| p.pending == pending);
         if published {
             let def = req.live_feed(shared, token).await?;
+            authorize(shared, &req.service_root, &def, &req.headers).await?;
             // A row served earlier may have been written again with other content (the upstream
             // sent its key twice): the delta link then starts before the load, so that the next
             // delta brings every row of it in its final state.
@@ -527,6 +579,7 @@ async fn streaming_page(
         {
             return Err(refused(TokenError::BadTag));
         }
+        authorize(shared, &req.service_root, &p.def, &req.headers).await?;
         match p.done {
             Some(Err(e)) => return Err(e),
             // Published since the check above, or published nothing: look again.
@@ -570,8 +623,8 @@ async fn ordered(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Answer, Er
         return Ok(Answer::PassThrough);
     };
     let def = req.requested_feed();
-    let issued_at = now_secs();
-    let fresh = ensure_fresh(shared, req.refresh_input(def.clone())?).await?;
+    let issued_at = now_secs(shared);
+    let fresh = req.fresh(shared, &def).await?;
     let feed = def.id();
     let (skip, top) = (
         req.query.skip.unwrap_or(0),
@@ -608,6 +661,7 @@ async fn ordered(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Answer, Er
         .map(|(_, row)| Entry::Entity(row.body()))
         .collect();
     let ctx = page_context(&req, &def.query, false, req.query.count.then_some(live));
+    record_issued(shared, feed, issued_at).await?;
     let link = req.delta_link(shared, feed, fresh.version, issued_at);
     let body = write_page(&ctx, &entries, &PageEnd::Delta(link));
     // The page size preference is not applied: the whole ordered result is one page.
@@ -620,9 +674,10 @@ async fn ordered(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Answer, Er
 /// `$deltatoken=latest` (C13): refresh to fix "now", answer no entities and a delta link from now.
 async fn latest(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body>, Error> {
     let def = req.requested_feed();
-    let issued_at = now_secs();
-    let fresh = ensure_fresh(shared, req.refresh_input(def.clone())?).await?;
+    let issued_at = now_secs(shared);
+    let fresh = req.fresh(shared, &def).await?;
     let ctx = page_context(&req, &def.query, true, req.query.count.then_some(0));
+    record_issued(shared, def.id(), issued_at).await?;
     let link = req.delta_link(shared, def.id(), fresh.version, issued_at);
     let body = write_page(&ctx, &[], &PageEnd::Delta(link));
     Ok(respond(
@@ -637,8 +692,8 @@ async fn latest(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Bo
 /// A delta: refresh, then the changes since the token's version.
 async fn delta(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body>, Error> {
     let (_, since, def) = req.delta_token(shared).await?;
-    let issued_at = now_secs();
-    let fresh = ensure_fresh(shared, req.refresh_input(def.clone())?).await?;
+    let issued_at = now_secs(shared);
+    let fresh = req.fresh(shared, &def).await?;
     let page_size = req.page_size(shared);
     let feed = def.id();
     let count = if req.query.count {
@@ -685,6 +740,9 @@ async fn page(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body
         return streaming_page(shared, &req, &token, cursor, page_size).await;
     }
     let def = req.live_feed(shared, &token).await?;
+    // Pages come from the store, so the upstream is asked whether these credentials may still
+    // read the feed.
+    authorize(shared, &req.service_root, &def, &req.headers).await?;
     let feed = token.feed;
     let store = shared.store.clone();
     let count = match (count, cursor) {
@@ -736,7 +794,7 @@ async fn page(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body
 /// it is.
 async fn count(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body>, Error> {
     let (_, since, def) = req.delta_token(shared).await?;
-    let fresh = ensure_fresh(shared, req.refresh_input(def.clone())?).await?;
+    let fresh = req.fresh(shared, &def).await?;
     let store = shared.store.clone();
     let feed = def.id();
     let n = tokio::task::spawn_blocking(move || store.delta_count(feed, since, fresh.version))
@@ -807,6 +865,7 @@ async fn live_page(
         tokio::task::spawn_blocking(move || store.live_page(feed, after, skip, limit)).await??;
     let more = rows.len() > take && remaining > take as u64;
     rows.truncate(take);
+    record_issued(shared, feed, issued_at).await?;
     let end = match rows.last() {
         Some((last, _)) if more => PageEnd::Next(req.next_link(
             shared,
@@ -855,6 +914,7 @@ async fn delta_page(
             .await??;
     let more = rows.len() > page_size as usize;
     rows.truncate(page_size as usize);
+    record_issued(shared, feed, issued_at).await?;
     let end = match rows.last() {
         Some((v, k, _)) if more => PageEnd::Next(req.next_link(
             shared,

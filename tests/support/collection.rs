@@ -114,6 +114,13 @@ pub(crate) async fn get_collection(
             _ => {}
         }
     }
+    if let Some(status) = in_filter_status(up, req) {
+        let error = ODataError {
+            status,
+            message: "injected fault: 'in' in $filter".to_string(),
+        };
+        return error_response(&error, None);
+    }
     match render_page(up, req, set, &faults) {
         Err(error) => error_response(&error, None),
         Ok((body, applied)) => {
@@ -141,6 +148,16 @@ pub(crate) async fn get_collection(
     }
 }
 
+/// The status to answer a `$filter` using `in` with, when that knob is on and it does.
+fn in_filter_status(up: &Upstream, req: &RecordedRequest) -> Option<u16> {
+    let status = up.lock().knobs.in_filter_status?;
+    let pairs = split_query(req.query()).ok()?;
+    pairs
+        .iter()
+        .any(|(name, value)| name == "$filter" && value.contains(" in ("))
+        .then_some(status)
+}
+
 /// Renders one page of a collection: the JSON text and the applied
 /// `odata.maxpagesize`, if any.
 fn render_page(
@@ -156,13 +173,16 @@ fn render_page(
     let store = find_set(&st.sets, set)
         .ok_or_else(|| ODataError::not_found(format!("entity set '{set}' not found")))?;
     let pairs = split_query(req.query())?;
-    let opts = parse_options(
+    let mut opts = parse_options(
         &pairs,
         &store.def,
         &st.sets,
         rules(knobs),
         Scope::Collection,
     )?;
+    if knobs.ignore_skip {
+        opts.skip = None;
+    }
     let (mut rows, total) = select_rows(&store.rows, &store.def, &opts);
     if let Some(n) = knobs.truncate_after {
         rows.truncate(n);
@@ -185,7 +205,11 @@ fn render_page(
     });
     let next = forced_next.or_else(|| {
         (end < rows.len()).then(|| {
-            let rel = format!("{set}?{}", next_link_query(&pairs, end));
+            let onward = match knobs.next_link_cycle {
+                Some((at, back)) if end >= at => back,
+                _ => end,
+            };
+            let rel = format!("{set}?{}", next_link_query(&pairs, onward));
             up.link(knobs.link_style, &rel)
         })
     });
@@ -194,6 +218,7 @@ fn render_page(
         etags: knobs.etags,
         rotate: knobs.reorder.then_some(st.responses),
         drop_keys: faults.iter().any(|f| matches!(f, Fault::DropKey { .. })),
+        respell_keys: knobs.respell_keys,
     };
     let value = rows[start..end]
         .iter()
@@ -215,7 +240,12 @@ fn render_page(
             CountMode::Never => false,
         };
     if show_count {
-        members.push(("@odata.count".to_string(), Node::Value(Value::from(total))));
+        let count = match &knobs.count_text {
+            // Any JSON text at all, written as it is.
+            Some(raw) => Node::Value(serde_json::from_str(raw).unwrap_or(Value::from(total))),
+            None => Node::Value(Value::from(total)),
+        };
+        members.push(("@odata.count".to_string(), count));
     }
     members.push(("value".to_string(), Node::Array(value)));
     if let Some(next) = next {

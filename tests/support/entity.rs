@@ -47,6 +47,7 @@ fn entity_response(
         etags: st.knobs.etags,
         rotate: st.knobs.reorder.then_some(st.responses),
         drop_keys: false,
+        respell_keys: st.knobs.respell_keys,
     };
     let context = format!(
         "$metadata#{}{}/$entity",

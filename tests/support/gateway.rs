@@ -25,6 +25,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// Its store directory (kept alive as long as the gateway).
     pub dir: tempfile::TempDir,
+    /// Its shared state (for its clock, store and feeds).
+    pub shared: Arc<Shared>,
     running: Option<Running>,
 }
 
@@ -63,13 +65,14 @@ impl Gateway {
             Some(text) => Config::from_parts(&flags, Some((Path::new("gateway.toml"), text))),
         }
         .expect("valid test config");
-        let shared = Shared::new(config).expect("store opens");
-        let running = odata_delta_gateway::start(Arc::new(shared), CancellationToken::new())
+        let shared = Arc::new(Shared::new(config).expect("store opens"));
+        let running = odata_delta_gateway::start(shared.clone(), CancellationToken::new())
             .await
             .expect("gateway listens");
         Gateway {
             addr: running.addr,
             dir,
+            shared,
             running: Some(running),
         }
     }

@@ -66,7 +66,26 @@ pub(crate) async fn handle(upstream: Upstream, request: Request<Incoming>) -> Re
         st.requests.push(recorded.clone());
         (recorded, st.knobs.clone())
     };
-    let mut response = dispatch(&upstream, &recorded, route).await;
+    let revoked = recorded
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| knobs.revoked_credentials.iter().any(|r| r == v));
+    let mut response = if revoked {
+        let error = ODataError {
+            status: 401,
+            message: "the access token was revoked".into(),
+        };
+        let mut response = error_response(&error, None);
+        set_header(
+            &mut response,
+            "www-authenticate",
+            "Bearer error=\"invalid_token\"",
+        );
+        response
+    } else {
+        dispatch(&upstream, &recorded, route).await
+    };
     if let Some(version) = &knobs.odata_version {
         set_header(&mut response, "odata-version", version);
     }
@@ -83,7 +102,13 @@ async fn dispatch(up: &Upstream, req: &RecordedRequest, route: Route) -> Respons
             return get_collection(up, req, &set).await;
         }
         Route::ServiceDoc if method == Method::GET => Ok(service_document(up)),
-        Route::Metadata if method == Method::GET => metadata(up),
+        Route::Metadata if method == Method::GET => {
+            let delay = up.lock().metadata_delay;
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
+            metadata(up)
+        }
         Route::Collection(set) if method == Method::POST => post_entity(up, req, &set),
         Route::Count(set) if method == Method::GET => get_count(up, req, &set),
         Route::Entity { set, key } => match *method {

@@ -122,8 +122,20 @@ pub(crate) struct Knobs {
     pub reject_in: bool,
     /// Refuse `or` in filters.
     pub reject_or: bool,
+    /// Spell key values another way in collection answers.
+    pub respell_keys: bool,
     /// Namespace of the generated schema.
     pub namespace: String,
+    /// `Authorization` values answered 401, as if revoked.
+    pub revoked_credentials: Vec<String>,
+    /// `(at, back)`: a nextLink onward to offset `at` or beyond points back at offset `back`.
+    pub next_link_cycle: Option<(usize, usize)>,
+    /// Status answered to a `$filter` that uses `in`.
+    pub in_filter_status: Option<u16>,
+    /// Ignore `$skip`, as if every request started at the first row.
+    pub ignore_skip: bool,
+    /// Raw JSON written as `@odata.count` instead of the real count.
+    pub count_text: Option<String>,
 }
 
 impl Default for Knobs {
@@ -139,7 +151,13 @@ impl Default for Knobs {
             etags: false,
             reject_in: false,
             reject_or: false,
+            respell_keys: false,
             namespace: "ShopService".to_string(),
+            revoked_credentials: Vec::new(),
+            next_link_cycle: None,
+            in_filter_status: None,
+            ignore_skip: false,
+            count_text: None,
         }
     }
 }

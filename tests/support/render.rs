@@ -76,6 +76,20 @@ impl Node {
     }
 }
 
+/// The same key value spelled another way: a GUID in upper case, a decimal string with one more
+/// trailing zero.
+fn respelled(value: Value) -> Value {
+    match value {
+        Value::String(s) if s.len() == 36 && s.bytes().filter(|b| *b == b'-').count() == 4 => {
+            Value::String(s.to_ascii_uppercase())
+        }
+        Value::String(s) if s.contains('.') && s.parse::<f64>().is_ok() => {
+            Value::String(format!("{s}0"))
+        }
+        other => other,
+    }
+}
+
 /// Knob values that shape entities, gathered so the shaping functions do not
 /// need the whole state.
 #[derive(Clone, Copy)]
@@ -88,6 +102,8 @@ pub(crate) struct Shaper<'a> {
     pub rotate: Option<usize>,
     /// Omit key properties (the DropKey fault); top level only.
     pub drop_keys: bool,
+    /// Spell key values another way (`Upstream::set_respell_keys`); top level only.
+    pub respell_keys: bool,
 }
 
 impl Shaper<'_> {
@@ -106,7 +122,10 @@ impl Shaper<'_> {
             .into_iter()
             .filter(|name| wanted(name) && !(self.drop_keys && def.is_key(name)))
             .map(|name| {
-                let value = row.get(&name).cloned().unwrap_or(Value::Null);
+                let mut value = row.get(&name).cloned().unwrap_or(Value::Null);
+                if self.respell_keys && def.is_key(&name) {
+                    value = respelled(value);
+                }
                 (name, Node::Value(value))
             })
             .collect();
@@ -154,6 +173,7 @@ impl Shaper<'_> {
         let (rows, total) = select_rows(related, &target.def, &item.options);
         let nested = Shaper {
             drop_keys: false,
+            respell_keys: false,
             ..*self
         };
         let children = rows

@@ -39,6 +39,8 @@ pub(crate) struct State {
     pub metadata: Option<String>,
     /// Answer `$metadata` with 404, like a service that does not publish it.
     pub metadata_missing: bool,
+    /// Wait this long before answering `$metadata`, like a service that builds it slowly.
+    pub metadata_delay: Option<std::time::Duration>,
     /// Faults not yet fired.
     pub faults: Vec<PendingFault>,
     /// GET collection requests received so far.
@@ -264,6 +266,20 @@ impl Upstream {
         self.lock().metadata_missing = missing;
     }
 
+    /// Wait `delay` before answering each `$metadata` request (`None`: answer at once).
+    pub fn set_metadata_delay(&self, delay: Option<std::time::Duration>) {
+        self.lock().metadata_delay = delay;
+    }
+
+    /// Recorded `$metadata` requests.
+    pub fn metadata_requests(&self) -> usize {
+        self.lock()
+            .requests
+            .iter()
+            .filter(|r| r.path_and_query.ends_with("/$metadata"))
+            .count()
+    }
+
     /// Namespace of the generated schema (default `ShopService`).
     pub fn set_namespace(&self, namespace: &str) {
         self.lock().knobs.namespace = namespace.to_string();
@@ -318,6 +334,45 @@ impl Upstream {
     /// Answer 400 to any `$filter` that uses `or`.
     pub fn set_reject_or(&self, on: bool) {
         self.lock().knobs.reject_or = on;
+    }
+
+    /// Answer every request whose `Authorization` is exactly `value` with 401 and a
+    /// `WWW-Authenticate` challenge, as an identity provider's revoked token is.
+    pub fn revoke_credential(&self, value: &str) {
+        self.lock()
+            .knobs
+            .revoked_credentials
+            .push(value.to_string());
+    }
+
+    /// Spell key values of collection answers another way while `on`, as servers do that format
+    /// one value differently in different answers: GUIDs in upper case, decimals sent as strings
+    /// with a trailing zero (`"1.5"` → `"1.50"`). The value stays the same.
+    pub fn set_respell_keys(&self, on: bool) {
+        self.lock().knobs.respell_keys = on;
+    }
+
+    /// Make paging loop: a nextLink onward to offset `at` or beyond points back at offset `back`
+    /// instead (a server whose paging state is broken). `None` ends the loop.
+    pub fn set_next_link_cycle(&self, cycle: Option<(usize, usize)>) {
+        self.lock().knobs.next_link_cycle = cycle;
+    }
+
+    /// Answer `status` to any collection `$filter` containing ` in (` (JayStack's server answers
+    /// 500); `None` serves them again.
+    pub fn set_in_filter_status(&self, status: Option<u16>) {
+        self.lock().knobs.in_filter_status = status;
+    }
+
+    /// Ignore `$skip` on collections, as if every request started at the first row.
+    pub fn set_ignore_skip(&self, on: bool) {
+        self.lock().knobs.ignore_skip = on;
+    }
+
+    /// Write `raw` (JSON text, e.g. `18446744073709551615` or `-1`) as `@odata.count` instead of
+    /// the real count; `None` writes the real count again.
+    pub fn set_count_text(&self, raw: Option<&str>) {
+        self.lock().knobs.count_text = raw.map(str::to_string);
     }
 
     /// Queues a fault; see [`Fault`] for how requests are counted.

@@ -1,8 +1,12 @@
 //! Confirming candidate removals upstream before a tombstone is published (C27): an entity the
 //! enumeration did not see is looked up by key — batched `$filter=key in (…)` ANDed with the feed's
 //! filter, falling back to `or`-chains, single `eq` filters and GET by key as the upstream rejects
-//! each form. Found → kept (and updated if changed); found by key but outside the filter → removed
-//! with reason `changed`; not found → `deleted`. Any other failure fails the refresh.
+//! each form. Any refusal of a form counts as rejection — servers answer an `in` they cannot parse
+//! with 400, 501, or even 500 (JayStack's odata-v4-server) — except 401 and 403, which are passed on,
+//! and 429, which fails the refresh once its retries are spent. The form that worked is remembered
+//! in the feed's slot. Found → kept (and updated if changed); found by key but outside the filter →
+//! removed with reason `changed`; not found → `deleted`. Only when every form fails, or the upstream
+//! fails otherwise, does the refresh fail. Pages are parsed and hashed on the blocking pool.
 
 use std::collections::{HashMap, HashSet};
 
@@ -11,13 +15,14 @@ use bytes::Bytes;
 use crate::error::{Error, UpstreamFailure};
 use crate::odata::delta::Reason;
 use crate::odata::entity_id::key_filter;
+use crate::odata::page::PageError;
 use crate::odata::query::{encode, encode_pairs, encode_path};
 use crate::store::RowKey;
 
 use super::super::feed::IndexEntry;
 use super::super::hash::KeyHash;
-use super::Pass;
-use super::fetch::OnRefusal;
+use super::fetch::{OnRefusal, passed_on};
+use super::{PageDigests, Pass, Scanned, digest_all, scan};
 
 /// How candidate removals are looked up upstream; a step down whenever the upstream rejects one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -50,31 +55,35 @@ impl Pass<'_> {
         let feed = self.input.feed;
         let rows: Vec<u64> = candidates.iter().map(|(_, row)| *row).collect();
         // Only the keys are read, not the stored bodies.
-        let keys = tokio::task::spawn_blocking(move || store.keys_of(feed, &rows)).await??;
-        let mut by_predicate: HashMap<String, RowKey> =
-            keys.into_iter().map(|k| (k.predicate.clone(), k)).collect();
-        let predicates: Vec<String> = by_predicate.keys().cloned().collect();
+        let row_keys = tokio::task::spawn_blocking(move || store.keys_of(feed, &rows)).await??;
+        // Answers are matched by key identity, not spelling: an upstream may write a GUID or a
+        // decimal of the same key another way than the enumeration did.
+        let predicates: Vec<String> = row_keys.iter().map(|k| k.predicate.clone()).collect();
+        let keys: Vec<KeyHash> = row_keys.iter().map(|k| k.key_hash).collect();
+        let mut by_key: HashMap<KeyHash, RowKey> =
+            row_keys.into_iter().map(|k| (k.key_hash, k)).collect();
 
         let filtered = self.input.def.query.get("$filter").is_some()
             || self.input.def.query.get("$search").is_some();
         let in_feed = self.lookup(&predicates, true, index, strategy).await?;
-        let missing: Vec<String> = predicates
+        let (missing_keys, missing): (Vec<KeyHash>, Vec<String>) = keys
             .into_iter()
-            .filter(|p| !in_feed.contains(p))
-            .collect();
+            .zip(predicates)
+            .filter(|(k, _)| !in_feed.contains(k))
+            .unzip();
         let still_exist = if filtered && !missing.is_empty() {
             self.lookup(&missing, false, index, strategy).await?
         } else {
             HashSet::new()
         };
         let mut removals = Vec::new();
-        for p in missing {
-            let reason = if still_exist.contains(&p) {
+        for k in missing_keys {
+            let reason = if still_exist.contains(&k) {
                 Reason::Changed
             } else {
                 Reason::Deleted
             };
-            if let Some(k) = by_predicate.remove(&p) {
+            if let Some(k) = by_key.remove(&k) {
                 removals.push((k, reason));
             }
         }
@@ -90,14 +99,15 @@ impl Pass<'_> {
 
     /// Which of `predicates` the upstream returns — within the feed's query (`in_feed`, observing
     /// what it finds) or by key alone. Falls back through `in`, `or`, single `eq` and GET by key as
-    /// the upstream rejects them (400/501); any other failure fails the refresh.
+    /// the upstream refuses them (any status but 401, 403 and 429); any other failure fails the
+    /// refresh.
     async fn lookup(
         &mut self,
         predicates: &[String],
         in_feed: bool,
         index: &mut HashMap<KeyHash, IndexEntry>,
         strategy: &mut ConfirmStrategy,
-    ) -> Result<HashSet<String>, Error> {
+    ) -> Result<HashSet<KeyHash>, Error> {
         let mut found = HashSet::new();
         let has_filter = self.input.def.query.get("$filter").is_some()
             || self.input.def.query.get("$search").is_some();
@@ -159,7 +169,7 @@ impl Pass<'_> {
         use_in: bool,
         in_feed: bool,
         index: &mut HashMap<KeyHash, IndexEntry>,
-        found: &mut HashSet<String>,
+        found: &mut HashSet<KeyHash>,
     ) -> Result<(), Error> {
         let keys = key_filter(&self.input.set.key, batch, use_in);
         let mut pairs: Vec<(String, String)> = Vec::new();
@@ -184,40 +194,46 @@ impl Pass<'_> {
             }
         }
         let mut url = self.collection_url(&pairs);
+        let mut first = true;
         loop {
-            let body = self.fetcher.get(&url, OnRefusal::FallBack).await?;
-            let next = if in_feed {
-                self.read_page(&body, index, Some(found))?
+            let body = if first {
+                self.fetcher.get(&url, OnRefusal::FallBack).await?
             } else {
-                self.read_keys(&body, found)?
+                self.fetcher.get_page(&url, OnRefusal::FallBack).await?
             };
-            match next {
+            first = false;
+            let (scanned, digests) = self.scan_and_digest(&body).await?;
+            self.count_page(&scanned);
+            if in_feed {
+                self.apply_digests(&body, digests, index, Some(found))
+                    .await?;
+            } else {
+                // An existence check: the entity only tells that its key is there.
+                for (_, digest) in digests {
+                    found.insert(digest.map_err(|e| self.unreadable(e))?.key_hash);
+                }
+            }
+            match scanned.next_link {
                 None => return Ok(()),
-                Some(link) => url = crate::upstream::resolve_link(&self.input.service_root, &link)?,
+                Some(link) => {
+                    url = crate::upstream::resolve_link(&self.input.service_root, &link)?;
+                    self.follow(&url)?;
+                }
             }
         }
     }
 
-    /// Collect the key predicates of a page without observing its entities (existence checks).
-    fn read_keys(
-        &mut self,
-        body: &Bytes,
-        found: &mut HashSet<String>,
-    ) -> Result<Option<String>, Error> {
-        let page = self.parse_page(body)?;
-        for raw in &page.entities {
-            let digest = self
-                .hasher
-                .digest(raw.get().as_bytes(), &self.input.set.key, &[])
-                .map_err(|e| {
-                    Error::upstream(
-                        UpstreamFailure::BadAnswer,
-                        format!("an entity of {} cannot be read ({e})", self.set_name()),
-                    )
-                })?;
-            found.insert(digest.key.predicate);
-        }
-        Ok(page.next_link)
+    /// Parse a page and hash its entities, on the blocking pool.
+    async fn scan_and_digest(&self, body: &Bytes) -> Result<(Scanned, PageDigests), Error> {
+        let shared = body.clone();
+        let set = self.input.set.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let scanned = scan(&shared)?;
+            let digests = digest_all(&shared, &scanned.spans, &set);
+            Ok::<_, PageError>((scanned, digests))
+        })
+        .await?;
+        done.map_err(|e| self.unreadable_page(e))
     }
 
     async fn lookup_by_key(
@@ -225,7 +241,7 @@ impl Pass<'_> {
         predicate: &str,
         in_feed: bool,
         index: &mut HashMap<KeyHash, IndexEntry>,
-        found: &mut HashSet<String>,
+        found: &mut HashSet<KeyHash>,
     ) -> Result<(), Error> {
         let mut url = self.input.service_root.clone();
         let path = format!(
@@ -246,27 +262,27 @@ impl Pass<'_> {
         let q = encode_pairs(&pairs);
         url.set_query(if q.is_empty() { None } else { Some(&q) });
         let fetched = self.fetcher.get_status(&url).await?;
-        let (status, body) = (fetched.status, fetched.body);
+        let status = fetched.status;
         match status.as_u16() {
             200 => {
-                let p = if in_feed {
-                    self.observe(&body, index)?
+                let body = fetched.body;
+                let shared = body.clone();
+                let set = self.input.set.clone();
+                let digests = tokio::task::spawn_blocking(move || {
+                    digest_all(&shared, &[(0, shared.len())], &set)
+                })
+                .await?;
+                if in_feed {
+                    self.apply_digests(&body, digests, index, Some(found)).await
                 } else {
-                    self.hasher
-                        .digest(&body, &self.input.set.key, &[])
-                        .map_err(|e| {
-                            Error::upstream(
-                                UpstreamFailure::BadAnswer,
-                                format!("an entity cannot be read ({e})"),
-                            )
-                        })?
-                        .key
-                        .predicate
-                };
-                found.insert(p);
-                Ok(())
+                    for (_, digest) in digests {
+                        found.insert(digest.map_err(|e| self.unreadable(e))?.key_hash);
+                    }
+                    Ok(())
+                }
             }
             404 => Ok(()),
+            401 | 403 => Err(passed_on(&fetched)),
             _ => Err(Error::upstream(
                 UpstreamFailure::BadAnswer,
                 format!(

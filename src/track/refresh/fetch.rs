@@ -1,11 +1,16 @@
 //! Reading from the upstream during a refresh: one GET with the feed's forwarded credentials, our
 //! own `Accept`/`Prefer`/`OData-MaxVersion`, 429/503 retried after `Retry-After` within a budget
-//! shared by the whole refresh. Cheap to clone, so the next page can be fetched while the current
-//! one is hashed.
+//! shared by the whole refresh, at most `limits.max_pages_per_refresh` pages in all, and none
+//! past the refresh's deadline (`limits.refresh_timeout`). The deadline is kept here, where the
+//! refresh waits, rather than by cancelling the refresh from outside: a refresh cut off at any
+//! await could leave a first load's batch being written after it failed. Cheap to clone, so the
+//! next page can be fetched while the current one is hashed.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, header};
@@ -70,6 +75,11 @@ pub struct Fetcher {
     set: Arc<str>,
     /// 429/503 retries left for the whole refresh.
     retries_left: Arc<AtomicU32>,
+    /// Pages left for the whole refresh: paging that never ends (a nextLink cycle the link check
+    /// misses, a read-on that keeps getting rows) stops here instead of holding the feed.
+    requests_left: Arc<AtomicU64>,
+    /// When the refresh must have read everything.
+    deadline: Instant,
 }
 
 impl Fetcher {
@@ -77,11 +87,37 @@ impl Fetcher {
     pub fn new(shared: Arc<Shared>, headers: HeaderMap, set: &str) -> Self {
         let retries = shared.config.upstream.max_retries;
         Fetcher {
-            shared,
             headers: Arc::new(headers),
             set: Arc::from(set),
             retries_left: Arc::new(AtomicU32::new(retries)),
+            requests_left: Arc::new(AtomicU64::new(shared.config.limits.max_pages_per_refresh)),
+            deadline: Instant::now() + shared.config.limits.refresh_timeout,
+            shared,
         }
+    }
+
+    /// [`Fetcher::get`] for a page whose number the upstream decides — the enumeration's, the
+    /// read-on's, and every page a removal check is continued on by a nextLink — counted against
+    /// `limits.max_pages_per_refresh`. The first page of each removal check is not: their number
+    /// is bounded by the candidates, and a feed whose rows went in bulk must still be confirmable
+    /// one key at a time.
+    pub async fn get_page(&self, url: &Url, on_refusal: OnRefusal) -> Result<Bytes, Error> {
+        let limit = self.shared.config.limits.max_pages_per_refresh;
+        if self
+            .requests_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_err()
+        {
+            tracing::warn!(set = %self.set, limit, "the refresh reached its page cap");
+            return Err(Error::upstream(
+                UpstreamFailure::BadAnswer,
+                format!(
+                    "reading {} took more than the limit of {limit} upstream pages per refresh; nothing was committed",
+                    self.set
+                ),
+            ));
+        }
+        self.get(url, on_refusal).await
     }
 
     /// GET an upstream URL and return the body of a 2xx answer; other answers are handled as
@@ -93,17 +129,16 @@ impl Fetcher {
             return Ok(fetched.body);
         }
         match on_refusal {
-            OnRefusal::FallBack if matches!(status.as_u16(), 400 | 501) => {
+            OnRefusal::FallBack if matches!(status.as_u16(), 401 | 403) => {
+                return Err(passed_on(&fetched));
+            }
+            OnRefusal::FallBack if status.as_u16() != 429 => {
                 return Err(super::confirm::rejected());
             }
             OnRefusal::PassOn
                 if status.is_client_error() && !matches!(status.as_u16(), 408 | 429) =>
             {
-                return Err(Error::Rejected {
-                    status,
-                    message: upstream_message(&fetched.body),
-                    challenge: fetched.headers.get(header::WWW_AUTHENTICATE).cloned(),
-                });
+                return Err(passed_on(&fetched));
             }
             _ => {}
         }
@@ -115,6 +150,20 @@ impl Fetcher {
                 self.set
             ),
         ))
+    }
+
+    /// The error for a refresh that read the upstream for longer than `limits.refresh_timeout`.
+    fn deadline_passed(&self) -> Error {
+        let limit = self.shared.config.limits.refresh_timeout;
+        tracing::warn!(set = %self.set, limit_s = limit.as_secs_f64(), "the refresh ran out of time");
+        Error::upstream(
+            UpstreamFailure::Timeout,
+            format!(
+                "reading {} from the upstream took longer than the refresh timeout of {}s; nothing was committed",
+                self.set,
+                limit.as_secs_f64()
+            ),
+        )
     }
 
     /// GET an upstream URL; 429/503 are retried after their `Retry-After` while the budget lasts.
@@ -136,11 +185,13 @@ impl Fetcher {
             if let Ok(v) = HeaderValue::from_str(&prefer) {
                 headers.insert("prefer", v);
             }
-            let fetched = self
+            let fetch = self
                 .shared
                 .upstream
-                .fetch(request, self.shared.config.limits.max_page_bytes)
-                .await?;
+                .fetch(request, self.shared.config.limits.max_page_bytes);
+            let fetched = tokio::time::timeout_at(self.deadline, fetch)
+                .await
+                .map_err(|_| self.deadline_passed())??;
             let status = fetched.status;
             let retry = matches!(status.as_u16(), 429 | 503)
                 && self
@@ -152,6 +203,9 @@ impl Fetcher {
                     .unwrap_or(Duration::from_secs(1))
                     .min(self.shared.config.upstream.max_retry_wait);
                 tracing::info!(set = %self.set, %status, wait_ms = wait.as_millis() as u64, "upstream asks to retry");
+                if Instant::now() + wait >= self.deadline {
+                    return Err(self.deadline_passed());
+                }
                 tokio::time::sleep(wait).await;
                 continue;
             }
@@ -160,12 +214,22 @@ impl Fetcher {
     }
 }
 
+/// The upstream's refusal of the client's request or credentials, passed on as it came.
+pub(super) fn passed_on(fetched: &Fetched) -> Error {
+    Error::Rejected {
+        status: fetched.status,
+        message: upstream_message(&fetched.body),
+        challenge: fetched.headers.get(header::WWW_AUTHENTICATE).cloned(),
+    }
+}
+
 /// What a non-2xx answer means to the caller of [`Fetcher::get`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnRefusal {
     /// Any non-2xx fails the refresh (a later page: the upstream is inconsistent).
     Fail,
-    /// 400/501 mean "this form of query is not supported": the caller tries another.
+    /// Any refusal but 401, 403 and 429 means "this form of query is not supported" (servers
+    /// say so with 400, 501 or even 500): the caller tries another. 401/403 are passed on.
     FallBack,
     /// A 4xx refuses the client's own query or credentials (the first page of a read): the
     /// client gets the upstream's status and message.
@@ -201,9 +265,9 @@ impl Prefetch {
     /// Start fetching `url`.
     pub fn start(fetcher: &Fetcher, url: Url, on_refusal: OnRefusal) -> Self {
         let fetcher = fetcher.clone();
-        Prefetch(tokio::spawn(
-            async move { fetcher.get(&url, on_refusal).await },
-        ))
+        Prefetch(tokio::spawn(async move {
+            fetcher.get_page(&url, on_refusal).await
+        }))
     }
 
     /// The body, once fetched.

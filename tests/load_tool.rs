@@ -1,0 +1,89 @@
+//! The load tool (examples/load) at a tiny size, so that it keeps working as the gateway changes:
+//! its upstream, the gateway binary as a child, every measurement of a tracked run, a short
+//! pass-through run, and the chart.
+
+#[allow(dead_code)]
+#[path = "../examples/load/chart.rs"]
+mod chart;
+#[allow(dead_code)]
+#[path = "../examples/load/client.rs"]
+mod client;
+#[allow(dead_code)]
+#[path = "../examples/load/gateway.rs"]
+mod gateway;
+#[allow(dead_code)]
+#[path = "../examples/load/passthrough.rs"]
+mod passthrough;
+#[allow(dead_code)]
+#[path = "../examples/load/tracked.rs"]
+mod tracked;
+#[allow(dead_code)]
+#[path = "../examples/load/upstream.rs"]
+mod upstream;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn gateway_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_odata-delta-gateway"))
+}
+
+/// A tracked run of 2k entities with updates and removals: every figure is measured, the deltas
+/// hold exactly what changed (removals go through the upstream's `$filter=ID in (…)`), and the
+/// chart is drawn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_tracked_run_measures_every_figure_and_draws_the_chart() {
+    let settings = tracked::Settings {
+        gateway: gateway_binary(),
+        entities: 2_000,
+        rounds: 2,
+        updated_per_mille: 10,
+        removed_per_mille: 5,
+        timeout: Duration::from_secs(60),
+    };
+    let report = tracked::run(&settings).await.expect("a tracked run");
+    assert_eq!(report.first_read.entries, 2_000);
+    assert_eq!(report.floor.0.len(), 2);
+    assert_eq!(report.poll_changed.0.len(), 2);
+    assert!(report.changed_entities > 0);
+    assert_eq!(report.delta_entries, report.changed_entities);
+    assert!(report.delta_bytes > 0 && report.changed_bytes > 0);
+    assert!(report.peak_rss_kib > 0 && report.store_at_end > 0);
+    assert!(
+        !report.upstream_requests.contains("$filter 0,"),
+        "removals were confirmed upstream: {}",
+        report.upstream_requests
+    );
+    let table = tracked::table(&report);
+    assert!(table.contains("first tracked read") && table.contains("peak RSS"));
+
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("scale.svg");
+    let mut bigger = report.clone();
+    bigger.entities *= 10;
+    chart::write(&path, &[report, bigger], "test").expect("a chart");
+    let svg = std::fs::read_to_string(&path).expect("the chart is written");
+    assert!(svg.contains("<svg") && svg.contains("first tracked read"));
+}
+
+/// The closed-loop client gets answers straight from the upstream and through the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_pass_through_run_gets_answers_direct_and_through_the_gateway() {
+    let collection = upstream::Collection::new(100);
+    let up = upstream::Upstream::start(&collection)
+        .await
+        .expect("the upstream listens");
+    let gw = gateway::Gateway::start(
+        &gateway_binary(),
+        &up.service_root(),
+        Duration::from_secs(30),
+    )
+    .expect("the gateway starts");
+    for addr in [up.addr, gw.addr] {
+        let load = passthrough::closed_loop(addr, 100, 2, Duration::from_secs(5), 200)
+            .await
+            .expect("a load run");
+        assert_eq!(load.errors, 0);
+        assert!(load.ok > 0 && load.ok <= 200, "{load:?}");
+    }
+}
