@@ -80,13 +80,87 @@ pub struct SetSpec {
     pub ignore: Vec<String>,
 }
 
-/// One entry of the in-memory diff index.
+/// One entry of the in-memory diff index: 20 bytes, beside its 16-byte key.
 #[derive(Clone, Copy, Debug)]
 pub struct IndexEntry {
     /// Content hash as of the current version.
     pub content: ContentHash,
-    /// The number of the refresh that last saw the entity upstream.
-    pub seen: u64,
+    /// The generation of the refresh that last saw the entity upstream ([`Slot::next_generation`]);
+    /// [`NEVER_SEEN`] for entries loaded from the store and not seen since.
+    pub seen: u32,
+}
+
+impl IndexEntry {
+    /// An entry loaded from the store, not seen by any refresh since.
+    pub fn loaded(content: ContentHash) -> Self {
+        IndexEntry {
+            content,
+            seen: NEVER_SEEN,
+        }
+    }
+}
+
+/// The generation of entries no refresh has seen since they were loaded; never a refresh's own.
+pub const NEVER_SEEN: u32 = 0;
+
+/// The in-memory diff index of a feed: key hash → content hash and last sighting.
+pub type Index = HashMap<KeyHash, IndexEntry, BuildKeyHasher>;
+
+/// Hashes [`KeyHash`]es for the index without running a general-purpose hash again: a key hash is
+/// already blake3 output, so 8 of its bytes are taken and only mixed with a per-map random seed
+/// (one multiply), which keeps an upstream that chooses its keys from aiming them all at a few
+/// buckets of the table.
+#[derive(Clone, Copy, Debug)]
+pub struct BuildKeyHasher {
+    seed: u64,
+}
+
+impl Default for BuildKeyHasher {
+    fn default() -> Self {
+        use std::hash::BuildHasher;
+        // std's per-process random keys, without a dependency of our own for randomness.
+        let seed = std::collections::hash_map::RandomState::new().hash_one(0x6b65_7973_u64);
+        BuildKeyHasher { seed: seed | 1 }
+    }
+}
+
+impl std::hash::BuildHasher for BuildKeyHasher {
+    type Hasher = KeyHasher;
+
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher {
+            seed: self.seed,
+            state: 0,
+        }
+    }
+}
+
+/// The hasher of [`BuildKeyHasher`].
+#[derive(Clone, Copy, Debug)]
+pub struct KeyHasher {
+    seed: u64,
+    state: u64,
+}
+
+impl std::hash::Hasher for KeyHasher {
+    fn write_u64(&mut self, n: u64) {
+        self.state ^= n;
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached by `KeyHash`, which writes one u64; kept correct for any other use.
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.state = self.state.rotate_left(29) ^ u64::from_le_bytes(word);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        // A folded 64×64→128-bit multiply: every output bit depends on every input and seed bit.
+        let product = u128::from(self.state) * u128::from(self.seed);
+        (product as u64) ^ ((product >> 64) as u64)
+    }
 }
 
 /// The result of the last refresh of a feed, shared with requests that arrived while it ran.
@@ -105,11 +179,11 @@ pub struct LastRefresh {
 pub struct Slot {
     /// Live entities: key hash → content hash and last sighting. Loaded from the store on first use
     /// and kept in step with every commit; `None` until loaded.
-    pub index: Option<HashMap<KeyHash, IndexEntry>>,
+    pub index: Option<Index>,
     /// The stored meta, `None` until the feed's first commit.
     pub meta: Option<FeedMeta>,
-    /// Refreshes run since start; numbers the sightings in the index.
-    pub refreshes: u64,
+    /// The generation of the last refresh; numbers the sightings in the index.
+    pub generation: u32,
     /// The last refresh's result.
     pub last: Option<LastRefresh>,
     /// What removal confirmation the upstream accepted last time, so we start there.
@@ -119,6 +193,25 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// The generation of a refresh about to start. An entry whose `seen` differs from it after the
+    /// enumeration was not seen by this refresh: a removal candidate. A generation is 32 bits, so
+    /// after 2³²−1 refreshes it starts again at 1; every entry is marked [`NEVER_SEEN`] first, so
+    /// that no entry last seen one cycle ago can pass for one seen now.
+    pub fn next_generation(&mut self) -> u32 {
+        self.generation = match self.generation.checked_add(1) {
+            Some(g) => g,
+            None => {
+                if let Some(index) = self.index.as_mut() {
+                    for entry in index.values_mut() {
+                        entry.seen = NEVER_SEEN;
+                    }
+                }
+                NEVER_SEEN + 1
+            }
+        };
+        self.generation
+    }
+
     /// Forget everything in memory; the store is the truth and is read again on next use.
     pub fn forget(&mut self) {
         self.index = None;
@@ -190,6 +283,88 @@ impl Feeds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(i: u32) -> KeyHash {
+        KeyHash::of(&i.to_string())
+    }
+
+    fn entry(seen: u32) -> IndexEntry {
+        IndexEntry {
+            content: ContentHash([0; 16]),
+            seen,
+        }
+    }
+
+    /// The keys a refresh of `generation` would take for removal candidates.
+    fn unseen(slot: &Slot, generation: u32) -> Vec<KeyHash> {
+        let mut keys: Vec<KeyHash> = slot
+            .index
+            .iter()
+            .flatten()
+            .filter(|(_, e)| e.seen != generation)
+            .map(|(k, _)| *k)
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn removal_candidates_stay_right_across_the_generation_wrap() {
+        let mut slot = Slot {
+            generation: u32::MAX - 2,
+            ..Slot::default()
+        };
+        let mut index = Index::default();
+        // Key 0 was last seen by the refresh one cycle of 2³² generations from the one at the
+        // wrap; key 1 never since its load; key 2 by the refresh just before the wrap.
+        index.insert(key(0), entry(2));
+        index.insert(key(1), entry(NEVER_SEEN));
+        index.insert(key(2), entry(u32::MAX - 2));
+        slot.index = Some(index);
+
+        assert_eq!(slot.next_generation(), u32::MAX - 1);
+        assert_eq!(slot.next_generation(), u32::MAX);
+        // The refresh at u32::MAX sees key 2 only.
+        if let Some(e) = slot.index.as_mut().and_then(|i| i.get_mut(&key(2))) {
+            e.seen = u32::MAX;
+        }
+        let mut expected = vec![key(0), key(1)];
+        expected.sort();
+        assert_eq!(unseen(&slot, u32::MAX), expected);
+
+        // Past the wrap: generation 1 again, which no entry may carry from before.
+        assert_eq!(slot.next_generation(), 1);
+        let mut all = vec![key(0), key(1), key(2)];
+        all.sort();
+        assert_eq!(unseen(&slot, 1), all);
+        // Key 0 would have passed for seen at generation 2 without the reset.
+        if let Some(e) = slot.index.as_mut().and_then(|i| i.get_mut(&key(1))) {
+            e.seen = 1;
+        }
+        assert_eq!(slot.next_generation(), 2);
+        assert_eq!(unseen(&slot, 2), all);
+    }
+
+    #[test]
+    fn the_index_hasher_spreads_key_hashes_over_the_table() {
+        use std::hash::BuildHasher;
+        let build = BuildKeyHasher::default();
+        // The low bits pick the bucket: 4096 keys over 1024 buckets must not pile up.
+        let mut buckets = vec![0u32; 1024];
+        for i in 0..4096 {
+            buckets[(build.hash_one(key(i)) % 1024) as usize] += 1;
+        }
+        assert!(
+            buckets.iter().all(|&n| n < 20),
+            "{:?}",
+            buckets.iter().max()
+        );
+        // Two maps do not share a seed, so a collision found against one is worth nothing elsewhere.
+        assert_ne!(
+            build.hash_one(key(1)),
+            BuildKeyHasher::default().hash_one(key(1))
+        );
+    }
 
     fn def(scope: &str, query: &str) -> FeedDef {
         FeedDef {

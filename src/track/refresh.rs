@@ -21,7 +21,9 @@ use crate::odata::page::Page;
 use crate::odata::query::{encode_pairs, encode_path};
 use crate::store::{FeedMeta, RowChange};
 
-use super::feed::{FeedDef, FeedId, IndexEntry, LastRefresh, SetSpec, Slot, Version};
+use super::feed::{
+    BuildKeyHasher, FeedDef, FeedId, Index, IndexEntry, LastRefresh, SetSpec, Slot, Version,
+};
 use super::hash::{ContentHash, Digest, EntityError, Hasher, KeyHash};
 
 mod confirm;
@@ -130,8 +132,8 @@ struct Pass<'a> {
     shared: &'a Shared,
     input: &'a RefreshInput,
     /// This refresh's number; index entries it sees are stamped with it.
-    generation: u64,
-    pending: HashMap<KeyHash, Pending>,
+    generation: u32,
+    pending: HashMap<KeyHash, Pending, BuildKeyHasher>,
     hasher: Hasher,
     /// GETs of this refresh, with its retry budget.
     fetcher: Fetcher,
@@ -167,17 +169,16 @@ async fn run(
         .await??;
         let index = live
             .into_iter()
-            .map(|(k, content)| (k, IndexEntry { content, seen: 0 }))
+            .map(|(k, content)| (k, IndexEntry::loaded(content)))
             .collect();
         slot.index = Some(index);
         slot.meta = meta;
     }
-    slot.refreshes += 1;
     let mut pass = Pass {
         shared,
         input,
-        generation: slot.refreshes,
-        pending: HashMap::new(),
+        generation: slot.next_generation(),
+        pending: HashMap::default(),
         hasher: Hasher::default(),
         fetcher: Fetcher::new(shared.clone(), input.headers.clone(), &input.set.name),
         pages: 0,
@@ -342,7 +343,7 @@ impl Pass<'_> {
     }
 
     /// Read every page of the feed's upstream collection.
-    async fn enumerate(&mut self, index: &mut HashMap<KeyHash, IndexEntry>) -> Result<(), Error> {
+    async fn enumerate(&mut self, index: &mut Index) -> Result<(), Error> {
         let mut pairs = self.input.def.query.enumeration(&self.key_names());
         pairs.push(("$count".into(), "true".into()));
         // A refusal of the first request is about the client's query or credentials; later ones
@@ -364,7 +365,7 @@ impl Pass<'_> {
     async fn read_collection(
         &mut self,
         pairs: &[(String, String)],
-        index: &mut HashMap<KeyHash, IndexEntry>,
+        index: &mut Index,
         on_refusal: OnRefusal,
     ) -> Result<(), Error> {
         // A pipeline: the next page is fetched while earlier ones are hashed on the blocking pool
@@ -430,10 +431,7 @@ impl Pass<'_> {
     /// On a first load, write what is pending to the store once there is enough of it, so that
     /// memory holds a batch rather than the whole collection. The index learns the rows at once,
     /// so a key seen again later in the enumeration is compared with what was written.
-    async fn stage_if_large(
-        &mut self,
-        index: &mut HashMap<KeyHash, IndexEntry>,
-    ) -> Result<(), Error> {
+    async fn stage_if_large(&mut self, index: &mut Index) -> Result<(), Error> {
         let Some(version) = self.staging_version else {
             return Ok(());
         };
@@ -462,7 +460,7 @@ impl Pass<'_> {
     async fn apply_page(
         &mut self,
         page: Option<HashingPage>,
-        index: &mut HashMap<KeyHash, IndexEntry>,
+        index: &mut Index,
     ) -> Result<(), Error> {
         let Some(mut page) = page else { return Ok(()) };
         let digests = (&mut page.task).await?;
@@ -498,7 +496,7 @@ impl Pass<'_> {
     async fn check_complete(
         &mut self,
         pairs: &[(String, String)],
-        index: &mut HashMap<KeyHash, IndexEntry>,
+        index: &mut Index,
     ) -> Result<(), Error> {
         let Some(reported) = self.reported else {
             return Ok(());
@@ -555,7 +553,7 @@ impl Pass<'_> {
     fn read_page(
         &mut self,
         body: &Bytes,
-        index: &mut HashMap<KeyHash, IndexEntry>,
+        index: &mut Index,
         mut found: Option<&mut HashSet<String>>,
     ) -> Result<Option<String>, Error> {
         let page = self.parse_page(body)?;
@@ -570,11 +568,7 @@ impl Pass<'_> {
 
     /// Key and hash one upstream entity and note it in the diff. A key seen twice in one refresh
     /// counts once; its last state wins. Returns the key predicate.
-    fn observe(
-        &mut self,
-        raw: &[u8],
-        index: &mut HashMap<KeyHash, IndexEntry>,
-    ) -> Result<String, Error> {
+    fn observe(&mut self, raw: &[u8], index: &mut Index) -> Result<String, Error> {
         let digest = self
             .hasher
             .digest(raw, &self.input.set.key, &self.input.set.ignore)
@@ -594,12 +588,7 @@ impl Pass<'_> {
     }
 
     /// Note one hashed entity in the diff. Returns its key predicate.
-    fn apply(
-        &mut self,
-        digest: Digest,
-        raw: &[u8],
-        index: &mut HashMap<KeyHash, IndexEntry>,
-    ) -> String {
+    fn apply(&mut self, digest: Digest, raw: &[u8], index: &mut Index) -> String {
         let (unchanged, first_sighting) = match index.get_mut(&digest.key_hash) {
             Some(entry) => {
                 let first = entry.seen != self.generation;

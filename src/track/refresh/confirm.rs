@@ -13,7 +13,7 @@ use crate::odata::delta::Reason;
 use crate::odata::entity_id::key_filter;
 use crate::odata::query::{encode, encode_pairs, encode_path};
 
-use super::super::feed::IndexEntry;
+use super::super::feed::Index;
 use super::super::hash::KeyHash;
 use super::Pass;
 use super::fetch::OnRefusal;
@@ -38,7 +38,7 @@ impl Pass<'_> {
     /// found at all is `deleted`.
     pub(super) async fn confirm(
         &mut self,
-        index: &mut HashMap<KeyHash, IndexEntry>,
+        index: &mut Index,
         candidates: Vec<KeyHash>,
         strategy: &mut ConfirmStrategy,
     ) -> Result<Vec<(KeyHash, Reason)>, Error> {
@@ -92,7 +92,7 @@ impl Pass<'_> {
         &mut self,
         predicates: &[String],
         in_feed: bool,
-        index: &mut HashMap<KeyHash, IndexEntry>,
+        index: &mut Index,
         strategy: &mut ConfirmStrategy,
     ) -> Result<HashSet<String>, Error> {
         let mut found = HashSet::new();
@@ -153,7 +153,7 @@ impl Pass<'_> {
         batch: &[&str],
         use_in: bool,
         in_feed: bool,
-        index: &mut HashMap<KeyHash, IndexEntry>,
+        index: &mut Index,
         found: &mut HashSet<String>,
     ) -> Result<(), Error> {
         let keys = key_filter(&self.input.set.key, batch, use_in);
@@ -219,7 +219,7 @@ impl Pass<'_> {
         &mut self,
         predicate: &str,
         in_feed: bool,
-        index: &mut HashMap<KeyHash, IndexEntry>,
+        index: &mut Index,
         found: &mut HashSet<String>,
     ) -> Result<(), Error> {
         let mut url = self.input.service_root.clone();
