@@ -3,7 +3,7 @@
 //! content hash, stamp the sighting — as a refresh does for every upstream page.
 //!
 //! Both beside the layout the index had before: std's SipHash over the 16 key bytes and a 64-bit
-//! generation per entry. Memory is counted by a counting global allocator around building each
+//! generation per entry (now a seeded pass-through hasher and one byte). Memory is counted by a counting global allocator around building each
 //! index, so it includes the table's real growth and load factor. CPU time of the bench thread
 //! (see `support/thread_cpu.rs`). Run with `cargo bench --bench index`.
 
@@ -17,7 +17,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use odata_delta_gateway::track::feed::{Index, IndexEntry};
+use odata_delta_gateway::track::feed::{Index, IndexEntry, Slot};
 use odata_delta_gateway::track::hash::{ContentHash, KeyHash};
 use thread_cpu::ThreadCpu;
 
@@ -112,9 +112,9 @@ fn index(c: &mut Criterion<ThreadCpu>) {
     let mut group = c.benchmark_group("diff_page_1M");
     group.throughput(Throughput::Elements(u64::from(PAGE)));
     group.bench_function("gateway", |b| {
-        let mut generation = 0u32;
+        let mut slot = Slot::default();
         b.iter(|| {
-            generation = generation.wrapping_add(1).max(1);
+            let generation = slot.next_generation();
             let mut changed = 0u32;
             for (k, c) in black_box(&digests) {
                 if let Some(e) = new.get_mut(k) {

@@ -22,7 +22,8 @@ use crate::odata::query::{encode_pairs, encode_path};
 use crate::store::{FeedMeta, RowChange};
 
 use super::feed::{
-    BuildKeyHasher, FeedDef, FeedId, Index, IndexEntry, LastRefresh, SetSpec, Slot, Version,
+    BuildKeyHasher, FeedDef, FeedId, Generation, Index, IndexEntry, LastRefresh, SetSpec, Slot,
+    Version,
 };
 use super::hash::{ContentHash, Digest, EntityError, Hasher, KeyHash};
 
@@ -132,7 +133,7 @@ struct Pass<'a> {
     shared: &'a Shared,
     input: &'a RefreshInput,
     /// This refresh's number; index entries it sees are stamped with it.
-    generation: u32,
+    generation: Generation,
     pending: HashMap<KeyHash, Pending, BuildKeyHasher>,
     hasher: Hasher,
     /// GETs of this refresh, with its retry budget.
