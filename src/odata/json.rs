@@ -297,6 +297,9 @@ pub struct Canonicalizer {
     levels: Vec<Level>,
 }
 
+/// Which top-level members to leave out, by name.
+type Skip<'a> = &'a dyn Fn(&[u8]) -> bool;
+
 /// The objects being written at one nesting depth (one at a time).
 #[derive(Default)]
 struct Level {
@@ -471,8 +474,8 @@ impl Canonicalizer {
         &mut self,
         s: &mut Scanner,
         depth: usize,
-        skip: Option<&dyn Fn(&[u8]) -> bool>,
-        mut top: Option<&mut Vec<Member>>,
+        skip: Option<Skip>,
+        top: Option<&mut Vec<Member>>,
         out: &mut Vec<u8>,
     ) -> Result<(), JsonError> {
         if depth > MAX_DEPTH {
@@ -484,7 +487,7 @@ impl Canonicalizer {
         // Taken out while deeper levels are written; put back (with its capacity) in any case.
         let mut level = std::mem::take(&mut self.levels[depth]);
         level.clear();
-        let collected = self.members(s, depth, skip, top.as_deref_mut(), &mut level);
+        let collected = self.members(s, depth, skip, top, &mut level);
         if collected.is_ok() {
             level.emit(s.text, out);
         }
@@ -496,7 +499,7 @@ impl Canonicalizer {
         &mut self,
         s: &mut Scanner,
         depth: usize,
-        skip: Option<&dyn Fn(&[u8]) -> bool>,
+        skip: Option<Skip>,
         mut top: Option<&mut Vec<Member>>,
         level: &mut Level,
     ) -> Result<(), JsonError> {

@@ -377,9 +377,9 @@ mod tests {
                 // Some entities go unseen for hundreds of refreshes: only every 5th is ever seen
                 // often.
                 let seen = if k % 5 == 0 {
-                    rng % 2 == 0
+                    rng.is_multiple_of(2)
                 } else {
-                    rng % 600 == 0
+                    rng.is_multiple_of(600)
                 };
                 if seen {
                     if let Some(e) = slot.index.as_mut().and_then(|i| i.get_mut(&key(k))) {
