@@ -246,6 +246,134 @@ pub fn array_elements(text: &[u8], out: &mut Vec<(usize, usize)>) -> Result<(), 
     Ok(())
 }
 
+/// Write the object `text` with the members of every object in it renamed or dropped, in one pass:
+/// `name` writes a member's new name (the raw name is given) and returns `false` to drop the member
+/// with its value. Values nested deeper than `copy_below` are copied as they are. Whitespace between
+/// tokens is dropped; member order is kept.
+pub fn write_renamed(
+    text: &[u8],
+    name: &dyn Fn(&[u8], &mut Vec<u8>) -> bool,
+    copy_below: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), JsonError> {
+    let mut s = Scanner { text, pos: 0 };
+    s.skip_ws();
+    let mut r = Renamer {
+        name,
+        copy_below,
+        out,
+    };
+    r.object(&mut s, 0)?;
+    s.skip_ws();
+    if s.pos != text.len() {
+        return Err(s.err("the end of the object"));
+    }
+    Ok(())
+}
+
+/// The state of [`write_renamed`].
+struct Renamer<'a, 'o> {
+    name: &'a dyn Fn(&[u8], &mut Vec<u8>) -> bool,
+    copy_below: usize,
+    out: &'o mut Vec<u8>,
+}
+
+impl Renamer<'_, '_> {
+    /// A value at `depth` (its containers are at that depth for the scanner's limit too).
+    fn value(&mut self, s: &mut Scanner, depth: usize) -> Result<(), JsonError> {
+        s.skip_ws();
+        let start = s.pos;
+        if depth > self.copy_below {
+            s.value(depth.saturating_sub(1))?;
+        } else {
+            match s.peek() {
+                Some(b'{') => return self.object(s, depth),
+                Some(b'[') => return self.array(s, depth),
+                Some(b'"') => {
+                    s.string()?;
+                }
+                Some(_) => s.scalar()?,
+                None => return Err(s.err("a value")),
+            }
+        }
+        self.out.extend_from_slice(&s.text[start..s.pos]);
+        Ok(())
+    }
+
+    fn object(&mut self, s: &mut Scanner, depth: usize) -> Result<(), JsonError> {
+        if depth > MAX_DEPTH {
+            return Err(s.err("less deeply nested JSON"));
+        }
+        s.expect(b'{', "an object")?;
+        self.out.push(b'{');
+        s.skip_ws();
+        if s.peek() == Some(b'}') {
+            s.pos += 1;
+            self.out.push(b'}');
+            return Ok(());
+        }
+        let mut first = true;
+        loop {
+            s.skip_ws();
+            let (a, b) = s.string()?;
+            s.expect(b':', "':'")?;
+            let before = self.out.len();
+            if !first {
+                self.out.push(b',');
+            }
+            self.out.push(b'"');
+            if (self.name)(&s.text[a..b], self.out) {
+                self.out.extend_from_slice(b"\":");
+                self.value(s, depth + 1)?;
+                first = false;
+            } else {
+                self.out.truncate(before);
+                s.value(depth)?;
+            }
+            s.skip_ws();
+            match s.peek() {
+                Some(b',') => s.pos += 1,
+                Some(b'}') => {
+                    s.pos += 1;
+                    self.out.push(b'}');
+                    return Ok(());
+                }
+                _ => return Err(s.err("',' or '}'")),
+            }
+        }
+    }
+
+    fn array(&mut self, s: &mut Scanner, depth: usize) -> Result<(), JsonError> {
+        if depth > MAX_DEPTH {
+            return Err(s.err("less deeply nested JSON"));
+        }
+        s.expect(b'[', "an array")?;
+        self.out.push(b'[');
+        s.skip_ws();
+        if s.peek() == Some(b']') {
+            s.pos += 1;
+            self.out.push(b']');
+            return Ok(());
+        }
+        loop {
+            self.value(s, depth + 1)?;
+            s.skip_ws();
+            match s.peek() {
+                Some(b',') => {
+                    s.pos += 1;
+                    self.out.push(b',');
+                }
+                Some(b']') => {
+                    s.pos += 1;
+                    self.out.push(b']');
+                    return Ok(());
+                }
+                _ => return Err(s.err("',' or ']'")),
+            }
+        }
+    }
+}
+
 /// Whether a member name is OData control information (`@odata.etag`, `@etag`, `Prop@odata.type`, …):
 /// metadata about the payload, not content. 4.01 services may omit the `odata.` prefix (J §4.5).
 pub fn is_control_information(name: &[u8]) -> bool {
