@@ -21,7 +21,10 @@ use crate::odata::page::{Page, PageError};
 use crate::odata::query::{encode_pairs, encode_path};
 use crate::store::{FeedMeta, RowChange};
 
-use super::feed::{FeedDef, FeedId, IndexEntry, LastRefresh, SetSpec, Slot, Version};
+use super::feed::{
+    BuildKeyHasher, FeedDef, FeedId, Generation, Index, IndexEntry, LastRefresh, SetSpec, Slot,
+    Version,
+};
 use super::hash::{ContentHash, Digest, EntityError, Hasher, KeyHash};
 
 mod confirm;
@@ -161,8 +164,8 @@ struct Pass<'a> {
     shared: &'a Shared,
     input: &'a RefreshInput,
     /// This refresh's number; index entries it sees are stamped with it.
-    generation: u64,
-    pending: HashMap<KeyHash, Pending>,
+    generation: Generation,
+    pending: HashMap<KeyHash, Pending, BuildKeyHasher>,
     /// GETs of this refresh, with its retry budget and page cap.
     fetcher: Fetcher,
     /// Pages and entities read against the upstream's count.
@@ -195,17 +198,16 @@ async fn run(
         .await??;
         let index = live
             .into_iter()
-            .map(|(k, content)| (k, IndexEntry { content, seen: 0 }))
+            .map(|(k, content)| (k, IndexEntry::loaded(content)))
             .collect();
         slot.index = Some(index);
         slot.meta = meta;
     }
-    slot.refreshes += 1;
     let mut pass = Pass {
         shared,
         input,
-        generation: slot.refreshes,
-        pending: HashMap::new(),
+        generation: slot.next_generation(),
+        pending: HashMap::default(),
         fetcher: Fetcher::new(shared.clone(), input.headers.clone(), &input.set.name),
         tally: Tally::default(),
         links: HashSet::new(),
@@ -423,7 +425,7 @@ impl Pass<'_> {
     }
 
     /// Read every page of the feed's upstream collection.
-    async fn enumerate(&mut self, index: &mut HashMap<KeyHash, IndexEntry>) -> Result<(), Error> {
+    async fn enumerate(&mut self, index: &mut Index) -> Result<(), Error> {
         let mut pairs = self.input.def.query.enumeration(&self.key_names());
         pairs.push(("$count".into(), "true".into()));
         // A refusal of the first request is about the client's query or credentials; later ones
@@ -445,7 +447,7 @@ impl Pass<'_> {
     async fn read_collection(
         &mut self,
         pairs: &[(String, String)],
-        index: &mut HashMap<KeyHash, IndexEntry>,
+        index: &mut Index,
         on_refusal: OnRefusal,
     ) -> Result<(), Error> {
         // A pipeline: the next page is fetched while earlier ones are parsed and hashed on the
@@ -518,10 +520,7 @@ impl Pass<'_> {
     /// On a first load, write what is pending to the store once there is enough of it, so that
     /// memory holds a batch rather than the whole collection. The index learns the rows at once,
     /// so a key seen again later in the enumeration is compared with what was written.
-    async fn stage_if_large(
-        &mut self,
-        index: &mut HashMap<KeyHash, IndexEntry>,
-    ) -> Result<(), Error> {
+    async fn stage_if_large(&mut self, index: &mut Index) -> Result<(), Error> {
         let Some(version) = self.staging_version else {
             return Ok(());
         };
@@ -550,7 +549,7 @@ impl Pass<'_> {
     async fn apply_page(
         &mut self,
         page: Option<HashingPage>,
-        index: &mut HashMap<KeyHash, IndexEntry>,
+        index: &mut Index,
     ) -> Result<(), Error> {
         let Some(mut page) = page else { return Ok(()) };
         let digests = (&mut page.task).await?;
@@ -594,7 +593,7 @@ impl Pass<'_> {
     async fn check_complete(
         &mut self,
         pairs: &[(String, String)],
-        index: &mut HashMap<KeyHash, IndexEntry>,
+        index: &mut Index,
     ) -> Result<(), Error> {
         let step = u64::from(self.shared.config.upstream.page_size);
         let mut read_on = ReadOn::new(&self.tally, step);
@@ -659,7 +658,7 @@ impl Pass<'_> {
         &mut self,
         body: &Bytes,
         digests: PageDigests,
-        index: &mut HashMap<KeyHash, IndexEntry>,
+        index: &mut Index,
         mut found: Option<&mut HashSet<KeyHash>>,
     ) -> Result<(), Error> {
         // The page's last state of each changed key; a later unchanged sighting cancels it.
@@ -701,12 +700,7 @@ impl Pass<'_> {
     /// state wins. Returns whether the entity is new or changed, so its body is to be kept (the
     /// caller keeps it); an unchanged one drops what an earlier sighting left pending. `on_page`:
     /// the key is new or changed earlier on the same page, so not yet pending.
-    fn note(
-        &mut self,
-        digest: &Digest,
-        index: &mut HashMap<KeyHash, IndexEntry>,
-        on_page: bool,
-    ) -> bool {
+    fn note(&mut self, digest: &Digest, index: &mut Index, on_page: bool) -> bool {
         let (unchanged, first_sighting) = match index.get_mut(&digest.key_hash) {
             Some(entry) => {
                 let first = entry.seen != self.generation;

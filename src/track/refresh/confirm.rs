@@ -8,7 +8,7 @@
 //! removed with reason `changed`; not found → `deleted`. Only when every form fails, or the upstream
 //! fails otherwise, does the refresh fail. Pages are parsed and hashed on the blocking pool.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use bytes::Bytes;
 
@@ -18,7 +18,7 @@ use crate::odata::entity_id::key_filter;
 use crate::odata::page::PageError;
 use crate::odata::query::{encode, encode_pairs, encode_path};
 
-use super::super::feed::IndexEntry;
+use super::super::feed::Index;
 use super::super::hash::KeyHash;
 use super::fetch::{OnRefusal, passed_on};
 use super::{PageDigests, Pass, Scanned, digest_all, scan};
@@ -43,7 +43,7 @@ impl Pass<'_> {
     /// found at all is `deleted`.
     pub(super) async fn confirm(
         &mut self,
-        index: &mut HashMap<KeyHash, IndexEntry>,
+        index: &mut Index,
         candidates: Vec<KeyHash>,
         strategy: &mut ConfirmStrategy,
     ) -> Result<Vec<(KeyHash, Reason)>, Error> {
@@ -98,7 +98,7 @@ impl Pass<'_> {
         &mut self,
         predicates: &[String],
         in_feed: bool,
-        index: &mut HashMap<KeyHash, IndexEntry>,
+        index: &mut Index,
         strategy: &mut ConfirmStrategy,
     ) -> Result<HashSet<KeyHash>, Error> {
         let mut found = HashSet::new();
@@ -159,7 +159,7 @@ impl Pass<'_> {
         batch: &[&str],
         use_in: bool,
         in_feed: bool,
-        index: &mut HashMap<KeyHash, IndexEntry>,
+        index: &mut Index,
         found: &mut HashSet<KeyHash>,
     ) -> Result<(), Error> {
         let keys = key_filter(&self.input.set.key, batch, use_in);
@@ -231,7 +231,7 @@ impl Pass<'_> {
         &mut self,
         predicate: &str,
         in_feed: bool,
-        index: &mut HashMap<KeyHash, IndexEntry>,
+        index: &mut Index,
         found: &mut HashSet<KeyHash>,
     ) -> Result<(), Error> {
         let mut url = self.input.service_root.clone();
