@@ -84,6 +84,10 @@ pub struct Flags {
     /// Default page size of tracked responses [default: 1000].
     #[arg(long, env = "ODG_PAGE_SIZE")]
     pub page_size: Option<u32>,
+    /// Log lines as `text` (for people) or `json` (one object a line, for log shippers)
+    /// [default: text].
+    #[arg(long, env = "ODG_LOG_FORMAT")]
+    pub log_format: Option<String>,
 }
 
 /// A configuration mistake, reported at start.
@@ -148,6 +152,31 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// Size limits.
     pub limits: Limits,
+    /// How log lines are written.
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (`log_format`, `--log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Readable lines, for a terminal or journald.
+    #[default]
+    Text,
+    /// One JSON object a line, with the fields of the request's span, for log shippers.
+    Json,
+}
+
+impl LogFormat {
+    /// Parse `text` or `json`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "'{other}' is not a log format; expected \"text\" or \"json\""
+            )),
+        }
+    }
 }
 
 /// One upstream service and where it is mounted on the gateway.
@@ -342,6 +371,7 @@ struct File {
     page_size: Option<Spanned<u32>>,
     max_page_size: Option<Spanned<u32>>,
     min_refresh_interval: Option<Spanned<String>>,
+    log_format: Option<Spanned<String>>,
     identity: Option<Spanned<FileIdentity>>,
     upstream: Option<FileUpstream>,
     limits: Option<FileLimits>,
@@ -558,6 +588,11 @@ impl Config {
             positive(&parsed.max_page_size, "max_page_size", 10_000)?.max(page_size);
 
         let (identity, authorization_cache) = identity(&source, parsed.identity.as_ref())?;
+        let log_format = match (&flags.log_format, &parsed.log_format) {
+            (Some(f), _) => LogFormat::parse(f).map_err(|e| flag("log-format", e))?,
+            (None, Some(f)) => LogFormat::parse(f.get_ref()).map_err(|e| source.at(f, e))?,
+            (None, None) => LogFormat::Text,
+        };
 
         let up = parsed.upstream.unwrap_or_default();
         let upstream = UpstreamConfig {
@@ -732,6 +767,7 @@ impl Config {
             authorization_cache,
             upstream,
             limits,
+            log_format,
         })
     }
 }
@@ -1022,6 +1058,7 @@ mod tests {
                 "unknown identity mode",
             ),
             ("[limits]\nmax_feeds = 0\n", "2:", "at least 1"),
+            ("log_format = \"yaml\"\n", "1:", "not a log format"),
             ("[limits]\nmax_feeds_per_scope = 0\n", "2:", "at least 1"),
             (
                 "[limits]\nmax_concurrent_refreshes = 0\n",

@@ -228,7 +228,7 @@ async fn protocol_starts(stream: &tokio::net::TcpStream, limit: Duration) -> boo
 fn request_span(req: &Request<Incoming>) -> tracing::Span {
     let id = req
         .headers()
-        .get("x-request-id")
+        .get(names::REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     tracing::info_span!("request", id, method = %req.method(), path = %req.uri().path())

@@ -95,7 +95,8 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
         }
     };
     let shared = shared.clone();
-    let task = tokio::spawn(async move {
+    // In the span of the request that started it, so that its log lines carry that request id.
+    let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
         let started = Instant::now();
         let outcome = run(&shared, &mut guard, &input).await;
         drop(permit);
@@ -142,7 +143,7 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
             finished_at,
             by_this_request: true,
         })
-    });
+    }));
     task.await?
 }
 

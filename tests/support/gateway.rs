@@ -140,8 +140,17 @@ impl GatewayProcess {
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent && let Some(rest) = line.split("addr=").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                // `addr=…` in text logs, `"addr":"…"` in JSON ones.
+                let found = line
+                    .split("addr=")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .or_else(|| {
+                        let rest = line.split("\"addr\":\"").nth(1)?;
+                        rest.split('"').next()
+                    });
+                if !sent && let Some(addr) = found {
+                    let addr = addr.to_owned();
                     let _ = tx.send(addr);
                     sent = true;
                 }
