@@ -81,6 +81,8 @@ pub struct Shared {
     pub(crate) authorizations: Authorizations,
     /// Turns for refreshes, across all feeds.
     pub(crate) refresh_permits: RefreshPermits,
+    /// Recent refreshes per feed, for the status page and the metrics.
+    pub(crate) refresh_history: crate::track::history::RefreshHistory,
     /// One service per route, in route order (longest prefix first).
     pub services: Vec<Service>,
     /// Metrics.
@@ -102,8 +104,9 @@ impl Shared {
                 .into_iter()
                 .map(|(feed, scope)| (feed, Scope(scope))),
         );
+        let metrics = Metrics::default();
         Ok(Shared {
-            upstream: Upstream::new(&config.upstream),
+            upstream: Upstream::new(&config.upstream, metrics.upstream_requests.clone()),
             token_key: TokenKey::derive(&secret),
             scope_key,
             feeds,
@@ -113,7 +116,8 @@ impl Shared {
                 config.limits.max_refresh_waiters,
             ),
             services: config.routes.iter().cloned().map(Service::new).collect(),
-            metrics: Metrics::default(),
+            refresh_history: Default::default(),
+            metrics,
             clock: Default::default(),
             store,
             config,

@@ -548,11 +548,14 @@ async fn admin(app: &App, req: &Request<Incoming>) -> Response<Body> {
         r
     };
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => text(
-            StatusCode::OK,
-            app.metrics.encode(),
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        ),
+        (&Method::GET, "/metrics") => {
+            crate::metrics::sample(app);
+            text(
+                StatusCode::OK,
+                app.metrics.encode(),
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+        }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into(), "text/plain"),
         (&Method::GET, "/readyz") => match ready(app).await {
             Ok(_) => text(StatusCode::OK, "ready\n".into(), "text/plain"),

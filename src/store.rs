@@ -884,6 +884,11 @@ fn purge(
     Ok(purged)
 }
 
+/// The store's file in a data directory, for its size and for tools that must not create one.
+pub fn file_path(dir: &Path) -> std::path::PathBuf {
+    dir.join(DB_FILE)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -114,7 +114,19 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
         shared
             .metrics
             .refresh_seconds
+            .get_or_create(&crate::metrics::SetLabel::new(
+                &input.def.route,
+                &input.set.name,
+            ))
             .observe(elapsed.as_secs_f64());
+        shared.refresh_history.finished(super::history::Finished {
+            def: &input.def,
+            finished_at,
+            duration: elapsed,
+            outcome: outcome.clone().map_err(|e| e.to_string()),
+            entities: guard.meta.as_ref().map(|m| m.live),
+            index_entries: guard.index.as_ref().map_or(0, |i| i.len()),
+        });
         match &outcome {
             Ok(v) => {
                 shared
@@ -297,7 +309,14 @@ async fn run(
         index.remove(key_hash);
     }
     slot.meta = Some(meta);
-    shared.metrics.entities_changed.inc_by(stats.changed);
+    // Rows a first load staged ahead are committed with this version too.
+    let removed = removals.len() as u64;
+    let upserts = stats.changed.saturating_sub(removed) + pass.staged;
+    shared.metrics.entities_changed.inc_by(upserts);
+    shared.metrics.entities_removed.inc_by(removed);
+    shared
+        .refresh_history
+        .committed(input.feed, upserts + removed);
     shared.metrics.tombstones_purged.inc_by(stats.purged);
     tracing::debug!(
         set = %input.set.name,
@@ -517,6 +536,10 @@ impl Pass<'_> {
         })?;
         self.pages += 1;
         self.delivered += page.entities.len() as u64;
+        self.shared
+            .metrics
+            .entities_enumerated
+            .inc_by(page.entities.len() as u64);
         self.reported = page.count.or(self.reported);
         self.shared.metrics.upstream_pages.inc();
         Ok(page)
