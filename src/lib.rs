@@ -32,6 +32,7 @@
 //! - [`body`]: the one boxed body type requests and responses travel in.
 //! - [`store`]: the redb schema and its transactions.
 //! - [`metrics`]: Prometheus metrics.
+//! - `status`: the admin listener's HTML status page, one row per feed.
 //! - [`demo`]: the bundled sample service behind `odata-delta-gateway demo`.
 #![forbid(unsafe_code)]
 
@@ -44,6 +45,7 @@ pub mod odata;
 pub mod proxy;
 pub mod router;
 pub mod server;
+mod status;
 pub mod store;
 pub mod track;
 pub mod upstream;

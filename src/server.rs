@@ -1,6 +1,6 @@
 //! Listeners and the request pipeline: accept connections (HTTP/1.1 and HTTP/2), run each request
 //! through the tower stack (request id → tracing → panic guard → handler), drain in-flight requests on
-//! shutdown. The admin listener serves `/metrics`, `/healthz` and `/readyz`. Before a request is
+//! shutdown. The admin listener serves the status page (`/`), `/metrics`, `/healthz` and `/readyz`. Before a request is
 //! routed, its path is resolved and bounded (C37); `refusals` gives heads that hyper refuses on
 //! its own the same OData error answer.
 
@@ -556,6 +556,23 @@ async fn admin(app: &App, req: &Request<Incoming>) -> Response<Body> {
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )
         }
+        (&Method::GET, "/") => match crate::status::page(app).await {
+            Ok(html) => {
+                let mut r = text(StatusCode::OK, html, "text/html; charset=utf-8");
+                // Nothing on the page loads or runs anything; a value that slipped through the
+                // escaping could not either.
+                r.headers_mut().insert(
+                    header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+                );
+                r
+            }
+            Err(e) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("status unavailable: {e}\n"),
+                "text/plain",
+            ),
+        },
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into(), "text/plain"),
         (&Method::GET, "/readyz") => match ready(app).await {
             Ok(_) => text(StatusCode::OK, "ready\n".into(), "text/plain"),

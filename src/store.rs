@@ -884,6 +884,22 @@ fn purge(
     Ok(purged)
 }
 
+impl Store {
+    /// Every feed's meta, dropped ones included, in id order: for the status page and the
+    /// operator tools.
+    pub fn feeds(&self) -> Result<Vec<(FeedId, FeedMeta)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let feeds = tx.open_table(FEEDS)?;
+        let mut out = Vec::new();
+        for item in feeds.iter()? {
+            let (k, v) = item?;
+            let meta: FeedMeta = serde_json::from_slice(v.value()).map_err(StoreError::new)?;
+            out.push((FeedId(*k.value()), meta));
+        }
+        Ok(out)
+    }
+}
+
 /// The store's file in a data directory, for its size and for tools that must not create one.
 pub fn file_path(dir: &Path) -> std::path::PathBuf {
     dir.join(DB_FILE)
