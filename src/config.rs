@@ -33,6 +33,40 @@ pub struct Cli {
 pub enum Command {
     /// Start a bundled sample OData service and the gateway in front of it, and print curl commands.
     Demo(DemoFlags),
+    /// Look at and maintain the feeds of a stopped gateway's store.
+    Feeds(FeedsArgs),
+}
+
+/// Options of `feeds`.
+#[derive(Debug, Args)]
+pub struct FeedsArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: FeedsCommand,
+    /// Directory of the store.
+    #[arg(long, env = "ODG_DATA_DIR", default_value = "./data", global = true)]
+    pub data_dir: PathBuf,
+}
+
+/// The `feeds` commands. They open the store themselves, so they refuse while a gateway runs on
+/// the same data dir.
+#[derive(Debug, Subcommand)]
+pub enum FeedsCommand {
+    /// One line per feed: id, route, entity set, scope, entities, version, last use.
+    List,
+    /// Everything stored about one feed (an id or a unique prefix of one, at least 6 digits).
+    Show {
+        /// Feed id (hex) or a unique prefix.
+        id: String,
+    },
+    /// Delete a feed's entities and changes; its delta links then answer 410 with the query to
+    /// start over, and its next tracked read loads it again.
+    Drop {
+        /// Feed id (hex) or a unique prefix.
+        id: String,
+    },
+    /// Give the space of deleted entities back to the file system (redb compaction).
+    Compact,
 }
 
 /// Options of `demo`.

@@ -33,6 +33,7 @@
 //! - [`store`]: the redb schema and its transactions.
 //! - [`metrics`]: Prometheus metrics.
 //! - `status`: the admin listener's HTML status page, one row per feed.
+//! - [`operator`]: the `feeds` commands (list, show, drop, compact) on a stopped gateway's store.
 //! - [`demo`]: the bundled sample service behind `odata-delta-gateway demo`.
 #![forbid(unsafe_code)]
 
@@ -42,6 +43,7 @@ pub mod demo;
 pub mod error;
 pub mod metrics;
 pub mod odata;
+pub mod operator;
 pub mod proxy;
 pub mod router;
 pub mod server;

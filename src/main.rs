@@ -11,6 +11,19 @@ use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Feeds(args)) = &cli.command {
+        // No runtime and no logging: a short synchronous look at the store.
+        return match odata_delta_gateway::operator::run(args) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // The configuration is read before logging starts, since it says how to log; its mistakes
     // are printed plainly.
     let config = match &cli.command {
@@ -37,6 +50,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Some(Command::Demo(flags)) => demo::run(flags, shutdown_signal()).await,
+            Some(Command::Feeds(_)) => Err("the feeds commands run without a runtime".into()),
             None => match config {
                 Some(config) => run(config).await,
                 None => Err("no configuration".into()),
