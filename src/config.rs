@@ -188,6 +188,9 @@ pub struct Config {
     pub limits: Limits,
     /// How log lines are written.
     pub log_format: LogFormat,
+    /// How long in-flight requests (and the refreshes they wait for) may run on after SIGTERM;
+    /// what is still running then is abandoned without committing anything.
+    pub shutdown_grace: Duration,
 }
 
 /// How log lines are written (`log_format`, `--log-format`).
@@ -270,6 +273,9 @@ pub struct UpstreamConfig {
     /// makes the gateway fetch it again.
     pub metadata_recheck_interval: Duration,
 }
+
+/// A longer grace would keep a stopping gateway (and its deployment) waiting for too long.
+const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(3600);
 
 /// The longest request target hyper parses (`u16::MAX - 1`); `limits.max_uri_bytes` stays below.
 pub(crate) const MAX_URI_BYTES: usize = 65_534;
@@ -406,6 +412,7 @@ struct File {
     max_page_size: Option<Spanned<u32>>,
     min_refresh_interval: Option<Spanned<String>>,
     log_format: Option<Spanned<String>>,
+    shutdown_grace: Option<Spanned<String>>,
     identity: Option<Spanned<FileIdentity>>,
     upstream: Option<FileUpstream>,
     limits: Option<FileLimits>,
@@ -627,6 +634,12 @@ impl Config {
             (None, Some(f)) => LogFormat::parse(f.get_ref()).map_err(|e| source.at(f, e))?,
             (None, None) => LogFormat::Text,
         };
+        let shutdown_grace = duration(None, "", &parsed.shutdown_grace, Duration::from_secs(30))?;
+        if let Some(v) = &parsed.shutdown_grace
+            && shutdown_grace > MAX_SHUTDOWN_GRACE
+        {
+            return Err(source.at(v, "shutdown_grace must be at most 1h"));
+        }
 
         let up = parsed.upstream.unwrap_or_default();
         let upstream = UpstreamConfig {
@@ -802,6 +815,7 @@ impl Config {
             upstream,
             limits,
             log_format,
+            shutdown_grace,
         })
     }
 }
@@ -1093,6 +1107,8 @@ mod tests {
             ),
             ("[limits]\nmax_feeds = 0\n", "2:", "at least 1"),
             ("log_format = \"yaml\"\n", "1:", "not a log format"),
+            ("shutdown_grace = \"2h\"\n", "1:", "at most 1h"),
+            ("shutdown_grace = \"soon\"\n", "1:", "duration"),
             ("[limits]\nmax_feeds_per_scope = 0\n", "2:", "at least 1"),
             (
                 "[limits]\nmax_concurrent_refreshes = 0\n",

@@ -32,9 +32,6 @@ use crate::router::{self, Decision};
 use crate::track::respond::{self, Answer, Operation, TrackedRequest};
 use crate::{App, Shared};
 
-/// How long in-flight requests may run on after shutdown was asked for.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// A started gateway.
 pub struct Running {
     /// Where the gateway listens.
@@ -185,11 +182,17 @@ async fn serve(app: App, listener: TcpListener, shutdown: CancellationToken) {
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    let grace = app.config.shutdown_grace;
+    if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!("in-flight requests did not finish in time; closing");
+        // Refreshes still running are dropped with the runtime at their next await: a refresh
+        // commits in one transaction at its end, so an abandoned one leaves nothing behind.
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "in-flight requests did not finish within shutdown_grace; abandoning them, nothing partial is committed"
+        );
     }
 }
 
