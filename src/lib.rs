@@ -28,7 +28,7 @@
 //!   literals, the raw JSON scanner, upstream pages, delta payloads.
 //! - [`track`]: feeds and versions, hashing, tokens, refresh (fetch, confirm removals), answering
 //!   tracked requests, authorizing them upstream, admission (feed caps, refresh turns), retention of
-//!   idle feeds.
+//!   idle feeds, the in-memory history of recent refreshes.
 //! - [`body`]: the one boxed body type requests and responses travel in.
 //! - [`store`]: the redb schema and its transactions.
 //! - [`metrics`]: Prometheus metrics.
