@@ -33,6 +33,40 @@ pub struct Cli {
 pub enum Command {
     /// Start a bundled sample OData service and the gateway in front of it, and print curl commands.
     Demo(DemoFlags),
+    /// Look at and maintain the feeds of a stopped gateway's store.
+    Feeds(FeedsArgs),
+}
+
+/// Options of `feeds`.
+#[derive(Debug, Args)]
+pub struct FeedsArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: FeedsCommand,
+    /// Directory of the store.
+    #[arg(long, env = "ODG_DATA_DIR", default_value = "./data", global = true)]
+    pub data_dir: PathBuf,
+}
+
+/// The `feeds` commands. They open the store themselves, so they refuse while a gateway runs on
+/// the same data dir.
+#[derive(Debug, Subcommand)]
+pub enum FeedsCommand {
+    /// One line per feed: id, route, entity set, scope, entities, version, last use.
+    List,
+    /// Everything stored about one feed (an id or a unique prefix of one, at least 6 digits).
+    Show {
+        /// Feed id (hex) or a unique prefix.
+        id: String,
+    },
+    /// Delete a feed's entities and changes; its delta links then answer 410 with the query to
+    /// start over, and its next tracked read loads it again.
+    Drop {
+        /// Feed id (hex) or a unique prefix.
+        id: String,
+    },
+    /// Give the space of deleted entities back to the file system (redb compaction).
+    Compact,
 }
 
 /// Options of `demo`.
@@ -84,6 +118,10 @@ pub struct Flags {
     /// Default page size of tracked responses [default: 1000].
     #[arg(long, env = "ODG_PAGE_SIZE")]
     pub page_size: Option<u32>,
+    /// Log lines as `text` (for people) or `json` (one object a line, for log shippers)
+    /// [default: text].
+    #[arg(long, env = "ODG_LOG_FORMAT")]
+    pub log_format: Option<String>,
 }
 
 /// A configuration mistake, reported at start.
@@ -148,6 +186,34 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// Size limits.
     pub limits: Limits,
+    /// How log lines are written.
+    pub log_format: LogFormat,
+    /// How long in-flight requests (and the refreshes they wait for) may run on after SIGTERM;
+    /// what is still running then is abandoned without committing anything.
+    pub shutdown_grace: Duration,
+}
+
+/// How log lines are written (`log_format`, `--log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Readable lines, for a terminal or journald.
+    #[default]
+    Text,
+    /// One JSON object a line, with the fields of the request's span, for log shippers.
+    Json,
+}
+
+impl LogFormat {
+    /// Parse `text` or `json`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "'{other}' is not a log format; expected \"text\" or \"json\""
+            )),
+        }
+    }
 }
 
 /// One upstream service and where it is mounted on the gateway.
@@ -207,6 +273,9 @@ pub struct UpstreamConfig {
     /// makes the gateway fetch it again.
     pub metadata_recheck_interval: Duration,
 }
+
+/// A longer grace would keep a stopping gateway (and its deployment) waiting for too long.
+const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(3600);
 
 /// The longest request target hyper parses (`u16::MAX - 1`); `limits.max_uri_bytes` stays below.
 pub(crate) const MAX_URI_BYTES: usize = 65_534;
@@ -348,6 +417,8 @@ struct File {
     page_size: Option<Spanned<u32>>,
     max_page_size: Option<Spanned<u32>>,
     min_refresh_interval: Option<Spanned<String>>,
+    log_format: Option<Spanned<String>>,
+    shutdown_grace: Option<Spanned<String>>,
     identity: Option<Spanned<FileIdentity>>,
     upstream: Option<FileUpstream>,
     limits: Option<FileLimits>,
@@ -566,6 +637,17 @@ impl Config {
             positive(&parsed.max_page_size, "max_page_size", 10_000)?.max(page_size);
 
         let (identity, authorization_cache) = identity(&source, parsed.identity.as_ref())?;
+        let log_format = match (&flags.log_format, &parsed.log_format) {
+            (Some(f), _) => LogFormat::parse(f).map_err(|e| flag("log-format", e))?,
+            (None, Some(f)) => LogFormat::parse(f.get_ref()).map_err(|e| source.at(f, e))?,
+            (None, None) => LogFormat::Text,
+        };
+        let shutdown_grace = duration(None, "", &parsed.shutdown_grace, Duration::from_secs(30))?;
+        if let Some(v) = &parsed.shutdown_grace
+            && shutdown_grace > MAX_SHUTDOWN_GRACE
+        {
+            return Err(source.at(v, "shutdown_grace must be at most 1h"));
+        }
 
         let up = parsed.upstream.unwrap_or_default();
         let upstream = UpstreamConfig {
@@ -758,6 +840,8 @@ impl Config {
             authorization_cache,
             upstream,
             limits,
+            log_format,
+            shutdown_grace,
         })
     }
 }
@@ -1078,6 +1162,9 @@ mod tests {
                 "unknown identity mode",
             ),
             ("[limits]\nmax_feeds = 0\n", "2:", "at least 1"),
+            ("log_format = \"yaml\"\n", "1:", "not a log format"),
+            ("shutdown_grace = \"2h\"\n", "1:", "at most 1h"),
+            ("shutdown_grace = \"soon\"\n", "1:", "duration"),
             ("[limits]\nmax_feeds_per_scope = 0\n", "2:", "at least 1"),
             (
                 "[limits]\nmax_concurrent_refreshes = 0\n",

@@ -28,10 +28,13 @@
 //!   literals, the raw JSON scanner, upstream pages, delta payloads.
 //! - [`track`]: feeds and versions, hashing, tokens, refresh (fetch, confirm removals, the tally
 //!   against `@odata.count` and the `$skip` read-on), answering tracked requests, authorizing them
-//!   upstream, admission (feed caps, refresh turns), retention of idle feeds.
+//!   upstream, admission (feed caps, refresh turns), retention of idle feeds, the in-memory history
+//!   of recent refreshes.
 //! - [`body`]: the one boxed body type requests and responses travel in.
 //! - [`store`]: the redb schema and its transactions.
 //! - [`metrics`]: Prometheus metrics.
+//! - `status`: the admin listener's HTML status page, one row per feed.
+//! - [`operator`]: the `feeds` commands (list, show, drop, compact) on a stopped gateway's store.
 //! - [`demo`]: the bundled sample service behind `odata-delta-gateway demo`.
 #![forbid(unsafe_code)]
 
@@ -41,9 +44,11 @@ pub mod demo;
 pub mod error;
 pub mod metrics;
 pub mod odata;
+pub mod operator;
 pub mod proxy;
 pub mod router;
 pub mod server;
+mod status;
 pub mod store;
 pub mod track;
 pub mod upstream;
@@ -81,6 +86,8 @@ pub struct Shared {
     pub(crate) authorizations: Authorizations,
     /// Turns for refreshes, across all feeds.
     pub(crate) refresh_permits: RefreshPermits,
+    /// Recent refreshes per feed, for the status page and the metrics.
+    pub(crate) refresh_history: crate::track::history::RefreshHistory,
     /// One service per route, in route order (longest prefix first).
     pub services: Vec<Service>,
     /// Metrics.
@@ -102,8 +109,9 @@ impl Shared {
                 .into_iter()
                 .map(|(feed, scope)| (feed, Scope(scope))),
         );
+        let metrics = Metrics::default();
         Ok(Shared {
-            upstream: Upstream::new(&config.upstream),
+            upstream: Upstream::new(&config.upstream, metrics.upstream_requests.clone()),
             token_key: TokenKey::derive(&secret),
             scope_key,
             feeds,
@@ -113,7 +121,8 @@ impl Shared {
                 config.limits.max_refresh_waiters,
             ),
             services: config.routes.iter().cloned().map(Service::new).collect(),
-            metrics: Metrics::default(),
+            refresh_history: Default::default(),
+            metrics,
             clock: Default::default(),
             store,
             config,

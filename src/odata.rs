@@ -18,6 +18,10 @@ pub mod names {
     pub const ODATA_MAX_VERSION: &str = "odata-maxversion";
     /// `Preference-Applied` response header.
     pub const PREFERENCE_APPLIED: &str = "preference-applied";
+    /// The request id: kept from the client or generated, answered, and sent upstream on every
+    /// request the client's request causes (end-to-end, so [`crate::track::refresh::forwarded_headers`]
+    /// keeps it).
+    pub const REQUEST_ID: &str = "x-request-id";
     /// How many milliseconds ago the refresh behind a tracked response finished.
     pub const REFRESH_AGE: &str = "x-delta-refresh-age-ms";
     /// Content type of every JSON payload the gateway writes itself.

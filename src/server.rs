@@ -1,6 +1,6 @@
 //! Listeners and the request pipeline: accept connections (HTTP/1.1 and HTTP/2), run each request
 //! through the tower stack (request id → tracing → panic guard → handler), drain in-flight requests on
-//! shutdown. The admin listener serves `/metrics`, `/healthz` and `/readyz`. Before a request is
+//! shutdown. The admin listener serves the status page (`/`), `/metrics`, `/healthz` and `/readyz`. Before a request is
 //! routed, its path is resolved and bounded (C37); `refusals` gives heads that hyper refuses on
 //! its own the same OData error answer.
 
@@ -31,9 +31,6 @@ use crate::odata::{ODataVersion, names};
 use crate::router::{self, Decision};
 use crate::track::respond::{self, Answer, Operation, TrackedRequest};
 use crate::{App, Shared};
-
-/// How long in-flight requests may run on after shutdown was asked for.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A started gateway.
 pub struct Running {
@@ -185,11 +182,17 @@ async fn serve(app: App, listener: TcpListener, shutdown: CancellationToken) {
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    let grace = app.config.shutdown_grace;
+    if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!("in-flight requests did not finish in time; closing");
+        // Refreshes still running are dropped with the runtime at their next await: a refresh
+        // commits in one transaction at its end, so an abandoned one leaves nothing behind.
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "in-flight requests did not finish within shutdown_grace; abandoning them, nothing partial is committed"
+        );
     }
 }
 
@@ -228,7 +231,7 @@ async fn protocol_starts(stream: &tokio::net::TcpStream, limit: Duration) -> boo
 fn request_span(req: &Request<Incoming>) -> tracing::Span {
     let id = req
         .headers()
-        .get("x-request-id")
+        .get(names::REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     tracing::info_span!("request", id, method = %req.method(), path = %req.uri().path())
@@ -548,11 +551,31 @@ async fn admin(app: &App, req: &Request<Incoming>) -> Response<Body> {
         r
     };
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => text(
-            StatusCode::OK,
-            app.metrics.encode(),
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        ),
+        (&Method::GET, "/metrics") => {
+            crate::metrics::sample(app);
+            text(
+                StatusCode::OK,
+                app.metrics.encode(),
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+        }
+        (&Method::GET, "/") => match crate::status::page(app).await {
+            Ok(html) => {
+                let mut r = text(StatusCode::OK, html, "text/html; charset=utf-8");
+                // Nothing on the page loads or runs anything; a value that slipped through the
+                // escaping could not either.
+                r.headers_mut().insert(
+                    header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+                );
+                r
+            }
+            Err(e) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("status unavailable: {e}\n"),
+                "text/plain",
+            ),
+        },
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into(), "text/plain"),
         (&Method::GET, "/readyz") => match ready(app).await {
             Ok(_) => text(StatusCode::OK, "ready\n".into(), "text/plain"),

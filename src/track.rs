@@ -6,6 +6,7 @@ pub(crate) mod admission;
 pub(crate) mod authorize;
 pub mod feed;
 pub mod hash;
+pub(crate) mod history;
 pub mod refresh;
 pub mod respond;
 pub mod retention;

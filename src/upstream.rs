@@ -16,6 +16,9 @@ use url::Url;
 use crate::body::Body;
 use crate::config::UpstreamConfig;
 use crate::error::{Error, UpstreamFailure};
+use crate::metrics::StatusClass;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
@@ -24,6 +27,8 @@ type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 pub struct Upstream {
     client: Client<Connector, Body>,
     timeout: Duration,
+    /// Every request is counted here by the class of its answer.
+    requests: Family<StatusClass, Counter>,
 }
 
 /// A whole upstream response read into memory (bounded).
@@ -38,8 +43,8 @@ pub struct Fetched {
 }
 
 impl Upstream {
-    /// Build the client.
-    pub fn new(config: &UpstreamConfig) -> Self {
+    /// Build the client; `requests` counts what it sends.
+    pub fn new(config: &UpstreamConfig, requests: Family<StatusClass, Counter>) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(config.connect_timeout));
@@ -57,13 +62,20 @@ impl Upstream {
         Upstream {
             client,
             timeout: config.timeout,
+            requests,
         }
     }
 
     /// Send a request and wait for the response head (bounded by the upstream timeout). The body is
     /// left to the caller to stream.
     pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, Error> {
-        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+        let result = tokio::time::timeout(self.timeout, self.client.request(request)).await;
+        let status = match &result {
+            Ok(Ok(response)) => Some(response.status()),
+            _ => None,
+        };
+        self.requests.get_or_create(&StatusClass::of(status)).inc();
+        match result {
             Err(_) => Err(Error::upstream(
                 UpstreamFailure::Timeout,
                 "the upstream did not answer in time",

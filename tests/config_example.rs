@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use odata_delta_gateway::config::{Config, Flags, IdentityScope};
+use odata_delta_gateway::config::{Config, Flags, IdentityScope, LogFormat};
 
 fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.toml")
@@ -58,6 +58,8 @@ fn example_config_loads_with_the_documented_route() {
     assert_eq!(config.limits.max_feeds_per_scope, 100);
     assert_eq!(config.limits.max_concurrent_refreshes, 8);
     assert_eq!(config.limits.max_refresh_waiters, 64);
+    assert_eq!(config.log_format, LogFormat::Text);
+    assert_eq!(config.shutdown_grace, Duration::from_secs(30));
 }
 
 /// What gateway.toml's header comment tells to do to put it in front of the demo's sample service.
@@ -123,6 +125,8 @@ fn every_file_key_appears_in_the_example() {
         "page_size",
         "max_page_size",
         "min_refresh_interval",
+        "log_format",
+        "shutdown_grace",
         "[identity]",
         "mode",
         "headers",

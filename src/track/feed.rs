@@ -425,6 +425,11 @@ impl Feeds {
         before - map.len()
     }
 
+    /// Number of feeds the caps count (stored, or being created).
+    pub fn stored_len(&self) -> usize {
+        self.stored_feeds().scope_of.len()
+    }
+
     /// Number of feeds in memory.
     pub fn len(&self) -> usize {
         self.map

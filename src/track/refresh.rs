@@ -100,7 +100,8 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
         }
     };
     let shared = shared.clone();
-    let task = tokio::spawn(async move {
+    // In the span of the request that started it, so that its log lines carry that request id.
+    let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
         let started = Instant::now();
         let outcome = run(&shared, &mut guard, &input).await;
         drop(permit);
@@ -118,7 +119,19 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
         shared
             .metrics
             .refresh_seconds
+            .get_or_create(&crate::metrics::SetLabel::new(
+                &input.def.route,
+                &input.set.name,
+            ))
             .observe(elapsed.as_secs_f64());
+        shared.refresh_history.finished(super::history::Finished {
+            def: &input.def,
+            finished_at,
+            duration: elapsed,
+            outcome: outcome.clone().map_err(|e| e.to_string()),
+            entities: guard.meta.as_ref().map(|m| m.live),
+            index_entries: guard.index.as_ref().map_or(0, |i| i.len()),
+        });
         match &outcome {
             Ok(v) => {
                 shared
@@ -147,7 +160,7 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
             finished_at,
             by_this_request: true,
         })
-    });
+    }));
     task.await?
 }
 
@@ -296,7 +309,14 @@ async fn run(
         index.remove(key_hash);
     }
     slot.meta = Some(meta);
-    shared.metrics.entities_changed.inc_by(stats.changed);
+    // Rows a first load staged ahead are committed with this version too.
+    let removed = removals.len() as u64;
+    let upserts = stats.changed.saturating_sub(removed) + pass.staged;
+    shared.metrics.entities_changed.inc_by(upserts);
+    shared.metrics.entities_removed.inc_by(removed);
+    shared
+        .refresh_history
+        .committed(input.feed, upserts + removed);
     shared.metrics.tombstones_purged.inc_by(stats.purged);
     tracing::debug!(
         set = %input.set.name,
@@ -569,6 +589,10 @@ impl Pass<'_> {
     /// Count a parsed page.
     fn count_page(&mut self, scanned: &Scanned) {
         self.tally.page(scanned.spans.len() as u64, scanned.count);
+        self.shared
+            .metrics
+            .entities_enumerated
+            .inc_by(scanned.spans.len() as u64);
         self.shared.metrics.upstream_pages.inc();
     }
 

@@ -22,6 +22,8 @@ use super::feed::{FeedDef, FeedId, Scope, SetSpec, Version};
 use super::hash::KeyHash;
 use super::refresh::{Fresh, RefreshInput, ensure_fresh, forwarded_headers};
 use super::retention::{record_issued, token_is_valid};
+use crate::metrics::RejectionReason;
+
 use super::token::{Cursor, SKIPTOKEN_PREFIX, Token, TokenError, TokenKind};
 
 /// A tracked request, classified and with everything resolved that the router knows.
@@ -195,7 +197,7 @@ impl TrackedRequest {
 
     /// Decode a token presented with this request; refused tokens are 400 (C10).
     fn token(&self, shared: &Shared, text: &str) -> Result<Token, Error> {
-        Token::decode(text, &shared.token_key, &self.binding()).map_err(refused)
+        Token::decode(text, &shared.token_key, &self.binding()).map_err(|e| refused(shared, e))
     }
 
     /// 410 for a token older than the retention window (C25), pointing at the defining query.
@@ -209,6 +211,7 @@ impl TrackedRequest {
             shared.feeds.touch(token.feed, shared.clock.now_ms());
             return Ok(());
         }
+        shared.metrics.token_rejected(RejectionReason::expired);
         Err(Error::Expired {
             location: self.location(query),
         })
@@ -248,7 +251,7 @@ impl TrackedRequest {
             || def.entity_set != self.set_name
             || def.scope != self.scope
         {
-            return Err(refused(TokenError::BadTag));
+            return Err(refused(shared, TokenError::BadTag));
         }
         Ok(Some((def, meta.dropped)))
     }
@@ -265,12 +268,18 @@ impl TrackedRequest {
             }
             // Its entities were dropped for disuse (or the store was reset under it): the changes
             // since the token are gone, so the client must start over.
-            Some((def, true)) => Err(Error::Expired {
-                location: self.location(Some(&def.query)),
-            }),
-            None => Err(Error::Expired {
-                location: self.collection_url(),
-            }),
+            Some((def, true)) => {
+                shared.metrics.token_rejected(RejectionReason::expired);
+                Err(Error::Expired {
+                    location: self.location(Some(&def.query)),
+                })
+            }
+            None => {
+                shared.metrics.token_rejected(RejectionReason::expired);
+                Err(Error::Expired {
+                    location: self.collection_url(),
+                })
+            }
         }
     }
 
@@ -296,7 +305,7 @@ impl TrackedRequest {
         let text = self.query.deltatoken.as_deref().unwrap_or_default();
         let token = self.token(shared, text)?;
         let TokenKind::Delta { since } = token.kind else {
-            return Err(refused(TokenError::BadTag));
+            return Err(refused(shared, TokenError::BadTag));
         };
         let def = self.live_feed(shared, &token).await?;
         Ok((token, since, def))
@@ -304,8 +313,12 @@ impl TrackedRequest {
 }
 
 /// The answer to a token we do not accept: the same for every reason, so that nothing is learned
-/// from probing (C10).
-fn refused(e: impl std::fmt::Display) -> Error {
+/// from probing (C10); only the metrics tell the reasons apart.
+fn refused(shared: &Shared, e: TokenError) -> Error {
+    shared.metrics.token_rejected(match e {
+        TokenError::Malformed => RejectionReason::malformed,
+        TokenError::BadTag => RejectionReason::forged,
+    });
     Error::client(
         StatusCode::BAD_REQUEST,
         "InvalidDeltaToken",
@@ -471,7 +484,7 @@ async fn page(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body
         count,
     } = token.kind
     else {
-        return Err(refused(TokenError::BadTag));
+        return Err(refused(shared, TokenError::BadTag));
     };
     let def = req.live_feed(shared, &token).await?;
     // Pages come from the store, so the upstream is asked whether these credentials may still

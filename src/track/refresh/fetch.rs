@@ -22,7 +22,8 @@ use crate::error::{Error, UpstreamFailure};
 use crate::upstream::Fetched;
 
 /// Headers never forwarded on enumeration requests: hop-by-hop ones, and those we set ourselves or
-/// that would change what the upstream returns.
+/// that would change what the upstream returns. `X-Request-Id` is forwarded on purpose: upstream
+/// requests carry the id of the client request that caused them (tests/request_id.rs).
 const NOT_FORWARDED: &[&str] = &[
     "host",
     "connection",
