@@ -29,12 +29,14 @@
 //! - [`track`]: feeds and versions, hashing, tokens, refresh (fetch, confirm removals), answering
 //!   tracked requests, retention of idle feeds.
 //! - [`body`]: the one boxed body type requests and responses travel in.
+//! - `compress`: gzip of upstream pages (bounded inflating) and of tracked responses.
 //! - [`store`]: the redb schema and its transactions.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`demo`]: the bundled sample service behind `odata-delta-gateway demo`.
 #![forbid(unsafe_code)]
 
 pub mod body;
+mod compress;
 pub mod config;
 pub mod demo;
 pub mod error;

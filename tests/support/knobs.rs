@@ -81,6 +81,15 @@ pub enum Fault {
         /// Which request.
         page: usize,
     },
+    /// Answer a request that accepts gzip with a small gzip body that
+    /// inflates to `decoded_bytes` of blanks (a decompression bomb); a request
+    /// that does not accept gzip gets its page as usual.
+    GzipBomb {
+        /// Which request.
+        page: usize,
+        /// Size of the decoded body.
+        decoded_bytes: usize,
+    },
 }
 
 impl Fault {
@@ -93,7 +102,8 @@ impl Fault {
             | Fault::Delay { page, .. }
             | Fault::NextLinkTo { page, .. }
             | Fault::DropKey { page }
-            | Fault::DuplicateAcrossPages { page } => *page,
+            | Fault::DuplicateAcrossPages { page }
+            | Fault::GzipBomb { page, .. } => *page,
         }
     }
 }
@@ -124,6 +134,8 @@ pub(crate) struct Knobs {
     pub reject_or: bool,
     /// Namespace of the generated schema.
     pub namespace: String,
+    /// gzip successful answers to requests that accept it.
+    pub gzip: bool,
 }
 
 impl Default for Knobs {
@@ -140,6 +152,7 @@ impl Default for Knobs {
             reject_in: false,
             reject_or: false,
             namespace: "ShopService".to_string(),
+            gzip: false,
         }
     }
 }
