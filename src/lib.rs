@@ -31,6 +31,7 @@
 //!   upstream, admission (feed caps, refresh turns), retention of idle feeds, the in-memory history
 //!   of recent refreshes.
 //! - [`body`]: the one boxed body type requests and responses travel in.
+//! - `compress`: gzip of upstream pages (bounded inflating) and of tracked responses.
 //! - [`store`]: the redb schema and its transactions.
 //! - [`metrics`]: Prometheus metrics.
 //! - `status`: the admin listener's HTML status page, one row per feed.
@@ -39,6 +40,7 @@
 #![forbid(unsafe_code)]
 
 pub mod body;
+mod compress;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -96,6 +96,10 @@ pub(crate) fn remove_dot_segments(path: &str) -> Result<std::borrow::Cow<'_, str
         // `*` (OPTIONS) and the like: nothing to resolve.
         return Ok(path.into());
     };
+    // Every dot segment, plain or hidden, has a `.` or a `%2e`: most paths have neither.
+    if !rest.bytes().any(|b| b == b'.' || b == b'%') {
+        return Ok(path.into());
+    }
     let segments: Vec<&str> = rest.split('/').collect();
     for segment in &segments {
         let decoded = percent_decode_str(segment).decode_utf8_lossy();
@@ -605,6 +609,10 @@ async fn fetch_metadata(
     request.headers_mut().insert(
         header::ACCEPT,
         http::HeaderValue::from_static("application/xml"),
+    );
+    request.headers_mut().insert(
+        header::ACCEPT_ENCODING,
+        crate::compress::UPSTREAM_ACCEPT_ENCODING,
     );
     let fetched = shared
         .upstream

@@ -21,7 +21,9 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 
 use crate::body::{self, Body};
 use crate::error::{Error, UpstreamFailure};
@@ -110,6 +112,7 @@ async fn serve(app: App, listener: TcpListener, shutdown: CancellationToken) {
     let connections = Arc::new(tokio::sync::Semaphore::new(
         app.config.limits.max_connections,
     ));
+    let request_ids = RequestIds::new();
     loop {
         // At the connection limit, stop accepting until one closes (backpressure, not errors).
         let permit = tokio::select! {
@@ -131,27 +134,30 @@ async fn serve(app: App, listener: TcpListener, shutdown: CancellationToken) {
                 }
             },
         };
+        // Small answers go out at once instead of waiting for the client's ACK (Nagle).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, %peer, "cannot set TCP_NODELAY");
+        }
         let head_timeout = app.config.limits.header_read_timeout;
         let app = app.clone();
         let service = ServiceBuilder::new()
-            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(SetRequestIdLayer::x_request_id(request_ids.clone()))
             .layer(PropagateRequestIdLayer::x_request_id())
             .service_fn(move |req: Request<Incoming>| {
                 let app = app.clone();
-                // The handler runs in its own task so that a panic in it becomes a 500 for this
-                // request instead of a dropped connection.
+                let span = request_span(&req);
+                // A panic in the handler becomes a 500 for this request instead of a dropped
+                // connection. Caught on the connection's own task: a task per request would cost a
+                // spawn and a wake-up on every pass-through.
+                let handled = CatchPanic(Box::pin(tracing::Instrument::instrument(
+                    handle(app, req, peer),
+                    span,
+                )));
                 async move {
-                    let span = request_span(&req);
-                    let response = match tokio::spawn(tracing::Instrument::instrument(
-                        handle(app, req, peer),
-                        span,
-                    ))
-                    .await
-                    {
-                        Ok(r) => r,
-                        Err(_) => Error::Internal("a request handler panicked".into())
-                            .into_response(ODataVersion::V40),
-                    };
+                    let response = handled.await.unwrap_or_else(|()| {
+                        Error::Internal("a request handler panicked".into())
+                            .into_response(ODataVersion::V40)
+                    });
                     Ok::<_, Infallible>(response)
                 }
             });
@@ -193,6 +199,70 @@ async fn serve(app: App, listener: TcpListener, shutdown: CancellationToken) {
             grace_ms = grace.as_millis() as u64,
             "in-flight requests did not finish within shutdown_grace; abandoning them, nothing partial is committed"
         );
+    }
+}
+
+/// Request ids for requests that come without an `X-Request-Id`: a random prefix drawn once per
+/// process and a counter, spelled like a UUID. Unique within a run and, with 64 random bits,
+/// across runs, without a `getrandom` system call per request.
+#[derive(Clone)]
+struct RequestIds {
+    prefix: u64,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let mut seed = [0u8; 8];
+        // Without entropy the prefix still separates runs by start time.
+        let prefix = match getrandom::fill(&mut seed) {
+            Ok(()) => u64::from_le_bytes(seed),
+            Err(_) => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0),
+        };
+        RequestIds {
+            prefix,
+            next: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        }
+    }
+}
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = self.prefix;
+        let id = format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            p >> 32,
+            (p >> 16) & 0xffff,
+            p & 0xffff,
+            n >> 48,
+            n & 0xffff_ffff_ffff
+        );
+        HeaderValue::from_str(&id).ok().map(RequestId::new)
+    }
+}
+
+/// A future whose panics end it with `Err(())` instead of unwinding into the connection.
+struct CatchPanic<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        // The future is dropped after a panic and never polled again, so whatever state the
+        // panic left it in cannot be observed.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(_) => std::task::Poll::Ready(Err(())),
+        }
     }
 }
 
@@ -247,16 +317,22 @@ pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Respo
             .get(names::ODATA_MAX_VERSION)
             .and_then(|v| v.to_str().ok()),
     );
-    let mut response = match route(&app, req, peer, version).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(version),
+    let (mut response, passed_through) = match route(&app, req, peer, version).await {
+        Ok(Routed::Tracked(r)) => (r, false),
+        Ok(Routed::PassedThrough(r)) => (r, true),
+        Err(e) => (e.into_response(version), false),
     };
     app.metrics.in_flight.dec();
-    tracing::info!(
-        status = response.status().as_u16(),
-        ms = started.elapsed().as_millis() as u64,
-        "answered"
-    );
+    let status = response.status().as_u16();
+    let ms = started.elapsed().as_millis() as u64;
+    // A line per pass-through would cost more than the hop itself (formatting and a write to
+    // stderr per request); those that went well are logged at debug, like an access log that
+    // is off by default. Tracked requests, refusals and failures stay at info.
+    if passed_through && status < 500 {
+        tracing::debug!(status, ms, "answered");
+    } else {
+        tracing::info!(status, ms, "answered");
+    }
     if !response.headers().contains_key(names::ODATA_VERSION) {
         response.headers_mut().insert(
             names::ODATA_VERSION,
@@ -266,13 +342,19 @@ pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Respo
     response
 }
 
+/// A response and whether the gateway answered it itself or relayed the upstream's.
+enum Routed {
+    Tracked(Response<Body>),
+    PassedThrough(Response<Body>),
+}
+
 async fn route(
     app: &App,
     mut req: Request<Incoming>,
     peer: SocketAddr,
     version: ODataVersion,
-) -> Result<Response<Body>, Error> {
-    let uri_bytes = req.uri().to_string().len();
+) -> Result<Routed, Error> {
+    let uri_bytes = uri_len(req.uri());
     if uri_bytes > app.config.limits.max_uri_bytes {
         return Err(Error::client(
             StatusCode::URI_TOO_LONG,
@@ -331,7 +413,11 @@ async fn route(
                 format!("no upstream is configured for {path}"),
             ));
         }
-        Decision::Proxy { route } => return proxy(app, req, peer, route).await,
+        Decision::Proxy { route } => {
+            return proxy(app, req, peer, route)
+                .await
+                .map(Routed::PassedThrough);
+        }
         Decision::Track { route, set, op } => (route, set, op),
     };
     let service = &app.services[route];
@@ -378,7 +464,9 @@ async fn route(
     if set_spec.is_none() && op != Operation::Page {
         if op == Operation::Initial && query.deltatoken.is_none() {
             // Not trackable: answered normally (C2).
-            return proxy(app, req, peer, route).await;
+            return proxy(app, req, peer, route)
+                .await
+                .map(Routed::PassedThrough);
         }
         return Err(Error::bad_request(format!(
             "{set} is not an entity set the gateway can track"
@@ -405,13 +493,26 @@ async fn route(
         scope: router::scope_of(&app.config.identity, &app.scope_key, req.headers()),
         headers: req.headers().clone(),
     };
+    let gzip = crate::compress::accepts_gzip(req.headers());
     let answer = tokio::time::timeout_at(deadline, respond::answer(app, op, tracked))
         .await
         .map_err(|_| past_deadline())??;
     match answer {
-        Answer::Response(response) => Ok(response),
-        Answer::PassThrough => proxy(app, req, peer, route).await,
+        Answer::Response(response) => {
+            Ok(Routed::Tracked(crate::compress::negotiate(response, gzip)))
+        }
+        Answer::PassThrough => proxy(app, req, peer, route)
+            .await
+            .map(Routed::PassedThrough),
     }
+}
+
+/// The length of the URI as written (`Uri`'s `Display`), without writing it.
+fn uri_len(uri: &http::Uri) -> usize {
+    uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path().len()
+        + uri.query().map_or(0, |q| q.len() + 1)
 }
 
 /// Resolve the dot segments of the request path before anything looks at it (C37), and refuse
@@ -586,5 +687,27 @@ async fn admin(app: &App, req: &Request<Incoming>) -> Response<Body> {
             ),
         },
         _ => text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_length_is_the_length_of_the_written_uri() {
+        for uri in [
+            "/",
+            "/odata/v4/shop/Products(1)",
+            "/odata/v4/shop/Products?$top=1&$skip=2",
+            "/a?",
+            "*",
+            "http://example.com:8080/x?y=1",
+            "http://example.com",
+            "example.com:443",
+        ] {
+            let parsed: http::Uri = uri.parse().unwrap();
+            assert_eq!(uri_len(&parsed), parsed.to_string().len(), "{uri}");
+        }
     }
 }

@@ -105,6 +105,38 @@ async fn entity_property_count_and_service_document_reads_pass_through_with_link
     }
 }
 
+/// A small answer comes back with a `Content-Length` that matches its body, not chunked: as the
+/// upstream sent it when it holds no upstream link, recomputed when one was rewritten.
+#[tokio::test]
+async fn small_pass_through_answers_keep_an_exact_content_length_with_links_rewritten_or_not() {
+    for style in [LinkStyle::Relative, LinkStyle::Absolute] {
+        let up = shop(10).await;
+        up.set_link_style(style);
+        let gw = Gateway::start(&up.base_url()).await;
+        let client = Client::default();
+        let (direct, via) = both(&client, &up, &gw, "/Customers(3)", &[]).await;
+        assert_eq!(via.status, 200);
+        assert_eq!(via.header("transfer-encoding"), None, "{style:?}");
+        let length: usize = via
+            .header("content-length")
+            .unwrap_or_else(|| panic!("{style:?}: no Content-Length"))
+            .parse()
+            .unwrap();
+        assert_eq!(length, via.body.len(), "{style:?}");
+        assert_eq!(
+            via.text(),
+            on_gateway(&up, &gw, &direct.text()),
+            "{style:?}"
+        );
+        if style == LinkStyle::Relative {
+            assert_eq!(via.body, direct.body);
+        } else {
+            assert!(via.text().contains(&gw.url(ROOT)), "{}", via.text());
+            assert_ne!(via.body, direct.body);
+        }
+    }
+}
+
 #[tokio::test]
 async fn untracked_collection_follows_the_upstreams_next_links_through_the_gateway() {
     for style in ALL_STYLES {

@@ -106,6 +106,9 @@ pub(crate) async fn get_collection(
                 };
                 return error_response(&error, *retry_after);
             }
+            Fault::GzipBomb { decoded_bytes, .. } if super::reply::accepts_gzip(req) => {
+                return super::reply::gzip_bomb(*decoded_bytes);
+            }
             Fault::Malformed { .. } => {
                 let body =
                     format!("{{\"@odata.context\":\"$metadata#{set}\",\"value\":[{{\"ID\":1,\"na");

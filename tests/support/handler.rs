@@ -86,6 +86,18 @@ pub(crate) async fn handle(upstream: Upstream, request: Request<Incoming>) -> Re
     } else {
         dispatch(&upstream, &recorded, route).await
     };
+    let already_encoded = response.headers().contains_key("content-encoding");
+    if knobs.gzip
+        && response.status().is_success()
+        && !already_encoded
+        && super::reply::accepts_gzip(&recorded)
+        && let Some(body) = response.body().gzipped()
+    {
+        *response.body_mut() = body;
+        response.headers_mut().remove("content-length");
+        set_header(&mut response, "content-encoding", "gzip");
+        set_header(&mut response, "vary", "Accept-Encoding");
+    }
     if let Some(version) = &knobs.odata_version {
         set_header(&mut response, "odata-version", version);
     }

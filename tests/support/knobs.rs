@@ -81,6 +81,15 @@ pub enum Fault {
         /// Which request.
         page: usize,
     },
+    /// Answer a request that accepts gzip with a small gzip body that
+    /// inflates to `decoded_bytes` of blanks (a decompression bomb); a request
+    /// that does not accept gzip gets its page as usual.
+    GzipBomb {
+        /// Which request.
+        page: usize,
+        /// Size of the decoded body.
+        decoded_bytes: usize,
+    },
 }
 
 impl Fault {
@@ -93,7 +102,8 @@ impl Fault {
             | Fault::Delay { page, .. }
             | Fault::NextLinkTo { page, .. }
             | Fault::DropKey { page }
-            | Fault::DuplicateAcrossPages { page } => *page,
+            | Fault::DuplicateAcrossPages { page }
+            | Fault::GzipBomb { page, .. } => *page,
         }
     }
 }
@@ -136,6 +146,8 @@ pub(crate) struct Knobs {
     pub ignore_skip: bool,
     /// Raw JSON written as `@odata.count` instead of the real count.
     pub count_text: Option<String>,
+    /// gzip successful answers to requests that accept it.
+    pub gzip: bool,
 }
 
 impl Default for Knobs {
@@ -158,6 +170,7 @@ impl Default for Knobs {
             in_filter_status: None,
             ignore_skip: false,
             count_text: None,
+            gzip: false,
         }
     }
 }

@@ -375,6 +375,21 @@ impl Upstream {
         self.lock().knobs.count_text = raw.map(str::to_string);
     }
 
+    /// gzip every successful answer (`Content-Encoding: gzip`) to a request
+    /// whose `Accept-Encoding` takes it, as most servers do. Off by default.
+    pub fn set_gzip(&self, on: bool) {
+        self.lock().knobs.gzip = on;
+    }
+
+    /// Recorded requests that asked for gzip.
+    pub fn gzip_requests(&self) -> usize {
+        self.lock()
+            .requests
+            .iter()
+            .filter(|r| super::reply::accepts_gzip(r))
+            .count()
+    }
+
     /// Queues a fault; see [`Fault`] for how requests are counted.
     pub fn push_fault(&self, fault: Fault) {
         let mut st = self.lock();

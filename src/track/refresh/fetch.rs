@@ -178,6 +178,11 @@ impl Fetcher {
             let headers = request.headers_mut();
             headers.extend(self.headers.as_ref().clone());
             headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+            // Pages are JSON and compress well; the fetch inflates them under the page limit.
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                crate::compress::UPSTREAM_ACCEPT_ENCODING,
+            );
             headers.insert("odata-maxversion", HeaderValue::from_static("4.0"));
             let prefer = format!(
                 "odata.maxpagesize={}",
