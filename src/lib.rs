@@ -81,6 +81,8 @@ pub struct Shared {
     pub(crate) authorizations: Authorizations,
     /// Turns for refreshes, across all feeds.
     pub(crate) refresh_permits: RefreshPermits,
+    /// Feeds refreshed in the background.
+    pub(crate) schedule: crate::track::schedule::Schedule,
     /// One service per route, in route order (longest prefix first).
     pub services: Vec<Service>,
     /// Metrics.
@@ -112,6 +114,7 @@ impl Shared {
                 config.limits.max_concurrent_refreshes,
                 config.limits.max_refresh_waiters,
             ),
+            schedule: crate::track::schedule::Schedule::new(config.schedule.max_scheduled_feeds),
             services: config.routes.iter().cloned().map(Service::new).collect(),
             metrics: Metrics::default(),
             clock: Default::default(),

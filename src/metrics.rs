@@ -70,6 +70,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Feeds deleted after being unused for longer than the token lifetime.
     pub feeds_dropped: Counter,
+    /// Feeds on the background refresh schedule.
+    pub scheduled_feeds: Gauge,
 }
 
 impl Default for Metrics {
@@ -85,6 +87,7 @@ impl Default for Metrics {
             tombstones_purged: Counter::default(),
             in_flight: Gauge::default(),
             feeds_dropped: Counter::default(),
+            scheduled_feeds: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Requests by kind", m.requests.clone());
@@ -127,6 +130,11 @@ impl Default for Metrics {
             "feeds_dropped",
             "Feeds dropped after the token lifetime without use",
             m.feeds_dropped.clone(),
+        );
+        registry.register(
+            "scheduled_feeds",
+            "Feeds refreshed in the background on their poll_interval",
+            m.scheduled_feeds.clone(),
         );
         Metrics { registry, ..m }
     }

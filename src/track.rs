@@ -5,8 +5,10 @@
 pub(crate) mod admission;
 pub(crate) mod authorize;
 pub mod feed;
+pub(crate) mod freshness;
 pub mod hash;
 pub mod refresh;
 pub mod respond;
 pub mod retention;
+pub(crate) mod schedule;
 pub mod token;

@@ -19,6 +19,7 @@ use crate::store::EntityRow;
 
 use super::authorize::{authorize, authorize_after_refresh};
 use super::feed::{FeedDef, FeedId, Scope, SetSpec, Version};
+use super::freshness;
 use super::hash::KeyHash;
 use super::refresh::{Fresh, RefreshInput, ensure_fresh, forwarded_headers};
 use super::retention::{record_issued, token_is_valid};
@@ -125,20 +126,26 @@ impl TrackedRequest {
         })
     }
 
-    fn refresh_input(&self, def: FeedDef) -> Result<RefreshInput, Error> {
+    fn refresh_input(&self, shared: &Shared, def: FeedDef) -> Result<RefreshInput, Error> {
+        let poll = shared.config.poll_interval(&self.route, &self.set_name);
         Ok(RefreshInput {
             feed: def.id(),
             def,
             set: self.set()?.clone(),
             service_root: self.service_root.clone(),
             headers: forwarded_headers(&self.headers),
+            max_age: freshness::max_age(shared.config.min_refresh_interval, poll, &self.headers),
+            background: false,
         })
     }
 
-    /// Refresh the feed, then make sure the upstream accepts this request's credentials for it
-    /// (the refresh may have been another request's).
+    /// Refresh the feed (or reuse a refresh young enough), then make sure the upstream accepts
+    /// this request's credentials for it (the refresh may have been another request's or the
+    /// schedule's). A feed with a `poll_interval` goes on the schedule only once the upstream has
+    /// accepted the credentials it will be refreshed with.
     async fn fresh(&self, shared: &Arc<Shared>, def: &FeedDef) -> Result<Fresh, Error> {
-        let fresh = ensure_fresh(shared, self.refresh_input(def.clone())?).await?;
+        let input = self.refresh_input(shared, def.clone())?;
+        let fresh = ensure_fresh(shared, input.clone()).await?;
         authorize_after_refresh(
             shared,
             &self.service_root,
@@ -147,6 +154,9 @@ impl TrackedRequest {
             fresh.by_this_request,
         )
         .await?;
+        if let Some(interval) = shared.config.poll_interval(&self.route, &self.set_name) {
+            shared.schedule.asked(shared, &input, interval);
+        }
         Ok(fresh)
     }
 
