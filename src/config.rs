@@ -140,6 +140,8 @@ pub struct Config {
     pub min_refresh_interval: Duration,
     /// Background refreshes (DESIGN "Always fresh").
     pub schedule: ScheduleConfig,
+    /// Change notifications: where callbacks may go, and how hard the gateway tries.
+    pub notifications: NotificationsConfig,
     /// How feeds are scoped by identity.
     pub identity: IdentityScope,
     /// How long an upstream's 2xx to the authorization check of a per-identity tracked request is
@@ -193,6 +195,37 @@ pub struct ScheduleConfig {
     pub feed_idle_ttl: Duration,
     /// Most feeds on the schedule at once; further feeds refresh when asked.
     pub max_scheduled_feeds: usize,
+}
+
+/// Change notification settings (`[notifications]`).
+#[derive(Clone, Debug)]
+pub struct NotificationsConfig {
+    /// Hosts (`name` or `name:port`, lower case) a callback URL may point at; empty (the default)
+    /// refuses every callback, so that a client cannot make the gateway call into the networks it
+    /// can reach (SSRF).
+    pub allowed_hosts: Vec<String>,
+    /// Most callbacks waiting for a change at once, across all feeds.
+    pub max_pending: usize,
+    /// Attempts to deliver one notification, the first included.
+    pub max_attempts: u32,
+    /// Wait before the second attempt; doubled for each further one.
+    pub retry_backoff: Duration,
+    /// Time one attempt may take.
+    pub timeout: Duration,
+}
+
+impl NotificationsConfig {
+    /// Whether a callback URL's host (and port) is allowed.
+    pub fn allows(&self, url: &Url) -> bool {
+        let Some(host) = url.host_str() else {
+            return false;
+        };
+        let host = host.to_ascii_lowercase();
+        let with_port = url.port_or_known_default().map(|p| format!("{host}:{p}"));
+        self.allowed_hosts
+            .iter()
+            .any(|a| *a == host || Some(a) == with_port.as_ref())
+    }
 }
 
 impl Config {
@@ -381,6 +414,7 @@ struct File {
     poll_interval: Option<Spanned<String>>,
     feed_idle_ttl: Option<Spanned<String>>,
     max_scheduled_feeds: Option<Spanned<usize>>,
+    notifications: Option<FileNotifications>,
     identity: Option<Spanned<FileIdentity>>,
     upstream: Option<FileUpstream>,
     limits: Option<FileLimits>,
@@ -396,6 +430,17 @@ struct FileIdentity {
     headers: Vec<String>,
     jwt_claims: Option<Spanned<Vec<String>>>,
     authorization_cache: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileNotifications {
+    #[serde(default)]
+    allowed_hosts: Vec<Spanned<String>>,
+    max_pending: Option<Spanned<usize>>,
+    max_attempts: Option<Spanned<usize>>,
+    retry_backoff: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -619,6 +664,49 @@ impl Config {
             positive(&parsed.max_page_size, "max_page_size", 10_000)?.max(page_size);
 
         let (identity, authorization_cache) = identity(&source, parsed.identity.as_ref())?;
+        let notifications = {
+            let n = parsed.notifications.unwrap_or_default();
+            let mut allowed_hosts = Vec::new();
+            for h in &n.allowed_hosts {
+                let v = h.get_ref().trim().to_ascii_lowercase();
+                let valid = !v.is_empty()
+                    && !v.contains(['/', '@', '?', '#', ' '])
+                    && Url::parse(&format!("http://{v}/")).is_ok_and(|u| u.host().is_some());
+                if !valid {
+                    return Err(source.at(
+                        h,
+                        "allowed_hosts lists host names or addresses, optionally with a port, e.g. \"hooks.example.com\" or \"127.0.0.1:9000\"",
+                    ));
+                }
+                allowed_hosts.push(v);
+            }
+            NotificationsConfig {
+                allowed_hosts,
+                max_pending: at_least_one(
+                    &source,
+                    &n.max_pending,
+                    "notifications.max_pending",
+                    1000,
+                )?,
+                max_attempts: at_least_one(
+                    &source,
+                    &n.max_attempts,
+                    "notifications.max_attempts",
+                    4,
+                )?
+                .min(20) as u32,
+                retry_backoff: duration(None, "", &n.retry_backoff, Duration::from_secs(1))?,
+                timeout: {
+                    let d = duration(None, "", &n.timeout, Duration::from_secs(5))?;
+                    match &n.timeout {
+                        Some(v) if d.is_zero() => {
+                            return Err(source.at(v, "notifications.timeout must be more than 0"));
+                        }
+                        _ => d,
+                    }
+                },
+            }
+        };
 
         let up = parsed.upstream.unwrap_or_default();
         let upstream = UpstreamConfig {
@@ -799,6 +887,7 @@ impl Config {
             max_page_size,
             min_refresh_interval,
             schedule,
+            notifications,
             identity,
             authorization_cache,
             upstream,
@@ -1127,6 +1216,32 @@ mod tests {
         assert_eq!(c.poll_interval("/b", "S"), Some(Duration::from_secs(60)));
         let x = c.routes.iter().find(|r| r.prefix == "/x").unwrap();
         assert_eq!(x.headers["authorization"], "Basic eDp5");
+    }
+
+    #[test]
+    fn callbacks_are_refused_unless_their_host_is_allowed() {
+        let c = load("[[route]]\nupstream = \"http://a/x\"\n").unwrap();
+        assert!(c.notifications.allowed_hosts.is_empty());
+        let u = |s: &str| Url::parse(s).unwrap();
+        assert!(!c.notifications.allows(&u("http://127.0.0.1/cb")));
+        let c = load("[notifications]\nallowed_hosts = [\"Hooks.example.com\", \"127.0.0.1:9000\"]\nmax_attempts = 2\n[[route]]\nupstream = \"http://a/x\"\n").unwrap();
+        let n = &c.notifications;
+        assert!(n.allows(&u("https://hooks.example.com/x")));
+        assert!(n.allows(&u("http://127.0.0.1:9000/x")));
+        assert!(!n.allows(&u("http://127.0.0.1:9001/x")));
+        assert!(!n.allows(&u("http://a/x")));
+        assert_eq!(n.max_attempts, 2);
+        for bad in ["\"\"", "\"http://h/\"", "\"h/x\"", "\"u@h\""] {
+            let err = load(&format!(
+                "[notifications]\nallowed_hosts = [{bad}]\n[[route]]\nupstream = \"http://a/x\"\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.starts_with("gateway.toml:2:") && err.contains("allowed_hosts"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

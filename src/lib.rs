@@ -28,7 +28,8 @@
 //!   literals, the raw JSON scanner, upstream pages, delta payloads.
 //! - [`track`]: feeds and versions, hashing, tokens, refresh (fetch, confirm removals), answering
 //!   tracked requests, authorizing them upstream, admission (feed caps, refresh turns), retention of
-//!   idle feeds.
+//!   idle feeds, the background refresh schedule, how old an answer may be (`Cache-Control`), and
+//!   the callback preference.
 //! - [`body`]: the one boxed body type requests and responses travel in.
 //! - [`store`]: the redb schema and its transactions.
 //! - [`metrics`]: Prometheus metrics.
@@ -83,6 +84,8 @@ pub struct Shared {
     pub(crate) refresh_permits: RefreshPermits,
     /// Feeds refreshed in the background.
     pub(crate) schedule: crate::track::schedule::Schedule,
+    /// Callbacks waiting for their feed to change.
+    pub(crate) callbacks: crate::track::callback::Callbacks,
     /// One service per route, in route order (longest prefix first).
     pub services: Vec<Service>,
     /// Metrics.
@@ -114,6 +117,7 @@ impl Shared {
                 config.limits.max_concurrent_refreshes,
                 config.limits.max_refresh_waiters,
             ),
+            callbacks: crate::track::callback::Callbacks::new(),
             schedule: crate::track::schedule::Schedule::new(config.schedule.max_scheduled_feeds),
             services: config.routes.iter().cloned().map(Service::new).collect(),
             metrics: Metrics::default(),

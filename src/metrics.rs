@@ -72,6 +72,10 @@ pub struct Metrics {
     pub feeds_dropped: Counter,
     /// Feeds on the background refresh schedule.
     pub scheduled_feeds: Gauge,
+    /// Change notifications delivered (a 2xx from the callback URL).
+    pub notifications_sent: Counter,
+    /// Change notifications given up after every attempt failed.
+    pub notifications_failed: Counter,
 }
 
 impl Default for Metrics {
@@ -88,6 +92,8 @@ impl Default for Metrics {
             in_flight: Gauge::default(),
             feeds_dropped: Counter::default(),
             scheduled_feeds: Gauge::default(),
+            notifications_sent: Counter::default(),
+            notifications_failed: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Requests by kind", m.requests.clone());
@@ -135,6 +141,16 @@ impl Default for Metrics {
             "scheduled_feeds",
             "Feeds refreshed in the background on their poll_interval",
             m.scheduled_feeds.clone(),
+        );
+        registry.register(
+            "notifications_sent",
+            "Change notifications delivered",
+            m.notifications_sent.clone(),
+        );
+        registry.register(
+            "notifications_failed",
+            "Change notifications given up after every attempt",
+            m.notifications_failed.clone(),
         );
         Metrics { registry, ..m }
     }

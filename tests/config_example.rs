@@ -109,6 +109,11 @@ fn optional_settings_of_the_example_are_valid_when_uncommented() {
     assert_eq!(config.schedule.poll_interval, Some(Duration::from_secs(30)));
     assert_eq!(config.schedule.feed_idle_ttl, Duration::from_secs(3600));
     assert_eq!(config.schedule.max_scheduled_feeds, 1000);
+    assert_eq!(
+        config.notifications.allowed_hosts,
+        vec!["hooks.example.com".to_owned(), "127.0.0.1:9000".to_owned()]
+    );
+    assert_eq!(config.notifications.max_attempts, 4);
     let route = &config.routes[0];
     assert_eq!(route.poll_interval, Some(Duration::from_secs(10)));
     assert_eq!(
@@ -142,6 +147,11 @@ fn every_file_key_appears_in_the_example() {
         "feed_idle_ttl",
         "max_scheduled_feeds",
         "[route.headers]",
+        "[notifications]",
+        "allowed_hosts",
+        "max_pending",
+        "max_attempts",
+        "retry_backoff",
         "[identity]",
         "mode",
         "headers",

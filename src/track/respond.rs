@@ -18,6 +18,7 @@ use crate::odata::{ODataVersion, names};
 use crate::store::EntityRow;
 
 use super::authorize::{authorize, authorize_after_refresh};
+use super::callback;
 use super::feed::{FeedDef, FeedId, Scope, SetSpec, Version};
 use super::freshness;
 use super::hash::KeyHash;
@@ -440,10 +441,33 @@ async fn latest(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Bo
 /// A delta: refresh, then the changes since the token's version.
 async fn delta(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body>, Error> {
     let (_, since, def) = req.delta_token(shared).await?;
+    // Refused before anything is refreshed: a callback to a host not allowed is the client's mistake.
+    let callback = match &req.prefs.callback {
+        Some((url, spelling)) => Some((callback::check_url(shared, url)?, *spelling)),
+        None => None,
+    };
     let issued_at = now_secs(shared);
     let fresh = req.fresh(shared, &def).await?;
     let page_size = req.page_size(shared);
     let feed = def.id();
+    // C33: with nothing to report, and a schedule that will notice changes, 202 and a call later.
+    if let Some((url, spelling)) = callback
+        && shared
+            .config
+            .poll_interval(&req.route, &req.set_name)
+            .is_some()
+    {
+        let store = shared.store.clone();
+        let upto = fresh.version;
+        let changes =
+            tokio::task::spawn_blocking(move || store.delta_count(feed, since, upto)).await??;
+        let max = shared.config.notifications.max_pending;
+        if changes == 0 && shared.callbacks.register(max, feed, url, upto) {
+            record_issued(shared, feed, issued_at).await?;
+            let link = req.delta_link(shared, feed, upto, issued_at);
+            return Ok(callback::accepted(req.version, &link, spelling));
+        }
+    }
     let count = if req.query.count {
         let store = shared.store.clone();
         let upto = fresh.version;

@@ -208,16 +208,18 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         for input in due {
             let shared = shared.clone();
             let turns = turns.clone();
+            let shutdown = shutdown.clone();
             tasks.spawn(async move {
                 let feed = input.feed;
                 let outcome = match turns.acquire_owned().await {
-                    Ok(_turn) => ensure_fresh(&shared, input).await.map(drop),
+                    Ok(_turn) => ensure_fresh(&shared, input).await.map(|f| f.version),
                     Err(_) => Err(Error::Internal("the schedule's turns were closed".into())),
                 };
-                if let Err(e) = &outcome {
-                    tracing::debug!(error = %e, "background refresh failed");
+                match &outcome {
+                    Ok(version) => shared.callbacks.feed_at(&shared, feed, *version, &shutdown),
+                    Err(e) => tracing::debug!(error = %e, "background refresh failed"),
                 }
-                shared.schedule.finished(feed, &outcome);
+                shared.schedule.finished(feed, &outcome.map(drop));
             });
         }
         let wake = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
