@@ -116,8 +116,14 @@ async fn several_pollers_cause_one_enumeration_per_interval() {
             );
         }
         for link in &mut links {
+            let before = enumerations(&up).len();
             let r = client.get(link, &[]).await;
             assert_eq!(r.status, 200, "{}", r.text());
+            assert_eq!(
+                enumerations(&up).len(),
+                before,
+                "a poll at {second} s waited for an enumeration"
+            );
             changes += names(&r.json()).len();
             *link = r.json()["@odata.deltaLink"].as_str().unwrap().to_owned();
         }
