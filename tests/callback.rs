@@ -257,3 +257,37 @@ async fn a_failing_callback_is_retried_with_a_doubling_backoff_then_given_up() {
             .contains("odg_notifications_failed_total 1")
     );
 }
+
+/// A callback waits while its feed is on the schedule: once nobody asked for the feed during
+/// `feed_idle_ttl`, it is forgotten (its client polls again) and makes room for others.
+#[tokio::test(start_paused = true)]
+async fn callbacks_of_feeds_that_leave_the_schedule_are_forgotten() {
+    let up = shop().await;
+    let mut cb = listener().await;
+    let toml = config(
+        "feed_idle_ttl = \"30s\"\n[notifications]\nallowed_hosts = [\"127.0.0.1\"]\nmax_pending = 1\n",
+    );
+    let gw = Gateway::start_with(&up.base_url(), Some(&toml), |_| {}).await;
+    let client = Client::default();
+    let link = delta_link(&client, &gw).await;
+    let prefer = |path: &str| format!("callback; url=\"http://{}/{path}\"", cb.addr);
+    let r = with_callback(&client, &link, &prefer("first"), "4.01").await;
+    assert_eq!(r.status, 202);
+    // The one place is taken: another callback is not applied, the delta is answered normally.
+    let r = with_callback(&client, &link, &prefer("second"), "4.01").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    up.update("Customers", json!(1), json!({"name": "changed"}));
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(
+        cb.calls.try_recv().is_err(),
+        "an idle feed's callback is not called"
+    );
+    let r = with_callback(&client, &link, &prefer("third"), "4.01").await;
+    // The request refreshed the feed: it has the change, so no callback is needed...
+    assert_eq!(r.status, 200, "{}", r.text());
+    let location = r.json()["@deltaLink"].as_str().unwrap().to_owned();
+    // ...and the forgotten callback made room for the next one.
+    let r = with_callback(&client, &location, &prefer("third"), "4.01").await;
+    assert_eq!(r.status, 202, "{}", r.text());
+}

@@ -95,6 +95,19 @@ impl Callbacks {
         true
     }
 
+    /// Forget the callbacks of feeds that left the schedule.
+    pub(crate) fn forget(&self, feeds: impl IntoIterator<Item = FeedId>) {
+        let mut pending = self.pending();
+        for feed in feeds {
+            if let Some(list) = pending.remove(&feed) {
+                tracing::debug!(
+                    callbacks = list.len(),
+                    "the feed left the schedule; its callbacks are forgotten"
+                );
+            }
+        }
+    }
+
     /// Number of callbacks waiting.
     #[cfg(test)]
     fn len(&self) -> usize {
@@ -207,7 +220,10 @@ mod tests {
         assert!(c.register(2, FeedId([1; 16]), url.clone(), Version(3)));
         assert!(c.register(2, FeedId([1; 16]), url.clone(), Version(3)));
         assert!(c.register(2, FeedId([2; 16]), url.clone(), Version(3)));
-        assert!(!c.register(2, FeedId([2; 16]), other, Version(3)));
+        assert!(!c.register(2, FeedId([2; 16]), other.clone(), Version(3)));
         assert_eq!(c.len(), 2);
+        c.forget([FeedId([1; 16])]);
+        assert_eq!(c.len(), 1);
+        assert!(c.register(2, FeedId([2; 16]), other, Version(3)));
     }
 }

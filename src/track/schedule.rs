@@ -119,10 +119,22 @@ impl Schedule {
         self.entries().len()
     }
 
-    /// Drop idle feeds, mark the due ones running and return them, with the next due time.
-    fn take_due(&self, now: Instant, idle_ttl: Duration) -> (Vec<RefreshInput>, Option<Instant>) {
+    /// Drop idle feeds (into `left`), mark the due ones running and return them, with the next
+    /// due time.
+    fn take_due(
+        &self,
+        now: Instant,
+        idle_ttl: Duration,
+        left: &mut Vec<FeedId>,
+    ) -> (Vec<RefreshInput>, Option<Instant>) {
         let mut entries = self.entries();
-        entries.retain(|_, e| e.running || now.duration_since(e.last_asked) < idle_ttl);
+        entries.retain(|feed, e| {
+            let keep = e.running || now.duration_since(e.last_asked) < idle_ttl;
+            if !keep {
+                left.push(*feed);
+            }
+            keep
+        });
         let mut due = Vec::new();
         let mut next: Option<Instant> = None;
         for entry in entries.values_mut() {
@@ -139,12 +151,12 @@ impl Schedule {
         (due, next)
     }
 
-    /// A background refresh of `feed` ended.
-    fn finished(&self, feed: FeedId, outcome: &Result<(), Error>) {
+    /// A background refresh of `feed` ended. Returns whether the feed left the schedule.
+    fn finished(&self, feed: FeedId, outcome: &Result<(), Error>) -> bool {
         let now = Instant::now();
         let mut entries = self.entries();
         let Some(entry) = entries.get_mut(&feed) else {
-            return;
+            return true;
         };
         entry.running = false;
         match outcome {
@@ -156,10 +168,12 @@ impl Schedule {
             // Dropped by retention since it was scheduled.
             Err(Error::Expired { .. }) => {
                 entries.remove(&feed);
+                return true;
             }
             Err(Error::Limited { .. }) => entry.due = now + BUSY_RETRY,
             Err(_) => entry.due = now + jittered(entry.interval),
         }
+        false
     }
 }
 
@@ -197,10 +211,15 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         (shared.config.limits.max_concurrent_refreshes / 2).max(1),
     ));
     let mut tasks = JoinSet::new();
+    let mut left = Vec::new();
     loop {
-        let (due, next) = shared
-            .schedule
-            .take_due(Instant::now(), shared.config.schedule.feed_idle_ttl);
+        let (due, next) = shared.schedule.take_due(
+            Instant::now(),
+            shared.config.schedule.feed_idle_ttl,
+            &mut left,
+        );
+        // Nothing will notice their changes any more; their clients poll again.
+        shared.callbacks.forget(left.drain(..));
         shared
             .metrics
             .scheduled_feeds
@@ -219,7 +238,9 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
                     Ok(version) => shared.callbacks.feed_at(&shared, feed, *version, &shutdown),
                     Err(e) => tracing::debug!(error = %e, "background refresh failed"),
                 }
-                shared.schedule.finished(feed, &outcome.map(drop));
+                if shared.schedule.finished(feed, &outcome.map(drop)) {
+                    shared.callbacks.forget([feed]);
+                }
             });
         }
         let wake = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
