@@ -287,3 +287,25 @@ async fn cache_control_asks_for_a_fresher_answer_and_the_age_header_says_how_old
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(enumerations(&up).len(), 4);
 }
+
+/// Shutdown stops the schedule: the gateway stops within its grace period and refreshes nothing
+/// afterwards.
+#[tokio::test(start_paused = true)]
+async fn shutdown_stops_the_schedule() {
+    let up = shop(5).await;
+    let gw = Gateway::start_with(&up.base_url(), Some("poll_interval = \"10s\"\n"), |_| {}).await;
+    let client = Client::default();
+    delta_link(&client, &gw, &[]).await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert_eq!(enumerations(&up).len(), 2);
+    drop(client);
+    tokio::time::timeout(Duration::from_secs(40), gw.stop())
+        .await
+        .expect("the gateway stops with feeds on the schedule");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        enumerations(&up).len(),
+        2,
+        "nothing refreshed after shutdown"
+    );
+}
