@@ -29,7 +29,8 @@
 //! - [`track`]: feeds and versions, hashing, tokens, refresh (fetch, confirm removals, the tally
 //!   against `@odata.count` and the `$skip` read-on), answering tracked requests, authorizing them
 //!   upstream, admission (feed caps, refresh turns), retention of idle feeds, the in-memory history
-//!   of recent refreshes.
+//!   of recent refreshes, the background refresh schedule, how old an answer may be
+//!   (`Cache-Control`), and the callback preference.
 //! - [`body`]: the one boxed body type requests and responses travel in.
 //! - `compress`: gzip of upstream pages (bounded inflating) and of tracked responses.
 //! - [`store`]: the redb schema and its transactions.
@@ -90,6 +91,10 @@ pub struct Shared {
     pub(crate) refresh_permits: RefreshPermits,
     /// Recent refreshes per feed, for the status page and the metrics.
     pub(crate) refresh_history: crate::track::history::RefreshHistory,
+    /// Feeds refreshed in the background.
+    pub(crate) schedule: crate::track::schedule::Schedule,
+    /// Callbacks waiting for their feed to change.
+    pub(crate) callbacks: crate::track::callback::Callbacks,
     /// One service per route, in route order (longest prefix first).
     pub services: Vec<Service>,
     /// Metrics.
@@ -122,6 +127,8 @@ impl Shared {
                 config.limits.max_concurrent_refreshes,
                 config.limits.max_refresh_waiters,
             ),
+            callbacks: crate::track::callback::Callbacks::new(),
+            schedule: crate::track::schedule::Schedule::new(config.schedule.max_scheduled_feeds),
             services: config.routes.iter().cloned().map(Service::new).collect(),
             refresh_history: Default::default(),
             metrics,

@@ -156,6 +156,12 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Feeds deleted after being unused for longer than the token lifetime.
     pub feeds_dropped: Counter,
+    /// Feeds on the background refresh schedule.
+    pub scheduled_feeds: Gauge,
+    /// Change notifications delivered (a 2xx from the callback URL).
+    pub notifications_sent: Counter,
+    /// Change notifications given up after every attempt failed.
+    pub notifications_failed: Counter,
 }
 
 impl Default for Metrics {
@@ -180,6 +186,9 @@ impl Default for Metrics {
             tombstones_purged: Counter::default(),
             in_flight: Gauge::default(),
             feeds_dropped: Counter::default(),
+            scheduled_feeds: Gauge::default(),
+            notifications_sent: Counter::default(),
+            notifications_failed: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Requests by kind", m.requests.clone());
@@ -265,6 +274,21 @@ impl Default for Metrics {
             "feeds_dropped",
             "Feeds dropped after the token lifetime without use",
             m.feeds_dropped.clone(),
+        );
+        registry.register(
+            "scheduled_feeds",
+            "Feeds refreshed in the background on their poll_interval",
+            m.scheduled_feeds.clone(),
+        );
+        registry.register(
+            "notifications_sent",
+            "Change notifications delivered",
+            m.notifications_sent.clone(),
+        );
+        registry.register(
+            "notifications_failed",
+            "Change notifications given up after every attempt",
+            m.notifications_failed.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -653,6 +653,8 @@ mod tests {
                     prefix: (*p).into(),
                     upstream: url::Url::parse("http://up/x").unwrap(),
                     sets: BTreeMap::new(),
+                    poll_interval: None,
+                    headers: http::HeaderMap::new(),
                     origin: "test".into(),
                 })
             })

@@ -73,8 +73,10 @@ pub async fn start(app: App, shutdown: CancellationToken) -> std::io::Result<Run
             tokio::spawn(serve_admin(app.clone(), admin, token.clone()));
         }
         let retention = tokio::spawn(crate::track::retention::run(app.clone(), token.clone()));
+        let schedule = tokio::spawn(crate::track::schedule::run(app.clone(), token.clone()));
         serve(app, listener, token).await;
         let _ = retention.await;
+        let _ = schedule.await;
     });
     Ok(Running {
         addr,

@@ -106,10 +106,32 @@ fn optional_settings_of_the_example_are_valid_when_uncommented() {
     let config = Config::from_parts(&Flags::default(), Some((&example(), &enabled)))
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        config.public_url.map(|u| u.to_string()).as_deref(),
+        config.public_url.as_ref().map(|u| u.to_string()).as_deref(),
         Some("https://api.example.com/gw")
     );
     assert_eq!(config.trusted_proxies.len(), 2);
+    assert_eq!(config.schedule.poll_interval, Some(Duration::from_secs(30)));
+    assert_eq!(config.schedule.feed_idle_ttl, Duration::from_secs(3600));
+    assert_eq!(config.schedule.max_scheduled_feeds, 1000);
+    assert_eq!(
+        config.notifications.allowed_hosts,
+        vec!["hooks.example.com".to_owned(), "127.0.0.1:9000".to_owned()]
+    );
+    assert_eq!(config.notifications.max_attempts, 4);
+    let route = &config.routes[0];
+    assert_eq!(route.poll_interval, Some(Duration::from_secs(10)));
+    assert_eq!(
+        route.headers.get("authorization").unwrap(),
+        "Basic Z2F0ZXdheTpzZWNyZXQ="
+    );
+    assert_eq!(
+        config.poll_interval(&route.prefix, "Products"),
+        Some(Duration::from_secs(300))
+    );
+    assert_eq!(
+        config.poll_interval(&route.prefix, "Orders"),
+        Some(Duration::from_secs(10))
+    );
 }
 
 #[test]
@@ -127,6 +149,15 @@ fn every_file_key_appears_in_the_example() {
         "min_refresh_interval",
         "log_format",
         "shutdown_grace",
+        "poll_interval",
+        "feed_idle_ttl",
+        "max_scheduled_feeds",
+        "[route.headers]",
+        "[notifications]",
+        "allowed_hosts",
+        "max_pending",
+        "max_attempts",
+        "retry_backoff",
         "[identity]",
         "mode",
         "headers",

@@ -8,6 +8,9 @@ pub struct Preferences {
     pub track_changes: Option<&'static str>,
     /// `odata.maxpagesize=N` or `maxpagesize=N` (C21), with the spelling the client used.
     pub max_page_size: Option<(u32, &'static str)>,
+    /// `callback; url="…"` (4.01) or `odata.callback; url="…"` (4.0) (C33): the URL, and the
+    /// spelling the client used. Without a `url` parameter the preference means nothing.
+    pub callback: Option<(String, &'static str)>,
 }
 
 impl Preferences {
@@ -37,6 +40,23 @@ impl Preferences {
                     };
                     if let Some(n) = arg.and_then(|a| a.parse::<u32>().ok()).filter(|n| *n > 0) {
                         prefs.max_page_size = Some((n, spelling));
+                    }
+                } else if name.eq_ignore_ascii_case("callback")
+                    || name.eq_ignore_ascii_case("odata.callback")
+                {
+                    let spelling = if name.len() > "callback".len() {
+                        "odata.callback"
+                    } else {
+                        "callback"
+                    };
+                    let url = split_outside_quotes(item, ';').skip(1).find_map(|param| {
+                        let (n, v) = param.split_once('=')?;
+                        n.trim()
+                            .eq_ignore_ascii_case("url")
+                            .then(|| v.trim().trim_matches('"').to_owned())
+                    });
+                    if let Some(url) = url.filter(|u| !u.is_empty()) {
+                        prefs.callback.get_or_insert((url, spelling));
                     }
                 }
             }
@@ -91,6 +111,21 @@ mod tests {
         ] {
             assert_eq!(Preferences::parse([bad]).max_page_size, None, "{bad}");
         }
+    }
+
+    #[test]
+    fn callback_urls_are_read_in_both_spellings_c33() {
+        let p =
+            Preferences::parse(["odata.track-changes, callback; url=\"http://h:1/cb?a=1;b=2,c\""]);
+        assert_eq!(
+            p.callback,
+            Some(("http://h:1/cb?a=1;b=2,c".into(), "callback"))
+        );
+        assert!(p.track_changes.is_some());
+        let p = Preferences::parse(["odata.callback;URL=http://h/x"]);
+        assert_eq!(p.callback, Some(("http://h/x".into(), "odata.callback")));
+        assert_eq!(Preferences::parse(["callback"]).callback, None);
+        assert_eq!(Preferences::parse(["callback; url=\"\""]).callback, None);
     }
 
     #[test]

@@ -175,12 +175,14 @@ impl std::hash::Hasher for KeyHasher {
 /// The result of the last refresh of a feed, shared with requests that arrived while it ran.
 #[derive(Clone, Debug)]
 pub struct LastRefresh {
-    /// When it ended.
-    pub finished: Instant,
+    /// When it ended, on tokio's clock (which tests of schedules pause).
+    pub finished: tokio::time::Instant,
     /// Wall-clock end, for the freshness header.
     pub finished_at: SystemTime,
     /// The version it left the feed at, or why it failed.
     pub outcome: Result<Version, Error>,
+    /// Whether the schedule ran it (with remembered or the gateway's own credentials).
+    pub background: bool,
 }
 
 /// A feed's in-memory state; one refresh at a time holds it.

@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -50,6 +50,12 @@ pub struct RefreshInput {
     pub service_root: Url,
     /// Request headers forwarded upstream (credentials and the like).
     pub headers: HeaderMap,
+    /// A successful refresh younger than this is reused: the larger of `min_refresh_interval` and
+    /// the feed's `poll_interval`, lowered by a client's `Cache-Control`.
+    pub max_age: Duration,
+    /// Asked for by the schedule, not by a client: it never creates a feed, and its failure is
+    /// not handed to a client that happens to arrive while it runs (the credentials were not theirs).
+    pub background: bool,
 }
 
 /// A refreshed feed, as a request sees it.
@@ -64,21 +70,30 @@ pub struct Fresh {
 }
 
 /// Bring a feed up to date, sharing a refresh with concurrent requests: a refresh that was still
-/// running when this request arrived, or a successful one younger than `min_refresh_interval`, is
+/// running when this request arrived, or a successful one younger than `input.max_age`, is
 /// reused. Its result is as of its enumeration, which is all a delta promises (C28).
 pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<Fresh, Error> {
-    let arrived = Instant::now();
+    // tokio's clock, so that schedules can be tested on paused time.
+    let arrived = tokio::time::Instant::now();
     let new_feed = shared
         .feeds
         .admit(input.feed, &input.def.scope, &shared.config.limits)?;
+    if new_feed && input.background {
+        // The feed was dropped since it was scheduled; only a client may create it again.
+        shared.feeds.unregister(input.feed);
+        return Err(Error::Expired {
+            location: String::new(),
+        });
+    }
     let slot = shared.feeds.slot(input.feed);
     let mut guard = slot.lock_owned().await;
     guard.last_used = Some(Instant::now());
     if let Some(last) = &guard.last {
-        // A refresh that was running when this request arrived (or started after it) is shared.
-        let shared_run = last.finished >= arrived;
-        let recent =
-            last.outcome.is_ok() && last.finished.elapsed() < shared.config.min_refresh_interval;
+        // A refresh that was running when this request arrived (or started after it) is shared,
+        // unless it was a background one that failed. Strictly after: on a coarse (or paused)
+        // clock, one that ended just before the request arrived can read as the same instant.
+        let shared_run = last.finished > arrived && (last.outcome.is_ok() || !last.background);
+        let recent = last.outcome.is_ok() && last.finished.elapsed() < input.max_age;
         if shared_run || recent {
             shared.metrics.refresh_reused.inc();
             return last.outcome.clone().map(|version| Fresh {
@@ -151,9 +166,10 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
             }
         }
         guard.last = Some(LastRefresh {
-            finished: Instant::now(),
+            finished: tokio::time::Instant::now(),
             finished_at,
             outcome: outcome.clone(),
+            background: input.background,
         });
         outcome.map(|version| Fresh {
             version,

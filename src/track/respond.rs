@@ -18,7 +18,9 @@ use crate::odata::{ODataVersion, names};
 use crate::store::EntityRow;
 
 use super::authorize::{authorize, authorize_after_refresh};
+use super::callback;
 use super::feed::{FeedDef, FeedId, Scope, SetSpec, Version};
+use super::freshness;
 use super::hash::KeyHash;
 use super::refresh::{Fresh, RefreshInput, ensure_fresh, forwarded_headers};
 use super::retention::{record_issued, token_is_valid};
@@ -127,20 +129,26 @@ impl TrackedRequest {
         })
     }
 
-    fn refresh_input(&self, def: FeedDef) -> Result<RefreshInput, Error> {
+    fn refresh_input(&self, shared: &Shared, def: FeedDef) -> Result<RefreshInput, Error> {
+        let poll = shared.config.poll_interval(&self.route, &self.set_name);
         Ok(RefreshInput {
             feed: def.id(),
             def,
             set: self.set()?.clone(),
             service_root: self.service_root.clone(),
             headers: forwarded_headers(&self.headers),
+            max_age: freshness::max_age(shared.config.min_refresh_interval, poll, &self.headers),
+            background: false,
         })
     }
 
-    /// Refresh the feed, then make sure the upstream accepts this request's credentials for it
-    /// (the refresh may have been another request's).
+    /// Refresh the feed (or reuse a refresh young enough), then make sure the upstream accepts
+    /// this request's credentials for it (the refresh may have been another request's or the
+    /// schedule's). A feed with a `poll_interval` goes on the schedule only once the upstream has
+    /// accepted the credentials it will be refreshed with.
     async fn fresh(&self, shared: &Arc<Shared>, def: &FeedDef) -> Result<Fresh, Error> {
-        let fresh = ensure_fresh(shared, self.refresh_input(def.clone())?).await?;
+        let input = self.refresh_input(shared, def.clone())?;
+        let fresh = ensure_fresh(shared, input.clone()).await?;
         authorize_after_refresh(
             shared,
             &self.service_root,
@@ -149,6 +157,9 @@ impl TrackedRequest {
             fresh.by_this_request,
         )
         .await?;
+        if let Some(interval) = shared.config.poll_interval(&self.route, &self.set_name) {
+            shared.schedule.asked(shared, &input, interval);
+        }
         Ok(fresh)
     }
 
@@ -443,10 +454,33 @@ async fn latest(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Bo
 /// A delta: refresh, then the changes since the token's version.
 async fn delta(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body>, Error> {
     let (_, since, def) = req.delta_token(shared).await?;
+    // Refused before anything is refreshed: a callback to a host not allowed is the client's mistake.
+    let callback = match &req.prefs.callback {
+        Some((url, spelling)) => Some((callback::check_url(shared, url)?, *spelling)),
+        None => None,
+    };
     let issued_at = now_secs(shared);
     let fresh = req.fresh(shared, &def).await?;
     let page_size = req.page_size(shared);
     let feed = def.id();
+    // C33: with nothing to report, and a schedule that will notice changes, 202 and a call later.
+    if let Some((url, spelling)) = callback
+        && shared
+            .config
+            .poll_interval(&req.route, &req.set_name)
+            .is_some()
+    {
+        let store = shared.store.clone();
+        let upto = fresh.version;
+        let changes =
+            tokio::task::spawn_blocking(move || store.delta_count(feed, since, upto)).await??;
+        let max = shared.config.notifications.max_pending;
+        if changes == 0 && shared.callbacks.register(max, feed, url, upto) {
+            record_issued(shared, feed, issued_at).await?;
+            let link = req.delta_link(shared, feed, upto, issued_at);
+            return Ok(callback::accepted(req.version, &link, spelling));
+        }
+    }
     let count = if req.query.count {
         let store = shared.store.clone();
         let upto = fresh.version;
