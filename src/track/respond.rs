@@ -703,7 +703,11 @@ fn respond(
         names::ODATA_VERSION,
         HeaderValue::from_static(req.version.header_value()),
     );
-    headers.insert(header::VARY, HeaderValue::from_static("OData-MaxVersion"));
+    // Preferences decide whether the URL is tracked and how the page is cut (C14, C30).
+    headers.insert(
+        header::VARY,
+        HeaderValue::from_static("OData-MaxVersion, Prefer"),
+    );
     let mut applied = Vec::new();
     if let (Some(spelling), true) = (req.prefs.track_changes, first) {
         applied.push(spelling.to_owned());

@@ -136,6 +136,12 @@ pub(crate) struct Knobs {
     pub ignore_skip: bool,
     /// Raw JSON written as `@odata.count` instead of the real count.
     pub count_text: Option<String>,
+    /// Answer `track-changes` with a delta link of our own, as odatapy's server does.
+    pub own_change_tracking: bool,
+    /// With `own_change_tracking`: a delta link on every last page, asked for or not.
+    pub unasked_delta_links: bool,
+    /// Answer in HTTP/1.0.
+    pub http10: bool,
 }
 
 impl Default for Knobs {
@@ -158,6 +164,9 @@ impl Default for Knobs {
             in_filter_status: None,
             ignore_skip: false,
             count_text: None,
+            own_change_tracking: false,
+            unasked_delta_links: false,
+            http10: false,
         }
     }
 }
