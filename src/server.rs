@@ -388,6 +388,21 @@ async fn route(
             "{set} is not an entity set the gateway can track"
         )));
     }
+    // `/$count` answers text/plain; every other tracked answer is JSON (C32).
+    let format = if op == Operation::Count {
+        Default::default()
+    } else {
+        let accept = req
+            .headers()
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",");
+        crate::odata::format::negotiate(query.format.as_deref(), Some(&accept)).map_err(|e| {
+            Error::client(StatusCode::NOT_ACCEPTABLE, "NotAcceptable", e.to_string())
+        })?
+    };
     app.metrics
         .requests
         .get_or_create(&crate::metrics::RequestKind::new(op_label(op)))
@@ -408,6 +423,7 @@ async fn route(
         query,
         scope: router::scope_of(&app.config.identity, &app.scope_key, req.headers()),
         headers: req.headers().clone(),
+        format,
     };
     let answer = tokio::time::timeout_at(deadline, respond::answer(app, op, tracked))
         .await

@@ -248,6 +248,7 @@ fn render_page(
         rotate: knobs.reorder.then_some(st.responses),
         drop_keys: faults.iter().any(|f| matches!(f, Fault::DropKey { .. })),
         respell_keys: knobs.respell_keys,
+        ieee754: super::render::ieee754_requested(&req.headers),
     };
     let value = rows[start..end]
         .iter()
