@@ -50,10 +50,10 @@ pub fn negotiate(format: Option<&str>, accept: Option<&str>) -> Result<JsonForma
         let refused = params
             .iter()
             .any(|(n, v)| n.eq_ignore_ascii_case("q") && v.parse::<f32>().is_ok_and(|q| q <= 0.0));
-        let admits = match (kind, sub) {
-            ("*", "*") | ("application", "*") | ("application", "json") => true,
-            _ => false,
-        };
+        let admits = matches!(
+            (kind, sub),
+            ("*", "*") | ("application", "*") | ("application", "json")
+        );
         if admits && !refused {
             // The explicit JSON range says more than a wildcard beside it.
             let explicit = sub == "json";
@@ -70,8 +70,11 @@ pub fn negotiate(format: Option<&str>, accept: Option<&str>) -> Result<JsonForma
     }
 }
 
-/// `type/subtype;name=value;…`, type and subtype lowercased.
-fn media_range(text: &str) -> Option<(&'static str, &'static str, Vec<(String, String)>)> {
+/// A media range: type and subtype (`other` unless they can mean JSON), and its parameters.
+type MediaRange = (&'static str, &'static str, Vec<(String, String)>);
+
+/// `type/subtype;name=value;…`.
+fn media_range(text: &str) -> Option<MediaRange> {
     let mut pieces = text.split(';');
     let (kind, sub) = pieces.next()?.trim().split_once('/')?;
     let known = |s: &str| -> Option<&'static str> {
