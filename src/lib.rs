@@ -24,8 +24,8 @@
 //! - [`router`]: classify a request (track or proxy), the public base URL, entity-set keys from `$metadata`.
 //! - [`proxy`]: transparent forwarding, header hygiene, streaming link rewriting.
 //! - [`upstream`]: the pooled HTTP client, timeouts, the origin guard for upstream links.
-//! - [`odata`]: protocol vocabulary, pure — preferences, queries, `$orderby`, `$metadata`, key
-//!   literals, the raw JSON scanner, upstream pages, delta payloads.
+//! - [`odata`]: protocol vocabulary, pure — preferences, queries, formats (`$format`, `Accept`),
+//!   `$orderby`, `$metadata`, key literals, the raw JSON scanner, upstream pages, delta payloads.
 //! - [`track`]: feeds and versions, hashing, tokens, refresh (fetch, confirm removals, the tally
 //!   against `@odata.count` and the `$skip` read-on), answering tracked requests, authorizing them
 //!   upstream, admission (feed caps, refresh turns), retention of idle feeds, the in-memory history

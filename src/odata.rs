@@ -3,6 +3,7 @@
 
 pub mod delta;
 pub mod entity_id;
+pub mod format;
 pub mod json;
 pub mod metadata;
 pub mod orderby;
@@ -26,6 +27,9 @@ pub mod names {
     pub const REFRESH_AGE: &str = "x-delta-refresh-age-ms";
     /// Content type of every JSON payload the gateway writes itself.
     pub const JSON_CONTENT_TYPE: &str = "application/json;odata.metadata=minimal";
+    /// Content type of a tracked payload whose feed was read with `IEEE754Compatible=true` (C32).
+    pub const JSON_IEEE754_CONTENT_TYPE: &str =
+        "application/json;odata.metadata=minimal;IEEE754Compatible=true";
 }
 
 /// The protocol version a response is written in (C14).

@@ -59,6 +59,9 @@ pub async fn forward(
     public_root: &str,
 ) -> Result<Response<Body>, Error> {
     let (mut parts, incoming) = request.into_parts();
+    // The answer goes back in the client's HTTP version, whatever the upstream spoke: an HTTP/1.0
+    // upstream's version copied onto the answer would end an HTTP/1.1 client's keep-alive.
+    let client_version = parts.version;
     let limit = shared.config.limits.max_request_body_bytes;
     let declared = parts
         .headers
@@ -101,6 +104,7 @@ pub async fn forward(
     };
 
     let (mut parts, body) = response.into_parts();
+    parts.version = client_version;
     strip_hop_by_hop(&mut parts.headers);
     let rewriter = LinkRewriter::new(upstream_root, public_root);
     for name in [
@@ -308,6 +312,9 @@ impl LinkRewriter {
         {
             return Some(format!("{}{rest}", self.to));
         }
+        if foreign_delta_link(s.as_bytes(), true) == Some(true) {
+            return None;
+        }
         let mut out = Vec::new();
         let (replaced, _) = self.scan(s.as_bytes(), true, &mut out);
         if replaced == 0 {
@@ -382,9 +389,20 @@ impl LinkRewriter {
             });
             match matched {
                 Some((pattern, replacement)) => {
-                    out.extend_from_slice(replacement);
+                    match foreign_delta_link(&data[at + pattern.len()..], last) {
+                        // Wait for the rest of the link.
+                        None => {
+                            i = at;
+                            break;
+                        }
+                        // Not ours to serve: left pointing at the upstream (C36).
+                        Some(true) => out.extend_from_slice(pattern),
+                        Some(false) => {
+                            out.extend_from_slice(replacement);
+                            replaced += 1;
+                        }
+                    }
                     i = at + pattern.len();
-                    replaced += 1;
                 }
                 None => {
                     // `…/shop` followed by `ping`: not a link to the root; look on one byte later.
@@ -405,6 +423,29 @@ fn url_path(u: &str) -> &str {
     };
     let path = rest.find('/').map_or("", |at| &rest[at..]);
     path.split(['?', '#']).next().unwrap_or("")
+}
+
+/// How far past a service root a link is searched for a delta token.
+const LINK_LOOKAHEAD: usize = 4096;
+
+/// Whether the link that continues with `rest` carries a `$deltatoken`: the upstream's own delta
+/// link (an upstream that tracks changes itself). Rewritten onto the gateway, it would be a link
+/// the gateway refuses, since only its own tokens are valid there; so it is left as the upstream
+/// wrote it. `None` when the end of the link has not arrived yet and more data may follow.
+fn foreign_delta_link(rest: &[u8], last: bool) -> Option<bool> {
+    let window = &rest[..rest.len().min(LINK_LOOKAHEAD)];
+    let end = window
+        .iter()
+        .position(|b| matches!(b, b'"' | b' ' | b'\t' | b'\r' | b'\n' | b'<' | b'>'));
+    if end.is_none() && !last && rest.len() < LINK_LOOKAHEAD {
+        return None;
+    }
+    let link = &window[..end.unwrap_or(window.len())];
+    let has = |needle: &[u8]| {
+        link.windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+    };
+    Some(has(b"$deltatoken=") || has(b"%24deltatoken="))
 }
 
 /// What may follow a service root in a link: the end of the string or a URL delimiter.
@@ -515,6 +556,25 @@ mod tests {
     }
 
     #[test]
+    fn upstream_delta_links_are_left_pointing_upstream_c36() {
+        let body = r#"{"@odata.deltaLink":"http://up:4004/odata/v4/shop/C?$deltatoken=up1","@odata.nextLink":"http://up:4004/odata/v4/shop/C?$skiptoken=2"}"#;
+        let out = whole(body);
+        assert!(
+            out.contains(r#""http://up:4004/odata/v4/shop/C?$deltatoken=up1""#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#""https://gw.example.com/api/odata/v4/shop/C?$skiptoken=2""#),
+            "{out}"
+        );
+        let r = LinkRewriter::new(FROM, TO);
+        assert_eq!(
+            r.rewrite_str("http://up:4004/odata/v4/shop/C?%24deltatoken=x"),
+            None
+        );
+    }
+
+    #[test]
     fn headers_are_rewritten_only_when_they_point_upstream() {
         let r = LinkRewriter::new(FROM, TO);
         assert_eq!(
@@ -610,6 +670,7 @@ mod tests {
                 Just(FROM.to_owned()),
                 Just(FROM.replace('/', "\\/")),
                 Just("/C?x=1\"".to_owned()),
+                Just("/C?$deltatoken=1\"".to_owned()),
                 Just("ping".to_owned()),
                 "[a-z/:\\\\\" ]{0,8}",
             ], 0..12),

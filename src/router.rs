@@ -178,6 +178,20 @@ fn query_has(raw: Option<&str>, option: &str) -> bool {
     })
 }
 
+/// Whether a query carries a token of the gateway: any `$deltatoken`, or a `$skiptoken` of ours.
+/// Such a request is never forwarded upstream with it (C31).
+pub(crate) fn carries_gateway_token(raw_query: Option<&str>) -> bool {
+    if query_has(raw_query, "$deltatoken") {
+        return true;
+    }
+    query_has(raw_query, "$skiptoken")
+        && ODataQuery::parse(raw_query).map_or(true, |q| {
+            q.skiptoken
+                .as_deref()
+                .is_some_and(|t| t.starts_with(SKIPTOKEN_PREFIX))
+        })
+}
+
 /// Classify a request without I/O. Tracked reads of sets we cannot key are turned into
 /// pass-through later, when `$metadata` has been consulted.
 pub fn classify(
@@ -194,7 +208,8 @@ pub fn classify(
     else {
         return Ok(Decision::NoRoute);
     };
-    if method != Method::GET {
+    // HEAD is answered like GET (C31); the server leaves out the body.
+    if method != Method::GET && method != Method::HEAD {
         return Ok(Decision::Proxy { route });
     }
     let has_delta = query_has(raw_query, "$deltatoken");

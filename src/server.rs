@@ -415,6 +415,13 @@ async fn route(
                 format!("no upstream is configured for {path}"),
             ));
         }
+        // An OPTIONS on a link of ours is answered here: forwarded, it would carry our token (C31).
+        Decision::Proxy { .. }
+            if req.method() == Method::OPTIONS
+                && router::carries_gateway_token(raw_query.as_deref()) =>
+        {
+            return Ok(Routed::Tracked(allow_tracked()));
+        }
         Decision::Proxy { route } => {
             return proxy(app, req, peer, route)
                 .await
@@ -474,6 +481,21 @@ async fn route(
             "{set} is not an entity set the gateway can track"
         )));
     }
+    // `/$count` answers text/plain; every other tracked answer is JSON (C32).
+    let format = if op == Operation::Count {
+        Default::default()
+    } else {
+        let accept = req
+            .headers()
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",");
+        crate::odata::format::negotiate(query.format.as_deref(), Some(&accept)).map_err(|e| {
+            Error::client(StatusCode::NOT_ACCEPTABLE, "NotAcceptable", e.to_string())
+        })?
+    };
     app.metrics
         .requests
         .get_or_create(&crate::metrics::RequestKind::new(op_label(op)))
@@ -494,6 +516,7 @@ async fn route(
         query,
         scope: router::scope_of(&app.config.identity, &app.scope_key, req.headers()),
         headers: req.headers().clone(),
+        format,
     };
     let gzip = crate::compress::accepts_gzip(req.headers());
     let answer = tokio::time::timeout_at(deadline, respond::answer(app, op, tracked))
@@ -586,12 +609,45 @@ fn op_label(op: Operation) -> &'static str {
     }
 }
 
+/// The answer to `OPTIONS` on a delta or next link of the gateway: what it serves there (C31).
+fn allow_tracked() -> Response<Body> {
+    let mut response = Response::new(body::empty());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    response.headers_mut().insert(
+        header::ALLOW,
+        HeaderValue::from_static("GET, HEAD, OPTIONS"),
+    );
+    response
+}
+
+/// Take the track-changes preference out of a request the gateway does not track, keeping the
+/// other preferences: an upstream that tracks changes itself would otherwise answer with delta
+/// links of its own, which the gateway rewrites onto itself and cannot serve (C2, C36).
+fn strip_track_changes(headers: &mut http::HeaderMap) {
+    let values: Vec<HeaderValue> = headers.get_all("prefer").iter().cloned().collect();
+    if values.is_empty() {
+        return;
+    }
+    headers.remove("prefer");
+    for value in values {
+        let kept = match value.to_str() {
+            Ok(text) => crate::odata::prefer::without_track_changes(text)
+                .and_then(|kept| HeaderValue::from_str(&kept).ok()),
+            Err(_) => Some(value),
+        };
+        if let Some(kept) = kept {
+            headers.append("prefer", kept);
+        }
+    }
+}
+
 async fn proxy(
     app: &App,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: SocketAddr,
     route: usize,
 ) -> Result<Response<Body>, Error> {
+    strip_track_changes(req.headers_mut());
     app.metrics
         .requests
         .get_or_create(&crate::metrics::RequestKind::new("proxy"))
@@ -611,7 +667,31 @@ async fn proxy(
         upstream_url.push_str(q);
     }
     let public_root = format!("{}{}", router::public_base(app, &req, peer), prefix);
-    crate::proxy::forward(app, req, &upstream_url, &upstream_root, &public_root).await
+    let read = matches!(*req.method(), Method::GET | Method::HEAD);
+    let mut response =
+        crate::proxy::forward(app, req, &upstream_url, &upstream_root, &public_root).await?;
+    if read {
+        // The same URL is answered by the gateway with change tracking when the request prefers
+        // it: a cache must not hand this answer to such a request (RFC 7240 §2, C30).
+        vary_on_prefer(response.headers_mut());
+    }
+    Ok(response)
+}
+
+/// Add `Prefer` to the `Vary` of an answer, keeping what the upstream put there.
+fn vary_on_prefer(headers: &mut http::HeaderMap) {
+    let covered = headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|name| {
+            let name = name.trim();
+            name == "*" || name.eq_ignore_ascii_case("prefer")
+        });
+    if !covered {
+        headers.append(header::VARY, HeaderValue::from_static("Prefer"));
+    }
 }
 
 /// Whether the store answers, read on the blocking pool like every store call.

@@ -58,8 +58,8 @@ pub struct PageContext<'a> {
     pub service_root: &'a str,
     /// Entity set name.
     pub entity_set: &'a str,
-    /// The select list for the context URL (C15), e.g. `city,name`.
-    pub select: Option<&'a str>,
+    /// The select list for the context URL (C15, J §10), e.g. `city,name,orders(amount)`.
+    pub select: Option<String>,
     /// A delta response (context ends in `/$delta`) rather than an initial one (C4).
     pub delta: bool,
     /// `@odata.count`, when asked for (C24).
@@ -70,7 +70,7 @@ impl PageContext<'_> {
     /// The context URL (C15): `…/$metadata#Customers(name,city)/$delta`.
     pub fn context_url(&self) -> String {
         let mut url = format!("{}/$metadata#{}", self.service_root, self.entity_set);
-        if let Some(select) = self.select {
+        if let Some(select) = &self.select {
             url.push('(');
             url.push_str(select);
             url.push(')');
@@ -398,7 +398,7 @@ mod tests {
     #[test]
     fn initial_page_has_no_delta_in_its_context_and_carries_the_select_list_c4_c15() {
         let mut c = ctx(ODataVersion::V40, false);
-        c.select = Some("city,name");
+        c.select = Some("city,name".into());
         c.count = Some(7);
         let p = page(&c, &[], PageEnd::Delta("d".into()));
         assert_eq!(

@@ -237,7 +237,8 @@ async fn run(
         input,
         generation: slot.next_generation(),
         pending: HashMap::default(),
-        fetcher: Fetcher::new(shared.clone(), input.headers.clone(), &input.set.name),
+        fetcher: Fetcher::new(shared.clone(), input.headers.clone(), &input.set.name)
+            .ieee754(input.def.query.ieee754()),
         tally: Tally::default(),
         links: HashSet::new(),
         staging_version: match &slot.meta {

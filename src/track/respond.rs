@@ -51,6 +51,8 @@ pub struct TrackedRequest {
     pub headers: http::HeaderMap,
     /// Identity scope of the caller.
     pub scope: Scope,
+    /// The JSON asked for (C32); on a link, the feed's own decides.
+    pub format: crate::odata::format::JsonFormat,
 }
 
 /// Which tracked operation.
@@ -103,8 +105,19 @@ impl TrackedRequest {
         FeedDef {
             route: self.route.clone(),
             entity_set: self.set_name.clone(),
-            query: self.query.defining(),
+            query: self.query.defining().with_ieee754(self.format.ieee754),
             scope: self.scope.clone(),
+        }
+    }
+
+    /// This request answered in the format its link's feed was read in: the stored bytes are
+    /// what they are, whatever the link's request asks.
+    fn in_format_of(self, def: &FeedDef) -> Self {
+        TrackedRequest {
+            format: crate::odata::format::JsonFormat {
+                ieee754: def.query.ieee754(),
+            },
+            ..self
         }
     }
 
@@ -454,6 +467,7 @@ async fn latest(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Bo
 /// A delta: refresh, then the changes since the token's version.
 async fn delta(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body>, Error> {
     let (_, since, def) = req.delta_token(shared).await?;
+    let req = req.in_format_of(&def);
     // Refused before anything is refreshed: a callback to a host not allowed is the client's mistake.
     let callback = match &req.prefs.callback {
         Some((url, spelling)) => Some((callback::check_url(shared, url)?, *spelling)),
@@ -521,6 +535,7 @@ async fn page(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body
         return Err(refused(shared, TokenError::BadTag));
     };
     let def = req.live_feed(shared, &token).await?;
+    let req = req.in_format_of(&def);
     // Pages come from the store, so the upstream is asked whether these credentials may still
     // read the feed.
     authorize(shared, &req.service_root, &def, &req.headers).await?;
@@ -598,11 +613,7 @@ fn page_context<'a>(
         version: req.version,
         service_root: &req.public_root,
         entity_set: &req.set_name,
-        select: query
-            .selected()
-            .is_some()
-            .then(|| query.get("$select"))
-            .flatten(),
+        select: query.context_projection(req.version),
         delta,
         count,
     }
@@ -742,15 +753,21 @@ fn respond(
 ) -> Response<Body> {
     let mut response = Response::new(body::full(body));
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(names::JSON_CONTENT_TYPE),
-    );
+    let content_type = if req.format.ieee754 {
+        names::JSON_IEEE754_CONTENT_TYPE
+    } else {
+        names::JSON_CONTENT_TYPE
+    };
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(
         names::ODATA_VERSION,
         HeaderValue::from_static(req.version.header_value()),
     );
-    headers.insert(header::VARY, HeaderValue::from_static("OData-MaxVersion"));
+    // Preferences decide whether the URL is tracked and how the page is cut (C14, C30).
+    headers.insert(
+        header::VARY,
+        HeaderValue::from_static("OData-MaxVersion, Prefer"),
+    );
     let mut applied = Vec::new();
     if let (Some(spelling), true) = (req.prefs.track_changes, first) {
         applied.push(spelling.to_owned());

@@ -101,6 +101,9 @@ pub(crate) async fn handle(upstream: Upstream, request: Request<Incoming>) -> Re
     if let Some(version) = &knobs.odata_version {
         set_header(&mut response, "odata-version", version);
     }
+    if knobs.http10 {
+        *response.version_mut() = http::Version::HTTP_10;
+    }
     for echo in recorded.headers.get_all("x-echo") {
         response.headers_mut().append("x-echo", echo.clone());
     }

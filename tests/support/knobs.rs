@@ -148,6 +148,12 @@ pub(crate) struct Knobs {
     pub count_text: Option<String>,
     /// gzip successful answers to requests that accept it.
     pub gzip: bool,
+    /// Answer `track-changes` with a delta link of our own, as odatapy's server does.
+    pub own_change_tracking: bool,
+    /// With `own_change_tracking`: a delta link on every last page, asked for or not.
+    pub unasked_delta_links: bool,
+    /// Answer in HTTP/1.0.
+    pub http10: bool,
 }
 
 impl Default for Knobs {
@@ -171,6 +177,9 @@ impl Default for Knobs {
             ignore_skip: false,
             count_text: None,
             gzip: false,
+            own_change_tracking: false,
+            unasked_delta_links: false,
+            http10: false,
         }
     }
 }

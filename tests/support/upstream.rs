@@ -390,6 +390,25 @@ impl Upstream {
             .count()
     }
 
+    /// Track changes like a service with change tracking of its own (odatapy's server): a
+    /// collection request that prefers `odata.track-changes` (or `track-changes`) is answered
+    /// with `Preference-Applied` and, on its last page, an `@odata.deltaLink` carrying a
+    /// `$deltatoken` of the fake's (which it then ignores, answering the whole collection).
+    pub fn set_own_change_tracking(&self, on: bool) {
+        self.lock().knobs.own_change_tracking = on;
+    }
+
+    /// With [`Upstream::set_own_change_tracking`] on: write the delta link on the last page of
+    /// every collection read, whether the request asked for change tracking or not.
+    pub fn set_unasked_delta_links(&self, on: bool) {
+        self.lock().knobs.unasked_delta_links = on;
+    }
+
+    /// Answer every request in HTTP/1.0, as old servers and some proxies in front of them do.
+    pub fn set_http10(&self, on: bool) {
+        self.lock().knobs.http10 = on;
+    }
+
     /// Queues a fault; see [`Fault`] for how requests are counted.
     pub fn push_fault(&self, fault: Fault) {
         let mut st = self.lock();
