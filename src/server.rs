@@ -328,7 +328,16 @@ async fn route(
                 format!("no upstream is configured for {path}"),
             ));
         }
-        Decision::Proxy { route } => return proxy(app, req, peer, route).await,
+        Decision::Proxy { route } => {
+            let service = &app.services[route];
+            let metadata = req.method() == Method::GET
+                && router::below_prefix(&path, &service.route.prefix) == Some("$metadata");
+            let response = proxy(app, req, peer, route).await?;
+            if metadata {
+                return Ok(crate::discovery::metadata_response(app, service, response).await);
+            }
+            return Ok(response);
+        }
         Decision::Track { route, set, op } => (route, set, op),
     };
     let service = &app.services[route];
