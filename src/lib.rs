@@ -37,6 +37,7 @@
 //! - [`demo`]: the bundled sample service behind `odata-delta-gateway demo`.
 #![forbid(unsafe_code)]
 
+pub(crate) mod batch;
 pub mod body;
 pub mod config;
 pub mod demo;

@@ -265,11 +265,45 @@ pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Respo
 
 async fn route(
     app: &App,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     peer: SocketAddr,
     version: ODataVersion,
 ) -> Result<Response<Body>, Error> {
-    let uri_bytes = req.uri().to_string().len();
+    let (mut parts, incoming) = req.into_parts();
+    let route = match route_head(app, &mut parts, peer, version).await? {
+        Routed::Answer(response) => return Ok(response),
+        Routed::Proxy(route) => route,
+    };
+    let service = &app.services[route];
+    let addressed = router::below_prefix(parts.uri.path(), &service.route.prefix);
+    if parts.method == Method::POST && addressed == Some("$batch") {
+        return crate::batch::answer(app, parts, incoming, peer, route).await;
+    }
+    let metadata = parts.method == Method::GET && addressed == Some("$metadata");
+    let response = proxy(app, Request::from_parts(parts, incoming), peer, route).await?;
+    if metadata {
+        return Ok(crate::discovery::metadata_response(app, service, response).await);
+    }
+    Ok(response)
+}
+
+/// What the gateway does with a request, decided from its head alone.
+pub(crate) enum Routed {
+    /// Answered by the gateway (a tracked request, or an error).
+    Answer(Response<Body>),
+    /// To be forwarded to the upstream of this route.
+    Proxy(usize),
+}
+
+/// Check, normalize and route a request head; answer it when the gateway tracks it. The one
+/// path of every request, whether it came alone or as a part of a `$batch` (C34).
+pub(crate) async fn route_head(
+    app: &App,
+    req: &mut http::request::Parts,
+    peer: SocketAddr,
+    version: ODataVersion,
+) -> Result<Routed, Error> {
+    let uri_bytes = req.uri.to_string().len();
     if uri_bytes > app.config.limits.max_uri_bytes {
         return Err(Error::client(
             StatusCode::URI_TOO_LONG,
@@ -281,7 +315,7 @@ async fn route(
         ));
     }
     let head_bytes: usize = req
-        .headers()
+        .headers
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum::<usize>()
@@ -297,7 +331,7 @@ async fn route(
         ));
     }
     // RFC 9112 §3.2: a Host that is not a valid authority is refused; it would end up in links.
-    if let Some(host) = req.headers().get(header::HOST)
+    if let Some(host) = req.headers.get(header::HOST)
         && !host.to_str().is_ok_and(router::valid_authority)
     {
         return Err(Error::bad_request(
@@ -305,17 +339,17 @@ async fn route(
         ));
     }
     let prefs = Preferences::parse(
-        req.headers()
+        req.headers
             .get_all("prefer")
             .iter()
             .filter_map(|v| v.to_str().ok()),
     );
-    normalize_path(&app.services, &mut req)?;
-    let path = req.uri().path().to_owned();
-    let raw_query = req.uri().query().map(str::to_owned);
+    normalize_path(&app.services, req)?;
+    let path = req.uri.path().to_owned();
+    let raw_query = req.uri.query().map(str::to_owned);
     let decision = router::classify(
         &app.services,
-        req.method(),
+        &req.method,
         &path,
         raw_query.as_deref(),
         &prefs,
@@ -328,16 +362,7 @@ async fn route(
                 format!("no upstream is configured for {path}"),
             ));
         }
-        Decision::Proxy { route } => {
-            let service = &app.services[route];
-            let metadata = req.method() == Method::GET
-                && router::below_prefix(&path, &service.route.prefix) == Some("$metadata");
-            let response = proxy(app, req, peer, route).await?;
-            if metadata {
-                return Ok(crate::discovery::metadata_response(app, service, response).await);
-            }
-            return Ok(response);
-        }
+        Decision::Proxy { route } => return Ok(Routed::Proxy(route)),
         Decision::Track { route, set, op } => (route, set, op),
     };
     let service = &app.services[route];
@@ -376,7 +401,7 @@ async fn route(
         Operation::Page => None,
         _ => tokio::time::timeout_at(
             deadline,
-            router::resolve_set(app, service, &set, req.headers()),
+            router::resolve_set(app, service, &set, &req.headers),
         )
         .await
         .map_err(|_| past_deadline())??,
@@ -384,7 +409,7 @@ async fn route(
     if set_spec.is_none() && op != Operation::Page {
         if op == Operation::Initial && query.deltatoken.is_none() {
             // Not trackable: answered normally (C2).
-            return proxy(app, req, peer, route).await;
+            return Ok(Routed::Proxy(route));
         }
         return Err(Error::bad_request(format!(
             "{set} is not an entity set the gateway can track"
@@ -394,9 +419,13 @@ async fn route(
         .requests
         .get_or_create(&crate::metrics::RequestKind::new(op_label(op)))
         .inc();
+    // The public base is read from the head alone.
+    let mut probe = Request::new(());
+    *probe.uri_mut() = req.uri.clone();
+    *probe.headers_mut() = req.headers.clone();
     let public_root = format!(
         "{}{}",
-        router::public_base(app, &req, peer),
+        router::public_base(app, &probe, peer),
         service.route.prefix
     );
     let tracked = TrackedRequest {
@@ -408,23 +437,26 @@ async fn route(
         version,
         prefs,
         query,
-        scope: router::scope_of(&app.config.identity, &app.scope_key, req.headers()),
-        headers: req.headers().clone(),
+        scope: router::scope_of(&app.config.identity, &app.scope_key, &req.headers),
+        headers: req.headers.clone(),
     };
     let answer = tokio::time::timeout_at(deadline, respond::answer(app, op, tracked))
         .await
         .map_err(|_| past_deadline())??;
     match answer {
-        Answer::Response(response) => Ok(response),
-        Answer::PassThrough => proxy(app, req, peer, route).await,
+        Answer::Response(response) => Ok(Routed::Answer(response)),
+        Answer::PassThrough => Ok(Routed::Proxy(route)),
     }
 }
 
 /// Resolve the dot segments of the request path before anything looks at it (C37), and refuse
 /// a path that climbs out of the route it was sent to: an upstream, or a proxy before it, that
 /// resolves them itself would otherwise serve what lies outside the service root.
-fn normalize_path(services: &[router::Service], req: &mut Request<Incoming>) -> Result<(), Error> {
-    let raw = req.uri().path();
+fn normalize_path(
+    services: &[router::Service],
+    req: &mut http::request::Parts,
+) -> Result<(), Error> {
+    let raw = req.uri.path();
     let resolved = router::remove_dot_segments(raw).map_err(|_| {
         Error::bad_request(
             "the request path has a segment that decodes to '..'; send the path without it",
@@ -444,17 +476,17 @@ fn normalize_path(services: &[router::Service], req: &mut Request<Incoming>) -> 
             service.route.prefix
         )));
     }
-    let path_and_query = match req.uri().query() {
+    let path_and_query = match req.uri.query() {
         Some(q) => format!("{resolved}?{q}"),
         None => resolved.into_owned(),
     };
-    let mut parts = req.uri().clone().into_parts();
+    let mut parts = req.uri.clone().into_parts();
     parts.path_and_query = Some(
         path_and_query
             .parse()
             .map_err(|_| Error::bad_request("the request path cannot be read"))?,
     );
-    *req.uri_mut() = http::Uri::from_parts(parts)
+    req.uri = http::Uri::from_parts(parts)
         .map_err(|_| Error::bad_request("the request path cannot be read"))?;
     Ok(())
 }
