@@ -293,6 +293,13 @@ fn inner_head(
         }
         headers.append(name, value);
     }
+    // HTTP/2 carries the host in the URI, not in a header; links are built from it.
+    if !headers.contains_key(header::HOST)
+        && let Some(authority) = outer.uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        headers.insert(header::HOST, host);
+    }
     head.headers = headers;
     Ok(head)
 }

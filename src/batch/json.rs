@@ -76,10 +76,11 @@ pub(crate) fn parse_request(body: &[u8]) -> Result<Vec<Request>, BatchError> {
         .collect()
 }
 
+/// One answer of a JSON batch response: its id and its text.
+pub(crate) type Answer = (Option<String>, Box<RawValue>);
+
 /// The answers of a JSON batch response with their ids.
-pub(crate) fn parse_responses(
-    body: &[u8],
-) -> Result<Vec<(Option<String>, Box<RawValue>)>, BatchError> {
+pub(crate) fn parse_responses(body: &[u8]) -> Result<Vec<Answer>, BatchError> {
     let responses: Responses = serde_json::from_slice(body)
         .map_err(|e| BatchError::Malformed(format!("not a JSON batch response: {e}")))?;
     responses

@@ -64,8 +64,11 @@ pub(crate) fn split(body: &[u8], boundary: &str) -> Result<Vec<Bytes>, BatchErro
     }
 }
 
+/// Header lines as (name, value).
+pub(crate) type Headers = Vec<(String, String)>;
+
 /// MIME or HTTP headers up to the blank line; the rest of `data` after it.
-pub(crate) fn headers(data: &[u8]) -> Result<(Vec<(String, String)>, &[u8]), BatchError> {
+pub(crate) fn headers(data: &[u8]) -> Result<(Headers, &[u8]), BatchError> {
     let mut out = Vec::new();
     let mut at = 0;
     loop {
