@@ -166,3 +166,17 @@ async fn a_set_the_service_annotated_itself_is_left_alone_c35() {
     assert!(text.contains("<!-- Grüße, 東京, "));
     assert!(text.contains("?>\r\n<!--"));
 }
+
+#[tokio::test]
+async fn an_annotated_metadata_carries_the_upstreams_etag_in_weak_form_c35() {
+    let up = shop(1).await;
+    up.set_metadata_etag(Some("\"v7\""));
+    let gw = Gateway::start(&up.base_url()).await;
+    let via = Client::default()
+        .get(&gw.url(&format!("{ROOT}/$metadata")), &[])
+        .await;
+    assert_eq!(via.status, 200);
+    assert!(via.text().contains(TERM));
+    // The bytes differ from the upstream's: a strong validator would claim they do not.
+    assert_eq!(via.header("etag"), Some("W/\"v7\""));
+}

@@ -231,5 +231,9 @@ fn metadata(up: &Upstream) -> Result<Response<FakeBody>, ODataError> {
         .metadata
         .clone()
         .unwrap_or_else(|| csdl::generate(&st.knobs.namespace, &st.sets));
-    Ok(respond(200, Some("application/xml"), FakeBody::full(xml)))
+    let mut response = respond(200, Some("application/xml"), FakeBody::full(xml));
+    if let Some(etag) = &st.metadata_etag {
+        set_header(&mut response, "etag", etag);
+    }
+    Ok(response)
 }
