@@ -239,6 +239,27 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends, reading it is an answer or an error, never a panic.
+        #[test]
+        fn any_body_is_read_or_refused_without_a_panic(
+            pieces in proptest::collection::vec(proptest::prop_oneof![
+                proptest::strategy::Just("--b1".to_owned()),
+                proptest::strategy::Just("--b1--".to_owned()),
+                proptest::strategy::Just("\r\n".to_owned()),
+                proptest::strategy::Just("\n".to_owned()),
+                proptest::strategy::Just("Content-Type: application/http\r\n".to_owned()),
+                proptest::strategy::Just("Content-Type: multipart/mixed; boundary=b1\r\n".to_owned()),
+                proptest::strategy::Just("GET Customers HTTP/1.1\r\n".to_owned()),
+                "[ -~]{0,12}",
+            ], 0..24),
+        ) {
+            let body = pieces.concat();
+            let _ = parse_request(body.as_bytes(), "b1");
+            let _ = super::super::json::parse_request(body.as_bytes());
+        }
+    }
+
     #[test]
     fn broken_batches_are_errors() {
         for body in [
