@@ -387,6 +387,11 @@ pub struct Limits {
     pub max_pages_per_refresh: u64,
     /// Longest one refresh may read the upstream before it fails with 504 and commits nothing.
     pub refresh_timeout: Duration,
+    /// Most requests one `$batch` may hold, change set members included; more is 413.
+    pub max_batch_parts: usize,
+    /// Largest `$batch` request body; the gateway reads a batch whole to find its tracked parts,
+    /// so this bounds the memory one batch holds (its answer is bounded by `max_page_bytes`).
+    pub max_batch_bytes: usize,
 }
 
 /// The JWT claims that identify a caller unless configured otherwise.
@@ -549,6 +554,8 @@ struct FileLimits {
     max_refresh_waiters: Option<usize>,
     max_pages_per_refresh: Option<Spanned<u64>>,
     refresh_timeout: Option<Spanned<String>>,
+    max_batch_parts: Option<Spanned<usize>>,
+    max_batch_bytes: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -868,6 +875,18 @@ impl Config {
                 8,
             )?,
             max_refresh_waiters: lim.max_refresh_waiters.unwrap_or(64),
+            max_batch_parts: at_least_one(
+                &source,
+                &lim.max_batch_parts,
+                "limits.max_batch_parts",
+                1000,
+            )?,
+            max_batch_bytes: at_least_one(
+                &source,
+                &lim.max_batch_bytes,
+                "limits.max_batch_bytes",
+                16 << 20,
+            )?,
             max_pages_per_refresh: match &lim.max_pages_per_refresh {
                 Some(n) if *n.get_ref() == 0 => {
                     return Err(source.at(n, "limits.max_pages_per_refresh must be at least 1"));

@@ -23,6 +23,8 @@
 //! - [`server`]: listeners, the tower stack, graceful shutdown, the admin endpoints.
 //! - [`router`]: classify a request (track or proxy), the public base URL, entity-set keys from `$metadata`.
 //! - [`proxy`]: transparent forwarding, header hygiene, streaming link rewriting.
+//! - `discovery`: the passed-through `$metadata` annotated with `Capabilities.ChangeTracking` (C35).
+//! - `batch`: `$batch` (JSON and multipart) with tracked parts answered by the gateway (C34).
 //! - [`upstream`]: the pooled HTTP client, timeouts, the origin guard for upstream links.
 //! - [`odata`]: protocol vocabulary, pure — preferences, queries, formats (`$format`, `Accept`),
 //!   `$orderby`, `$metadata`, key literals, the raw JSON scanner, upstream pages, delta payloads.
@@ -40,10 +42,12 @@
 //! - [`demo`]: the bundled sample service behind `odata-delta-gateway demo`.
 #![forbid(unsafe_code)]
 
+pub(crate) mod batch;
 pub mod body;
 mod compress;
 pub mod config;
 pub mod demo;
+pub(crate) mod discovery;
 pub mod error;
 pub mod metrics;
 pub mod odata;

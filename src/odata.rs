@@ -1,6 +1,7 @@
 //! The OData vocabulary the gateway speaks: pure functions over headers, query strings, `$metadata`,
 //! key literals, upstream pages and the delta payloads we write. Nothing here does I/O.
 
+pub(crate) mod annotate;
 pub mod delta;
 pub mod entity_id;
 pub mod format;

@@ -352,11 +352,49 @@ enum Routed {
 
 async fn route(
     app: &App,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     peer: SocketAddr,
     version: ODataVersion,
 ) -> Result<Routed, Error> {
-    let uri_bytes = uri_len(req.uri());
+    let (mut parts, incoming) = req.into_parts();
+    let route = match route_head(app, &mut parts, peer, version).await? {
+        Decided::Answer(response) => return Ok(Routed::Tracked(response)),
+        Decided::Proxy(route) => route,
+    };
+    let service = &app.services[route];
+    let addressed = router::below_prefix(parts.uri.path(), &service.route.prefix);
+    if parts.method == Method::POST && addressed == Some("$batch") {
+        return crate::batch::answer(app, parts, incoming, peer, route)
+            .await
+            .map(Routed::Tracked);
+    }
+    let metadata = parts.method == Method::GET && addressed == Some("$metadata");
+    let response = proxy(app, Request::from_parts(parts, incoming), peer, route).await?;
+    if metadata {
+        return Ok(Routed::PassedThrough(
+            crate::discovery::metadata_response(app, service, response).await,
+        ));
+    }
+    Ok(Routed::PassedThrough(response))
+}
+
+/// What the gateway does with a request, decided from its head alone.
+pub(crate) enum Decided {
+    /// Answered by the gateway (a tracked request, or an error).
+    Answer(Response<Body>),
+    /// To be forwarded to the upstream of this route.
+    Proxy(usize),
+}
+
+/// Check, normalize and route a request head; answer it when the gateway tracks it. The one
+/// path of every request, whether it came alone or as a part of a `$batch` (C34).
+pub(crate) async fn route_head(
+    app: &App,
+    req: &mut http::request::Parts,
+    peer: SocketAddr,
+    version: ODataVersion,
+) -> Result<Decided, Error> {
+    let uri_bytes = uri_len(&req.uri);
     if uri_bytes > app.config.limits.max_uri_bytes {
         return Err(Error::client(
             StatusCode::URI_TOO_LONG,
@@ -368,7 +406,7 @@ async fn route(
         ));
     }
     let head_bytes: usize = req
-        .headers()
+        .headers
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum::<usize>()
@@ -384,7 +422,7 @@ async fn route(
         ));
     }
     // RFC 9112 §3.2: a Host that is not a valid authority is refused; it would end up in links.
-    if let Some(host) = req.headers().get(header::HOST)
+    if let Some(host) = req.headers.get(header::HOST)
         && !host.to_str().is_ok_and(router::valid_authority)
     {
         return Err(Error::bad_request(
@@ -392,17 +430,17 @@ async fn route(
         ));
     }
     let prefs = Preferences::parse(
-        req.headers()
+        req.headers
             .get_all("prefer")
             .iter()
             .filter_map(|v| v.to_str().ok()),
     );
-    normalize_path(&app.services, &mut req)?;
-    let path = req.uri().path().to_owned();
-    let raw_query = req.uri().query().map(str::to_owned);
+    normalize_path(&app.services, req)?;
+    let path = req.uri.path().to_owned();
+    let raw_query = req.uri.query().map(str::to_owned);
     let decision = router::classify(
         &app.services,
-        req.method(),
+        &req.method,
         &path,
         raw_query.as_deref(),
         &prefs,
@@ -417,16 +455,12 @@ async fn route(
         }
         // An OPTIONS on a link of ours is answered here: forwarded, it would carry our token (C31).
         Decision::Proxy { .. }
-            if req.method() == Method::OPTIONS
+            if req.method == Method::OPTIONS
                 && router::carries_gateway_token(raw_query.as_deref()) =>
         {
-            return Ok(Routed::Tracked(allow_tracked()));
+            return Ok(Decided::Answer(allow_tracked()));
         }
-        Decision::Proxy { route } => {
-            return proxy(app, req, peer, route)
-                .await
-                .map(Routed::PassedThrough);
-        }
+        Decision::Proxy { route } => return Ok(Decided::Proxy(route)),
         Decision::Track { route, set, op } => (route, set, op),
     };
     let service = &app.services[route];
@@ -465,7 +499,7 @@ async fn route(
         Operation::Page => None,
         _ => tokio::time::timeout_at(
             deadline,
-            router::resolve_set(app, service, &set, req.headers()),
+            router::resolve_set(app, service, &set, &req.headers),
         )
         .await
         .map_err(|_| past_deadline())??,
@@ -473,9 +507,7 @@ async fn route(
     if set_spec.is_none() && op != Operation::Page {
         if op == Operation::Initial && query.deltatoken.is_none() {
             // Not trackable: answered normally (C2).
-            return proxy(app, req, peer, route)
-                .await
-                .map(Routed::PassedThrough);
+            return Ok(Decided::Proxy(route));
         }
         return Err(Error::bad_request(format!(
             "{set} is not an entity set the gateway can track"
@@ -486,7 +518,7 @@ async fn route(
         Default::default()
     } else {
         let accept = req
-            .headers()
+            .headers
             .get_all(header::ACCEPT)
             .iter()
             .filter_map(|v| v.to_str().ok())
@@ -500,9 +532,13 @@ async fn route(
         .requests
         .get_or_create(&crate::metrics::RequestKind::new(op_label(op)))
         .inc();
+    // The public base is read from the head alone.
+    let mut probe = Request::new(());
+    *probe.uri_mut() = req.uri.clone();
+    *probe.headers_mut() = req.headers.clone();
     let public_root = format!(
         "{}{}",
-        router::public_base(app, &req, peer),
+        router::public_base(app, &probe, peer),
         service.route.prefix
     );
     let tracked = TrackedRequest {
@@ -514,21 +550,19 @@ async fn route(
         version,
         prefs,
         query,
-        scope: router::scope_of(&app.config.identity, &app.scope_key, req.headers()),
-        headers: req.headers().clone(),
+        scope: router::scope_of(&app.config.identity, &app.scope_key, &req.headers),
+        headers: req.headers.clone(),
         format,
     };
-    let gzip = crate::compress::accepts_gzip(req.headers());
+    let gzip = crate::compress::accepts_gzip(&req.headers);
     let answer = tokio::time::timeout_at(deadline, respond::answer(app, op, tracked))
         .await
         .map_err(|_| past_deadline())??;
     match answer {
         Answer::Response(response) => {
-            Ok(Routed::Tracked(crate::compress::negotiate(response, gzip)))
+            Ok(Decided::Answer(crate::compress::negotiate(response, gzip)))
         }
-        Answer::PassThrough => proxy(app, req, peer, route)
-            .await
-            .map(Routed::PassedThrough),
+        Answer::PassThrough => Ok(Decided::Proxy(route)),
     }
 }
 
@@ -543,8 +577,11 @@ fn uri_len(uri: &http::Uri) -> usize {
 /// Resolve the dot segments of the request path before anything looks at it (C37), and refuse
 /// a path that climbs out of the route it was sent to: an upstream, or a proxy before it, that
 /// resolves them itself would otherwise serve what lies outside the service root.
-fn normalize_path(services: &[router::Service], req: &mut Request<Incoming>) -> Result<(), Error> {
-    let raw = req.uri().path();
+fn normalize_path(
+    services: &[router::Service],
+    req: &mut http::request::Parts,
+) -> Result<(), Error> {
+    let raw = req.uri.path();
     let resolved = router::remove_dot_segments(raw).map_err(|_| {
         Error::bad_request(
             "the request path has a segment that decodes to '..'; send the path without it",
@@ -564,17 +601,17 @@ fn normalize_path(services: &[router::Service], req: &mut Request<Incoming>) -> 
             service.route.prefix
         )));
     }
-    let path_and_query = match req.uri().query() {
+    let path_and_query = match req.uri.query() {
         Some(q) => format!("{resolved}?{q}"),
         None => resolved.into_owned(),
     };
-    let mut parts = req.uri().clone().into_parts();
+    let mut parts = req.uri.clone().into_parts();
     parts.path_and_query = Some(
         path_and_query
             .parse()
             .map_err(|_| Error::bad_request("the request path cannot be read"))?,
     );
-    *req.uri_mut() = http::Uri::from_parts(parts)
+    req.uri = http::Uri::from_parts(parts)
         .map_err(|_| Error::bad_request("the request path cannot be read"))?;
     Ok(())
 }

@@ -36,6 +36,8 @@ fn example_config_loads_with_the_documented_route() {
     );
     assert_eq!(config.limits.max_pages_per_refresh, 100_000);
     assert_eq!(config.limits.refresh_timeout, Duration::from_secs(15 * 60));
+    assert_eq!(config.limits.max_batch_parts, 1000);
+    assert_eq!(config.limits.max_batch_bytes, 16 << 20);
     assert_eq!(config.routes.len(), 1);
     let route = &config.routes[0];
     assert_eq!(route.prefix, "/odata/v4/catalog");
@@ -185,6 +187,8 @@ fn every_file_key_appears_in_the_example() {
         "max_refresh_waiters",
         "max_pages_per_refresh",
         "refresh_timeout",
+        "max_batch_parts",
+        "max_batch_bytes",
         "[[route]]",
         "upstream",
         "prefix",

@@ -642,6 +642,8 @@ mod tests {
             tracked_request_timeout: Duration::from_secs(1),
             max_pages_per_refresh: 1,
             refresh_timeout: Duration::from_secs(1),
+            max_batch_parts: 1,
+            max_batch_bytes: 1,
         };
         let feeds = Feeds::default();
         let (alice, bob) = (Scope("alice".into()), Scope("bob".into()));

@@ -41,6 +41,8 @@ pub(crate) struct State {
     pub metadata_missing: bool,
     /// Wait this long before answering `$metadata`, like a service that builds it slowly.
     pub metadata_delay: Option<std::time::Duration>,
+    /// Send this `ETag` with `$metadata`.
+    pub metadata_etag: Option<String>,
     /// Faults not yet fired.
     pub faults: Vec<PendingFault>,
     /// GET collection requests received so far.
@@ -264,6 +266,11 @@ impl Upstream {
     /// Answer `$metadata` with 404 (`true`) or serve it again (`false`).
     pub fn set_metadata_missing(&self, missing: bool) {
         self.lock().metadata_missing = missing;
+    }
+
+    /// Send `etag` (a quoted entity tag, `None` for none) with every `$metadata` answer.
+    pub fn set_metadata_etag(&self, etag: Option<&str>) {
+        self.lock().metadata_etag = etag.map(str::to_owned);
     }
 
     /// Wait `delay` before answering each `$metadata` request (`None`: answer at once).
