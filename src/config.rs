@@ -33,6 +33,40 @@ pub struct Cli {
 pub enum Command {
     /// Start a bundled sample OData service and the gateway in front of it, and print curl commands.
     Demo(DemoFlags),
+    /// Look at and maintain the feeds of a stopped gateway's store.
+    Feeds(FeedsArgs),
+}
+
+/// Options of `feeds`.
+#[derive(Debug, Args)]
+pub struct FeedsArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: FeedsCommand,
+    /// Directory of the store.
+    #[arg(long, env = "ODG_DATA_DIR", default_value = "./data", global = true)]
+    pub data_dir: PathBuf,
+}
+
+/// The `feeds` commands. They open the store themselves, so they refuse while a gateway runs on
+/// the same data dir.
+#[derive(Debug, Subcommand)]
+pub enum FeedsCommand {
+    /// One line per feed: id, route, entity set, scope, entities, version, last use.
+    List,
+    /// Everything stored about one feed (an id or a unique prefix of one, at least 6 digits).
+    Show {
+        /// Feed id (hex) or a unique prefix.
+        id: String,
+    },
+    /// Delete a feed's entities and changes; its delta links then answer 410 with the query to
+    /// start over, and its next tracked read loads it again.
+    Drop {
+        /// Feed id (hex) or a unique prefix.
+        id: String,
+    },
+    /// Give the space of deleted entities back to the file system (redb compaction).
+    Compact,
 }
 
 /// Options of `demo`.
@@ -84,6 +118,10 @@ pub struct Flags {
     /// Default page size of tracked responses [default: 1000].
     #[arg(long, env = "ODG_PAGE_SIZE")]
     pub page_size: Option<u32>,
+    /// Log lines as `text` (for people) or `json` (one object a line, for log shippers)
+    /// [default: text].
+    #[arg(long, env = "ODG_LOG_FORMAT")]
+    pub log_format: Option<String>,
 }
 
 /// A configuration mistake, reported at start.
@@ -138,6 +176,10 @@ pub struct Config {
     pub max_page_size: u32,
     /// A refresh younger than this is reused instead of enumerating again.
     pub min_refresh_interval: Duration,
+    /// Background refreshes (DESIGN "Always fresh").
+    pub schedule: ScheduleConfig,
+    /// Change notifications: where callbacks may go, and how hard the gateway tries.
+    pub notifications: NotificationsConfig,
     /// How feeds are scoped by identity.
     pub identity: IdentityScope,
     /// How long an upstream's 2xx to the authorization check of a per-identity tracked request is
@@ -148,6 +190,34 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// Size limits.
     pub limits: Limits,
+    /// How log lines are written.
+    pub log_format: LogFormat,
+    /// How long in-flight requests (and the refreshes they wait for) may run on after SIGTERM;
+    /// what is still running then is abandoned without committing anything.
+    pub shutdown_grace: Duration,
+}
+
+/// How log lines are written (`log_format`, `--log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Readable lines, for a terminal or journald.
+    #[default]
+    Text,
+    /// One JSON object a line, with the fields of the request's span, for log shippers.
+    Json,
+}
+
+impl LogFormat {
+    /// Parse `text` or `json`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "'{other}' is not a log format; expected \"text\" or \"json\""
+            )),
+        }
+    }
 }
 
 /// One upstream service and where it is mounted on the gateway.
@@ -159,6 +229,12 @@ pub struct RouteConfig {
     pub upstream: Url,
     /// Per-entity-set settings.
     pub sets: BTreeMap<String, SetConfig>,
+    /// How often feeds of this route are refreshed in the background, overriding the global
+    /// `poll_interval`; `Some(ZERO)` turns it off for the route.
+    pub poll_interval: Option<Duration>,
+    /// The gateway's own upstream credentials for this route (`[route.headers]`): background
+    /// refreshes of `shared`-scope feeds send these, since no client request is there to lend its own.
+    pub headers: http::HeaderMap,
     /// Where this route was defined, for log messages that tell how to fix something.
     pub origin: String,
 }
@@ -170,6 +246,65 @@ pub struct SetConfig {
     pub key: Option<Vec<String>>,
     /// Properties that do not count as changes (volatile timestamps and the like).
     pub ignore: Vec<String>,
+    /// How often feeds of this set are refreshed in the background, overriding the route's;
+    /// `Some(ZERO)` turns it off for the set.
+    pub poll_interval: Option<Duration>,
+}
+
+/// Background refresh settings: which feeds are refreshed on a schedule, and for how long after
+/// a client last asked.
+#[derive(Clone, Debug)]
+pub struct ScheduleConfig {
+    /// The global `poll_interval`; `None` (the default) refreshes only when a client asks.
+    pub poll_interval: Option<Duration>,
+    /// A feed no client asked for during this long leaves the schedule.
+    pub feed_idle_ttl: Duration,
+    /// Most feeds on the schedule at once; further feeds refresh when asked.
+    pub max_scheduled_feeds: usize,
+}
+
+/// Change notification settings (`[notifications]`).
+#[derive(Clone, Debug)]
+pub struct NotificationsConfig {
+    /// Hosts (`name` or `name:port`, lower case) a callback URL may point at; empty (the default)
+    /// refuses every callback, so that a client cannot make the gateway call into the networks it
+    /// can reach (SSRF).
+    pub allowed_hosts: Vec<String>,
+    /// Most callbacks waiting for a change at once, across all feeds.
+    pub max_pending: usize,
+    /// Attempts to deliver one notification, the first included.
+    pub max_attempts: u32,
+    /// Wait before the second attempt; doubled for each further one.
+    pub retry_backoff: Duration,
+    /// Time one attempt may take.
+    pub timeout: Duration,
+}
+
+impl NotificationsConfig {
+    /// Whether a callback URL's host (and port) is allowed.
+    pub fn allows(&self, url: &Url) -> bool {
+        let Some(host) = url.host_str() else {
+            return false;
+        };
+        let host = host.to_ascii_lowercase();
+        let with_port = url.port_or_known_default().map(|p| format!("{host}:{p}"));
+        self.allowed_hosts
+            .iter()
+            .any(|a| *a == host || Some(a) == with_port.as_ref())
+    }
+}
+
+impl Config {
+    /// The background refresh interval of a feed of `set` on the route with `prefix`, if it has
+    /// one: the set's setting, else the route's, else the global one; zero at any level is off.
+    pub fn poll_interval(&self, prefix: &str, set: &str) -> Option<Duration> {
+        let route = self.routes.iter().find(|r| r.prefix == prefix);
+        route
+            .and_then(|r| r.sets.get(set).and_then(|s| s.poll_interval))
+            .or_else(|| route.and_then(|r| r.poll_interval))
+            .or(self.schedule.poll_interval)
+            .filter(|d| !d.is_zero())
+    }
 }
 
 /// How feeds are scoped by the caller's identity (DESIGN "Identity and security").
@@ -207,6 +342,9 @@ pub struct UpstreamConfig {
     /// makes the gateway fetch it again.
     pub metadata_recheck_interval: Duration,
 }
+
+/// A longer grace would keep a stopping gateway (and its deployment) waiting for too long.
+const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(3600);
 
 /// The longest request target hyper parses (`u16::MAX - 1`); `limits.max_uri_bytes` stays below.
 pub(crate) const MAX_URI_BYTES: usize = 65_534;
@@ -249,6 +387,11 @@ pub struct Limits {
     pub max_pages_per_refresh: u64,
     /// Longest one refresh may read the upstream before it fails with 504 and commits nothing.
     pub refresh_timeout: Duration,
+    /// Most requests one `$batch` may hold, change set members included; more is 413.
+    pub max_batch_parts: usize,
+    /// Largest `$batch` request body; the gateway reads a batch whole to find its tracked parts,
+    /// so this bounds the memory one batch holds (its answer is bounded by `max_page_bytes`).
+    pub max_batch_bytes: usize,
 }
 
 /// The JWT claims that identify a caller unless configured otherwise.
@@ -348,6 +491,12 @@ struct File {
     page_size: Option<Spanned<u32>>,
     max_page_size: Option<Spanned<u32>>,
     min_refresh_interval: Option<Spanned<String>>,
+    log_format: Option<Spanned<String>>,
+    shutdown_grace: Option<Spanned<String>>,
+    poll_interval: Option<Spanned<String>>,
+    feed_idle_ttl: Option<Spanned<String>>,
+    max_scheduled_feeds: Option<Spanned<usize>>,
+    notifications: Option<FileNotifications>,
     identity: Option<Spanned<FileIdentity>>,
     upstream: Option<FileUpstream>,
     limits: Option<FileLimits>,
@@ -363,6 +512,17 @@ struct FileIdentity {
     headers: Vec<String>,
     jwt_claims: Option<Spanned<Vec<String>>>,
     authorization_cache: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileNotifications {
+    #[serde(default)]
+    allowed_hosts: Vec<Spanned<String>>,
+    max_pending: Option<Spanned<usize>>,
+    max_attempts: Option<Spanned<usize>>,
+    retry_backoff: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -394,6 +554,8 @@ struct FileLimits {
     max_refresh_waiters: Option<usize>,
     max_pages_per_refresh: Option<Spanned<u64>>,
     refresh_timeout: Option<Spanned<String>>,
+    max_batch_parts: Option<Spanned<usize>>,
+    max_batch_bytes: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -401,6 +563,9 @@ struct FileLimits {
 struct FileRoute {
     prefix: Option<Spanned<String>>,
     upstream: Spanned<String>,
+    poll_interval: Option<Spanned<String>>,
+    #[serde(default)]
+    headers: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     sets: BTreeMap<String, Spanned<FileSet>>,
 }
@@ -411,6 +576,7 @@ struct FileSet {
     key: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     ignore: Vec<String>,
+    poll_interval: Option<Spanned<String>>,
 }
 
 /// Turns byte spans of the file into `file:line:column` errors.
@@ -546,6 +712,24 @@ impl Config {
         }
         let min_refresh_interval =
             duration(None, "", &parsed.min_refresh_interval, Duration::ZERO)?;
+        let schedule = ScheduleConfig {
+            poll_interval: poll_interval(&source, &parsed.poll_interval)?,
+            feed_idle_ttl: {
+                let d = duration(None, "", &parsed.feed_idle_ttl, Duration::from_secs(3600))?;
+                match &parsed.feed_idle_ttl {
+                    Some(v) if d < Duration::from_secs(1) => {
+                        return Err(source.at(v, "feed_idle_ttl must be at least 1s"));
+                    }
+                    _ => d,
+                }
+            },
+            max_scheduled_feeds: at_least_one(
+                &source,
+                &parsed.max_scheduled_feeds,
+                "max_scheduled_feeds",
+                1000,
+            )?,
+        };
 
         let positive =
             |v: &Option<Spanned<u32>>, what: &str, default: u32| -> Result<u32, ConfigError> {
@@ -566,6 +750,60 @@ impl Config {
             positive(&parsed.max_page_size, "max_page_size", 10_000)?.max(page_size);
 
         let (identity, authorization_cache) = identity(&source, parsed.identity.as_ref())?;
+        let log_format = match (&flags.log_format, &parsed.log_format) {
+            (Some(f), _) => LogFormat::parse(f).map_err(|e| flag("log-format", e))?,
+            (None, Some(f)) => LogFormat::parse(f.get_ref()).map_err(|e| source.at(f, e))?,
+            (None, None) => LogFormat::Text,
+        };
+        let shutdown_grace = duration(None, "", &parsed.shutdown_grace, Duration::from_secs(30))?;
+        if let Some(v) = &parsed.shutdown_grace
+            && shutdown_grace > MAX_SHUTDOWN_GRACE
+        {
+            return Err(source.at(v, "shutdown_grace must be at most 1h"));
+        }
+        let notifications = {
+            let n = parsed.notifications.unwrap_or_default();
+            let mut allowed_hosts = Vec::new();
+            for h in &n.allowed_hosts {
+                let v = h.get_ref().trim().to_ascii_lowercase();
+                let valid = !v.is_empty()
+                    && !v.contains(['/', '@', '?', '#', ' '])
+                    && Url::parse(&format!("http://{v}/")).is_ok_and(|u| u.host().is_some());
+                if !valid {
+                    return Err(source.at(
+                        h,
+                        "allowed_hosts lists host names or addresses, optionally with a port, e.g. \"hooks.example.com\" or \"127.0.0.1:9000\"",
+                    ));
+                }
+                allowed_hosts.push(v);
+            }
+            NotificationsConfig {
+                allowed_hosts,
+                max_pending: at_least_one(
+                    &source,
+                    &n.max_pending,
+                    "notifications.max_pending",
+                    1000,
+                )?,
+                max_attempts: at_least_one(
+                    &source,
+                    &n.max_attempts,
+                    "notifications.max_attempts",
+                    4,
+                )?
+                .min(20) as u32,
+                retry_backoff: duration(None, "", &n.retry_backoff, Duration::from_secs(1))?,
+                timeout: {
+                    let d = duration(None, "", &n.timeout, Duration::from_secs(5))?;
+                    match &n.timeout {
+                        Some(v) if d.is_zero() => {
+                            return Err(source.at(v, "notifications.timeout must be more than 0"));
+                        }
+                        _ => d,
+                    }
+                },
+            }
+        };
 
         let up = parsed.upstream.unwrap_or_default();
         let upstream = UpstreamConfig {
@@ -637,6 +875,18 @@ impl Config {
                 8,
             )?,
             max_refresh_waiters: lim.max_refresh_waiters.unwrap_or(64),
+            max_batch_parts: at_least_one(
+                &source,
+                &lim.max_batch_parts,
+                "limits.max_batch_parts",
+                1000,
+            )?,
+            max_batch_bytes: at_least_one(
+                &source,
+                &lim.max_batch_bytes,
+                "limits.max_batch_bytes",
+                16 << 20,
+            )?,
             max_pages_per_refresh: match &lim.max_pages_per_refresh {
                 Some(n) if *n.get_ref() == 0 => {
                     return Err(source.at(n, "limits.max_pages_per_refresh must be at least 1"));
@@ -664,6 +914,8 @@ impl Config {
                 prefix: url.path().trim_end_matches('/').to_owned(),
                 upstream: url,
                 sets: BTreeMap::new(),
+                poll_interval: None,
+                headers: http::HeaderMap::new(),
                 origin: "--upstream".into(),
             });
         }
@@ -716,21 +968,28 @@ impl Config {
                     SetConfig {
                         key: s.key.as_ref().map(|k| k.get_ref().clone()),
                         ignore: s.ignore.clone(),
+                        poll_interval: poll_interval(&source, &s.poll_interval)?,
                     },
                 );
             }
             let origin = format!("{}:{}", source.name, source.line_of(spanned));
+            let route_poll = poll_interval(&source, &r.poll_interval)?;
+            let headers = route_headers(&source, &r.headers)?;
             match duplicate {
                 // The flag (or its environment variable) names the upstream of this route; the file
                 // adds its per-set settings.
                 Some(i) => {
                     routes[i].sets = sets;
                     routes[i].origin = origin;
+                    routes[i].poll_interval = route_poll;
+                    routes[i].headers = headers;
                 }
                 None => routes.push(RouteConfig {
                     prefix,
                     upstream: url,
                     sets,
+                    poll_interval: route_poll,
+                    headers,
                     origin,
                 }),
             }
@@ -754,12 +1013,59 @@ impl Config {
             page_size,
             max_page_size,
             min_refresh_interval,
+            schedule,
+            notifications,
             identity,
             authorization_cache,
             upstream,
             limits,
+            log_format,
+            shutdown_grace,
         })
     }
+}
+
+/// A `poll_interval`: `"0s"` is off, anything else at least one second, so that a typo such as
+/// `"10ms"` cannot turn the schedule into a stream of enumerations.
+fn poll_interval(
+    source: &Source<'_>,
+    value: &Option<Spanned<String>>,
+) -> Result<Option<Duration>, ConfigError> {
+    let Some(v) = value else { return Ok(None) };
+    let d = parse_duration(v.get_ref()).map_err(|e| source.at(v, e))?;
+    if !d.is_zero() && d < Duration::from_secs(1) {
+        return Err(source.at(v, "poll_interval must be \"0s\" (off) or at least 1s"));
+    }
+    Ok(Some(d))
+}
+
+/// `[route.headers]`: valid header names and values, none of them hop-by-hop.
+fn route_headers(
+    source: &Source<'_>,
+    table: &BTreeMap<String, Spanned<String>>,
+) -> Result<http::HeaderMap, ConfigError> {
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in table {
+        let parsed_name = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| source.at(value, format!("'{name}' is not a header name")))?;
+        if matches!(
+            parsed_name.as_str(),
+            "host" | "connection" | "content-length" | "transfer-encoding" | "te" | "upgrade"
+        ) {
+            return Err(source.at(
+                value,
+                format!("{name} is set by the gateway; route headers are for credentials such as authorization"),
+            ));
+        }
+        let parsed_value = http::HeaderValue::from_str(value.get_ref()).map_err(|_| {
+            source.at(
+                value,
+                format!("the value of {name} is not a valid header value"),
+            )
+        })?;
+        headers.insert(parsed_name, parsed_value);
+    }
+    Ok(headers)
 }
 
 /// A count limit that must be at least 1.
@@ -1053,6 +1359,86 @@ mod tests {
     }
 
     #[test]
+    fn background_refresh_is_off_by_default_and_set_per_route_and_set() {
+        let c = load("[[route]]\nupstream = \"http://a/x\"\n").unwrap();
+        assert_eq!(c.schedule.poll_interval, None);
+        assert_eq!(c.schedule.feed_idle_ttl, Duration::from_secs(3600));
+        assert_eq!(c.schedule.max_scheduled_feeds, 1000);
+        assert_eq!(c.poll_interval("/x", "S"), None);
+        let c = load("poll_interval = \"1m\"\n[[route]]\nupstream = \"http://a/x\"\npoll_interval = \"10s\"\n[route.headers]\nAuthorization = \"Basic eDp5\"\n[route.sets.Off]\npoll_interval = \"0s\"\n[route.sets.Slow]\npoll_interval = \"5m\"\n[[route]]\nprefix = \"/b\"\nupstream = \"http://b/y\"\n").unwrap();
+        assert_eq!(c.poll_interval("/x", "S"), Some(Duration::from_secs(10)));
+        assert_eq!(c.poll_interval("/x", "Off"), None);
+        assert_eq!(
+            c.poll_interval("/x", "Slow"),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(c.poll_interval("/b", "S"), Some(Duration::from_secs(60)));
+        let x = c.routes.iter().find(|r| r.prefix == "/x").unwrap();
+        assert_eq!(x.headers["authorization"], "Basic eDp5");
+    }
+
+    #[test]
+    fn callbacks_are_refused_unless_their_host_is_allowed() {
+        let c = load("[[route]]\nupstream = \"http://a/x\"\n").unwrap();
+        assert!(c.notifications.allowed_hosts.is_empty());
+        let u = |s: &str| Url::parse(s).unwrap();
+        assert!(!c.notifications.allows(&u("http://127.0.0.1/cb")));
+        let c = load("[notifications]\nallowed_hosts = [\"Hooks.example.com\", \"127.0.0.1:9000\"]\nmax_attempts = 2\n[[route]]\nupstream = \"http://a/x\"\n").unwrap();
+        let n = &c.notifications;
+        assert!(n.allows(&u("https://hooks.example.com/x")));
+        assert!(n.allows(&u("http://127.0.0.1:9000/x")));
+        assert!(!n.allows(&u("http://127.0.0.1:9001/x")));
+        assert!(!n.allows(&u("http://a/x")));
+        assert_eq!(n.max_attempts, 2);
+        for bad in ["\"\"", "\"http://h/\"", "\"h/x\"", "\"u@h\""] {
+            let err = load(&format!(
+                "[notifications]\nallowed_hosts = [{bad}]\n[[route]]\nupstream = \"http://a/x\"\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.starts_with("gateway.toml:2:") && err.contains("allowed_hosts"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_background_refresh_settings_name_file_line_and_column() {
+        let route = "[[route]]\nupstream = \"http://a/x\"\n";
+        for (text, at, says) in [
+            ("poll_interval = \"10ms\"\n", "1:", "at least 1s"),
+            ("poll_interval = \"often\"\n", "1:", "duration"),
+            ("feed_idle_ttl = \"0s\"\n", "1:", "at least 1s"),
+            ("max_scheduled_feeds = 0\n", "1:", "at least 1"),
+        ] {
+            let err = load(&format!("{text}{route}")).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("gateway.toml:{at}")),
+                "{text}: {err}"
+            );
+            assert!(err.contains(says), "{text}: {err}");
+        }
+        for (table, says) in [
+            ("poll_interval = \"500ms\"\n", "at least 1s"),
+            ("[route.headers]\nhost = \"evil\"\n", "set by the gateway"),
+            (
+                "[route.headers]\n\"bad name\" = \"x\"\n",
+                "not a header name",
+            ),
+            (
+                "[route.headers]\nauthorization = \"a\\nb\"\n",
+                "not a valid header value",
+            ),
+            ("[route.sets.S]\npoll_interval = \"1ms\"\n", "at least 1s"),
+        ] {
+            let err = load(&format!("{route}{table}")).unwrap_err().to_string();
+            assert!(err.starts_with("gateway.toml:"), "{table}: {err}");
+            assert!(err.contains(says), "{table}: {err}");
+        }
+    }
+
+    #[test]
     fn bad_identity_and_admission_settings_name_file_line_and_column() {
         let route = "[[route]]\nupstream = \"http://a/x\"\n";
         let cases = [
@@ -1078,6 +1464,9 @@ mod tests {
                 "unknown identity mode",
             ),
             ("[limits]\nmax_feeds = 0\n", "2:", "at least 1"),
+            ("log_format = \"yaml\"\n", "1:", "not a log format"),
+            ("shutdown_grace = \"2h\"\n", "1:", "at most 1h"),
+            ("shutdown_grace = \"soon\"\n", "1:", "duration"),
             ("[limits]\nmax_feeds_per_scope = 0\n", "2:", "at least 1"),
             (
                 "[limits]\nmax_concurrent_refreshes = 0\n",

@@ -12,8 +12,36 @@ use tokio_util::sync::CancellationToken;
 use crate::Shared;
 use crate::config::{DemoFlags, Flags};
 
-/// Run the demo until `shutdown` is cancelled.
-pub async fn run(flags: DemoFlags, shutdown: CancellationToken) -> Result<(), String> {
+/// Run the demo until `shutdown` is cancelled. Without `--data-dir` the store lives in a
+/// temporary directory, removed when the demo stops, so that trying it leaves nothing behind.
+pub async fn run(mut flags: DemoFlags, shutdown: CancellationToken) -> Result<(), String> {
+    let (data_dir, temporary) = match flags.data_dir.take() {
+        Some(dir) => (dir, false),
+        None => (
+            std::env::temp_dir().join(format!("odata-delta-gateway-demo-{}", std::process::id())),
+            true,
+        ),
+    };
+    let result = serve(flags, data_dir.clone(), temporary, shutdown).await;
+    if temporary
+        && let Err(e) = std::fs::remove_dir_all(&data_dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        eprintln!(
+            "warning: cannot remove the demo's store {}: {e}",
+            data_dir.display()
+        );
+    }
+    result
+}
+
+/// The demo proper: the sample service and the gateway, until `shutdown`.
+async fn serve(
+    flags: DemoFlags,
+    data_dir: std::path::PathBuf,
+    temporary: bool,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
     let upstream = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| format!("cannot listen for the sample service: {e}"))?;
@@ -24,9 +52,6 @@ pub async fn run(flags: DemoFlags, shutdown: CancellationToken) -> Result<(), St
     };
     let sample_task = tokio::spawn(sample::serve(upstream, options, shutdown.clone()));
 
-    let data_dir = flags.data_dir.unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("odata-delta-gateway-demo-{}", std::process::id()))
-    });
     let gateway_flags = Flags {
         upstream: Some(format!("http://{upstream_addr}{}", sample::SERVICE_PATH)),
         listen: Some(flags.listen),
@@ -45,7 +70,7 @@ pub async fn run(flags: DemoFlags, shutdown: CancellationToken) -> Result<(), St
 odata-delta-gateway demo
   sample upstream: http://{upstream_addr}{path}   (changes every {every}s: inserts, updates, deletes)
   gateway:         {base}
-  store:           {dir}
+  store:           {dir}{removed}
 
 1. A tracked read (all products, and a delta link at the end):
    curl -s -H 'Prefer: odata.track-changes, odata.maxpagesize=5' '{base}/Products' | head -c 1500; echo
@@ -60,12 +85,18 @@ odata-delta-gateway demo
 
 4. Everything else passes through, e.g. a single product or the metadata:
    curl -s '{base}/Products(1)'; echo
+   curl -s '{base}/$metadata' | head -c 1500; echo
 
 Ctrl-C stops both.
 "#,
         path = sample::SERVICE_PATH,
         every = flags.change_every_secs,
         dir = data_dir.display(),
+        removed = if temporary {
+            "   (removed when the demo stops)"
+        } else {
+            ""
+        },
     );
     running.wait().await;
     match sample_task.await {

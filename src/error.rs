@@ -35,6 +35,9 @@ pub enum Error {
         status: StatusCode,
         /// The upstream's error message, if it gave one.
         message: String,
+        /// The upstream's OData error code, if it gave a usable one: the client's OData library
+        /// may act on it, so it is kept rather than replaced by `UpstreamRejected`.
+        code: Option<String>,
         /// The upstream's `WWW-Authenticate`, for a 401.
         challenge: Option<HeaderValue>,
     },
@@ -123,8 +126,11 @@ impl Error {
     }
 
     /// The OData error code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> &str {
         match self {
+            Error::Rejected {
+                code: Some(code), ..
+            } => code,
             Error::Client { code, .. } => code,
             Error::Expired { .. } => "DeltaTokenExpired",
             Error::Rejected { .. } => "UpstreamRejected",

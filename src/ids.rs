@@ -21,7 +21,8 @@ pub struct ContentHash(pub [u8; 16]);
 
 /// 128 bits of blake3 over an entity's key identity (its predicate with every value in one
 /// spelling; `KeyHash::of` in `track::hash`): how the in-memory index names an entity of a feed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Its `Hash` (in `track::hash`) feeds 8 of its bytes to the hasher: they are blake3 output already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct KeyHash(pub [u8; 16]);
 
 /// The first 128 bits of a blake3 hash.

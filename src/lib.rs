@@ -25,28 +25,40 @@
 //! - [`server`]: listeners, the tower stack, graceful shutdown, the admin endpoints.
 //! - [`router`]: classify a request (track or proxy), the public base URL, entity-set keys from `$metadata`.
 //! - [`proxy`]: transparent forwarding, header hygiene, streaming link rewriting.
+//! - `discovery`: the passed-through `$metadata` annotated with `Capabilities.ChangeTracking` (C35).
+//! - `batch`: `$batch` (JSON and multipart) with tracked parts answered by the gateway (C34).
 //! - [`upstream`]: the pooled HTTP client, timeouts, the origin guard for upstream links.
-//! - [`odata`]: protocol vocabulary, pure — preferences, queries, `$orderby`, `$metadata`, key
-//!   literals, the raw JSON scanner, upstream pages, delta payloads.
+//! - [`odata`]: protocol vocabulary, pure — preferences, queries, formats (`$format`, `Accept`),
+//!   `$orderby`, `$metadata`, key literals, the raw JSON scanner, upstream pages, delta payloads.
 //! - [`track`]: feeds and versions, hashing, tokens, refresh (fetch, confirm removals, the tally
 //!   against `@odata.count` and the `$skip` read-on), answering tracked requests, authorizing them
-//!   upstream, admission (feed caps, refresh turns), retention of idle feeds.
+//!   upstream, admission (feed caps, refresh turns), retention of idle feeds, the in-memory history
+//!   of recent refreshes, the background refresh schedule, how old an answer may be
+//!   (`Cache-Control`), and the callback preference.
 //! - [`body`]: the one boxed body type requests and responses travel in.
+//! - `compress`: gzip of upstream pages (bounded inflating) and of tracked responses.
 //! - [`store`]: the redb schema and its transactions.
 //! - [`metrics`]: Prometheus metrics.
+//! - `status`: the admin listener's HTML status page, one row per feed.
+//! - [`operator`]: the `feeds` commands (list, show, drop, compact) on a stopped gateway's store.
 //! - [`demo`]: the bundled sample service behind `odata-delta-gateway demo`.
 #![forbid(unsafe_code)]
 
+pub(crate) mod batch;
 pub mod body;
+mod compress;
 pub mod config;
 pub mod demo;
+pub(crate) mod discovery;
 pub mod error;
 pub mod ids;
 pub mod metrics;
 pub mod odata;
+pub mod operator;
 pub mod proxy;
 pub mod router;
 pub mod server;
+mod status;
 pub mod store;
 pub mod track;
 pub mod upstream;
@@ -84,6 +96,12 @@ pub struct Shared {
     pub(crate) authorizations: Authorizations,
     /// Turns for refreshes, across all feeds.
     pub(crate) refresh_permits: RefreshPermits,
+    /// Recent refreshes per feed, for the status page and the metrics.
+    pub(crate) refresh_history: crate::track::history::RefreshHistory,
+    /// Feeds refreshed in the background.
+    pub(crate) schedule: crate::track::schedule::Schedule,
+    /// Callbacks waiting for their feed to change.
+    pub(crate) callbacks: crate::track::callback::Callbacks,
     /// One service per route, in route order (longest prefix first).
     pub services: Vec<Service>,
     /// Metrics.
@@ -105,8 +123,9 @@ impl Shared {
                 .into_iter()
                 .map(|(feed, scope)| (feed, Scope(scope))),
         );
+        let metrics = Metrics::default();
         Ok(Shared {
-            upstream: Upstream::new(&config.upstream),
+            upstream: Upstream::new(&config.upstream, metrics.upstream_requests.clone()),
             token_key: TokenKey::derive(&secret),
             scope_key,
             feeds,
@@ -115,8 +134,11 @@ impl Shared {
                 config.limits.max_concurrent_refreshes,
                 config.limits.max_refresh_waiters,
             ),
+            callbacks: crate::track::callback::Callbacks::new(),
+            schedule: crate::track::schedule::Schedule::new(config.schedule.max_scheduled_feeds),
             services: config.routes.iter().cloned().map(Service::new).collect(),
-            metrics: Metrics::default(),
+            refresh_history: Default::default(),
+            metrics,
             clock: Default::default(),
             store,
             config,

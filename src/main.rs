@@ -5,20 +5,38 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use odata_delta_gateway::config::{Cli, Command, Config};
+use odata_delta_gateway::config::{Cli, Command, Config, LogFormat};
 use odata_delta_gateway::{Shared, demo};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    if let Some(Command::Feeds(args)) = &cli.command {
+        // No runtime and no logging: a short synchronous look at the store.
+        return match odata_delta_gateway::operator::run(args) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // The configuration is read before logging starts, since it says how to log; its mistakes
+    // are printed plainly.
+    let config = match &cli.command {
+        None => match Config::load(&cli.flags) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Some(_) => None,
+    };
+    init_logging(config.as_ref().map_or(LogFormat::Text, |c| c.log_format));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -32,7 +50,11 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Some(Command::Demo(flags)) => demo::run(flags, shutdown_signal()).await,
-            None => run(Config::load(&cli.flags).map_err(|e| e.to_string())?).await,
+            Some(Command::Feeds(_)) => Err("the feeds commands run without a runtime".into()),
+            None => match config {
+                Some(config) => run(config).await,
+                None => Err("no configuration".into()),
+            },
         }
     });
     match result {
@@ -41,6 +63,27 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG`; JSON lines carry the fields of the spans they were
+/// written in (the request id among them) at the top level, which log shippers index.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .init(),
     }
 }
 

@@ -1,8 +1,10 @@
 //! The OData vocabulary the gateway speaks: pure functions over headers, query strings, `$metadata`,
 //! key literals, upstream pages and the delta payloads we write. Nothing here does I/O.
 
+pub(crate) mod annotate;
 pub mod delta;
 pub mod entity_id;
+pub mod format;
 pub mod json;
 pub mod metadata;
 pub mod orderby;
@@ -18,10 +20,17 @@ pub mod names {
     pub const ODATA_MAX_VERSION: &str = "odata-maxversion";
     /// `Preference-Applied` response header.
     pub const PREFERENCE_APPLIED: &str = "preference-applied";
+    /// The request id: kept from the client or generated, answered, and sent upstream on every
+    /// request the client's request causes (end-to-end, so [`crate::track::refresh::forwarded_headers`]
+    /// keeps it).
+    pub const REQUEST_ID: &str = "x-request-id";
     /// How many milliseconds ago the refresh behind a tracked response finished.
     pub const REFRESH_AGE: &str = "x-delta-refresh-age-ms";
     /// Content type of every JSON payload the gateway writes itself.
     pub const JSON_CONTENT_TYPE: &str = "application/json;odata.metadata=minimal";
+    /// Content type of a tracked payload whose feed was read with `IEEE754Compatible=true` (C32).
+    pub const JSON_IEEE754_CONTENT_TYPE: &str =
+        "application/json;odata.metadata=minimal;IEEE754Compatible=true";
 }
 
 /// The protocol version a response is written in (C14).

@@ -17,7 +17,7 @@ use hyper::body::{Body as HttpBody, Frame, Incoming};
 
 use crate::Shared;
 use crate::body::{Body, BoxError};
-use crate::error::Error;
+use crate::error::{Error, UpstreamFailure};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: &[&str] = &[
@@ -59,6 +59,9 @@ pub async fn forward(
     public_root: &str,
 ) -> Result<Response<Body>, Error> {
     let (mut parts, incoming) = request.into_parts();
+    // The answer goes back in the client's HTTP version, whatever the upstream spoke: an HTTP/1.0
+    // upstream's version copied onto the answer would end an HTTP/1.1 client's keep-alive.
+    let client_version = parts.version;
     let limit = shared.config.limits.max_request_body_bytes;
     let declared = parts
         .headers
@@ -77,13 +80,15 @@ pub async fn forward(
         .map_err(|_| Error::bad_request("the request path cannot be forwarded upstream"))?;
     parts.version = http::Version::HTTP_11;
     let timeout = shared.config.limits.body_read_timeout;
-    let body = TimedBody::new(Limited::new(incoming, limit as usize).boxed(), timeout);
-    let timed_out = body.timed_out.clone();
-    let response = match shared
-        .upstream
-        .send(Request::from_parts(parts, body.boxed()))
-        .await
-    {
+    // Most pass-throughs are GETs without a body: no limit, no timer.
+    let (body, timed_out) = if incoming.is_end_stream() {
+        (crate::body::empty(), Arc::new(AtomicBool::new(false)))
+    } else {
+        let body = TimedBody::new(Limited::new(incoming, limit as usize).boxed(), timeout);
+        let timed_out = body.timed_out.clone();
+        (body.boxed(), timed_out)
+    };
+    let response = match shared.upstream.send(Request::from_parts(parts, body)).await {
         Ok(r) => r,
         Err(_) if timed_out.load(Ordering::Relaxed) => {
             return Err(Error::client(
@@ -99,6 +104,7 @@ pub async fn forward(
     };
 
     let (mut parts, body) = response.into_parts();
+    parts.version = client_version;
     strip_hop_by_hop(&mut parts.headers);
     let rewriter = LinkRewriter::new(upstream_root, public_root);
     for name in [
@@ -122,19 +128,61 @@ pub async fn forward(
         .headers
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| v != "identity");
-    let body = if is_json && !encoded {
+    if !is_json || encoded {
+        return Ok(Response::from_parts(
+            parts,
+            body.map_err(BoxError::from).boxed(),
+        ));
+    }
+    let small = body
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n <= SMALL_BODY_BYTES);
+    if !small {
         parts.headers.remove(header::CONTENT_LENGTH);
-        RewriteBody {
+        let body = RewriteBody {
             inner: body,
             rewriter,
             done: false,
+        };
+        return Ok(Response::from_parts(parts, body.boxed()));
+    }
+    // A small body of known length is read whole: most hold no link to rewrite (an entity, a
+    // count, an error), and then it goes out as it came, `Content-Length` and all, without
+    // streaming it through the rewriter.
+    let data = match tokio::time::timeout(shared.config.upstream.timeout, body.collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "upstream body failed");
+            return Err(Error::upstream(
+                UpstreamFailure::Unreachable,
+                "the upstream connection broke while reading a response",
+            ));
         }
-        .boxed()
-    } else {
-        body.map_err(BoxError::from).boxed()
+        Err(_) => {
+            return Err(Error::upstream(
+                UpstreamFailure::Timeout,
+                "the upstream did not send its answer in time",
+            ));
+        }
     };
-    Ok(Response::from_parts(parts, body))
+    let data = if rewriter.may_rewrite(&data) {
+        let mut rewriter = rewriter;
+        let mut out = rewriter.push(&data).to_vec();
+        out.extend_from_slice(&rewriter.finish());
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+        Bytes::from(out)
+    } else {
+        data
+    };
+    Ok(Response::from_parts(parts, crate::body::full(data)))
 }
+
+/// Bodies up to this size (with a `Content-Length`) are read whole before they are relayed, so
+/// that one without links keeps its length and skips the rewriter. Larger ones stream.
+const SMALL_BODY_BYTES: u64 = 64 * 1024;
 
 /// A request body that must arrive whole within a time limit, counted from when forwarding starts:
 /// a client that trickles its body would otherwise hold the connection and an upstream request.
@@ -202,6 +250,8 @@ fn too_large(limit: u64) -> Error {
 /// resolve outside the route.
 pub struct LinkRewriter {
     patterns: Vec<(Vec<u8>, Vec<u8>)>,
+    /// One substring searcher per pattern, in the same order.
+    finders: Vec<memchr::memmem::Finder<'static>>,
     /// The upstream's service root path, when root-relative links need rewriting.
     root_relative: Option<String>,
     /// The gateway's service root (absolute).
@@ -220,11 +270,7 @@ impl LinkRewriter {
             (from.as_bytes().to_vec(), to.as_bytes().to_vec()),
             (escaped(from), escaped(to)),
         ];
-        let path_of = |u: &str| {
-            url::Url::parse(u)
-                .map(|u| u.path().trim_end_matches('/').to_owned())
-                .unwrap_or_default()
-        };
+        let path_of = |u: &str| url_path(u).trim_end_matches('/').to_owned();
         let (from_path, to_path) = (path_of(from), path_of(to));
         // A root-relative link is unambiguous only when the upstream's root has a path; it needs
         // rewriting only when the gateway's path differs. It is matched at the start of a JSON
@@ -240,9 +286,16 @@ impl LinkRewriter {
                 [b"\"".as_slice(), &escaped(to)].concat(),
             ));
         }
+        // An empty root would match everywhere and never advance.
+        patterns.retain(|(p, _)| !p.is_empty());
         let longest = patterns.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
+        let finders = patterns
+            .iter()
+            .map(|(p, _)| memchr::memmem::Finder::new(p).into_owned())
+            .collect();
         LinkRewriter {
             patterns,
+            finders,
             root_relative,
             to: to.to_owned(),
             longest,
@@ -258,6 +311,9 @@ impl LinkRewriter {
             && is_delimiter(rest.bytes().next())
         {
             return Some(format!("{}{rest}", self.to));
+        }
+        if foreign_delta_link(s.as_bytes(), true) == Some(true) {
+            return None;
         }
         let mut out = Vec::new();
         let (replaced, _) = self.scan(s.as_bytes(), true, &mut out);
@@ -285,33 +341,111 @@ impl LinkRewriter {
         Bytes::from(out)
     }
 
+    /// Whether `data` holds anything this rewriter would replace; a body for which this is false
+    /// can be relayed as it is.
+    pub fn may_rewrite(&self, data: &[u8]) -> bool {
+        self.finders.iter().any(|f| f.find(data).is_some())
+    }
+
     /// Copy `data` to `out` with replacements. Unless `last`, stop where a match could still be
     /// completed by the next chunk (the longest pattern plus its delimiter must fit). Returns the
     /// number of replacements and how many bytes were consumed.
     fn scan(&self, data: &[u8], last: bool, out: &mut Vec<u8>) -> (usize, usize) {
+        // Matches may start only before `limit`; past it one could still be completed (or its
+        // delimiter arrive) with the next chunk.
+        let limit = if last {
+            data.len()
+        } else {
+            data.len().saturating_sub(self.longest)
+        };
+        // Per pattern, its next occurrence at or after `i` (`Some(None)`: none left), found with
+        // a vectorized substring search instead of looking at every byte; `None` until searched.
+        let mut next: Vec<Option<Option<usize>>> = vec![None; self.patterns.len()];
         let mut i = 0;
         let mut replaced = 0;
-        'outer: while i < data.len() {
-            if !last && i + self.longest >= data.len() {
-                break;
-            }
-            if matches!(data[i], b'h' | b'"') {
-                for (pattern, replacement) in &self.patterns {
-                    if data[i..].starts_with(pattern)
-                        && is_delimiter(data.get(i + pattern.len()).copied())
-                    {
-                        out.extend_from_slice(replacement);
-                        i += pattern.len();
-                        replaced += 1;
-                        continue 'outer;
-                    }
+        while i < limit {
+            let mut candidate: Option<usize> = None;
+            for (finder, slot) in self.finders.iter().zip(next.iter_mut()) {
+                if matches!(slot, Some(Some(at)) if *at < i) {
+                    *slot = None;
+                }
+                let found = *slot.get_or_insert_with(|| finder.find(&data[i..]).map(|at| i + at));
+                if let Some(at) = found
+                    && at < limit
+                    && candidate.is_none_or(|c| at < c)
+                {
+                    candidate = Some(at);
                 }
             }
-            out.push(data[i]);
-            i += 1;
+            let Some(at) = candidate else {
+                out.extend_from_slice(&data[i..limit]);
+                i = limit;
+                break;
+            };
+            out.extend_from_slice(&data[i..at]);
+            let matched = self.patterns.iter().find(|(pattern, _)| {
+                data[at..].starts_with(pattern)
+                    && is_delimiter(data.get(at + pattern.len()).copied())
+            });
+            match matched {
+                Some((pattern, replacement)) => {
+                    match foreign_delta_link(&data[at + pattern.len()..], last) {
+                        // Wait for the rest of the link.
+                        None => {
+                            i = at;
+                            break;
+                        }
+                        // Not ours to serve: left pointing at the upstream (C36).
+                        Some(true) => out.extend_from_slice(pattern),
+                        Some(false) => {
+                            out.extend_from_slice(replacement);
+                            replaced += 1;
+                        }
+                    }
+                    i = at + pattern.len();
+                }
+                None => {
+                    // `…/shop` followed by `ping`: not a link to the root; look on one byte later.
+                    out.push(data[at]);
+                    i = at + 1;
+                }
+            }
         }
         (replaced, i)
     }
+}
+
+/// The path of an absolute `scheme://authority/path?query` URL (the gateway's and the upstream's
+/// roots, which are built or validated as such); empty without one.
+fn url_path(u: &str) -> &str {
+    let Some((_, rest)) = u.split_once("://") else {
+        return "";
+    };
+    let path = rest.find('/').map_or("", |at| &rest[at..]);
+    path.split(['?', '#']).next().unwrap_or("")
+}
+
+/// How far past a service root a link is searched for a delta token.
+const LINK_LOOKAHEAD: usize = 4096;
+
+/// Whether the link that continues with `rest` carries a `$deltatoken`: the upstream's own delta
+/// link (an upstream that tracks changes itself). Rewritten onto the gateway, it would be a link
+/// the gateway refuses, since only its own tokens are valid there; so it is left as the upstream
+/// wrote it. `None` when the end of the link has not arrived yet and more data may follow.
+fn foreign_delta_link(rest: &[u8], last: bool) -> Option<bool> {
+    let window = &rest[..rest.len().min(LINK_LOOKAHEAD)];
+    let end = window
+        .iter()
+        .position(|b| matches!(b, b'"' | b' ' | b'\t' | b'\r' | b'\n' | b'<' | b'>'));
+    if end.is_none() && !last && rest.len() < LINK_LOOKAHEAD {
+        return None;
+    }
+    let link = &window[..end.unwrap_or(window.len())];
+    let has = |needle: &[u8]| {
+        link.windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+    };
+    Some(has(b"$deltatoken=") || has(b"%24deltatoken="))
 }
 
 /// What may follow a service root in a link: the end of the string or a URL delimiter.
@@ -422,6 +556,25 @@ mod tests {
     }
 
     #[test]
+    fn upstream_delta_links_are_left_pointing_upstream_c36() {
+        let body = r#"{"@odata.deltaLink":"http://up:4004/odata/v4/shop/C?$deltatoken=up1","@odata.nextLink":"http://up:4004/odata/v4/shop/C?$skiptoken=2"}"#;
+        let out = whole(body);
+        assert!(
+            out.contains(r#""http://up:4004/odata/v4/shop/C?$deltatoken=up1""#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#""https://gw.example.com/api/odata/v4/shop/C?$skiptoken=2""#),
+            "{out}"
+        );
+        let r = LinkRewriter::new(FROM, TO);
+        assert_eq!(
+            r.rewrite_str("http://up:4004/odata/v4/shop/C?%24deltatoken=x"),
+            None
+        );
+    }
+
+    #[test]
     fn headers_are_rewritten_only_when_they_point_upstream() {
         let r = LinkRewriter::new(FROM, TO);
         assert_eq!(
@@ -445,7 +598,71 @@ mod tests {
         assert!(h.contains_key("authorization"));
     }
 
+    /// The rewriter as first written, one byte at a time: the reference for the substring search.
+    fn bytewise(r: &LinkRewriter, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        'outer: while i < data.len() {
+            if matches!(data[i], b'h' | b'"') {
+                for (pattern, replacement) in &r.patterns {
+                    if data[i..].starts_with(pattern)
+                        && is_delimiter(data.get(i + pattern.len()).copied())
+                    {
+                        out.extend_from_slice(replacement);
+                        i += pattern.len();
+                        continue 'outer;
+                    }
+                }
+            }
+            out.push(data[i]);
+            i += 1;
+        }
+        out
+    }
+
+    #[test]
+    fn bodies_without_upstream_links_need_no_rewriting() {
+        let r = LinkRewriter::new(FROM, TO);
+        assert!(!r.may_rewrite(br#"{"@odata.context":"$metadata#Products/$entity","ID":1}"#));
+        assert!(!r.may_rewrite(b"http://up:4004/odata/v4/sho"));
+        assert!(r.may_rewrite(br#"{"a":"http://up:4004/odata/v4/shop/C"}"#));
+        assert!(r.may_rewrite(br#"{"a":"http:\/\/up:4004\/odata\/v4\/shop"}"#));
+        let relative = LinkRewriter::new(FROM, "http://gw/crm");
+        assert!(relative.may_rewrite(br#"{"a":"/odata/v4/shop/C"}"#));
+    }
+
+    #[test]
+    fn url_paths_are_read_without_parsing_the_url() {
+        assert_eq!(url_path("http://h:1/a/b?x=1"), "/a/b");
+        assert_eq!(url_path("https://h"), "");
+        assert_eq!(url_path("http://h/"), "/");
+        assert_eq!(url_path("http://h/a#f"), "/a");
+        assert_eq!(url_path("no scheme"), "");
+    }
+
     proptest! {
+        /// The substring search rewrites exactly what a byte-by-byte scan does.
+        #[test]
+        fn search_agrees_with_the_bytewise_scan(
+            parts in prop::collection::vec(prop_oneof![
+                Just(FROM.to_owned()),
+                Just(FROM.replace('/', "\\/")),
+                Just("\"/odata/v4/shop".to_owned()),
+                Just("\"\\/odata\\/v4\\/shop".to_owned()),
+                Just("/C?x=1\"".to_owned()),
+                Just("ping".to_owned()),
+                Just("h".to_owned()),
+                "[a-z/:\\\\\" ]{0,8}",
+            ], 0..12),
+            to in prop_oneof![Just(TO), Just("http://gw/crm")],
+        ) {
+            let input = parts.concat();
+            let r = LinkRewriter::new(FROM, to);
+            let mut out = Vec::new();
+            r.scan(input.as_bytes(), true, &mut out);
+            prop_assert_eq!(out, bytewise(&r, input.as_bytes()));
+        }
+
         /// Splitting the stream anywhere gives the same output as rewriting it whole.
         #[test]
         fn chunking_never_changes_the_output(
@@ -453,6 +670,7 @@ mod tests {
                 Just(FROM.to_owned()),
                 Just(FROM.replace('/', "\\/")),
                 Just("/C?x=1\"".to_owned()),
+                Just("/C?$deltatoken=1\"".to_owned()),
                 Just("ping".to_owned()),
                 "[a-z/:\\\\\" ]{0,8}",
             ], 0..12),

@@ -96,6 +96,10 @@ pub(crate) fn remove_dot_segments(path: &str) -> Result<std::borrow::Cow<'_, str
         // `*` (OPTIONS) and the like: nothing to resolve.
         return Ok(path.into());
     };
+    // Every dot segment, plain or hidden, has a `.` or a `%2e`: most paths have neither.
+    if !rest.bytes().any(|b| b == b'.' || b == b'%') {
+        return Ok(path.into());
+    }
     let segments: Vec<&str> = rest.split('/').collect();
     for segment in &segments {
         let decoded = percent_decode_str(segment).decode_utf8_lossy();
@@ -174,6 +178,20 @@ fn query_has(raw: Option<&str>, option: &str) -> bool {
     })
 }
 
+/// Whether a query carries a token of the gateway: any `$deltatoken`, or a `$skiptoken` of ours.
+/// Such a request is never forwarded upstream with it (C31).
+pub(crate) fn carries_gateway_token(raw_query: Option<&str>) -> bool {
+    if query_has(raw_query, "$deltatoken") {
+        return true;
+    }
+    query_has(raw_query, "$skiptoken")
+        && ODataQuery::parse(raw_query).map_or(true, |q| {
+            q.skiptoken
+                .as_deref()
+                .is_some_and(|t| t.starts_with(SKIPTOKEN_PREFIX))
+        })
+}
+
 /// Classify a request without I/O. Tracked reads of sets we cannot key are turned into
 /// pass-through later, when `$metadata` has been consulted.
 pub fn classify(
@@ -190,7 +208,8 @@ pub fn classify(
     else {
         return Ok(Decision::NoRoute);
     };
-    if method != Method::GET {
+    // HEAD is answered like GET (C31); the server leaves out the body.
+    if method != Method::GET && method != Method::HEAD {
         return Ok(Decision::Proxy { route });
     }
     let has_delta = query_has(raw_query, "$deltatoken");
@@ -606,6 +625,10 @@ async fn fetch_metadata(
         header::ACCEPT,
         http::HeaderValue::from_static("application/xml"),
     );
+    request.headers_mut().insert(
+        header::ACCEPT_ENCODING,
+        crate::compress::UPSTREAM_ACCEPT_ENCODING,
+    );
     let fetched = shared
         .upstream
         .fetch(request, shared.config.limits.max_page_bytes)
@@ -645,6 +668,8 @@ mod tests {
                     prefix: (*p).into(),
                     upstream: url::Url::parse("http://up/x").unwrap(),
                     sets: BTreeMap::new(),
+                    poll_interval: None,
+                    headers: http::HeaderMap::new(),
                     origin: "test".into(),
                 })
             })

@@ -1,6 +1,6 @@
 //! Listeners and the request pipeline: accept connections (HTTP/1.1 and HTTP/2), run each request
 //! through the tower stack (request id → tracing → panic guard → handler), drain in-flight requests on
-//! shutdown. The admin listener serves `/metrics`, `/healthz` and `/readyz`. Before a request is
+//! shutdown. The admin listener serves the status page (`/`), `/metrics`, `/healthz` and `/readyz`. Before a request is
 //! routed, its path is resolved and bounded (C37); `refusals` gives heads that hyper refuses on
 //! its own the same OData error answer.
 
@@ -21,7 +21,9 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 
 use crate::body::{self, Body};
 use crate::error::{Error, UpstreamFailure};
@@ -31,9 +33,6 @@ use crate::odata::{ODataVersion, names};
 use crate::router::{self, Decision};
 use crate::track::respond::{self, Answer, Operation, TrackedRequest};
 use crate::{App, Shared};
-
-/// How long in-flight requests may run on after shutdown was asked for.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A started gateway.
 pub struct Running {
@@ -74,8 +73,10 @@ pub async fn start(app: App, shutdown: CancellationToken) -> std::io::Result<Run
             tokio::spawn(serve_admin(app.clone(), admin, token.clone()));
         }
         let retention = tokio::spawn(crate::track::retention::run(app.clone(), token.clone()));
+        let schedule = tokio::spawn(crate::track::schedule::run(app.clone(), token.clone()));
         serve(app, listener, token).await;
         let _ = retention.await;
+        let _ = schedule.await;
     });
     Ok(Running {
         addr,
@@ -113,6 +114,7 @@ async fn serve(app: App, listener: TcpListener, shutdown: CancellationToken) {
     let connections = Arc::new(tokio::sync::Semaphore::new(
         app.config.limits.max_connections,
     ));
+    let request_ids = RequestIds::new();
     loop {
         // At the connection limit, stop accepting until one closes (backpressure, not errors).
         let permit = tokio::select! {
@@ -134,27 +136,30 @@ async fn serve(app: App, listener: TcpListener, shutdown: CancellationToken) {
                 }
             },
         };
+        // Small answers go out at once instead of waiting for the client's ACK (Nagle).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, %peer, "cannot set TCP_NODELAY");
+        }
         let head_timeout = app.config.limits.header_read_timeout;
         let app = app.clone();
         let service = ServiceBuilder::new()
-            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(SetRequestIdLayer::x_request_id(request_ids.clone()))
             .layer(PropagateRequestIdLayer::x_request_id())
             .service_fn(move |req: Request<Incoming>| {
                 let app = app.clone();
-                // The handler runs in its own task so that a panic in it becomes a 500 for this
-                // request instead of a dropped connection.
+                let span = request_span(&req);
+                // A panic in the handler becomes a 500 for this request instead of a dropped
+                // connection. Caught on the connection's own task: a task per request would cost a
+                // spawn and a wake-up on every pass-through.
+                let handled = CatchPanic(Box::pin(tracing::Instrument::instrument(
+                    handle(app, req, peer),
+                    span,
+                )));
                 async move {
-                    let span = request_span(&req);
-                    let response = match tokio::spawn(tracing::Instrument::instrument(
-                        handle(app, req, peer),
-                        span,
-                    ))
-                    .await
-                    {
-                        Ok(r) => r,
-                        Err(_) => Error::Internal("a request handler panicked".into())
-                            .into_response(ODataVersion::V40),
-                    };
+                    let response = handled.await.unwrap_or_else(|()| {
+                        Error::Internal("a request handler panicked".into())
+                            .into_response(ODataVersion::V40)
+                    });
                     Ok::<_, Infallible>(response)
                 }
             });
@@ -185,11 +190,81 @@ async fn serve(app: App, listener: TcpListener, shutdown: CancellationToken) {
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    let grace = app.config.shutdown_grace;
+    if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!("in-flight requests did not finish in time; closing");
+        // Refreshes still running are dropped with the runtime at their next await: a refresh
+        // commits in one transaction at its end, so an abandoned one leaves nothing behind.
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "in-flight requests did not finish within shutdown_grace; abandoning them, nothing partial is committed"
+        );
+    }
+}
+
+/// Request ids for requests that come without an `X-Request-Id`: a random prefix drawn once per
+/// process and a counter, spelled like a UUID. Unique within a run and, with 64 random bits,
+/// across runs, without a `getrandom` system call per request.
+#[derive(Clone)]
+struct RequestIds {
+    prefix: u64,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let mut seed = [0u8; 8];
+        // Without entropy the prefix still separates runs by start time.
+        let prefix = match getrandom::fill(&mut seed) {
+            Ok(()) => u64::from_le_bytes(seed),
+            Err(_) => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0),
+        };
+        RequestIds {
+            prefix,
+            next: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        }
+    }
+}
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = self.prefix;
+        let id = format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            p >> 32,
+            (p >> 16) & 0xffff,
+            p & 0xffff,
+            n >> 48,
+            n & 0xffff_ffff_ffff
+        );
+        HeaderValue::from_str(&id).ok().map(RequestId::new)
+    }
+}
+
+/// A future whose panics end it with `Err(())` instead of unwinding into the connection.
+struct CatchPanic<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        // The future is dropped after a panic and never polled again, so whatever state the
+        // panic left it in cannot be observed.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(_) => std::task::Poll::Ready(Err(())),
+        }
     }
 }
 
@@ -228,7 +303,7 @@ async fn protocol_starts(stream: &tokio::net::TcpStream, limit: Duration) -> boo
 fn request_span(req: &Request<Incoming>) -> tracing::Span {
     let id = req
         .headers()
-        .get("x-request-id")
+        .get(names::REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     tracing::info_span!("request", id, method = %req.method(), path = %req.uri().path())
@@ -244,16 +319,22 @@ pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Respo
             .get(names::ODATA_MAX_VERSION)
             .and_then(|v| v.to_str().ok()),
     );
-    let mut response = match route(&app, req, peer, version).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(version),
+    let (mut response, passed_through) = match route(&app, req, peer, version).await {
+        Ok(Routed::Tracked(r)) => (r, false),
+        Ok(Routed::PassedThrough(r)) => (r, true),
+        Err(e) => (e.into_response(version), false),
     };
     app.metrics.in_flight.dec();
-    tracing::info!(
-        status = response.status().as_u16(),
-        ms = started.elapsed().as_millis() as u64,
-        "answered"
-    );
+    let status = response.status().as_u16();
+    let ms = started.elapsed().as_millis() as u64;
+    // A line per pass-through would cost more than the hop itself (formatting and a write to
+    // stderr per request); those that went well are logged at debug, like an access log that
+    // is off by default. Tracked requests, refusals and failures stay at info.
+    if passed_through && status < 500 {
+        tracing::debug!(status, ms, "answered");
+    } else {
+        tracing::info!(status, ms, "answered");
+    }
     if !response.headers().contains_key(names::ODATA_VERSION) {
         response.headers_mut().insert(
             names::ODATA_VERSION,
@@ -263,13 +344,57 @@ pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Respo
     response
 }
 
+/// A response and whether the gateway answered it itself or relayed the upstream's.
+enum Routed {
+    Tracked(Response<Body>),
+    PassedThrough(Response<Body>),
+}
+
 async fn route(
     app: &App,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     peer: SocketAddr,
     version: ODataVersion,
-) -> Result<Response<Body>, Error> {
-    let uri_bytes = req.uri().to_string().len();
+) -> Result<Routed, Error> {
+    let (mut parts, incoming) = req.into_parts();
+    let route = match route_head(app, &mut parts, peer, version).await? {
+        Decided::Answer(response) => return Ok(Routed::Tracked(response)),
+        Decided::Proxy(route) => route,
+    };
+    let service = &app.services[route];
+    let addressed = router::below_prefix(parts.uri.path(), &service.route.prefix);
+    if parts.method == Method::POST && addressed == Some("$batch") {
+        return crate::batch::answer(app, parts, incoming, peer, route)
+            .await
+            .map(Routed::Tracked);
+    }
+    let metadata = parts.method == Method::GET && addressed == Some("$metadata");
+    let response = proxy(app, Request::from_parts(parts, incoming), peer, route).await?;
+    if metadata {
+        return Ok(Routed::PassedThrough(
+            crate::discovery::metadata_response(app, service, response).await,
+        ));
+    }
+    Ok(Routed::PassedThrough(response))
+}
+
+/// What the gateway does with a request, decided from its head alone.
+pub(crate) enum Decided {
+    /// Answered by the gateway (a tracked request, or an error).
+    Answer(Response<Body>),
+    /// To be forwarded to the upstream of this route.
+    Proxy(usize),
+}
+
+/// Check, normalize and route a request head; answer it when the gateway tracks it. The one
+/// path of every request, whether it came alone or as a part of a `$batch` (C34).
+pub(crate) async fn route_head(
+    app: &App,
+    req: &mut http::request::Parts,
+    peer: SocketAddr,
+    version: ODataVersion,
+) -> Result<Decided, Error> {
+    let uri_bytes = uri_len(&req.uri);
     if uri_bytes > app.config.limits.max_uri_bytes {
         return Err(Error::client(
             StatusCode::URI_TOO_LONG,
@@ -281,7 +406,7 @@ async fn route(
         ));
     }
     let head_bytes: usize = req
-        .headers()
+        .headers
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum::<usize>()
@@ -297,7 +422,7 @@ async fn route(
         ));
     }
     // RFC 9112 §3.2: a Host that is not a valid authority is refused; it would end up in links.
-    if let Some(host) = req.headers().get(header::HOST)
+    if let Some(host) = req.headers.get(header::HOST)
         && !host.to_str().is_ok_and(router::valid_authority)
     {
         return Err(Error::bad_request(
@@ -305,17 +430,17 @@ async fn route(
         ));
     }
     let prefs = Preferences::parse(
-        req.headers()
+        req.headers
             .get_all("prefer")
             .iter()
             .filter_map(|v| v.to_str().ok()),
     );
-    normalize_path(&app.services, &mut req)?;
-    let path = req.uri().path().to_owned();
-    let raw_query = req.uri().query().map(str::to_owned);
+    normalize_path(&app.services, req)?;
+    let path = req.uri.path().to_owned();
+    let raw_query = req.uri.query().map(str::to_owned);
     let decision = router::classify(
         &app.services,
-        req.method(),
+        &req.method,
         &path,
         raw_query.as_deref(),
         &prefs,
@@ -328,7 +453,14 @@ async fn route(
                 format!("no upstream is configured for {path}"),
             ));
         }
-        Decision::Proxy { route } => return proxy(app, req, peer, route).await,
+        // An OPTIONS on a link of ours is answered here: forwarded, it would carry our token (C31).
+        Decision::Proxy { .. }
+            if req.method == Method::OPTIONS
+                && router::carries_gateway_token(raw_query.as_deref()) =>
+        {
+            return Ok(Decided::Answer(allow_tracked()));
+        }
+        Decision::Proxy { route } => return Ok(Decided::Proxy(route)),
         Decision::Track { route, set, op } => (route, set, op),
     };
     let service = &app.services[route];
@@ -367,7 +499,7 @@ async fn route(
         Operation::Page => None,
         _ => tokio::time::timeout_at(
             deadline,
-            router::resolve_set(app, service, &set, req.headers()),
+            router::resolve_set(app, service, &set, &req.headers),
         )
         .await
         .map_err(|_| past_deadline())??,
@@ -375,19 +507,38 @@ async fn route(
     if set_spec.is_none() && op != Operation::Page {
         if op == Operation::Initial && query.deltatoken.is_none() {
             // Not trackable: answered normally (C2).
-            return proxy(app, req, peer, route).await;
+            return Ok(Decided::Proxy(route));
         }
         return Err(Error::bad_request(format!(
             "{set} is not an entity set the gateway can track"
         )));
     }
+    // `/$count` answers text/plain; every other tracked answer is JSON (C32).
+    let format = if op == Operation::Count {
+        Default::default()
+    } else {
+        let accept = req
+            .headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",");
+        crate::odata::format::negotiate(query.format.as_deref(), Some(&accept)).map_err(|e| {
+            Error::client(StatusCode::NOT_ACCEPTABLE, "NotAcceptable", e.to_string())
+        })?
+    };
     app.metrics
         .requests
         .get_or_create(&crate::metrics::RequestKind::new(op_label(op)))
         .inc();
+    // The public base is read from the head alone.
+    let mut probe = Request::new(());
+    *probe.uri_mut() = req.uri.clone();
+    *probe.headers_mut() = req.headers.clone();
     let public_root = format!(
         "{}{}",
-        router::public_base(app, &req, peer),
+        router::public_base(app, &probe, peer),
         service.route.prefix
     );
     let tracked = TrackedRequest {
@@ -399,23 +550,38 @@ async fn route(
         version,
         prefs,
         query,
-        scope: router::scope_of(&app.config.identity, &app.scope_key, req.headers()),
-        headers: req.headers().clone(),
+        scope: router::scope_of(&app.config.identity, &app.scope_key, &req.headers),
+        headers: req.headers.clone(),
+        format,
     };
+    let gzip = crate::compress::accepts_gzip(&req.headers);
     let answer = tokio::time::timeout_at(deadline, respond::answer(app, op, tracked))
         .await
         .map_err(|_| past_deadline())??;
     match answer {
-        Answer::Response(response) => Ok(response),
-        Answer::PassThrough => proxy(app, req, peer, route).await,
+        Answer::Response(response) => {
+            Ok(Decided::Answer(crate::compress::negotiate(response, gzip)))
+        }
+        Answer::PassThrough => Ok(Decided::Proxy(route)),
     }
+}
+
+/// The length of the URI as written (`Uri`'s `Display`), without writing it.
+fn uri_len(uri: &http::Uri) -> usize {
+    uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path().len()
+        + uri.query().map_or(0, |q| q.len() + 1)
 }
 
 /// Resolve the dot segments of the request path before anything looks at it (C37), and refuse
 /// a path that climbs out of the route it was sent to: an upstream, or a proxy before it, that
 /// resolves them itself would otherwise serve what lies outside the service root.
-fn normalize_path(services: &[router::Service], req: &mut Request<Incoming>) -> Result<(), Error> {
-    let raw = req.uri().path();
+fn normalize_path(
+    services: &[router::Service],
+    req: &mut http::request::Parts,
+) -> Result<(), Error> {
+    let raw = req.uri.path();
     let resolved = router::remove_dot_segments(raw).map_err(|_| {
         Error::bad_request(
             "the request path has a segment that decodes to '..'; send the path without it",
@@ -435,17 +601,17 @@ fn normalize_path(services: &[router::Service], req: &mut Request<Incoming>) -> 
             service.route.prefix
         )));
     }
-    let path_and_query = match req.uri().query() {
+    let path_and_query = match req.uri.query() {
         Some(q) => format!("{resolved}?{q}"),
         None => resolved.into_owned(),
     };
-    let mut parts = req.uri().clone().into_parts();
+    let mut parts = req.uri.clone().into_parts();
     parts.path_and_query = Some(
         path_and_query
             .parse()
             .map_err(|_| Error::bad_request("the request path cannot be read"))?,
     );
-    *req.uri_mut() = http::Uri::from_parts(parts)
+    req.uri = http::Uri::from_parts(parts)
         .map_err(|_| Error::bad_request("the request path cannot be read"))?;
     Ok(())
 }
@@ -480,12 +646,45 @@ fn op_label(op: Operation) -> &'static str {
     }
 }
 
+/// The answer to `OPTIONS` on a delta or next link of the gateway: what it serves there (C31).
+fn allow_tracked() -> Response<Body> {
+    let mut response = Response::new(body::empty());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    response.headers_mut().insert(
+        header::ALLOW,
+        HeaderValue::from_static("GET, HEAD, OPTIONS"),
+    );
+    response
+}
+
+/// Take the track-changes preference out of a request the gateway does not track, keeping the
+/// other preferences: an upstream that tracks changes itself would otherwise answer with delta
+/// links of its own, which the gateway rewrites onto itself and cannot serve (C2, C36).
+fn strip_track_changes(headers: &mut http::HeaderMap) {
+    let values: Vec<HeaderValue> = headers.get_all("prefer").iter().cloned().collect();
+    if values.is_empty() {
+        return;
+    }
+    headers.remove("prefer");
+    for value in values {
+        let kept = match value.to_str() {
+            Ok(text) => crate::odata::prefer::without_track_changes(text)
+                .and_then(|kept| HeaderValue::from_str(&kept).ok()),
+            Err(_) => Some(value),
+        };
+        if let Some(kept) = kept {
+            headers.append("prefer", kept);
+        }
+    }
+}
+
 async fn proxy(
     app: &App,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: SocketAddr,
     route: usize,
 ) -> Result<Response<Body>, Error> {
+    strip_track_changes(req.headers_mut());
     app.metrics
         .requests
         .get_or_create(&crate::metrics::RequestKind::new("proxy"))
@@ -505,7 +704,31 @@ async fn proxy(
         upstream_url.push_str(q);
     }
     let public_root = format!("{}{}", router::public_base(app, &req, peer), prefix);
-    crate::proxy::forward(app, req, &upstream_url, &upstream_root, &public_root).await
+    let read = matches!(*req.method(), Method::GET | Method::HEAD);
+    let mut response =
+        crate::proxy::forward(app, req, &upstream_url, &upstream_root, &public_root).await?;
+    if read {
+        // The same URL is answered by the gateway with change tracking when the request prefers
+        // it: a cache must not hand this answer to such a request (RFC 7240 §2, C30).
+        vary_on_prefer(response.headers_mut());
+    }
+    Ok(response)
+}
+
+/// Add `Prefer` to the `Vary` of an answer, keeping what the upstream put there.
+fn vary_on_prefer(headers: &mut http::HeaderMap) {
+    let covered = headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|name| {
+            let name = name.trim();
+            name == "*" || name.eq_ignore_ascii_case("prefer")
+        });
+    if !covered {
+        headers.append(header::VARY, HeaderValue::from_static("Prefer"));
+    }
 }
 
 /// Whether the store answers, read on the blocking pool like every store call.
@@ -548,11 +771,31 @@ async fn admin(app: &App, req: &Request<Incoming>) -> Response<Body> {
         r
     };
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => text(
-            StatusCode::OK,
-            app.metrics.encode(),
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        ),
+        (&Method::GET, "/metrics") => {
+            crate::metrics::sample(app);
+            text(
+                StatusCode::OK,
+                app.metrics.encode(),
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+        }
+        (&Method::GET, "/") => match crate::status::page(app).await {
+            Ok(html) => {
+                let mut r = text(StatusCode::OK, html, "text/html; charset=utf-8");
+                // Nothing on the page loads or runs anything; a value that slipped through the
+                // escaping could not either.
+                r.headers_mut().insert(
+                    header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+                );
+                r
+            }
+            Err(e) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("status unavailable: {e}\n"),
+                "text/plain",
+            ),
+        },
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into(), "text/plain"),
         (&Method::GET, "/readyz") => match ready(app).await {
             Ok(_) => text(StatusCode::OK, "ready\n".into(), "text/plain"),
@@ -563,5 +806,27 @@ async fn admin(app: &App, req: &Request<Incoming>) -> Response<Body> {
             ),
         },
         _ => text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_length_is_the_length_of_the_written_uri() {
+        for uri in [
+            "/",
+            "/odata/v4/shop/Products(1)",
+            "/odata/v4/shop/Products?$top=1&$skip=2",
+            "/a?",
+            "*",
+            "http://example.com:8080/x?y=1",
+            "http://example.com",
+            "example.com:443",
+        ] {
+            let parsed: http::Uri = uri.parse().unwrap();
+            assert_eq!(uri_len(&parsed), parsed.to_string().len(), "{uri}");
+        }
     }
 }

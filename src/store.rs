@@ -542,7 +542,7 @@ impl Store {
             discarded: self.discard_pending(feed)?,
             ..Settled::default()
         };
-        settled.compacted = self.compact(feed)?;
+        settled.compacted = self.compact_superseded(feed)?;
         settled.purged = self.purge(feed, purge_before_ms)?;
         let tx = self.db.begin_read()?;
         settled.burned = tx
@@ -592,7 +592,7 @@ impl Store {
     }
 
     /// Remove the states superseded by published ones, with their index entries.
-    fn compact(&self, feed: FeedId) -> Result<u64, StoreError> {
+    fn compact_superseded(&self, feed: FeedId) -> Result<u64, StoreError> {
         let mut removed = 0;
         loop {
             let tx = self.db.begin_write()?;
@@ -1155,6 +1155,81 @@ fn migrate_keyed_by_hash(tx: &redb::WriteTransaction) -> Result<(), StoreError> 
         feeds.insert(&id, encoded.as_slice())?;
     }
     Ok(())
+}
+
+impl Store {
+    /// Every feed's meta, dropped ones included, in id order: for the status page and the
+    /// operator tools.
+    pub fn feeds(&self) -> Result<Vec<(FeedId, FeedMeta)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let feeds = tx.open_table(FEEDS)?;
+        let mut out = Vec::new();
+        for item in feeds.iter()? {
+            let (k, v) = item?;
+            let meta: FeedMeta = serde_json::from_slice(v.value()).map_err(StoreError::new)?;
+            out.push((FeedId(*k.value()), meta));
+        }
+        Ok(out)
+    }
+}
+
+/// Why an operator tool could not open a store.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenExistingError {
+    /// There is no store file in the directory.
+    #[error("there is no store at {0}")]
+    Missing(String),
+    /// A running gateway holds the file (redb's file lock).
+    #[error("a gateway is running on this data dir; stop it or use the admin listener")]
+    InUse,
+    /// Anything else.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Store {
+    /// Open the store in `dir` for an operator tool: never create one, and tell a store that a
+    /// running gateway holds from other failures.
+    pub fn open_existing(dir: &Path) -> Result<Self, OpenExistingError> {
+        let path = file_path(dir);
+        if !path.is_file() {
+            return Err(OpenExistingError::Missing(path.display().to_string()));
+        }
+        match Database::create(&path) {
+            Ok(db) => {
+                let store = Store { db: Arc::new(db) };
+                store.init(&path)?;
+                store.recover()?;
+                Ok(store)
+            }
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(OpenExistingError::InUse),
+            Err(e) => Err(StoreError(format!("cannot open {}: {e}", path.display())).into()),
+        }
+    }
+
+    /// Compact the file (redb gives freed pages back to the file system). Needs the only handle
+    /// on the store; returns whether anything was compacted.
+    pub fn compact(&mut self) -> Result<bool, StoreError> {
+        let db = Arc::get_mut(&mut self.db)
+            .ok_or_else(|| StoreError::new("the store is in use; it cannot be compacted now"))?;
+        let mut compacted = false;
+        // Each pass moves pages towards the start; a few passes reach the end of what it can do.
+        for _ in 0..8 {
+            if !db
+                .compact()
+                .map_err(|e| StoreError(format!("compaction failed: {e}")))?
+            {
+                break;
+            }
+            compacted = true;
+        }
+        Ok(compacted)
+    }
+}
+
+/// The store's file in a data directory, for its size and for tools that must not create one.
+pub fn file_path(dir: &Path) -> std::path::PathBuf {
+    dir.join(DB_FILE)
 }
 
 #[cfg(test)]

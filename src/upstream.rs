@@ -14,16 +14,28 @@ use hyper_util::rt::TokioExecutor;
 use url::Url;
 
 use crate::body::Body;
+use crate::compress;
 use crate::config::UpstreamConfig;
 use crate::error::{Error, UpstreamFailure};
+use crate::metrics::StatusClass;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// Idle keep-alive connections kept per upstream host. Every pass-through in flight holds one
+/// connection, so a pool smaller than the clients' concurrency closes connections after each burst
+/// and opens new ones on the next (with 32, a `-c64` load reconnected all the time). Idle ones close
+/// after a minute.
+const POOL_MAX_IDLE_PER_HOST: usize = 512;
 
 /// A cheap-to-clone handle on the pooled client.
 #[derive(Clone)]
 pub struct Upstream {
     client: Client<Connector, Body>,
     timeout: Duration,
+    /// Every request is counted here by the class of its answer.
+    requests: Family<StatusClass, Counter>,
 }
 
 /// A whole upstream response read into memory (bounded).
@@ -38,8 +50,8 @@ pub struct Fetched {
 }
 
 impl Upstream {
-    /// Build the client.
-    pub fn new(config: &UpstreamConfig) -> Self {
+    /// Build the client; `requests` counts what it sends.
+    pub fn new(config: &UpstreamConfig, requests: Family<StatusClass, Counter>) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(config.connect_timeout));
@@ -52,18 +64,25 @@ impl Upstream {
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(32)
+            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
             .build(https);
         Upstream {
             client,
             timeout: config.timeout,
+            requests,
         }
     }
 
     /// Send a request and wait for the response head (bounded by the upstream timeout). The body is
     /// left to the caller to stream.
     pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, Error> {
-        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+        let result = tokio::time::timeout(self.timeout, self.client.request(request)).await;
+        let status = match &result {
+            Ok(Ok(response)) => Some(response.status()),
+            _ => None,
+        };
+        self.requests.get_or_create(&StatusClass::of(status)).inc();
+        match result {
             Err(_) => Err(Error::upstream(
                 UpstreamFailure::Timeout,
                 "the upstream did not answer in time",
@@ -89,29 +108,72 @@ impl Upstream {
 
     /// Send a request and read the whole response, at most `max_bytes`, within the upstream timeout.
     pub async fn fetch(&self, request: Request<Body>, max_bytes: usize) -> Result<Fetched, Error> {
+        let too_large = || {
+            Error::upstream(
+                UpstreamFailure::BadAnswer,
+                format!("an upstream response is larger than the limit of {max_bytes} bytes"),
+            )
+        };
+        let broke = |e: &dyn std::fmt::Display| {
+            tracing::warn!(error = %e, "upstream body failed");
+            Error::upstream(
+                UpstreamFailure::Unreachable,
+                "the upstream connection broke while reading a response",
+            )
+        };
         let read = async {
             let response = self.send(request).await?;
-            let (parts, body) = response.into_parts();
-            let body = Limited::new(body, max_bytes).collect().await.map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    Error::upstream(
-                        UpstreamFailure::BadAnswer,
-                        format!(
-                            "an upstream response is larger than the limit of {max_bytes} bytes"
-                        ),
-                    )
-                } else {
-                    tracing::warn!(error = %e, "upstream body failed");
-                    Error::upstream(
-                        UpstreamFailure::Unreachable,
-                        "the upstream connection broke while reading a response",
-                    )
-                }
+            let (mut parts, body) = response.into_parts();
+            let coding = compress::coding(&parts.headers).map_err(|c| {
+                Error::upstream(
+                    UpstreamFailure::BadAnswer,
+                    format!("the upstream answered with Content-Encoding {c}, which the gateway did not ask for"),
+                )
             })?;
+            let mut body = Limited::new(body, max_bytes);
+            let body = match coding {
+                compress::Coding::Identity => body
+                    .collect()
+                    .await
+                    .map_err(|e| {
+                        if e.is::<http_body_util::LengthLimitError>() {
+                            too_large()
+                        } else {
+                            broke(&e)
+                        }
+                    })?
+                    .to_bytes(),
+                compress::Coding::Gzip => {
+                    // The decoded size is what counts against the limit: a small body that
+                    // inflates beyond it fails like a large one.
+                    let mut inflater = compress::Inflater::new(max_bytes);
+                    while let Some(frame) = body.frame().await {
+                        let frame = frame.map_err(|e| {
+                            if e.is::<http_body_util::LengthLimitError>() {
+                                too_large()
+                            } else {
+                                broke(&e)
+                            }
+                        })?;
+                        if let Ok(data) = frame.into_data() {
+                            inflater
+                                .push(&data)
+                                .await
+                                .map_err(|e| inflate_error(e, &too_large))?;
+                        }
+                    }
+                    let decoded = inflater
+                        .finish()
+                        .map_err(|e| inflate_error(e, &too_large))?;
+                    parts.headers.remove(http::header::CONTENT_ENCODING);
+                    parts.headers.remove(http::header::CONTENT_LENGTH);
+                    Bytes::from(decoded)
+                }
+            };
             Ok(Fetched {
                 status: parts.status,
                 headers: parts.headers,
-                body: body.to_bytes(),
+                body,
             })
         };
         match tokio::time::timeout(self.timeout, read).await {
@@ -121,6 +183,16 @@ impl Upstream {
             )),
             Ok(result) => result,
         }
+    }
+}
+
+fn inflate_error(e: compress::InflateError, too_large: &dyn Fn() -> Error) -> Error {
+    match e {
+        compress::InflateError::TooLarge => too_large(),
+        compress::InflateError::Corrupt => Error::upstream(
+            UpstreamFailure::BadAnswer,
+            "the upstream sent a gzip body that cannot be decoded",
+        ),
     }
 }
 

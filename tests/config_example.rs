@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use odata_delta_gateway::config::{Config, Flags, IdentityScope};
+use odata_delta_gateway::config::{Config, Flags, IdentityScope, LogFormat};
 
 fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.toml")
@@ -36,6 +36,8 @@ fn example_config_loads_with_the_documented_route() {
     );
     assert_eq!(config.limits.max_pages_per_refresh, 100_000);
     assert_eq!(config.limits.refresh_timeout, Duration::from_secs(15 * 60));
+    assert_eq!(config.limits.max_batch_parts, 1000);
+    assert_eq!(config.limits.max_batch_bytes, 16 << 20);
     assert_eq!(config.routes.len(), 1);
     let route = &config.routes[0];
     assert_eq!(route.prefix, "/odata/v4/catalog");
@@ -58,6 +60,8 @@ fn example_config_loads_with_the_documented_route() {
     assert_eq!(config.limits.max_feeds_per_scope, 100);
     assert_eq!(config.limits.max_concurrent_refreshes, 8);
     assert_eq!(config.limits.max_refresh_waiters, 64);
+    assert_eq!(config.log_format, LogFormat::Text);
+    assert_eq!(config.shutdown_grace, Duration::from_secs(30));
 }
 
 /// What gateway.toml's header comment tells to do to put it in front of the demo's sample service.
@@ -104,10 +108,32 @@ fn optional_settings_of_the_example_are_valid_when_uncommented() {
     let config = Config::from_parts(&Flags::default(), Some((&example(), &enabled)))
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        config.public_url.map(|u| u.to_string()).as_deref(),
+        config.public_url.as_ref().map(|u| u.to_string()).as_deref(),
         Some("https://api.example.com/gw")
     );
     assert_eq!(config.trusted_proxies.len(), 2);
+    assert_eq!(config.schedule.poll_interval, Some(Duration::from_secs(30)));
+    assert_eq!(config.schedule.feed_idle_ttl, Duration::from_secs(3600));
+    assert_eq!(config.schedule.max_scheduled_feeds, 1000);
+    assert_eq!(
+        config.notifications.allowed_hosts,
+        vec!["hooks.example.com".to_owned(), "127.0.0.1:9000".to_owned()]
+    );
+    assert_eq!(config.notifications.max_attempts, 4);
+    let route = &config.routes[0];
+    assert_eq!(route.poll_interval, Some(Duration::from_secs(10)));
+    assert_eq!(
+        route.headers.get("authorization").unwrap(),
+        "Basic Z2F0ZXdheTpzZWNyZXQ="
+    );
+    assert_eq!(
+        config.poll_interval(&route.prefix, "Products"),
+        Some(Duration::from_secs(300))
+    );
+    assert_eq!(
+        config.poll_interval(&route.prefix, "Orders"),
+        Some(Duration::from_secs(10))
+    );
 }
 
 #[test]
@@ -123,6 +149,17 @@ fn every_file_key_appears_in_the_example() {
         "page_size",
         "max_page_size",
         "min_refresh_interval",
+        "log_format",
+        "shutdown_grace",
+        "poll_interval",
+        "feed_idle_ttl",
+        "max_scheduled_feeds",
+        "[route.headers]",
+        "[notifications]",
+        "allowed_hosts",
+        "max_pending",
+        "max_attempts",
+        "retry_backoff",
         "[identity]",
         "mode",
         "headers",
@@ -150,6 +187,8 @@ fn every_file_key_appears_in_the_example() {
         "max_refresh_waiters",
         "max_pages_per_refresh",
         "refresh_timeout",
+        "max_batch_parts",
+        "max_batch_bytes",
         "[[route]]",
         "upstream",
         "prefix",

@@ -65,6 +65,79 @@ async fn the_demo_serves_a_tracked_read_and_deltas_of_a_changing_sample() {
     let _ = child.wait();
 }
 
+/// Without `--data-dir` the demo's store is temporary: there while it runs, removed when it is
+/// stopped (SIGTERM, like Ctrl-C); and the metadata command its step 4 mentions is printed and works.
+#[tokio::test]
+async fn the_demo_removes_its_temporary_store_when_it_stops_and_prints_the_metadata_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_odata-delta-gateway"))
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .env_remove("ODG_LISTEN")
+        .env_remove("ODG_DATA_DIR")
+        .env("TMPDIR", tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.contains("Ctrl-C")) {
+        lines.push(
+            rx.recv_timeout(Duration::from_secs(30))
+                .expect("the demo prints its instructions"),
+        );
+    }
+    let field = |name: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .map(|v| v.split_whitespace().next().unwrap_or("").to_owned())
+            .unwrap_or_else(|| panic!("no {name} line in {lines:#?}"))
+    };
+    let base = field("gateway:");
+    let store = std::path::PathBuf::from(field("store:"));
+    assert!(store.starts_with(tmp.path()), "{}", store.display());
+    let metadata_command = format!("curl -s '{base}/$metadata'");
+    assert!(
+        lines.iter().any(|l| l.contains(&metadata_command)),
+        "{lines:#?}"
+    );
+    let client = Client::default();
+    let r = client.get(&format!("{base}/$metadata"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("EntitySet"), "{}", r.text());
+    let r = client
+        .get(
+            &format!("{base}/Products"),
+            &[("Prefer", "odata.track-changes")],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(store.exists(), "the store is there while the demo runs");
+
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(!store.exists(), "{} is left behind", store.display());
+}
+
 #[tokio::test]
 async fn the_admin_listener_serves_health_readiness_and_metrics() {
     let up = support::FakeUpstream::start().await;

@@ -3,7 +3,7 @@
 //! Pages are built whole in memory before a status line is written (C26).
 
 use super::ODataVersion;
-use super::json::{Member, array_elements, is_control_information, object_members};
+use super::json::{is_control_information, write_renamed};
 
 /// Why an entity left the tracked set (C18).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,8 +58,8 @@ pub struct PageContext<'a> {
     pub service_root: &'a str,
     /// Entity set name.
     pub entity_set: &'a str,
-    /// The select list for the context URL (C15), e.g. `city,name`.
-    pub select: Option<&'a str>,
+    /// The select list for the context URL (C15, J §10), e.g. `city,name,orders(amount)`.
+    pub select: Option<String>,
     /// A delta response (context ends in `/$delta`) rather than an initial one (C4).
     pub delta: bool,
     /// `@odata.count`, when asked for (C24).
@@ -70,7 +70,7 @@ impl PageContext<'_> {
     /// The context URL (C15): `…/$metadata#Customers(name,city)/$delta`.
     pub fn context_url(&self) -> String {
         let mut url = format!("{}/$metadata#{}", self.service_root, self.entity_set);
-        if let Some(select) = self.select {
+        if let Some(select) = &self.select {
             url.push('(');
             url.push_str(select);
             url.push(')');
@@ -95,13 +95,12 @@ pub fn write_page(ctx: &PageContext, entries: &[Entry], end: &PageEnd) -> Vec<u8
         out.extend_from_slice(count.to_string().as_bytes());
     }
     out.extend_from_slice(b",\"value\":[");
-    let mut members = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         match *entry {
-            Entry::Entity(body) => write_entity(&mut out, body, v, &mut members),
+            Entry::Entity(body) => write_entity(&mut out, body, v),
             Entry::Removed {
                 entity_id,
                 key_members,
@@ -122,75 +121,25 @@ pub fn write_page(ctx: &PageContext, entries: &[Entry], end: &PageEnd) -> Vec<u8
 /// entities too): `@odata.etag` ↔ `@etag` and the like renamed; links that point at the upstream
 /// (`@odata.id`, `@odata.editLink`, nested next links, …) and nested contexts dropped, since the
 /// entity-id follows from the key and the context URL.
-fn write_entity(out: &mut Vec<u8>, body: &[u8], v: ODataVersion, members: &mut Vec<Member>) {
-    if object_members(body, members).is_err() {
+fn write_entity(out: &mut Vec<u8>, body: &[u8], v: ODataVersion) {
+    let start = out.len();
+    let name = |name: &[u8], out: &mut Vec<u8>| match control_name(name, v) {
+        Some(n) => {
+            out.extend_from_slice(&n);
+            true
+        }
+        None => false,
+    };
+    if write_renamed(body, &name, MAX_REWRITE_DEPTH, out).is_err() {
         // Stored bodies were validated when they were read; if one is not an object after all,
         // it is still valid JSON and is better passed on than dropped.
+        out.truncate(start);
         out.extend_from_slice(body);
-        return;
     }
-    write_members(out, body, members, v, 0);
 }
 
 /// Nesting below which values are copied as they are (the scanner refuses deeper input anyway).
 const MAX_REWRITE_DEPTH: usize = 64;
-
-fn write_members(
-    out: &mut Vec<u8>,
-    text: &[u8],
-    members: &[Member],
-    v: ODataVersion,
-    depth: usize,
-) {
-    out.push(b'{');
-    let mut first = true;
-    for m in members {
-        let Some(name) = control_name(m.name(text), v) else {
-            continue;
-        };
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        out.push(b'"');
-        out.extend_from_slice(&name);
-        out.extend_from_slice(b"\":");
-        write_value(out, m.value(text), v, depth + 1);
-    }
-    out.push(b'}');
-}
-
-fn write_value(out: &mut Vec<u8>, value: &[u8], v: ODataVersion, depth: usize) {
-    if depth > MAX_REWRITE_DEPTH {
-        out.extend_from_slice(value);
-        return;
-    }
-    match value.first() {
-        Some(b'{') => {
-            let mut members = Vec::new();
-            match object_members(value, &mut members) {
-                Ok(()) => write_members(out, value, &members, v, depth),
-                Err(_) => out.extend_from_slice(value),
-            }
-        }
-        Some(b'[') => {
-            let mut elements = Vec::new();
-            if array_elements(value, &mut elements).is_err() {
-                out.extend_from_slice(value);
-                return;
-            }
-            out.push(b'[');
-            for (i, (start, end)) in elements.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_value(out, &value[start..end], v, depth + 1);
-            }
-            out.push(b']');
-        }
-        _ => out.extend_from_slice(value),
-    }
-}
 
 /// The name a member is written under in version `v`, or `None` to drop it. Content members keep
 /// their names; control information keeps only what describes the content itself.
@@ -265,6 +214,102 @@ fn json_member(out: &mut Vec<u8>, name: &str, value: &str) {
 mod tests {
     use super::*;
     use serde_json::{Value, json};
+
+    /// The entity writer before the one-pass rewrite, to show the bytes did not change.
+    mod reference {
+        use super::super::*;
+        use crate::odata::json::{Member, array_elements, object_members};
+
+        pub(super) fn write_entity(out: &mut Vec<u8>, body: &[u8], v: ODataVersion) {
+            let mut members = Vec::new();
+            if object_members(body, &mut members).is_err() {
+                out.extend_from_slice(body);
+                return;
+            }
+            write_members(out, body, &members, v, 0);
+        }
+
+        fn write_members(
+            out: &mut Vec<u8>,
+            text: &[u8],
+            members: &[Member],
+            v: ODataVersion,
+            depth: usize,
+        ) {
+            out.push(b'{');
+            let mut first = true;
+            for m in members {
+                let Some(name) = control_name(m.name(text), v) else {
+                    continue;
+                };
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                out.push(b'"');
+                out.extend_from_slice(&name);
+                out.extend_from_slice(b"\":");
+                write_value(out, m.value(text), v, depth + 1);
+            }
+            out.push(b'}');
+        }
+
+        fn write_value(out: &mut Vec<u8>, value: &[u8], v: ODataVersion, depth: usize) {
+            if depth > MAX_REWRITE_DEPTH {
+                out.extend_from_slice(value);
+                return;
+            }
+            match value.first() {
+                Some(b'{') => {
+                    let mut members = Vec::new();
+                    match object_members(value, &mut members) {
+                        Ok(()) => write_members(out, value, &members, v, depth),
+                        Err(_) => out.extend_from_slice(value),
+                    }
+                }
+                Some(b'[') => {
+                    let mut elements = Vec::new();
+                    if array_elements(value, &mut elements).is_err() {
+                        out.extend_from_slice(value);
+                        return;
+                    }
+                    out.push(b'[');
+                    for (i, (start, end)) in elements.into_iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        write_value(out, &value[start..end], v, depth + 1);
+                    }
+                    out.push(b']');
+                }
+                _ => out.extend_from_slice(value),
+            }
+        }
+    }
+
+    #[test]
+    fn entities_are_written_as_before_the_one_pass_writer() {
+        let deep = format!("{}1{}", r#"{"a":"#.repeat(70), "}".repeat(70));
+        for body in [
+            r##"{"@odata.etag":"W/\"1\"","ID":1,"n":"x","o":{"@odata.id":"u","k":[1,{"@odata.type":"#T","z":"\u00e9"}]},"e":[],"f":{}}"##,
+            r#" { "ID" : 2 , "Orders@odata.nextLink" : "x", "Orders" : [ { "@odata.id" : "o", "v" : [ 1 , 2 ] } ] } "#,
+            r##"{"@odata.context":"$metadata#C","@id":"a","@etag":"b","Name@odata.type":"#String"}"##,
+            deep.as_str(),
+            "[1,2]",
+            r#"{"broken":"#,
+        ] {
+            for v in [ODataVersion::V40, ODataVersion::V401] {
+                let (mut new, mut old) = (Vec::new(), Vec::new());
+                write_entity(&mut new, body.as_bytes(), v);
+                reference::write_entity(&mut old, body.as_bytes(), v);
+                assert_eq!(
+                    String::from_utf8_lossy(&new),
+                    String::from_utf8_lossy(&old),
+                    "{body}"
+                );
+            }
+        }
+    }
 
     fn ctx(version: ODataVersion, delta: bool) -> PageContext<'static> {
         PageContext {
@@ -353,7 +398,7 @@ mod tests {
     #[test]
     fn initial_page_has_no_delta_in_its_context_and_carries_the_select_list_c4_c15() {
         let mut c = ctx(ODataVersion::V40, false);
-        c.select = Some("city,name");
+        c.select = Some("city,name".into());
         c.count = Some(7);
         let p = page(&c, &[], PageEnd::Delta("d".into()));
         assert_eq!(

@@ -99,7 +99,8 @@ pub struct EntityKey {
 pub type Respelled = Vec<((usize, usize), Vec<u8>)>;
 
 impl EntityKey {
-    /// Read the key of an entity from its top-level members.
+    /// Read the key of an entity from its top-level members (found by the scan that hashes it: the
+    /// entity is not parsed again). Key values are written straight into the predicate.
     pub fn read(text: &[u8], members: &[Member], key: &[KeyProperty]) -> Result<Self, KeyError> {
         Self::read_spelled(text, members, key).map(|(key, _)| key)
     }
@@ -121,15 +122,6 @@ impl EntityKey {
                 .find(|m| m.name(text) == prop.name.as_bytes())
                 .ok_or_else(|| KeyError::Missing(prop.name.clone()))?;
             let raw = member.value(text);
-            let literal = literal(prop, raw)?;
-            if let Cow::Owned(spelled) = normalized_literal(&literal) {
-                let quoted = raw.first() == Some(&b'"');
-                let mut value = Vec::with_capacity(spelled.len() + 2);
-                value.extend_from_slice(if quoted { b"\"" } else { b"" });
-                value.extend_from_slice(spelled.as_bytes());
-                value.extend_from_slice(if quoted { b"\"" } else { b"" });
-                respelled.push((member.value, value));
-            }
             if i > 0 {
                 predicate.push(',');
                 json.push(b',');
@@ -138,7 +130,16 @@ impl EntityKey {
                 predicate.push_str(&prop.name);
                 predicate.push('=');
             }
-            predicate.push_str(&literal);
+            let start = predicate.len();
+            write_literal(prop, raw, &mut predicate)?;
+            if let Cow::Owned(spelled) = normalized_literal(&predicate[start..]) {
+                let quoted = raw.first() == Some(&b'"');
+                let mut value = Vec::with_capacity(spelled.len() + 2);
+                value.extend_from_slice(if quoted { b"\"" } else { b"" });
+                value.extend_from_slice(spelled.as_bytes());
+                value.extend_from_slice(if quoted { b"\"" } else { b"" });
+                respelled.push((member.value, value));
+            }
             json.push(b'"');
             json.extend_from_slice(prop.name.as_bytes());
             json.extend_from_slice(b"\":");
@@ -159,14 +160,45 @@ impl EntityKey {
     }
 }
 
-/// The literal of one key value, given its raw JSON.
-fn literal(prop: &KeyProperty, raw: &[u8]) -> Result<String, KeyError> {
+/// The string a raw JSON string value denotes, borrowed when it has no escapes (the common case);
+/// `None` when `raw` is not a JSON string.
+fn json_string(raw: &[u8]) -> Option<Cow<'_, str>> {
+    let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if !inner.iter().any(|&b| b == b'\\' || b == b'"' || b < 0x20) {
+        return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
+    }
+    serde_json::from_slice::<String>(raw).ok().map(Cow::Owned)
+}
+
+/// A string key literal: single-quoted, quotes doubled.
+fn push_quoted(out: &mut String, prefix: &str, s: &str) {
+    out.push_str(prefix);
+    out.push('\'');
+    for (i, part) in s.split('\'').enumerate() {
+        if i > 0 {
+            out.push_str("''");
+        }
+        out.push_str(part);
+    }
+    out.push('\'');
+}
+
+/// Append the literal of one key value, given its raw JSON, to `out`.
+fn write_literal(prop: &KeyProperty, raw: &[u8], out: &mut String) -> Result<(), KeyError> {
     let invalid = |expected: &'static str| KeyError::Invalid {
         name: prop.name.clone(),
         found: String::from_utf8_lossy(&raw[..raw.len().min(40)]).into_owned(),
         expected,
     };
-    let as_string = || serde_json::from_slice::<String>(raw).ok();
+    let as_string = || json_string(raw);
+    // A number as it is, or (as some services send numbers) the contents of a string.
+    let number_text = || {
+        if raw.first() == Some(&b'"') {
+            as_string().unwrap_or_else(|| String::from_utf8_lossy(raw))
+        } else {
+            String::from_utf8_lossy(raw)
+        }
+    };
     let is_number = |s: &str| {
         !s.is_empty()
             && s.bytes()
@@ -176,62 +208,89 @@ fn literal(prop: &KeyProperty, raw: &[u8]) -> Result<String, KeyError> {
     match prop.ty {
         KeyType::Integer => {
             // Int64 may come as a string with IEEE754Compatible=true.
-            let s = as_string().unwrap_or_else(|| String::from_utf8_lossy(raw).into_owned());
+            let s = number_text();
             let digits = s.strip_prefix('-').unwrap_or(&s);
             if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-                Ok(s)
+                out.push_str(&s);
+                Ok(())
             } else {
                 Err(invalid("integer"))
             }
         }
         KeyType::Decimal => {
-            let s = as_string().unwrap_or_else(|| String::from_utf8_lossy(raw).into_owned());
-            if is_number(&s) || matches!(s.as_str(), "INF" | "-INF" | "NaN") {
-                Ok(s)
+            let s = number_text();
+            if is_number(&s) || matches!(&*s, "INF" | "-INF" | "NaN") {
+                out.push_str(&s);
+                Ok(())
             } else {
                 Err(invalid("decimal"))
             }
         }
-        KeyType::String => as_string()
-            .map(|s| format!("'{}'", s.replace('\'', "''")))
-            .ok_or_else(|| invalid("string")),
-        KeyType::Guid => as_string()
-            .filter(|s| s.len() == 36 && s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
-            .ok_or_else(|| invalid("GUID")),
-        KeyType::Temporal => as_string()
-            .filter(|s| {
-                !s.is_empty()
-                    && s.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b":-+.".contains(&b))
-            })
-            .ok_or_else(|| invalid("date/time")),
-        KeyType::Duration => as_string()
-            .map(|s| format!("duration'{s}'"))
-            .ok_or_else(|| invalid("duration")),
+        KeyType::String => {
+            let s = as_string().ok_or_else(|| invalid("string"))?;
+            push_quoted(out, "", &s);
+            Ok(())
+        }
+        KeyType::Guid => {
+            let s = as_string()
+                .filter(|s| s.len() == 36 && s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
+                .ok_or_else(|| invalid("GUID"))?;
+            out.push_str(&s);
+            Ok(())
+        }
+        KeyType::Temporal => {
+            let s = as_string()
+                .filter(|s| {
+                    !s.is_empty()
+                        && s.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b":-+.".contains(&b))
+                })
+                .ok_or_else(|| invalid("date/time"))?;
+            out.push_str(&s);
+            Ok(())
+        }
+        KeyType::Duration => {
+            let s = as_string().ok_or_else(|| invalid("duration"))?;
+            out.push_str("duration'");
+            out.push_str(&s);
+            out.push('\'');
+            Ok(())
+        }
         KeyType::Boolean => match raw {
-            b"true" | b"false" => Ok(String::from_utf8_lossy(raw).into_owned()),
+            b"true" | b"false" => {
+                out.push_str(&String::from_utf8_lossy(raw));
+                Ok(())
+            }
             _ => Err(invalid("boolean")),
         },
-        KeyType::Binary => as_string()
-            .map(|s| format!("binary'{s}'"))
-            .ok_or_else(|| invalid("binary")),
+        KeyType::Binary => {
+            let s = as_string().ok_or_else(|| invalid("binary"))?;
+            out.push_str("binary'");
+            out.push_str(&s);
+            out.push('\'');
+            Ok(())
+        }
         KeyType::Inferred => match raw.first() {
-            Some(b'"') => as_string()
-                .map(|s| format!("'{}'", s.replace('\'', "''")))
-                .ok_or_else(|| invalid("string")),
-            Some(b'-' | b'0'..=b'9') => Ok(String::from_utf8_lossy(raw).into_owned()),
-            _ if raw == b"true" || raw == b"false" => Ok(String::from_utf8_lossy(raw).into_owned()),
+            Some(b'"') => {
+                let s = as_string().ok_or_else(|| invalid("string"))?;
+                push_quoted(out, "", &s);
+                Ok(())
+            }
+            Some(b'-' | b'0'..=b'9') => {
+                out.push_str(&String::from_utf8_lossy(raw));
+                Ok(())
+            }
+            _ if raw == b"true" || raw == b"false" => {
+                out.push_str(&String::from_utf8_lossy(raw));
+                Ok(())
+            }
             _ => Err(invalid("scalar")),
         },
-        KeyType::Enum => as_string()
-            .map(|s| {
-                format!(
-                    "{}'{}'",
-                    prop.enum_type.as_deref().unwrap_or(""),
-                    s.replace('\'', "''")
-                )
-            })
-            .ok_or_else(|| invalid("enumeration")),
+        KeyType::Enum => {
+            let s = as_string().ok_or_else(|| invalid("enumeration"))?;
+            push_quoted(out, prop.enum_type.as_deref().unwrap_or(""), &s);
+            Ok(())
+        }
     }
 }
 

@@ -174,7 +174,10 @@ impl ODataQuery {
         custom.sort();
         custom.dedup();
         parts.extend(custom);
-        DefiningQuery { parts }
+        DefiningQuery {
+            parts,
+            ieee754: false,
+        }
     }
 }
 
@@ -182,23 +185,52 @@ impl ODataQuery {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DefiningQuery {
     parts: Vec<(String, String)>,
+    /// Read with `IEEE754Compatible=true`: it changes the bytes of the entities, so it is part of
+    /// the definition (C32). Stored and linked as `$format=` [`IEEE754_FORMAT`], never sent
+    /// upstream in the query (the upstream is asked through `Accept`).
+    ieee754: bool,
 }
+
+/// How a feed read with `IEEE754Compatible=true` spells it in its stored query and its links.
+pub const IEEE754_FORMAT: &str = "application/json;IEEE754Compatible=true";
 
 impl DefiningQuery {
     /// Rebuild from the encoded form stored with a feed.
     pub fn from_encoded(encoded: &str) -> Result<Self, QueryError> {
         let mut parts = Vec::new();
+        let mut ieee754 = false;
         for pair in encoded.split('&').filter(|p| !p.is_empty()) {
             let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
-            parts.push((decode(n)?, decode(v)?));
+            let (n, v) = (decode(n)?, decode(v)?);
+            if n == "$format" && v == IEEE754_FORMAT {
+                ieee754 = true;
+            } else {
+                parts.push((n, v));
+            }
         }
-        Ok(DefiningQuery { parts })
+        Ok(DefiningQuery { parts, ieee754 })
     }
 
-    /// The query string, encoded; empty when the feed is the whole entity set.
+    /// This definition, read with `IEEE754Compatible=true` or not.
+    pub fn with_ieee754(mut self, on: bool) -> Self {
+        self.ieee754 = on;
+        self
+    }
+
+    /// Whether the feed is read with `IEEE754Compatible=true`.
+    pub fn ieee754(&self) -> bool {
+        self.ieee754
+    }
+
+    /// The query string, encoded; empty when the feed is the whole entity set. A feed without
+    /// `IEEE754Compatible` encodes as it always did, so stored feeds keep their ids.
     pub fn encoded(&self) -> String {
+        let format = self
+            .ieee754
+            .then(|| ("$format".to_owned(), IEEE754_FORMAT.to_owned()));
         self.parts
             .iter()
+            .chain(format.as_ref())
             .map(|(n, v)| format!("{}={}", encode(n), encode(v)))
             .collect::<Vec<_>>()
             .join("&")
@@ -225,6 +257,20 @@ impl DefiningQuery {
         Some(items)
     }
 
+    /// The select list of the context URL (J §10, C15): the selected properties, then each
+    /// expanded navigation property with its own nested select list in parentheses —
+    /// `city,orders(amount)`. A navigation property expanded without nested `$select`/`$expand`
+    /// gets empty parentheses in 4.01 (`orders()`); 4.0 allows leaving it out, which 4.0 readers
+    /// expect. `None` when there is nothing to list.
+    pub fn context_projection(&self, version: crate::odata::ODataVersion) -> Option<String> {
+        let select = self.selected().map(|items| items.join(","));
+        projection(
+            select.as_deref(),
+            self.get("$expand"),
+            version == crate::odata::ODataVersion::V401,
+        )
+    }
+
     /// All parts, in order.
     pub fn parts(&self) -> &[(String, String)] {
         &self.parts
@@ -249,6 +295,48 @@ impl DefiningQuery {
         parts.push(("$orderby".to_owned(), key_properties.join(",")));
         parts
     }
+}
+
+/// The projection of one level: `select` items, then expanded items with their nested lists.
+fn projection(select: Option<&str>, expand: Option<&str>, empty_parens: bool) -> Option<String> {
+    let mut items: Vec<String> = select
+        .map(|s| {
+            split_top_level(s, ',')
+                .into_iter()
+                .map(|i| i.trim().to_owned())
+                .filter(|i| !i.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    for item in expand.map(|e| split_top_level(e, ',')).unwrap_or_default() {
+        let item = item.trim();
+        let (name, options) = match item.find('(') {
+            Some(open) if item.ends_with(')') => {
+                (item[..open].trim(), &item[open + 1..item.len() - 1])
+            }
+            _ => (item, ""),
+        };
+        // `*` and `$ref` expansions add no named property.
+        if name.is_empty() || name == "*" || name.ends_with("/$ref") {
+            continue;
+        }
+        let option = |wanted: &str| {
+            split_top_level(options, ';').into_iter().find_map(|o| {
+                let (n, v) = o.split_once('=')?;
+                n.trim().eq_ignore_ascii_case(wanted).then(|| v.trim())
+            })
+        };
+        let nested_select = option("$select").filter(|s| !s.split(',').any(|i| i.trim() == "*"));
+        let nested = projection(nested_select, option("$expand"), empty_parens);
+        let entry = match nested {
+            Some(list) => format!("{name}({list})"),
+            None if empty_parens => format!("{name}()"),
+            None => continue,
+        };
+        items.retain(|i| i != name);
+        items.push(entry);
+    }
+    (!items.is_empty()).then(|| items.join(","))
 }
 
 /// Join (name, value) pairs into an encoded query string.
@@ -406,6 +494,55 @@ mod tests {
             ODataQuery::parse(Some("$top=5&$skip=2&$count=true&$orderby=name&$select=a")).unwrap();
         assert_eq!((q.top, q.skip, q.count), (Some(5), Some(2), true));
         assert_eq!(q.defining().encoded(), "$select=a");
+    }
+
+    #[test]
+    fn ieee754_is_part_of_the_definition_but_not_of_the_upstream_query_c32() {
+        let plain = ODataQuery::parse(Some("$select=a")).unwrap().defining();
+        let ieee = plain.clone().with_ieee754(true);
+        assert_ne!(plain.encoded(), ieee.encoded());
+        assert_eq!(plain.encoded(), "$select=a");
+        assert_eq!(ieee.parts(), plain.parts());
+        let back = DefiningQuery::from_encoded(&ieee.encoded()).unwrap();
+        assert_eq!(back, ieee);
+        assert!(back.ieee754());
+    }
+
+    #[test]
+    fn context_urls_list_expanded_navigation_properties_j10() {
+        use crate::odata::ODataVersion::{V40, V401};
+        let projection = |raw: &str, v| {
+            ODataQuery::parse(Some(raw))
+                .unwrap()
+                .defining()
+                .context_projection(v)
+        };
+        assert_eq!(
+            projection("$select=city&$expand=orders($select=amount)", V40).as_deref(),
+            Some("city,orders(amount)")
+        );
+        assert_eq!(
+            projection("$select=city&$expand=orders", V401).as_deref(),
+            Some("city,orders()")
+        );
+        assert_eq!(
+            projection("$select=city&$expand=orders", V40).as_deref(),
+            Some("city")
+        );
+        assert_eq!(projection("$expand=orders", V40), None);
+        assert_eq!(
+            projection(
+                "$expand=orders($filter=amount gt 1;$select=amount;$expand=items($select=sku))",
+                V40
+            )
+            .as_deref(),
+            Some("orders(amount,items(sku))")
+        );
+        assert_eq!(
+            projection("$select=city%2Cname", V40).as_deref(),
+            Some("city,name")
+        );
+        assert_eq!(projection("$select=*", V401), None);
     }
 
     #[test]

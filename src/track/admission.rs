@@ -67,6 +67,13 @@ impl RefreshPermits {
     }
 }
 
+impl RefreshPermits {
+    /// Requests waiting for a turn now.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+}
+
 fn busy() -> Error {
     Error::Limited {
         status: StatusCode::SERVICE_UNAVAILABLE,

@@ -72,16 +72,97 @@ pub struct SetSpec {
     pub ignore: Vec<String>,
 }
 
-/// One entry of the in-memory diff index: a live entity, or a tombstone (so that a key that comes
-/// back gets its old row again, and appears once in a delta).
+/// One entry of the in-memory diff index, beside its 16-byte key: a live entity, or a tombstone (so
+/// that a key that comes back gets its old row again, and appears once in a delta).
 #[derive(Clone, Copy, Debug)]
 pub struct IndexEntry {
     /// The entity's row number in the store, assigned when its key was first seen.
     pub row: u64,
     /// Content hash as of the current version; [`IndexEntry::REMOVED`] for a tombstone.
     pub content: ContentHash,
-    /// The number of the refresh that last saw the entity upstream.
-    pub seen: u64,
+    /// The generation of the refresh that last saw the entity upstream ([`Slot::next_generation`]);
+    /// [`NEVER_SEEN`] for entries loaded from the store and not seen since.
+    pub seen: Generation,
+}
+
+/// Numbers the refreshes of a feed, so that one refresh can tell the entries it saw from the rest.
+/// One byte per entry: the counter restarts every 255 refreshes (see [`Slot::next_generation`]),
+/// which costs one pass over the index then, against 7 bytes per entry for a `u64` that never
+/// wraps (and 3 more of padding for a `u32`).
+pub type Generation = u8;
+
+impl IndexEntry {
+    /// An entry loaded from the store, not seen by any refresh since.
+    pub fn loaded(row: u64, content: ContentHash) -> Self {
+        IndexEntry {
+            row,
+            content,
+            seen: NEVER_SEEN,
+        }
+    }
+}
+
+/// The generation of entries no refresh has seen since they were loaded; never a refresh's own.
+pub const NEVER_SEEN: Generation = 0;
+
+/// The in-memory diff index of a feed: key hash → content hash and last sighting.
+pub type Index = HashMap<KeyHash, IndexEntry, BuildKeyHasher>;
+
+/// Hashes [`KeyHash`]es for the index without running a general-purpose hash again: a key hash is
+/// already blake3 output, so 8 of its bytes are taken and only mixed with a per-map random seed
+/// (one multiply), which keeps an upstream that chooses its keys from aiming them all at a few
+/// buckets of the table.
+#[derive(Clone, Copy, Debug)]
+pub struct BuildKeyHasher {
+    seed: u64,
+}
+
+impl Default for BuildKeyHasher {
+    fn default() -> Self {
+        use std::hash::BuildHasher;
+        // std's per-process random keys, without a dependency of our own for randomness.
+        let seed = std::collections::hash_map::RandomState::new().hash_one(0x6b65_7973_u64);
+        BuildKeyHasher { seed: seed | 1 }
+    }
+}
+
+impl std::hash::BuildHasher for BuildKeyHasher {
+    type Hasher = KeyHasher;
+
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher {
+            seed: self.seed,
+            state: 0,
+        }
+    }
+}
+
+/// The hasher of [`BuildKeyHasher`].
+#[derive(Clone, Copy, Debug)]
+pub struct KeyHasher {
+    seed: u64,
+    state: u64,
+}
+
+impl std::hash::Hasher for KeyHasher {
+    fn write_u64(&mut self, n: u64) {
+        self.state ^= n;
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached by `KeyHash`, which writes one u64; kept correct for any other use.
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.state = self.state.rotate_left(29) ^ u64::from_le_bytes(word);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        // A folded 64×64→128-bit multiply: every output bit depends on every input and seed bit.
+        let product = u128::from(self.state) * u128::from(self.seed);
+        (product as u64) ^ ((product >> 64) as u64)
+    }
 }
 
 impl IndexEntry {
@@ -97,12 +178,14 @@ impl IndexEntry {
 /// The result of the last refresh of a feed, shared with requests that arrived while it ran.
 #[derive(Clone, Debug)]
 pub struct LastRefresh {
-    /// When it ended.
-    pub finished: Instant,
+    /// When it ended, on tokio's clock (which tests of schedules pause).
+    pub finished: tokio::time::Instant,
     /// Wall-clock end, for the freshness header.
     pub finished_at: SystemTime,
     /// The version it left the feed at, or why it failed.
     pub outcome: Result<Version, Error>,
+    /// Whether the schedule ran it (with remembered or the gateway's own credentials).
+    pub background: bool,
 }
 
 /// A feed's in-memory state; one refresh at a time holds it.
@@ -111,11 +194,11 @@ pub struct Slot {
     /// Entities and tombstones: key hash → row, content hash and last sighting. Loaded from the
     /// store on first use and kept in step with every publish; `None` until loaded, and dropped when
     /// a refresh fails (it may hold that refresh's unpublished state).
-    pub index: Option<HashMap<KeyHash, IndexEntry>>,
+    pub index: Option<Index>,
     /// The stored meta, `None` until the feed's first commit.
     pub meta: Option<FeedMeta>,
-    /// Refreshes run since start; numbers the sightings in the index.
-    pub refreshes: u64,
+    /// The generation of the last refresh; numbers the sightings in the index.
+    pub generation: Generation,
     /// The last refresh's result.
     pub last: Option<LastRefresh>,
     /// What removal confirmation the upstream accepted last time, so we start there.
@@ -125,6 +208,26 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// The generation of a refresh about to start. An entry whose `seen` differs from it after the
+    /// enumeration was not seen by this refresh: a removal candidate. After the largest generation
+    /// the count starts again at 1; every entry is marked [`NEVER_SEEN`] first, so that no entry
+    /// last seen a whole cycle ago (by a refresh that failed, or before an index reload) can pass
+    /// for one seen now.
+    pub fn next_generation(&mut self) -> Generation {
+        self.generation = match self.generation.checked_add(1) {
+            Some(g) => g,
+            None => {
+                if let Some(index) = self.index.as_mut() {
+                    for entry in index.values_mut() {
+                        entry.seen = NEVER_SEEN;
+                    }
+                }
+                NEVER_SEEN + 1
+            }
+        };
+        self.generation
+    }
+
     /// Forget everything in memory; the store is the truth and is read again on next use.
     pub fn forget(&mut self) {
         self.index = None;
@@ -385,6 +488,11 @@ impl Feeds {
         before - map.len()
     }
 
+    /// Number of feeds the caps count (stored, or being created).
+    pub fn stored_len(&self) -> usize {
+        self.stored_feeds().scope_of.len()
+    }
+
     /// Number of feeds in memory.
     pub fn len(&self) -> usize {
         self.map
@@ -402,6 +510,134 @@ impl Feeds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(i: u32) -> KeyHash {
+        KeyHash::of(&i.to_string())
+    }
+
+    fn entry(seen: Generation) -> IndexEntry {
+        IndexEntry {
+            seen,
+            ..IndexEntry::loaded(0, ContentHash([1; 16]))
+        }
+    }
+
+    /// The keys a refresh of `generation` would take for removal candidates.
+    fn unseen(slot: &Slot, generation: Generation) -> Vec<KeyHash> {
+        let mut keys: Vec<KeyHash> = slot
+            .index
+            .iter()
+            .flatten()
+            .filter(|(_, e)| e.seen != generation)
+            .map(|(k, _)| *k)
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn removal_candidates_stay_right_across_the_generation_wrap() {
+        let mut slot = Slot {
+            generation: Generation::MAX - 1,
+            ..Slot::default()
+        };
+        let mut index = Index::default();
+        // Key 0 was last seen by generation 2 of the cycle before: the next refresh after the
+        // wrap but one would also be generation 2. Key 1 was never seen since its load; key 2
+        // is seen by the last refresh before the wrap.
+        index.insert(key(0), entry(2));
+        index.insert(key(1), entry(NEVER_SEEN));
+        index.insert(key(2), entry(Generation::MAX - 1));
+        slot.index = Some(index);
+        let mark = |slot: &mut Slot, k: u32, g: Generation| {
+            if let Some(e) = slot.index.as_mut().and_then(|i| i.get_mut(&key(k))) {
+                e.seen = g;
+            }
+        };
+
+        assert_eq!(slot.next_generation(), Generation::MAX);
+        mark(&mut slot, 2, Generation::MAX);
+        assert_eq!(unseen(&slot, Generation::MAX), sorted(&[0, 1]));
+
+        // Past the wrap: generation 1 again, and no entry carries a generation from before.
+        assert_eq!(slot.next_generation(), 1);
+        assert_eq!(unseen(&slot, 1), sorted(&[0, 1, 2]));
+        mark(&mut slot, 1, 1);
+        // Without the reset, key 0 (seen at 2 a cycle ago) would pass for seen now.
+        assert_eq!(slot.next_generation(), 2);
+        assert_eq!(unseen(&slot, 2), sorted(&[0, 1, 2]));
+    }
+
+    fn sorted(keys: &[u32]) -> Vec<KeyHash> {
+        let mut keys: Vec<KeyHash> = keys.iter().map(|&k| key(k)).collect();
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn removal_candidates_match_a_counter_that_never_wraps_over_many_refreshes() {
+        // 2,000 refreshes (seven cycles of generations), each seeing a pseudo-random part of 64
+        // entities, as a refresh that fails halfway does; the candidates after each must be
+        // exactly the entries that refresh did not see, as a 64-bit count tells them.
+        let mut slot = Slot::default();
+        let mut index = Index::default();
+        let mut reference: HashMap<KeyHash, u64> = HashMap::new();
+        for k in 0..64 {
+            index.insert(key(k), entry(NEVER_SEEN));
+            reference.insert(key(k), 0);
+        }
+        slot.index = Some(index);
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        for refresh in 1..=2000u64 {
+            let generation = slot.next_generation();
+            for k in 0..64 {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                // Some entities go unseen for hundreds of refreshes: only every 5th is ever seen
+                // often.
+                let seen = if k % 5 == 0 {
+                    rng.is_multiple_of(2)
+                } else {
+                    rng.is_multiple_of(600)
+                };
+                if seen {
+                    if let Some(e) = slot.index.as_mut().and_then(|i| i.get_mut(&key(k))) {
+                        e.seen = generation;
+                    }
+                    reference.insert(key(k), refresh);
+                }
+            }
+            let mut expected: Vec<KeyHash> = reference
+                .iter()
+                .filter(|(_, last)| **last != refresh)
+                .map(|(k, _)| *k)
+                .collect();
+            expected.sort();
+            assert_eq!(unseen(&slot, generation), expected, "refresh {refresh}");
+        }
+    }
+
+    #[test]
+    fn the_index_hasher_spreads_key_hashes_over_the_table() {
+        use std::hash::BuildHasher;
+        let build = BuildKeyHasher::default();
+        // The low bits pick the bucket: 4096 keys over 1024 buckets must not pile up.
+        let mut buckets = vec![0u32; 1024];
+        for i in 0..4096 {
+            buckets[(build.hash_one(key(i)) % 1024) as usize] += 1;
+        }
+        assert!(
+            buckets.iter().all(|&n| n < 20),
+            "{:?}",
+            buckets.iter().max()
+        );
+        // Two maps do not share a seed, so a collision found against one is worth nothing elsewhere.
+        assert_ne!(
+            build.hash_one(key(1)),
+            BuildKeyHasher::default().hash_one(key(1))
+        );
+    }
 
     fn def(scope: &str, query: &str) -> FeedDef {
         FeedDef {
@@ -467,6 +703,8 @@ mod tests {
             tracked_request_timeout: Duration::from_secs(1),
             max_pages_per_refresh: 1,
             refresh_timeout: Duration::from_secs(1),
+            max_batch_parts: 1,
+            max_batch_bytes: 1,
         };
         let feeds = Feeds::default();
         let (alice, bob) = (Scope("alice".into()), Scope("bob".into()));

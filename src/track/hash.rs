@@ -3,10 +3,20 @@
 //! that an upstream reordering members or reformatting never looks like a change.
 
 use crate::odata::entity_id::{EntityKey, KeyError, KeyProperty};
-use crate::odata::json::{JsonError, Member, object_members, write_canonical_members};
+use crate::odata::json::{Canonicalizer, JsonError, Member};
 
 use crate::ids::truncate;
 pub use crate::ids::{ContentHash, KeyHash};
+
+impl std::hash::Hash for KeyHash {
+    /// Already uniformly distributed: 8 of its bytes as one word is all a hash table needs (see
+    /// `feed::BuildKeyHasher`, which mixes in a seed).
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(word));
+    }
+}
 
 // Defined here rather than beside the type: the key identity is protocol knowledge
 // (`odata::entity_id`), and the ids module imports nothing of ours.
@@ -59,10 +69,12 @@ pub struct Digest {
     pub content: ContentHash,
 }
 
-/// Reusable buffers for hashing many entities without allocating per entity.
+/// Reusable buffers for hashing many entities without allocating per entity: the top-level
+/// members, the canonical writer's per-depth scratch, and the canonical bytes blake3 runs over.
 #[derive(Default)]
 pub struct Hasher {
     members: Vec<Member>,
+    writer: Canonicalizer,
     canonical: Vec<u8>,
 }
 
@@ -75,17 +87,20 @@ impl Hasher {
         key: &[KeyProperty],
         ignore: &[String],
     ) -> Result<Digest, EntityError> {
-        object_members(raw, &mut self.members)?;
-        let (key, respelled) = EntityKey::read_spelled(raw, &self.members, key)?;
+        // One scan gives both the canonical form and the top-level members the key is read from.
+        self.members.clear();
         self.canonical.clear();
         let skip = |name: &[u8]| ignore.iter().any(|i| i.as_bytes() == name);
-        if respelled.is_empty() {
-            write_canonical_members(raw, &self.members, &skip, &mut self.canonical)?;
-        } else {
+        self.writer
+            .write_object(raw, &skip, &mut self.members, &mut self.canonical)?;
+        let (key, respelled) = EntityKey::read_spelled(raw, &self.members, key)?;
+        if !respelled.is_empty() {
             // A key spelled another way is the same content: hash it as spelled canonically.
             let text = respell(raw, &respelled);
-            object_members(&text, &mut self.members)?;
-            write_canonical_members(&text, &self.members, &skip, &mut self.canonical)?;
+            self.members.clear();
+            self.canonical.clear();
+            self.writer
+                .write_object(&text, &skip, &mut self.members, &mut self.canonical)?;
         }
         Ok(Digest {
             key_hash: KeyHash::of(&key.predicate),

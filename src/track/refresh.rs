@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -24,7 +24,8 @@ use crate::odata::query::{encode_pairs, encode_path};
 use crate::store::{EntityRow, FeedMeta, PendingRow};
 
 use super::feed::{
-    FeedDef, FeedId, IndexEntry, LastRefresh, LoadProgress, ProgressSender, SetSpec, Slot, Version,
+    FeedDef, FeedId, Generation, Index, IndexEntry, LastRefresh, LoadProgress, ProgressSender,
+    SetSpec, Slot, Version,
 };
 use super::hash::{Digest, EntityError, Hasher, KeyHash};
 
@@ -51,6 +52,12 @@ pub struct RefreshInput {
     pub service_root: Url,
     /// Request headers forwarded upstream (credentials and the like).
     pub headers: HeaderMap,
+    /// A successful refresh younger than this is reused: the larger of `min_refresh_interval` and
+    /// the feed's `poll_interval`, lowered by a client's `Cache-Control`.
+    pub max_age: Duration,
+    /// Asked for by the schedule, not by a client: it never creates a feed, and its failure is
+    /// not handed to a client that happens to arrive while it runs (the credentials were not theirs).
+    pub background: bool,
 }
 
 /// A refreshed feed, as a request sees it.
@@ -65,21 +72,30 @@ pub struct Fresh {
 }
 
 /// Bring a feed up to date, sharing a refresh with concurrent requests: a refresh that was still
-/// running when this request arrived, or a successful one younger than `min_refresh_interval`, is
+/// running when this request arrived, or a successful one younger than `input.max_age`, is
 /// reused. Its result is as of its enumeration, which is all a delta promises (C28).
 pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<Fresh, Error> {
-    let arrived = Instant::now();
+    // tokio's clock, so that schedules can be tested on paused time.
+    let arrived = tokio::time::Instant::now();
     let new_feed = shared
         .feeds
         .admit(input.feed, &input.def.scope, &shared.config.limits)?;
+    if new_feed && input.background {
+        // The feed was dropped since it was scheduled; only a client may create it again.
+        shared.feeds.unregister(input.feed);
+        return Err(Error::Expired {
+            location: String::new(),
+        });
+    }
     let slot = shared.feeds.slot(input.feed);
     let mut guard = slot.lock_owned().await;
     guard.last_used = Some(Instant::now());
     if let Some(last) = &guard.last {
-        // A refresh that was running when this request arrived (or started after it) is shared.
-        let shared_run = last.finished >= arrived;
-        let recent =
-            last.outcome.is_ok() && last.finished.elapsed() < shared.config.min_refresh_interval;
+        // A refresh that was running when this request arrived (or started after it) is shared,
+        // unless it was a background one that failed. Strictly after: on a coarse (or paused)
+        // clock, one that ended just before the request arrived can read as the same instant.
+        let shared_run = last.finished > arrived && (last.outcome.is_ok() || !last.background);
+        let recent = last.outcome.is_ok() && last.finished.elapsed() < input.max_age;
         if shared_run || recent {
             shared.metrics.refresh_reused.inc();
             return last.outcome.clone().map(|version| Fresh {
@@ -101,7 +117,8 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
         }
     };
     let shared = shared.clone();
-    let task = tokio::spawn(async move {
+    // In the span of the request that started it, so that its log lines carry that request id.
+    let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
         let started = Instant::now();
         let outcome = run(&shared, &mut guard, &input).await;
         drop(permit);
@@ -125,7 +142,19 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
         shared
             .metrics
             .refresh_seconds
+            .get_or_create(&crate::metrics::SetLabel::new(
+                &input.def.route,
+                &input.set.name,
+            ))
             .observe(elapsed.as_secs_f64());
+        shared.refresh_history.finished(super::history::Finished {
+            def: &input.def,
+            finished_at,
+            duration: elapsed,
+            outcome: outcome.clone().map_err(|e| e.to_string()),
+            entities: guard.meta.as_ref().map(|m| m.live),
+            index_entries: guard.index.as_ref().map_or(0, |i| i.len()),
+        });
         match &outcome {
             Ok(v) => {
                 shared
@@ -145,16 +174,17 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
             }
         }
         guard.last = Some(LastRefresh {
-            finished: Instant::now(),
+            finished: tokio::time::Instant::now(),
             finished_at,
             outcome: outcome.clone(),
+            background: input.background,
         });
         outcome.map(|version| Fresh {
             version,
             finished_at,
             by_this_request: true,
         })
-    });
+    }));
     task.await?
 }
 
@@ -162,8 +192,8 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
 struct Pass<'a> {
     shared: &'a Shared,
     input: &'a RefreshInput,
-    /// This refresh's number; index entries it sees are stamped with it.
-    generation: u64,
+    /// This refresh's generation; index entries it sees are stamped with it.
+    generation: Generation,
     /// GETs of this refresh, with its retry budget and page cap.
     fetcher: Fetcher,
     /// Pages and entities read against the upstream's count.
@@ -211,15 +241,11 @@ async fn run(
         None => {
             let store = shared.store.clone();
             let (meta, index) = tokio::task::spawn_blocking(move || {
-                let mut index = HashMap::new();
+                let mut index = Index::default();
                 let meta = store.load_index(feed, |r| {
                     index.insert(
                         r.key_hash,
-                        IndexEntry {
-                            row: r.row,
-                            content: r.content.unwrap_or(IndexEntry::REMOVED),
-                            seen: 0,
-                        },
+                        IndexEntry::loaded(r.row, r.content.unwrap_or(IndexEntry::REMOVED)),
                     );
                 })?;
                 Ok::<_, Error>((meta, index))
@@ -236,7 +262,7 @@ async fn run(
             }
         }
     }
-    slot.refreshes += 1;
+    let generation = slot.next_generation();
     let current = slot.meta.as_ref().map(|m| m.version).unwrap_or(0);
     let next_row = slot.meta.as_ref().map(|m| m.next_row).unwrap_or(0);
     // A version a failed refresh wrote at is not used again (a cursor may name it).
@@ -257,8 +283,9 @@ async fn run(
     let mut pass = Pass {
         shared,
         input,
-        generation: slot.refreshes,
-        fetcher: Fetcher::new(shared.clone(), input.headers.clone(), &input.set.name),
+        generation,
+        fetcher: Fetcher::new(shared.clone(), input.headers.clone(), &input.set.name)
+            .ieee754(input.def.query.ieee754()),
         tally: Tally::default(),
         links: HashSet::new(),
         pending_version,
@@ -328,7 +355,11 @@ async fn run(
     let now = shared.clock.now_ms();
     tokio::task::spawn_blocking(move || store.publish(feed, &meta_for_publish, now)).await??;
     slot.meta = Some(meta);
-    shared.metrics.entities_changed.inc_by(pass.written);
+    let removed = removals.len() as u64;
+    let upserts = pass.written.saturating_sub(removed);
+    shared.metrics.entities_changed.inc_by(upserts);
+    shared.metrics.entities_removed.inc_by(removed);
+    shared.refresh_history.committed(input.feed, pass.written);
     tracing::debug!(
         set = %input.set.name,
         version,
@@ -469,7 +500,7 @@ impl Pass<'_> {
     }
 
     /// Read every page of the feed's upstream collection.
-    async fn enumerate(&mut self, index: &mut HashMap<KeyHash, IndexEntry>) -> Result<(), Error> {
+    async fn enumerate(&mut self, index: &mut Index) -> Result<(), Error> {
         let mut pairs = self.input.def.query.enumeration(&self.key_names());
         pairs.push(("$count".into(), "true".into()));
         // A refusal of the first request is about the client's query or credentials; later ones
@@ -491,7 +522,7 @@ impl Pass<'_> {
     async fn read_collection(
         &mut self,
         pairs: &[(String, String)],
-        index: &mut HashMap<KeyHash, IndexEntry>,
+        index: &mut Index,
         on_refusal: OnRefusal,
     ) -> Result<(), Error> {
         // A pipeline: the next page is fetched while earlier ones are parsed and hashed on the
@@ -588,7 +619,7 @@ impl Pass<'_> {
     async fn apply_page(
         &mut self,
         page: Option<HashingPage>,
-        index: &mut HashMap<KeyHash, IndexEntry>,
+        index: &mut Index,
     ) -> Result<(), Error> {
         let Some(mut page) = page else { return Ok(()) };
         let digests = (&mut page.task).await?;
@@ -608,6 +639,10 @@ impl Pass<'_> {
     /// Count a parsed page.
     fn count_page(&mut self, scanned: &Scanned) {
         self.tally.page(scanned.spans.len() as u64, scanned.count);
+        self.shared
+            .metrics
+            .entities_enumerated
+            .inc_by(scanned.spans.len() as u64);
         self.shared.metrics.upstream_pages.inc();
     }
 
@@ -632,7 +667,7 @@ impl Pass<'_> {
     async fn check_complete(
         &mut self,
         pairs: &[(String, String)],
-        index: &mut HashMap<KeyHash, IndexEntry>,
+        index: &mut Index,
     ) -> Result<(), Error> {
         let step = u64::from(self.shared.config.upstream.page_size);
         let mut read_on = ReadOn::new(&self.tally, step);
@@ -697,7 +732,7 @@ impl Pass<'_> {
         &mut self,
         body: &Bytes,
         digests: PageDigests,
-        index: &mut HashMap<KeyHash, IndexEntry>,
+        index: &mut Index,
         mut found: Option<&mut HashSet<KeyHash>>,
     ) -> Result<(), Error> {
         // The page's last state of each new or changed key. The index learns every state at once,
@@ -733,11 +768,7 @@ impl Pass<'_> {
     /// state wins. The index entry takes the new state at once (a new key gets the next row
     /// number). Returns the entity's row, and whether that row had a published state before this
     /// refresh, when the entity is new or changed and so is to be written.
-    fn note(
-        &mut self,
-        digest: &Digest,
-        index: &mut HashMap<KeyHash, IndexEntry>,
-    ) -> Option<(u64, bool)> {
+    fn note(&mut self, digest: &Digest, index: &mut Index) -> Option<(u64, bool)> {
         match index.get_mut(&digest.key_hash) {
             Some(entry) => {
                 if entry.seen != self.generation {

@@ -18,9 +18,13 @@ use crate::odata::{ODataVersion, names};
 use crate::store::EntityRow;
 
 use super::authorize::{authorize, authorize_after_refresh};
+use super::callback;
 use super::feed::{FeedDef, FeedId, Scope, SetSpec, Version};
+use super::freshness;
 use super::refresh::{Fresh, RefreshInput, ensure_fresh, forwarded_headers};
 use super::retention::{record_issued, token_is_valid};
+use crate::metrics::RejectionReason;
+
 use super::token::{Cursor, SKIPTOKEN_PREFIX, Token, TokenError, TokenKind};
 
 /// A tracked request, classified and with everything resolved that the router knows.
@@ -46,6 +50,8 @@ pub struct TrackedRequest {
     pub headers: http::HeaderMap,
     /// Identity scope of the caller.
     pub scope: Scope,
+    /// The JSON asked for (C32); on a link, the feed's own decides.
+    pub format: crate::odata::format::JsonFormat,
 }
 
 /// Which tracked operation.
@@ -98,8 +104,19 @@ impl TrackedRequest {
         FeedDef {
             route: self.route.clone(),
             entity_set: self.set_name.clone(),
-            query: self.query.defining(),
+            query: self.query.defining().with_ieee754(self.format.ieee754),
             scope: self.scope.clone(),
+        }
+    }
+
+    /// This request answered in the format its link's feed was read in: the stored bytes are
+    /// what they are, whatever the link's request asks.
+    fn in_format_of(self, def: &FeedDef) -> Self {
+        TrackedRequest {
+            format: crate::odata::format::JsonFormat {
+                ieee754: def.query.ieee754(),
+            },
+            ..self
         }
     }
 
@@ -124,20 +141,26 @@ impl TrackedRequest {
         })
     }
 
-    fn refresh_input(&self, def: FeedDef) -> Result<RefreshInput, Error> {
+    fn refresh_input(&self, shared: &Shared, def: FeedDef) -> Result<RefreshInput, Error> {
+        let poll = shared.config.poll_interval(&self.route, &self.set_name);
         Ok(RefreshInput {
             feed: def.id(),
             def,
             set: self.set()?.clone(),
             service_root: self.service_root.clone(),
             headers: forwarded_headers(&self.headers),
+            max_age: freshness::max_age(shared.config.min_refresh_interval, poll, &self.headers),
+            background: false,
         })
     }
 
-    /// Refresh the feed, then make sure the upstream accepts this request's credentials for it
-    /// (the refresh may have been another request's).
+    /// Refresh the feed (or reuse a refresh young enough), then make sure the upstream accepts
+    /// this request's credentials for it (the refresh may have been another request's or the
+    /// schedule's). A feed with a `poll_interval` goes on the schedule only once the upstream has
+    /// accepted the credentials it will be refreshed with.
     async fn fresh(&self, shared: &Arc<Shared>, def: &FeedDef) -> Result<Fresh, Error> {
-        let fresh = ensure_fresh(shared, self.refresh_input(def.clone())?).await?;
+        let input = self.refresh_input(shared, def.clone())?;
+        let fresh = ensure_fresh(shared, input.clone()).await?;
         authorize_after_refresh(
             shared,
             &self.service_root,
@@ -146,6 +169,9 @@ impl TrackedRequest {
             fresh.by_this_request,
         )
         .await?;
+        if let Some(interval) = shared.config.poll_interval(&self.route, &self.set_name) {
+            shared.schedule.asked(shared, &input, interval);
+        }
         Ok(fresh)
     }
 
@@ -194,7 +220,7 @@ impl TrackedRequest {
 
     /// Decode a token presented with this request; refused tokens are 400 (C10).
     fn token(&self, shared: &Shared, text: &str) -> Result<Token, Error> {
-        Token::decode(text, &shared.token_key, &self.binding()).map_err(refused)
+        Token::decode(text, &shared.token_key, &self.binding()).map_err(|e| refused(shared, e))
     }
 
     /// 410 for a token older than the retention window (C25), pointing at the defining query.
@@ -208,6 +234,7 @@ impl TrackedRequest {
             shared.feeds.touch(token.feed, shared.clock.now_ms());
             return Ok(());
         }
+        shared.metrics.token_rejected(RejectionReason::expired);
         Err(Error::Expired {
             location: self.location(query),
         })
@@ -247,7 +274,7 @@ impl TrackedRequest {
             || def.entity_set != self.set_name
             || def.scope != self.scope
         {
-            return Err(refused(TokenError::BadTag));
+            return Err(refused(shared, TokenError::BadTag));
         }
         Ok(Some((def, meta.dropped)))
     }
@@ -264,12 +291,18 @@ impl TrackedRequest {
             }
             // Its entities were dropped for disuse (or the store was reset under it): the changes
             // since the token are gone, so the client must start over.
-            Some((def, true)) => Err(Error::Expired {
-                location: self.location(Some(&def.query)),
-            }),
-            None => Err(Error::Expired {
-                location: self.collection_url(),
-            }),
+            Some((def, true)) => {
+                shared.metrics.token_rejected(RejectionReason::expired);
+                Err(Error::Expired {
+                    location: self.location(Some(&def.query)),
+                })
+            }
+            None => {
+                shared.metrics.token_rejected(RejectionReason::expired);
+                Err(Error::Expired {
+                    location: self.collection_url(),
+                })
+            }
         }
     }
 
@@ -295,7 +328,7 @@ impl TrackedRequest {
         let text = self.query.deltatoken.as_deref().unwrap_or_default();
         let token = self.token(shared, text)?;
         let TokenKind::Delta { since } = token.kind else {
-            return Err(refused(TokenError::BadTag));
+            return Err(refused(shared, TokenError::BadTag));
         };
         let def = self.live_feed(shared, &token).await?;
         Ok((token, since, def))
@@ -303,8 +336,12 @@ impl TrackedRequest {
 }
 
 /// The answer to a token we do not accept: the same for every reason, so that nothing is learned
-/// from probing (C10).
-fn refused(e: impl std::fmt::Display) -> Error {
+/// from probing (C10); only the metrics tell the reasons apart.
+fn refused(shared: &Shared, e: TokenError) -> Error {
+    shared.metrics.token_rejected(match e {
+        TokenError::Malformed => RejectionReason::malformed,
+        TokenError::BadTag => RejectionReason::forged,
+    });
     Error::client(
         StatusCode::BAD_REQUEST,
         "InvalidDeltaToken",
@@ -318,7 +355,7 @@ async fn initial(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<B
     // Taken before the version is fixed, so every later version is younger than the token (retention).
     let issued_at = now_secs(shared);
     let page_size = req.page_size(shared);
-    let input = req.refresh_input(def.clone())?;
+    let input = req.refresh_input(shared, def.clone())?;
     let fresh = match first_read(shared, &req, &def, input, issued_at, page_size).await? {
         FirstRead::Streamed(response) => return Ok(response),
         FirstRead::Refreshed(fresh) => fresh,
@@ -577,7 +614,7 @@ async fn streaming_page(
             || p.def.entity_set != req.set_name
             || p.def.scope != req.scope
         {
-            return Err(refused(TokenError::BadTag));
+            return Err(refused(shared, TokenError::BadTag));
         }
         authorize(shared, &req.service_root, &p.def, &req.headers).await?;
         match p.done {
@@ -692,10 +729,34 @@ async fn latest(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Bo
 /// A delta: refresh, then the changes since the token's version.
 async fn delta(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body>, Error> {
     let (_, since, def) = req.delta_token(shared).await?;
+    let req = req.in_format_of(&def);
+    // Refused before anything is refreshed: a callback to a host not allowed is the client's mistake.
+    let callback = match &req.prefs.callback {
+        Some((url, spelling)) => Some((callback::check_url(shared, url)?, *spelling)),
+        None => None,
+    };
     let issued_at = now_secs(shared);
     let fresh = req.fresh(shared, &def).await?;
     let page_size = req.page_size(shared);
     let feed = def.id();
+    // C33: with nothing to report, and a schedule that will notice changes, 202 and a call later.
+    if let Some((url, spelling)) = callback
+        && shared
+            .config
+            .poll_interval(&req.route, &req.set_name)
+            .is_some()
+    {
+        let store = shared.store.clone();
+        let upto = fresh.version;
+        let changes =
+            tokio::task::spawn_blocking(move || store.delta_count(feed, since, upto)).await??;
+        let max = shared.config.notifications.max_pending;
+        if changes == 0 && shared.callbacks.register(max, feed, url, upto) {
+            record_issued(shared, feed, issued_at).await?;
+            let link = req.delta_link(shared, feed, upto, issued_at);
+            return Ok(callback::accepted(req.version, &link, spelling));
+        }
+    }
     let count = if req.query.count {
         let store = shared.store.clone();
         let upto = fresh.version;
@@ -734,12 +795,13 @@ async fn page(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body
         count,
     } = token.kind
     else {
-        return Err(refused(TokenError::BadTag));
+        return Err(refused(shared, TokenError::BadTag));
     };
     if let Cursor::Streaming { .. } = cursor {
         return streaming_page(shared, &req, &token, cursor, page_size).await;
     }
     let def = req.live_feed(shared, &token).await?;
+    let req = req.in_format_of(&def);
     // Pages come from the store, so the upstream is asked whether these credentials may still
     // read the feed.
     authorize(shared, &req.service_root, &def, &req.headers).await?;
@@ -820,11 +882,7 @@ fn page_context<'a>(
         version: req.version,
         service_root: &req.public_root,
         entity_set: &req.set_name,
-        select: query
-            .selected()
-            .is_some()
-            .then(|| query.get("$select"))
-            .flatten(),
+        select: query.context_projection(req.version),
         delta,
         count,
     }
@@ -964,15 +1022,21 @@ fn respond(
 ) -> Response<Body> {
     let mut response = Response::new(body::full(body));
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(names::JSON_CONTENT_TYPE),
-    );
+    let content_type = if req.format.ieee754 {
+        names::JSON_IEEE754_CONTENT_TYPE
+    } else {
+        names::JSON_CONTENT_TYPE
+    };
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(
         names::ODATA_VERSION,
         HeaderValue::from_static(req.version.header_value()),
     );
-    headers.insert(header::VARY, HeaderValue::from_static("OData-MaxVersion"));
+    // Preferences decide whether the URL is tracked and how the page is cut (C14, C30).
+    headers.insert(
+        header::VARY,
+        HeaderValue::from_static("OData-MaxVersion, Prefer"),
+    );
     let mut applied = Vec::new();
     if let (Some(spelling), true) = (req.prefs.track_changes, first) {
         applied.push(spelling.to_owned());

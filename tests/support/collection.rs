@@ -106,6 +106,9 @@ pub(crate) async fn get_collection(
                 };
                 return error_response(&error, *retry_after);
             }
+            Fault::GzipBomb { decoded_bytes, .. } if super::reply::accepts_gzip(req) => {
+                return super::reply::gzip_bomb(*decoded_bytes);
+            }
             Fault::Malformed { .. } => {
                 let body =
                     format!("{{\"@odata.context\":\"$metadata#{set}\",\"value\":[{{\"ID\":1,\"na");
@@ -136,16 +139,41 @@ pub(crate) async fn get_collection(
             } else {
                 respond(200, Some(JSON), FakeBody::full(bytes))
             };
-            if let Some(n) = applied {
-                set_header(
-                    &mut response,
-                    "preference-applied",
-                    &format!("odata.maxpagesize={n}"),
-                );
+            let mut applied: Vec<String> = applied
+                .map(|n| format!("odata.maxpagesize={n}"))
+                .into_iter()
+                .collect();
+            if let Some(spelling) = own_track_changes(up, req) {
+                applied.push(spelling.to_string());
+            }
+            if !applied.is_empty() {
+                set_header(&mut response, "preference-applied", &applied.join(", "));
             }
             response
         }
     }
+}
+
+/// The track-changes preference of a request, when the fake tracks changes itself.
+fn own_track_changes(up: &Upstream, req: &RecordedRequest) -> Option<&'static str> {
+    if !up.lock().knobs.own_change_tracking {
+        return None;
+    }
+    req.headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|pref| {
+            let name = pref.split([';', '=']).next().unwrap_or("").trim();
+            if name.eq_ignore_ascii_case("odata.track-changes") {
+                Some("odata.track-changes")
+            } else if name.eq_ignore_ascii_case("track-changes") {
+                Some("track-changes")
+            } else {
+                None
+            }
+        })
 }
 
 /// The status to answer a `$filter` using `in` with, when that knob is on and it does.
@@ -166,6 +194,10 @@ fn render_page(
     set: &str,
     faults: &[Fault],
 ) -> Result<(String, Option<usize>), ODataError> {
+    let own_tracking = own_track_changes(up, req).is_some() || {
+        let knobs = &up.lock().knobs;
+        knobs.own_change_tracking && knobs.unasked_delta_links
+    };
     let mut guard = up.lock();
     guard.responses += 1;
     let st = &*guard;
@@ -219,6 +251,7 @@ fn render_page(
         rotate: knobs.reorder.then_some(st.responses),
         drop_keys: faults.iter().any(|f| matches!(f, Fault::DropKey { .. })),
         respell_keys: knobs.respell_keys,
+        ieee754: super::render::ieee754_requested(&req.headers),
     };
     let value = rows[start..end]
         .iter()
@@ -248,8 +281,16 @@ fn render_page(
         members.push(("@odata.count".to_string(), count));
     }
     members.push(("value".to_string(), Node::Array(value)));
-    if let Some(next) = next {
-        members.push(("@odata.nextLink".to_string(), Node::string(next)));
+    match next {
+        Some(next) => members.push(("@odata.nextLink".to_string(), Node::string(next))),
+        None if own_tracking => {
+            let rel = format!("{set}?$deltatoken=fake-{}", st.responses);
+            members.push((
+                "@odata.deltaLink".to_string(),
+                Node::string(up.link(knobs.link_style, &rel)),
+            ));
+        }
+        None => {}
     }
     Ok((Node::Object(members).to_json(knobs.pretty), applied))
 }

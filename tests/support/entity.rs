@@ -48,6 +48,7 @@ fn entity_response(
         rotate: st.knobs.reorder.then_some(st.responses),
         drop_keys: false,
         respell_keys: st.knobs.respell_keys,
+        ieee754: false,
     };
     let context = format!(
         "$metadata#{}{}/$entity",

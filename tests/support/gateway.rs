@@ -140,8 +140,17 @@ impl GatewayProcess {
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent && let Some(rest) = line.split("addr=").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                // `addr=…` in text logs, `"addr":"…"` in JSON ones.
+                let found = line
+                    .split("addr=")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .or_else(|| {
+                        let rest = line.split("\"addr\":\"").nth(1)?;
+                        rest.split('"').next()
+                    });
+                if !sent && let Some(addr) = found {
+                    let addr = addr.to_owned();
                     let _ = tx.send(addr);
                     sent = true;
                 }
@@ -187,6 +196,26 @@ impl GatewayProcess {
         loop {
             if let Some(line) = self.stderr_lines().into_iter().find(|l| want(l)) {
                 return Some(line);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM: the gateway drains and exits on its own.
+    pub fn terminate(&self) {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM sent");
+    }
+
+    /// Wait up to `timeout` for the process to exit; its status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
             }
             if std::time::Instant::now() >= deadline {
                 return None;

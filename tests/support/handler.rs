@@ -18,8 +18,9 @@ use hyper::body::Incoming;
 use percent_encoding::percent_decode_str;
 
 /// What a request path addresses.
-enum Route {
+pub(crate) enum Route {
     ServiceDoc,
+    Batch,
     Metadata,
     Collection(String),
     Count(String),
@@ -86,8 +87,23 @@ pub(crate) async fn handle(upstream: Upstream, request: Request<Incoming>) -> Re
     } else {
         dispatch(&upstream, &recorded, route).await
     };
+    let already_encoded = response.headers().contains_key("content-encoding");
+    if knobs.gzip
+        && response.status().is_success()
+        && !already_encoded
+        && super::reply::accepts_gzip(&recorded)
+        && let Some(body) = response.body().gzipped()
+    {
+        *response.body_mut() = body;
+        response.headers_mut().remove("content-length");
+        set_header(&mut response, "content-encoding", "gzip");
+        set_header(&mut response, "vary", "Accept-Encoding");
+    }
     if let Some(version) = &knobs.odata_version {
         set_header(&mut response, "odata-version", version);
+    }
+    if knobs.http10 {
+        *response.version_mut() = http::Version::HTTP_10;
     }
     for echo in recorded.headers.get_all("x-echo") {
         response.headers_mut().append("x-echo", echo.clone());
@@ -95,13 +111,18 @@ pub(crate) async fn handle(upstream: Upstream, request: Request<Incoming>) -> Re
     response
 }
 
-async fn dispatch(up: &Upstream, req: &RecordedRequest, route: Route) -> Response<FakeBody> {
+pub(crate) async fn dispatch(
+    up: &Upstream,
+    req: &RecordedRequest,
+    route: Route,
+) -> Response<FakeBody> {
     let method = &req.method;
     let result = match route {
         Route::Collection(set) if method == Method::GET => {
             return get_collection(up, req, &set).await;
         }
         Route::ServiceDoc if method == Method::GET => Ok(service_document(up)),
+        Route::Batch if method == Method::POST => return super::batch::answer(up, req).await,
         Route::Metadata if method == Method::GET => {
             let delay = up.lock().metadata_delay;
             if let Some(delay) = delay {
@@ -131,7 +152,7 @@ async fn dispatch(up: &Upstream, req: &RecordedRequest, route: Route) -> Respons
 
 /// Maps a request path onto a [`Route`]; segments are percent-decoded after
 /// splitting so that an encoded `/` inside a string key stays in the key.
-fn route(root: &str, path: &str) -> Route {
+pub(crate) fn route(root: &str, path: &str) -> Route {
     let Some(rest) = path.strip_prefix(root) else {
         return Route::Unknown;
     };
@@ -157,6 +178,7 @@ fn route(root: &str, path: &str) -> Route {
     let resource = segments.first().and_then(|s| split_resource(s));
     match (segments.as_slice(), resource) {
         (["$metadata"], _) => Route::Metadata,
+        (["$batch"], _) => Route::Batch,
         ([_], Some((set, None))) => Route::Collection(set),
         ([_], Some((set, Some(key)))) => Route::Entity { set, key },
         ([_, "$count"], Some((set, None))) => Route::Count(set),
@@ -224,5 +246,9 @@ fn metadata(up: &Upstream) -> Result<Response<FakeBody>, ODataError> {
         .metadata
         .clone()
         .unwrap_or_else(|| csdl::generate(&st.knobs.namespace, &st.sets));
-    Ok(respond(200, Some("application/xml"), FakeBody::full(xml)))
+    let mut response = respond(200, Some("application/xml"), FakeBody::full(xml));
+    if let Some(etag) = &st.metadata_etag {
+        set_header(&mut response, "etag", etag);
+    }
+    Ok(response)
 }

@@ -81,6 +81,15 @@ pub enum Fault {
         /// Which request.
         page: usize,
     },
+    /// Answer a request that accepts gzip with a small gzip body that
+    /// inflates to `decoded_bytes` of blanks (a decompression bomb); a request
+    /// that does not accept gzip gets its page as usual.
+    GzipBomb {
+        /// Which request.
+        page: usize,
+        /// Size of the decoded body.
+        decoded_bytes: usize,
+    },
 }
 
 impl Fault {
@@ -93,7 +102,8 @@ impl Fault {
             | Fault::Delay { page, .. }
             | Fault::NextLinkTo { page, .. }
             | Fault::DropKey { page }
-            | Fault::DuplicateAcrossPages { page } => *page,
+            | Fault::DuplicateAcrossPages { page }
+            | Fault::GzipBomb { page, .. } => *page,
         }
     }
 }
@@ -136,6 +146,14 @@ pub(crate) struct Knobs {
     pub ignore_skip: bool,
     /// Raw JSON written as `@odata.count` instead of the real count.
     pub count_text: Option<String>,
+    /// gzip successful answers to requests that accept it.
+    pub gzip: bool,
+    /// Answer `track-changes` with a delta link of our own, as odatapy's server does.
+    pub own_change_tracking: bool,
+    /// With `own_change_tracking`: a delta link on every last page, asked for or not.
+    pub unasked_delta_links: bool,
+    /// Answer in HTTP/1.0.
+    pub http10: bool,
 }
 
 impl Default for Knobs {
@@ -158,6 +176,10 @@ impl Default for Knobs {
             in_filter_status: None,
             ignore_skip: false,
             count_text: None,
+            gzip: false,
+            own_change_tracking: false,
+            unasked_delta_links: false,
+            http10: false,
         }
     }
 }

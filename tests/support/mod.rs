@@ -7,6 +7,7 @@
 // items; what one binary leaves unused is not dead.
 #![allow(dead_code)]
 
+mod batch;
 mod collection;
 mod csdl;
 mod entity;

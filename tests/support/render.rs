@@ -104,6 +104,22 @@ pub(crate) struct Shaper<'a> {
     pub drop_keys: bool,
     /// Spell key values another way (`Upstream::set_respell_keys`); top level only.
     pub respell_keys: bool,
+    /// The request accepts `IEEE754Compatible=true`: `Edm.Int64` and `Edm.Decimal` values are
+    /// written as strings, as OData JSON says.
+    pub ieee754: bool,
+}
+
+/// Whether a request's `Accept` asks for `IEEE754Compatible=true`.
+pub(crate) fn ieee754_requested(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all("accept")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.to_ascii_lowercase()
+                .replace(' ', "")
+                .contains("ieee754compatible=true")
+        })
 }
 
 impl Shaper<'_> {
@@ -125,6 +141,12 @@ impl Shaper<'_> {
                 let mut value = row.get(&name).cloned().unwrap_or(Value::Null);
                 if self.respell_keys && def.is_key(&name) {
                     value = respelled(value);
+                }
+                if self.ieee754
+                    && matches!(def.edm_type(&name), Some("Edm.Int64" | "Edm.Decimal"))
+                    && let Value::Number(n) = &value
+                {
+                    value = Value::String(n.to_string());
                 }
                 (name, Node::Value(value))
             })

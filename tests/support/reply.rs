@@ -69,3 +69,43 @@ pub(crate) fn prefers(req: &RecordedRequest, token: &str) -> bool {
         .flat_map(|v| v.split(','))
         .any(|p| p.trim().eq_ignore_ascii_case(token))
 }
+
+/// Whether a request's `Accept-Encoding` names gzip (weights are not read:
+/// the gateway sends a plain `gzip`).
+pub(crate) fn accepts_gzip(req: &RecordedRequest) -> bool {
+    req.headers
+        .get_all("accept-encoding")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|c| {
+            c.split(';')
+                .next()
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case("gzip"))
+        })
+}
+
+/// `data` gzip-compressed.
+pub(crate) fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(data).expect("gzip into memory");
+    encoder.finish().expect("gzip into memory")
+}
+
+/// A 200 whose small gzip body inflates to `decoded_bytes` blanks.
+pub(crate) fn gzip_bomb(decoded_bytes: usize) -> Response<FakeBody> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let blanks = vec![b' '; 64 * 1024];
+    let mut left = decoded_bytes;
+    while left > 0 {
+        let n = left.min(blanks.len());
+        encoder.write_all(&blanks[..n]).expect("gzip into memory");
+        left -= n;
+    }
+    let body = encoder.finish().expect("gzip into memory");
+    let mut response = respond(200, Some(JSON), FakeBody::full(body));
+    set_header(&mut response, "content-encoding", "gzip");
+    response
+}

@@ -69,6 +69,16 @@ impl FakeBody {
         FakeBody::full(Bytes::new())
     }
 
+    /// The same body gzip-compressed; `None` for a broken one, which is
+    /// sent as it is.
+    pub(crate) fn gzipped(&self) -> Option<FakeBody> {
+        if self.break_after.is_some() {
+            return None;
+        }
+        let data = self.data.clone().unwrap_or_default();
+        Some(FakeBody::full(super::reply::gzip(&data)))
+    }
+
     /// The first half of `data`, then a connection error.
     pub(crate) fn broken(data: Bytes) -> FakeBody {
         let half = data.slice(..data.len() / 2);

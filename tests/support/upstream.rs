@@ -41,6 +41,8 @@ pub(crate) struct State {
     pub metadata_missing: bool,
     /// Wait this long before answering `$metadata`, like a service that builds it slowly.
     pub metadata_delay: Option<std::time::Duration>,
+    /// Send this `ETag` with `$metadata`.
+    pub metadata_etag: Option<String>,
     /// Faults not yet fired.
     pub faults: Vec<PendingFault>,
     /// GET collection requests received so far.
@@ -266,6 +268,11 @@ impl Upstream {
         self.lock().metadata_missing = missing;
     }
 
+    /// Send `etag` (a quoted entity tag, `None` for none) with every `$metadata` answer.
+    pub fn set_metadata_etag(&self, etag: Option<&str>) {
+        self.lock().metadata_etag = etag.map(str::to_owned);
+    }
+
     /// Wait `delay` before answering each `$metadata` request (`None`: answer at once).
     pub fn set_metadata_delay(&self, delay: Option<std::time::Duration>) {
         self.lock().metadata_delay = delay;
@@ -373,6 +380,40 @@ impl Upstream {
     /// the real count; `None` writes the real count again.
     pub fn set_count_text(&self, raw: Option<&str>) {
         self.lock().knobs.count_text = raw.map(str::to_string);
+    }
+
+    /// gzip every successful answer (`Content-Encoding: gzip`) to a request
+    /// whose `Accept-Encoding` takes it, as most servers do. Off by default.
+    pub fn set_gzip(&self, on: bool) {
+        self.lock().knobs.gzip = on;
+    }
+
+    /// Recorded requests that asked for gzip.
+    pub fn gzip_requests(&self) -> usize {
+        self.lock()
+            .requests
+            .iter()
+            .filter(|r| super::reply::accepts_gzip(r))
+            .count()
+    }
+
+    /// Track changes like a service with change tracking of its own (odatapy's server): a
+    /// collection request that prefers `odata.track-changes` (or `track-changes`) is answered
+    /// with `Preference-Applied` and, on its last page, an `@odata.deltaLink` carrying a
+    /// `$deltatoken` of the fake's (which it then ignores, answering the whole collection).
+    pub fn set_own_change_tracking(&self, on: bool) {
+        self.lock().knobs.own_change_tracking = on;
+    }
+
+    /// With [`Upstream::set_own_change_tracking`] on: write the delta link on the last page of
+    /// every collection read, whether the request asked for change tracking or not.
+    pub fn set_unasked_delta_links(&self, on: bool) {
+        self.lock().knobs.unasked_delta_links = on;
+    }
+
+    /// Answer every request in HTTP/1.0, as old servers and some proxies in front of them do.
+    pub fn set_http10(&self, on: bool) {
+        self.lock().knobs.http10 = on;
     }
 
     /// Queues a fault; see [`Fault`] for how requests are counted.

@@ -8,7 +8,7 @@
 //! removed with reason `changed`; not found → `deleted`. Only when every form fails, or the upstream
 //! fails otherwise, does the refresh fail. Pages are parsed and hashed on the blocking pool.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use bytes::Bytes;
 
@@ -19,7 +19,7 @@ use crate::odata::page::PageError;
 use crate::odata::query::{encode, encode_pairs, encode_path};
 use crate::store::RowKey;
 
-use super::super::feed::IndexEntry;
+use super::super::feed::Index;
 use super::super::hash::KeyHash;
 use super::fetch::{OnRefusal, passed_on};
 use super::{PageDigests, Pass, Scanned, digest_all, scan};
@@ -44,7 +44,7 @@ impl Pass<'_> {
     /// found at all is `deleted`.
     pub(super) async fn confirm(
         &mut self,
-        index: &mut HashMap<KeyHash, IndexEntry>,
+        index: &mut Index,
         candidates: Vec<(KeyHash, u64)>,
         strategy: &mut ConfirmStrategy,
     ) -> Result<Vec<(RowKey, Reason)>, Error> {
@@ -60,7 +60,7 @@ impl Pass<'_> {
         // decimal of the same key another way than the enumeration did.
         let predicates: Vec<String> = row_keys.iter().map(|k| k.predicate.clone()).collect();
         let keys: Vec<KeyHash> = row_keys.iter().map(|k| k.key_hash).collect();
-        let mut by_key: HashMap<KeyHash, RowKey> =
+        let mut by_key: std::collections::HashMap<KeyHash, RowKey> =
             row_keys.into_iter().map(|k| (k.key_hash, k)).collect();
 
         let filtered = self.input.def.query.get("$filter").is_some()
@@ -105,7 +105,7 @@ impl Pass<'_> {
         &mut self,
         predicates: &[String],
         in_feed: bool,
-        index: &mut HashMap<KeyHash, IndexEntry>,
+        index: &mut Index,
         strategy: &mut ConfirmStrategy,
     ) -> Result<HashSet<KeyHash>, Error> {
         let mut found = HashSet::new();
@@ -168,7 +168,7 @@ impl Pass<'_> {
         batch: &[&str],
         use_in: bool,
         in_feed: bool,
-        index: &mut HashMap<KeyHash, IndexEntry>,
+        index: &mut Index,
         found: &mut HashSet<KeyHash>,
     ) -> Result<(), Error> {
         let keys = key_filter(&self.input.set.key, batch, use_in);
@@ -240,7 +240,7 @@ impl Pass<'_> {
         &mut self,
         predicate: &str,
         in_feed: bool,
-        index: &mut HashMap<KeyHash, IndexEntry>,
+        index: &mut Index,
         found: &mut HashSet<KeyHash>,
     ) -> Result<(), Error> {
         let mut url = self.input.service_root.clone();

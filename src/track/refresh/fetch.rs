@@ -22,7 +22,8 @@ use crate::error::{Error, UpstreamFailure};
 use crate::upstream::Fetched;
 
 /// Headers never forwarded on enumeration requests: hop-by-hop ones, and those we set ourselves or
-/// that would change what the upstream returns.
+/// that would change what the upstream returns. `X-Request-Id` is forwarded on purpose: upstream
+/// requests carry the id of the client request that caused them (tests/request_id.rs).
 const NOT_FORWARDED: &[&str] = &[
     "host",
     "connection",
@@ -80,6 +81,9 @@ pub struct Fetcher {
     requests_left: Arc<AtomicU64>,
     /// When the refresh must have read everything.
     deadline: Instant,
+    /// The feed is read with `IEEE754Compatible=true`, which the upstream is asked for in
+    /// `Accept` (C32).
+    ieee754: bool,
 }
 
 impl Fetcher {
@@ -92,8 +96,15 @@ impl Fetcher {
             retries_left: Arc::new(AtomicU32::new(retries)),
             requests_left: Arc::new(AtomicU64::new(shared.config.limits.max_pages_per_refresh)),
             deadline: Instant::now() + shared.config.limits.refresh_timeout,
+            ieee754: false,
             shared,
         }
+    }
+
+    /// Ask the upstream for `IEEE754Compatible=true` JSON (or not).
+    pub(crate) fn ieee754(mut self, on: bool) -> Self {
+        self.ieee754 = on;
+        self
     }
 
     /// [`Fetcher::get`] for a page whose number the upstream decides — the enumeration's, the
@@ -176,7 +187,17 @@ impl Fetcher {
                 .map_err(|e| Error::Internal(format!("cannot build an upstream request: {e}")))?;
             let headers = request.headers_mut();
             headers.extend(self.headers.as_ref().clone());
-            headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+            let accept = if self.ieee754 {
+                crate::odata::query::IEEE754_FORMAT
+            } else {
+                "application/json"
+            };
+            headers.insert(header::ACCEPT, HeaderValue::from_static(accept));
+            // Pages are JSON and compress well; the fetch inflates them under the page limit.
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                crate::compress::UPSTREAM_ACCEPT_ENCODING,
+            );
             headers.insert("odata-maxversion", HeaderValue::from_static("4.0"));
             let prefer = format!(
                 "odata.maxpagesize={}",
@@ -219,6 +240,7 @@ pub(super) fn passed_on(fetched: &Fetched) -> Error {
     Error::Rejected {
         status: fetched.status,
         message: upstream_message(&fetched.body),
+        code: upstream_code(&fetched.body),
         challenge: fetched.headers.get(header::WWW_AUTHENTICATE).cloned(),
     }
 }
@@ -244,6 +266,19 @@ fn upstream_message(body: &[u8]) -> String {
         .filter(|m| !m.trim().is_empty())
         .unwrap_or_else(|| "no reason given".to_owned());
     message.chars().take(300).collect()
+}
+
+/// The code of an upstream OData error body, when it is a short identifier-like string: it goes
+/// to the client as the error's code (C26 needs a non-empty one; odd text is not passed on).
+fn upstream_code(body: &[u8]) -> Option<String> {
+    let value = serde_json::from_slice::<serde_json::Value>(body).ok()?;
+    let code = value["error"]["code"].as_str()?.trim();
+    let usable = !code.is_empty()
+        && code.len() <= 64
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/' | b':'));
+    usable.then(|| code.to_owned())
 }
 
 /// `Retry-After` as seconds (HTTP dates are not worth the parsing; they fall back to the default).
@@ -296,6 +331,23 @@ mod tests {
         let f = forwarded_headers(&h);
         assert!(f.contains_key("authorization") && f.contains_key("x-api-key"));
         assert!(!f.contains_key("connection") && !f.contains_key("prefer"));
+    }
+
+    #[test]
+    fn upstream_error_codes_are_kept_when_they_are_identifiers() {
+        let code = |body: &str| upstream_code(body.as_bytes());
+        assert_eq!(
+            code(r#"{"error":{"code":"InvalidFilter","message":"x"}}"#).as_deref(),
+            Some("InvalidFilter")
+        );
+        assert_eq!(
+            code(r#"{"error":{"code":"400","message":"x"}}"#).as_deref(),
+            Some("400")
+        );
+        assert_eq!(code(r#"{"error":{"code":"","message":"x"}}"#), None);
+        assert_eq!(code(r#"{"error":{"code":"a b <script>"}}"#), None);
+        assert_eq!(code(r#"{"error":{"code":12}}"#), None);
+        assert_eq!(code("not json"), None);
     }
 
     #[test]
