@@ -429,8 +429,23 @@ async fn first_read(
     let mut progress = shared.feeds.load_progress(feed).subscribe();
     progress.mark_changed();
     let task_shared = shared.clone();
+    // Like `TrackedRequest::fresh`: the feed goes on the schedule once the upstream has accepted
+    // the credentials it will be refreshed with.
+    let schedule_on_accept = {
+        let input = input.clone();
+        move || {
+            if let Some(interval) = shared.config.poll_interval(&req.route, &req.set_name) {
+                shared.schedule.asked(shared, &input, interval);
+            }
+        }
+    };
+    let schedule = &schedule_on_accept;
     // The refresh goes on in its own task whether or not this request waits for it.
-    let mut refresh = tokio::spawn(async move { ensure_fresh(&task_shared, input).await });
+    // It logs under the request that started it, like any refresh.
+    let mut refresh = tokio::spawn(tracing::Instrument::instrument(
+        async move { ensure_fresh(&task_shared, input).await },
+        tracing::Span::current(),
+    ));
     let refreshed = |fresh: Fresh| async move {
         authorize_after_refresh(
             shared,
@@ -440,6 +455,7 @@ async fn first_read(
             fresh.by_this_request,
         )
         .await?;
+        schedule();
         Ok::<_, Error>(FirstRead::Refreshed(fresh))
     };
     loop {
@@ -457,6 +473,7 @@ async fn first_read(
                 // Served from the store while the refresh runs: the upstream is asked whether these
                 // credentials may read the feed, as for any page served from the store.
                 authorize(shared, &req.service_root, def, &req.headers).await?;
+                schedule();
                 let cursor = Cursor::Streaming { pending: p.pending, after: 0, remaining };
                 let response =
                     streamed_rows(shared, req, feed, &def.query, issued_at, cursor, page_size, true)
