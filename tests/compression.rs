@@ -145,7 +145,13 @@ async fn clients_that_accept_gzip_get_gzip_tracked_pages_that_decode_to_the_same
     let next_plain = client.get(&next, &[]).await;
     assert_eq!(next_zipped.header("content-encoding"), Some("gzip"));
     assert_eq!(next_plain.header("content-encoding"), None);
-    assert_eq!(gunzip(&next_zipped), next_plain.json());
+    // The pages differ only in their links' tokens, which carry the time they were issued.
+    let (mut a, mut b) = (gunzip(&next_zipped), next_plain.json());
+    for page in [&mut a, &mut b] {
+        let link = page.as_object_mut().unwrap().remove("@odata.nextLink");
+        assert!(link.is_some_and(|l| l.as_str().is_some()), "{page}");
+    }
+    assert_eq!(a, b);
 
     // A delta.
     let (_, delta) = client.read_all(&url, &TRACK).await;
