@@ -392,7 +392,14 @@ pub struct Limits {
     /// Largest `$batch` request body; the gateway reads a batch whole to find its tracked parts,
     /// so this bounds the memory one batch holds (its answer is bounded by `max_page_bytes`).
     pub max_batch_bytes: usize,
+    /// Memory the store may use to cache its pages (redb's cache). Reads of feeds that do not fit
+    /// go to the file (and the OS page cache), so this trades a little speed for a bounded RSS.
+    pub store_cache_bytes: usize,
 }
+
+/// The default of `limits.store_cache_bytes`: enough for the B-tree's branch pages of a
+/// million-entity feed, far below redb's own default of 1 GiB.
+pub const DEFAULT_STORE_CACHE_BYTES: usize = 32 << 20;
 
 /// The JWT claims that identify a caller unless configured otherwise.
 pub const DEFAULT_JWT_CLAIMS: &[&str] = &["iss", "sub"];
@@ -556,6 +563,7 @@ struct FileLimits {
     refresh_timeout: Option<Spanned<String>>,
     max_batch_parts: Option<Spanned<usize>>,
     max_batch_bytes: Option<Spanned<usize>>,
+    store_cache_bytes: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -887,6 +895,16 @@ impl Config {
                 "limits.max_batch_bytes",
                 16 << 20,
             )?,
+            store_cache_bytes: match &lim.store_cache_bytes {
+                Some(n) if *n.get_ref() < 1 << 20 => {
+                    return Err(source.at(
+                        n,
+                        "limits.store_cache_bytes must be at least 1048576 (1 MiB)",
+                    ));
+                }
+                Some(n) => *n.get_ref(),
+                None => DEFAULT_STORE_CACHE_BYTES,
+            },
             max_pages_per_refresh: match &lim.max_pages_per_refresh {
                 Some(n) if *n.get_ref() == 0 => {
                     return Err(source.at(n, "limits.max_pages_per_refresh must be at least 1"));
@@ -1250,6 +1268,20 @@ mod tests {
         assert_eq!(c.limits.header_read_timeout, Duration::from_secs(2));
         assert_eq!(c.limits.max_uri_bytes, 4096);
         assert_eq!(c.limits.tracked_request_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn the_store_cache_is_small_by_default_and_at_least_one_mebibyte() {
+        let route = "[[route]]\nupstream = \"http://a\"\n";
+        let c = load(route).unwrap();
+        assert_eq!(c.limits.store_cache_bytes, DEFAULT_STORE_CACHE_BYTES);
+        let c = load(&format!("{route}[limits]\nstore_cache_bytes = 8388608\n")).unwrap();
+        assert_eq!(c.limits.store_cache_bytes, 8 << 20);
+        let err = load(&format!("{route}[limits]\nstore_cache_bytes = 4096\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("gateway.toml:4:"), "{err}");
+        assert!(err.contains("at least 1048576"), "{err}");
     }
 
     #[test]

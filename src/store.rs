@@ -430,10 +430,17 @@ impl Store {
     /// Open (or create) the store in `dir`, creating the token secret on first start, migrating a
     /// store of the previous layout, and discarding whatever refreshes cut short by a crash wrote.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(dir, crate::config::DEFAULT_STORE_CACHE_BYTES)
+    }
+
+    /// [`Store::open`] with a page cache of at most `cache_bytes` (`limits.store_cache_bytes`).
+    pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join(DB_FILE);
-        let db = Database::create(&path)
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(&path)
             .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
         let store = Store { db: Arc::new(db) };
         store.init(&path)?;
@@ -1195,7 +1202,10 @@ impl Store {
         if !path.is_file() {
             return Err(OpenExistingError::Missing(path.display().to_string()));
         }
-        match Database::create(&path) {
+        let opened = redb::Builder::new()
+            .set_cache_size(crate::config::DEFAULT_STORE_CACHE_BYTES)
+            .create(&path);
+        match opened {
             Ok(db) => {
                 let store = Store { db: Arc::new(db) };
                 store.init(&path)?;

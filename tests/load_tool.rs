@@ -33,6 +33,10 @@ fn gateway_binary() -> PathBuf {
 /// chart is drawn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tiny_tracked_run_measures_every_figure_and_draws_the_chart() {
+    // A config file reaches the gateway: the smallest store cache allowed.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, "[limits]\nstore_cache_bytes = 1048576\n").unwrap();
     let settings = tracked::Settings {
         gateway: gateway_binary(),
         entities: 2_000,
@@ -40,6 +44,7 @@ async fn a_tiny_tracked_run_measures_every_figure_and_draws_the_chart() {
         updated_per_mille: 10,
         removed_per_mille: 5,
         timeout: Duration::from_secs(60),
+        config: Some(config),
     };
     let report = tracked::run(&settings).await.expect("a tracked run");
     assert_eq!(report.first_read.entries, 2_000);

@@ -91,6 +91,10 @@ struct Common {
     /// Longest wait for one whole HTTP answer, in seconds.
     #[arg(long, default_value_t = 900)]
     timeout_secs: u64,
+    /// A gateway config file (its `[[route]]`s are not needed: the upstream comes by flag), for
+    /// settings without a flag, e.g. `[limits] store_cache_bytes`.
+    #[arg(long)]
+    gateway_config: Option<PathBuf>,
 }
 
 impl Common {
@@ -110,6 +114,7 @@ impl Common {
             updated_per_mille: self.updated_per_mille,
             removed_per_mille: self.removed_per_mille,
             timeout: Duration::from_secs(self.timeout_secs.max(1)),
+            config: self.gateway_config.clone(),
         })
     }
 }

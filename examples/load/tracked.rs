@@ -24,6 +24,8 @@ pub struct Settings {
     pub removed_per_mille: u32,
     /// Longest wait for one whole HTTP answer.
     pub timeout: Duration,
+    /// A config file for the gateway.
+    pub config: Option<std::path::PathBuf>,
 }
 
 /// Times of a repeated measurement, sorted.
@@ -149,10 +151,11 @@ pub async fn run(s: &Settings) -> Result<Report, String> {
         report.floor.push(floor.elapsed);
     }
 
-    let mut gateway = Gateway::start(
+    let mut gateway = Gateway::start_with_config(
         &s.gateway,
         &upstream.service_root(),
         Duration::from_secs(30),
+        s.config.as_deref(),
     )?;
     let tracked_url = gateway.url(&format!("{SERVICE}/Items"));
     progress(n, "first tracked read through the gateway");

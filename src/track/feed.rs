@@ -705,6 +705,7 @@ mod tests {
             refresh_timeout: Duration::from_secs(1),
             max_batch_parts: 1,
             max_batch_bytes: 1,
+            store_cache_bytes: 1 << 20,
         };
         let feeds = Feeds::default();
         let (alice, bob) = (Scope("alice".into()), Scope("bob".into()));
