@@ -144,6 +144,30 @@ impl Shared {
             config,
         })
     }
+
+    /// Set the metrics' gauges of state from the gateway as it is now. Blocks briefly (a file's
+    /// metadata).
+    pub fn sample_gauges(&self) {
+        let m = &self.metrics;
+        let slots = self.feeds.slots();
+        m.feeds_active.set(slots.len() as i64);
+        m.feeds_stored.set(self.feeds.stored_len() as i64);
+        let file = store::file_path(&self.config.data_dir);
+        m.store_bytes
+            .set(std::fs::metadata(file).map_or(0, |f| f.len()) as i64);
+        // A slot locked by a refresh counts with its size when that refresh last finished.
+        let entries: usize = slots
+            .iter()
+            .map(|(feed, slot)| match slot.try_lock() {
+                Ok(s) => s.index.as_ref().map_or(0, |i| i.len()),
+                Err(_) => self.refresh_history.index_entries(*feed),
+            })
+            .sum();
+        m.index_memory_bytes
+            .set(entries.saturating_mul(track::feed::INDEX_ENTRY_BYTES) as i64);
+        m.refresh_queue_depth
+            .set(self.refresh_permits.waiting() as i64);
+    }
 }
 
 /// The application handle, for binaries and tests.

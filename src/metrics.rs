@@ -310,32 +310,3 @@ impl Metrics {
         out
     }
 }
-
-/// Memory of one index entry: key, entry, and the hash table's control byte, at its usual load
-/// (7/8).
-const INDEX_ENTRY_BYTES: usize =
-    (std::mem::size_of::<(crate::track::hash::KeyHash, crate::track::feed::IndexEntry)>() + 1) * 8
-        / 7;
-
-/// Set the gauges of state from the gateway as it is now. Blocks briefly (a file's metadata).
-pub fn sample(app: &crate::Shared) {
-    let m = &app.metrics;
-    let slots = app.feeds.slots();
-    m.feeds_active.set(slots.len() as i64);
-    m.feeds_stored.set(app.feeds.stored_len() as i64);
-    let file = crate::store::file_path(&app.config.data_dir);
-    m.store_bytes
-        .set(std::fs::metadata(file).map_or(0, |f| f.len()) as i64);
-    // A slot locked by a refresh counts with its size when that refresh last finished.
-    let entries: usize = slots
-        .iter()
-        .map(|(feed, slot)| match slot.try_lock() {
-            Ok(s) => s.index.as_ref().map_or(0, |i| i.len()),
-            Err(_) => app.refresh_history.index_entries(*feed),
-        })
-        .sum();
-    m.index_memory_bytes
-        .set(entries.saturating_mul(INDEX_ENTRY_BYTES) as i64);
-    m.refresh_queue_depth
-        .set(app.refresh_permits.waiting() as i64);
-}

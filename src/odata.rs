@@ -21,7 +21,7 @@ pub mod names {
     /// `Preference-Applied` response header.
     pub const PREFERENCE_APPLIED: &str = "preference-applied";
     /// The request id: kept from the client or generated, answered, and sent upstream on every
-    /// request the client's request causes (end-to-end, so [`crate::track::refresh::forwarded_headers`]
+    /// request the client's request causes (end-to-end, so [`crate::track::fetch::forwarded_headers`]
     /// keeps it).
     pub const REQUEST_ID: &str = "x-request-id";
     /// How many milliseconds ago the refresh behind a tracked response finished.

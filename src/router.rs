@@ -17,8 +17,9 @@ use crate::odata::entity_id::{KeyProperty, KeyType};
 use crate::odata::metadata::{ServiceMetadata, SetKey};
 use crate::odata::prefer::Preferences;
 use crate::odata::query::ODataQuery;
+use crate::track::authorize::CREDENTIAL_HEADERS;
 use crate::track::feed::{Scope, SetSpec};
-use crate::track::refresh::forwarded_headers;
+use crate::track::fetch::forwarded_headers;
 use crate::track::respond::Operation;
 use crate::track::token::SKIPTOKEN_PREFIX;
 
@@ -289,9 +290,6 @@ pub fn classify(
         None => Ok(Decision::Proxy { route }),
     }
 }
-
-/// Headers that carry credentials, for the default identity scope.
-pub(crate) const CREDENTIAL_HEADERS: &[&str] = &["authorization", "apikey", "x-api-key"];
 
 /// The identity scope of a request: a keyed hash of the headers that identify the caller, or
 /// `shared`. A request without any of them is `anonymous`. In the default mode a bearer JWT counts

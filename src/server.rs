@@ -772,7 +772,7 @@ async fn admin(app: &App, req: &Request<Incoming>) -> Response<Body> {
     };
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
-            crate::metrics::sample(app);
+            app.sample_gauges();
             text(
                 StatusCode::OK,
                 app.metrics.encode(),

@@ -7,6 +7,7 @@ pub(crate) mod admission;
 pub(crate) mod authorize;
 pub(crate) mod callback;
 pub mod feed;
+pub(crate) mod fetch;
 pub(crate) mod freshness;
 pub mod hash;
 pub(crate) mod history;

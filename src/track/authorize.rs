@@ -19,10 +19,12 @@ use crate::Shared;
 use crate::config::IdentityScope;
 use crate::error::Error;
 use crate::odata::query::{encode_pairs, encode_path};
-use crate::router::CREDENTIAL_HEADERS;
 
 use super::feed::FeedDef;
-use super::refresh::{Fetcher, OnRefusal, forwarded_headers};
+use super::fetch::{Fetcher, OnRefusal, forwarded_headers};
+
+/// Headers that carry credentials, for the default identity scope.
+pub(crate) const CREDENTIAL_HEADERS: &[&str] = &["authorization", "apikey", "x-api-key"];
 
 /// Most authorizations remembered; past it the oldest is forgotten (and checked again when used).
 const MAX_ENTRIES: usize = 10_000;

@@ -108,6 +108,10 @@ pub const NEVER_SEEN: Generation = 0;
 /// The in-memory diff index of a feed: key hash → content hash and last sighting.
 pub type Index = HashMap<KeyHash, IndexEntry, BuildKeyHasher>;
 
+/// Memory of one [`Index`] entry: key, entry, and the hash table's control byte, at its usual
+/// load (7/8).
+pub const INDEX_ENTRY_BYTES: usize = (std::mem::size_of::<(KeyHash, IndexEntry)>() + 1) * 8 / 7;
+
 /// Hashes [`KeyHash`]es for the index without running a general-purpose hash again: a key hash is
 /// already blake3 output, so 8 of its bytes are taken and only mixed with a per-map random seed
 /// (one multiply), which keeps an upstream that chooses its keys from aiming them all at a few
@@ -188,6 +192,20 @@ pub struct LastRefresh {
     pub background: bool,
 }
 
+/// How candidate removals are looked up upstream; a step down whenever the upstream rejects one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConfirmStrategy {
+    /// `$filter=ID in (…)`, batched.
+    #[default]
+    In,
+    /// `$filter=ID eq 1 or ID eq 2 …`, batched.
+    Or,
+    /// `$filter=ID eq 1`, one request per key.
+    Single,
+    /// `GET Set(1)`, one request per key (only for feeds without a filter).
+    ByKey,
+}
+
 /// A feed's in-memory state; one refresh at a time holds it.
 #[derive(Default)]
 pub struct Slot {
@@ -202,7 +220,7 @@ pub struct Slot {
     /// The last refresh's result.
     pub last: Option<LastRefresh>,
     /// What removal confirmation the upstream accepted last time, so we start there.
-    pub confirm: super::refresh::ConfirmStrategy,
+    pub confirm: ConfirmStrategy,
     /// When a request last needed the index; idle indexes are dropped from memory.
     pub last_used: Option<Instant>,
 }

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -30,13 +30,10 @@ use super::feed::{
 use super::hash::{Digest, EntityError, Hasher, KeyHash};
 
 mod confirm;
-mod fetch;
 pub mod tally;
 
-pub use confirm::ConfirmStrategy;
-use fetch::Prefetch;
-pub use fetch::forwarded_headers;
-pub(crate) use fetch::{Fetcher, OnRefusal};
+use super::fetch::Prefetch;
+use super::fetch::{Fetcher, OnRefusal};
 use tally::{ReadOn, Tally, Verdict};
 
 /// What a tracked request needs to refresh a feed.
@@ -467,13 +464,6 @@ fn digest_all(body: &[u8], spans: &[(usize, usize)], set: &SetSpec) -> PageDiges
 /// A short label of a feed for logs (the first bytes of its id, in hex).
 fn feed_label(feed: FeedId) -> String {
     feed.0[..6].iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Milliseconds since the epoch.
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Pass<'_> {

@@ -20,8 +20,9 @@ use crate::store::EntityRow;
 use super::authorize::{authorize, authorize_after_refresh};
 use super::callback;
 use super::feed::{FeedDef, FeedId, Scope, SetSpec, Version};
+use super::fetch::forwarded_headers;
 use super::freshness;
-use super::refresh::{Fresh, RefreshInput, ensure_fresh, forwarded_headers};
+use super::refresh::{Fresh, RefreshInput, ensure_fresh};
 use super::retention::{record_issued, token_is_valid};
 use crate::metrics::RejectionReason;
 

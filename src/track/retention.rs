@@ -9,12 +9,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
 
 use super::feed::FeedId;
-use super::refresh::unix_ms;
 use crate::Shared;
 use crate::error::Error;
 
@@ -191,6 +190,13 @@ pub async fn sweep(shared: &Arc<Shared>) {
     if freed > 0 {
         tracing::debug!(freed, "freed the memory of idle feeds");
     }
+}
+
+/// Milliseconds since the epoch.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

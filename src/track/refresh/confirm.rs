@@ -21,22 +21,10 @@ use crate::store::RowKey;
 
 use super::super::feed::Index;
 use super::super::hash::KeyHash;
-use super::fetch::{OnRefusal, passed_on};
 use super::{PageDigests, Pass, Scanned, digest_all, scan};
-
-/// How candidate removals are looked up upstream; a step down whenever the upstream rejects one.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ConfirmStrategy {
-    /// `$filter=ID in (…)`, batched.
-    #[default]
-    In,
-    /// `$filter=ID eq 1 or ID eq 2 …`, batched.
-    Or,
-    /// `$filter=ID eq 1`, one request per key.
-    Single,
-    /// `GET Set(1)`, one request per key (only for feeds without a filter).
-    ByKey,
-}
+use crate::track::feed::ConfirmStrategy;
+use crate::track::fetch::is_rejected;
+use crate::track::fetch::{OnRefusal, passed_on};
 
 impl Pass<'_> {
     /// Confirm candidate removals upstream (C27): a candidate found in the feed's result is kept (and
@@ -306,17 +294,6 @@ fn batch_len(rest: &[&String]) -> usize {
         n += 1;
     }
     n.max(1)
-}
-
-/// The marker error for "the upstream rejected this form of query".
-pub(super) fn rejected() -> Error {
-    Error::upstream(UpstreamFailure::BadAnswer, REJECTED)
-}
-
-const REJECTED: &str = "the upstream rejected the query";
-
-fn is_rejected(e: &Error) -> bool {
-    matches!(e, Error::Upstream { message, .. } if message == REJECTED)
 }
 
 #[cfg(test)]

@@ -144,7 +144,7 @@ impl Fetcher {
                 return Err(passed_on(&fetched));
             }
             OnRefusal::FallBack if status.as_u16() != 429 => {
-                return Err(super::confirm::rejected());
+                return Err(rejected());
             }
             OnRefusal::PassOn
                 if status.is_client_error() && !matches!(status.as_u16(), 408 | 429) =>
@@ -236,7 +236,7 @@ impl Fetcher {
 }
 
 /// The upstream's refusal of the client's request or credentials, passed on as it came.
-pub(super) fn passed_on(fetched: &Fetched) -> Error {
+pub(crate) fn passed_on(fetched: &Fetched) -> Error {
     Error::Rejected {
         status: fetched.status,
         message: upstream_message(&fetched.body),
@@ -315,6 +315,19 @@ impl Drop for Prefetch {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// The marker error for "the upstream rejected this form of query": removal confirmation steps
+/// down to a simpler form (see [`crate::track::feed::ConfirmStrategy`]).
+pub(crate) fn rejected() -> Error {
+    Error::upstream(UpstreamFailure::BadAnswer, REJECTED)
+}
+
+const REJECTED: &str = "the upstream rejected the query";
+
+/// Whether `e` is [`rejected`]'s.
+pub(crate) fn is_rejected(e: &Error) -> bool {
+    matches!(e, Error::Upstream { message, .. } if message == REJECTED)
 }
 
 #[cfg(test)]
