@@ -41,14 +41,12 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - `status`: the admin listener's HTML status page, one row per feed.
 //! - [`operator`]: the `feeds` commands (list, show, drop, compact) on a stopped gateway's store.
-//! - [`demo`]: the bundled sample service behind `odata-delta-gateway demo`.
 #![forbid(unsafe_code)]
 
 pub(crate) mod batch;
 pub mod body;
 mod compress;
 pub mod config;
-pub mod demo;
 pub(crate) mod discovery;
 pub mod error;
 pub mod ids;

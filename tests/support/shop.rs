@@ -3,8 +3,8 @@
 
 use serde_json::{Value, json};
 
-use super::model::EntitySetDef;
-use super::upstream::{FakeUpstream, Upstream};
+use super::EntitySetDef;
+use super::{FakeUpstream, Upstream};
 
 /// The service root path, the same on the upstream and on the gateway (default route).
 pub const ROOT: &str = "/odata/v4/shop";
