@@ -23,6 +23,13 @@ pub async fn shop(customers: i64) -> FakeUpstream {
     up
 }
 
+/// [`shop`] with a server-driven page size of `page_size`.
+pub async fn shop_paged(customers: i64, page_size: usize) -> FakeUpstream {
+    let up = shop(customers).await;
+    up.set_page_size(Some(page_size));
+    up
+}
+
 /// Customer `i` as first inserted.
 pub fn customer(i: i64) -> Value {
     let city = ["Berlin", "Paris", "Rome"][(i % 3) as usize];
