@@ -1,4 +1,4 @@
-//! The sample service most black-box tests run against: the fake upstream at `/odata/v4/shop`
+//! The service most black-box tests run against: the sample service at `/odata/v4/shop`
 //! with a `Customers` set keyed by an `Edm.Int32` `ID`.
 
 use serde_json::{Value, json};
@@ -9,7 +9,7 @@ use super::{FakeUpstream, Upstream};
 /// The service root path, the same on the upstream and on the gateway (default route).
 pub const ROOT: &str = "/odata/v4/shop";
 
-/// A fake upstream holding customers 1..=`customers`.
+/// The sample service holding customers 1..=`customers`.
 pub async fn shop(customers: i64) -> FakeUpstream {
     let up = FakeUpstream::start().await;
     up.define_set(
