@@ -1,20 +1,19 @@
 //! `odata-delta-gateway demo`: a bundled sample OData service (which changes by itself) with the
 //! gateway in front of it, and curl commands that show a tracked read and a delta.
 
-pub mod sample;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::Shared;
-use crate::config::{DemoFlags, Flags};
+use odata_delta_gateway::Shared;
+use odata_delta_gateway::config::{Config, DemoFlags, Flags};
+use odata_sample_service::catalog;
 
 /// Run the demo until `shutdown` is cancelled. Without `--data-dir` the store lives in a
 /// temporary directory, removed when the demo stops, so that trying it leaves nothing behind.
-pub async fn run(mut flags: DemoFlags, shutdown: CancellationToken) -> Result<(), String> {
+pub(crate) async fn run(mut flags: DemoFlags, shutdown: CancellationToken) -> Result<(), String> {
     let (data_dir, temporary) = match flags.data_dir.take() {
         Some(dir) => (dir, false),
         None => (
@@ -46,25 +45,25 @@ async fn serve(
         .await
         .map_err(|e| format!("cannot listen for the sample service: {e}"))?;
     let upstream_addr = upstream.local_addr().map_err(|e| e.to_string())?;
-    let options = sample::SampleOptions {
+    let options = catalog::Options {
         change_interval: Duration::from_secs(flags.change_every_secs),
-        ..sample::SampleOptions::default()
+        report: Some(|summary| tracing::info!("sample upstream: {summary}")),
+        ..catalog::Options::default()
     };
-    let sample_task = tokio::spawn(sample::serve(upstream, options, shutdown.clone()));
+    let sample_task = tokio::spawn(catalog::serve(upstream, options, shutdown.clone()));
 
     let gateway_flags = Flags {
-        upstream: Some(format!("http://{upstream_addr}{}", sample::SERVICE_PATH)),
+        upstream: Some(format!("http://{upstream_addr}{}", catalog::ROOT)),
         listen: Some(flags.listen),
         data_dir: Some(data_dir.clone()),
         ..Flags::default()
     };
-    let config =
-        crate::config::Config::from_parts(&gateway_flags, None).map_err(|e| e.to_string())?;
+    let config = Config::from_parts(&gateway_flags, None).map_err(|e| e.to_string())?;
     let shared = Shared::new(config).map_err(|e| e.to_string())?;
-    let running = crate::start(Arc::new(shared), shutdown.clone())
+    let running = odata_delta_gateway::start(Arc::new(shared), shutdown.clone())
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", flags.listen))?;
-    let base = format!("http://{}{}", running.addr, sample::SERVICE_PATH);
+    let base = format!("http://{}{}", running.addr, catalog::ROOT);
     println!(
         r#"
 odata-delta-gateway demo
@@ -89,7 +88,7 @@ odata-delta-gateway demo
 
 Ctrl-C stops both.
 "#,
-        path = sample::SERVICE_PATH,
+        path = catalog::ROOT,
         every = flags.change_every_secs,
         dir = data_dir.display(),
         removed = if temporary {

@@ -19,15 +19,15 @@
 //!
 //! ## Layout
 //! - [`config`]: flags, environment and `gateway.toml` → validated [`config::Config`].
-//! - [`ids`]: the domain ids (`FeedId`, `Version`, `KeyHash`, `ContentHash`, `Scope`), at the bottom
+//! - `ids`: the domain ids (`FeedId`, `Version`, `KeyHash`, `ContentHash`, `Scope`), at the bottom
 //!   of the module graph: it imports nothing of ours.
-//! - [`error`]: the error type by origin, and the one place it becomes a status and an OData error body.
-//! - [`server`]: listeners, the tower stack, graceful shutdown, the admin endpoints.
-//! - [`router`]: classify a request (track or proxy), the public base URL, entity-set keys from `$metadata`.
+//! - `error`: the error type by origin, and the one place it becomes a status and an OData error body.
+//! - `server`: listeners, the tower stack, graceful shutdown, the admin endpoints.
+//! - `router`: classify a request (track or proxy), the public base URL, entity-set keys from `$metadata`.
 //! - [`proxy`]: transparent forwarding, header hygiene, streaming link rewriting.
 //! - `discovery`: the passed-through `$metadata` annotated with `Capabilities.ChangeTracking` (C35).
 //! - `batch`: `$batch` (JSON and multipart) with tracked parts answered by the gateway (C34).
-//! - [`upstream`]: the pooled HTTP client, timeouts, the origin guard for upstream links.
+//! - `upstream`: the pooled HTTP client, timeouts, the origin guard for upstream links.
 //! - [`odata`]: protocol vocabulary, pure — preferences, queries, formats (`$format`, `Accept`),
 //!   `$orderby`, `$metadata`, key literals, the raw JSON scanner, upstream pages, delta payloads.
 //! - [`track`]: feeds and versions, hashing, tokens, refresh (fetch, confirm removals, the tally
@@ -35,33 +35,39 @@
 //!   upstream, admission (feed caps, refresh turns), retention of idle feeds, the in-memory history
 //!   of recent refreshes, the background refresh schedule, how old an answer may be
 //!   (`Cache-Control`), and the callback preference.
-//! - [`body`]: the one boxed body type requests and responses travel in.
+//! - `body`: the one boxed body type requests and responses travel in.
 //! - `compress`: gzip of upstream pages (bounded inflating) and of tracked responses.
 //! - [`store`]: the redb schema and its transactions.
 //! - [`metrics`]: Prometheus metrics.
 //! - `status`: the admin listener's HTML status page, one row per feed.
 //! - [`operator`]: the `feeds` commands (list, show, drop, compact) on a stopped gateway's store.
-//! - [`demo`]: the bundled sample service behind `odata-delta-gateway demo`.
+//!
+//! What tests, benches and the binary need is public; the rest is `pub(crate)`.
+//!
+//! Outside the library: the binary (`main.rs`: flags, logging, the runtime; `demo.rs`: the `demo`
+//! command, the gateway in front of the sample service) and the sample OData service itself, a
+//! crate of the workspace (`crates/sample-service`) that the demo serves and the black-box tests
+//! in `tests/` run the gateway against (`tests/support` adds the gateway, a client and the setup
+//! the tests share). The library knows nothing of either.
 #![forbid(unsafe_code)]
 
 pub(crate) mod batch;
-pub mod body;
+pub(crate) mod body;
 mod compress;
 pub mod config;
-pub mod demo;
 pub(crate) mod discovery;
-pub mod error;
-pub mod ids;
+pub(crate) mod error;
+pub(crate) mod ids;
 pub mod metrics;
 pub mod odata;
 pub mod operator;
 pub mod proxy;
-pub mod router;
-pub mod server;
+pub(crate) mod router;
+pub(crate) mod server;
 mod status;
 pub mod store;
 pub mod track;
-pub mod upstream;
+pub(crate) mod upstream;
 
 use std::sync::Arc;
 
@@ -83,15 +89,15 @@ pub struct Shared {
     /// Validated configuration.
     pub config: Config,
     /// The store.
-    pub store: Store,
+    pub(crate) store: Store,
     /// The pooled upstream client.
-    pub upstream: Upstream,
+    pub(crate) upstream: Upstream,
     /// Key that tags tokens.
-    pub token_key: TokenKey,
+    pub(crate) token_key: TokenKey,
     /// Key for hashing credentials into identity scopes; never leaves the process.
-    pub scope_key: [u8; 32],
+    pub(crate) scope_key: [u8; 32],
     /// Feeds in memory.
-    pub feeds: Feeds,
+    pub(crate) feeds: Feeds,
     /// Recent upstream authorizations of per-identity tracked requests.
     pub(crate) authorizations: Authorizations,
     /// Turns for refreshes, across all feeds.
@@ -103,7 +109,7 @@ pub struct Shared {
     /// Callbacks waiting for their feed to change.
     pub(crate) callbacks: crate::track::callback::Callbacks,
     /// One service per route, in route order (longest prefix first).
-    pub services: Vec<Service>,
+    pub(crate) services: Vec<Service>,
     /// Metrics.
     pub metrics: Metrics,
     /// The wall clock of tokens and retention.

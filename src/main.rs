@@ -5,9 +5,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use odata_delta_gateway::Shared;
 use odata_delta_gateway::config::{Cli, Command, Config, LogFormat};
-use odata_delta_gateway::{Shared, demo};
 use tokio_util::sync::CancellationToken;
+
+mod demo;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

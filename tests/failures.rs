@@ -9,11 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Value, json};
-use support::gateway::{Client, Gateway, Replica, Shape};
+use support::gateway::{BehindGateway, Client, Gateway, Replica, Shape, TRACK};
 use support::{EntitySetDef, FakeUpstream, Fault};
 
 const ROOT: &str = "/odata/v4/shop";
-const TRACK: [(&str, &str); 1] = [("Prefer", "odata.track-changes")];
 
 async fn shop(n: i64, page: usize) -> FakeUpstream {
     let up = FakeUpstream::start().await;
@@ -32,20 +31,10 @@ fn customer(i: i64) -> Value {
     json!({"ID": i, "name": format!("C{i}"), "city": if i % 2 == 0 { "Berlin" } else { "Rome" }})
 }
 
+/// A tracked read of `Customers{query}` through all its pages: its delta link.
 async fn delta_link(client: &Client, gw: &Gateway, query: &str) -> String {
-    let mut page = client
-        .get(&gw.url(&format!("{ROOT}/Customers{query}")), &TRACK)
-        .await;
-    loop {
-        assert_eq!(page.status, 200, "{}", page.text());
-        let body = page.json();
-        if let Some(d) = body["@odata.deltaLink"].as_str() {
-            return d.to_owned();
-        }
-        page = client
-            .get(body["@odata.nextLink"].as_str().unwrap(), &[])
-            .await;
-    }
+    let url = gw.url(&format!("{ROOT}/Customers{query}"));
+    client.read_tracked(&url).await.1
 }
 
 fn ids(page: &Value) -> Vec<String> {
@@ -141,9 +130,7 @@ async fn a_failed_refresh_commits_nothing_and_keeps_every_token_valid() {
 
 #[tokio::test]
 async fn rate_limited_pages_are_retried_after_retry_after() {
-    let up = shop(30, 10).await;
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
+    let BehindGateway { up, gw, client } = BehindGateway::over(shop(30, 10).await).await;
     up.push_fault(Fault::Status {
         page: 1,
         status: 429,
@@ -191,9 +178,7 @@ async fn rate_limiting_beyond_the_retry_budget_fails_cleanly() {
 /// enumeration, so one row is never seen. It must not become a tombstone (C27).
 #[tokio::test]
 async fn rows_skipped_by_shifting_pages_are_not_reported_removed_c27() {
-    let up = shop(50, 10).await;
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
+    let BehindGateway { up, gw, client } = BehindGateway::over(shop(50, 10).await).await;
     let link = delta_link(&client, &gw, "").await;
     let armed = Arc::new(AtomicBool::new(true));
     let flag = armed.clone();
@@ -224,9 +209,7 @@ async fn rows_skipped_by_shifting_pages_are_not_reported_removed_c27() {
 #[tokio::test]
 async fn confirmation_falls_back_when_the_upstream_rejects_in_and_or_c27() {
     for (reject_in, reject_or) in [(true, false), (true, true)] {
-        let up = shop(30, 10).await;
-        let gw = Gateway::start(&up.base_url()).await;
-        let client = Client::default();
+        let BehindGateway { up, gw, client } = BehindGateway::over(shop(30, 10).await).await;
         let link = delta_link(&client, &gw, "?$filter=city%20eq%20'Berlin'").await;
         up.set_reject_in(reject_in);
         up.set_reject_or(reject_or);
@@ -250,9 +233,7 @@ async fn confirmation_falls_back_when_the_upstream_rejects_in_and_or_c27() {
 
 #[tokio::test]
 async fn duplicate_keys_across_pages_count_once() {
-    let up = shop(30, 10).await;
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
+    let BehindGateway { up, gw, client } = BehindGateway::over(shop(30, 10).await).await;
     let link = delta_link(&client, &gw, "").await;
     up.push_fault(Fault::DuplicateAcrossPages { page: 1 });
     up.update("Customers", json!(10), json!({"name": "x"}));
@@ -262,9 +243,7 @@ async fn duplicate_keys_across_pages_count_once() {
 
 #[tokio::test]
 async fn silent_truncation_is_detected_and_read_past_with_skip() {
-    let up = shop(45, 100).await;
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
+    let BehindGateway { up, gw, client } = BehindGateway::over(shop(45, 100).await).await;
     up.set_truncate_after(Some(20));
     let r = client
         .get(&gw.url(&format!("{ROOT}/Customers")), &TRACK)
@@ -275,9 +254,7 @@ async fn silent_truncation_is_detected_and_read_past_with_skip() {
 
 #[tokio::test]
 async fn truncation_that_cannot_be_read_past_fails_the_refresh() {
-    let up = shop(45, 100).await;
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
+    let BehindGateway { up, gw, client } = BehindGateway::over(shop(45, 100).await).await;
     let link = delta_link(&client, &gw, "").await;
     up.insert_many("Customers", (46..=60).map(customer));
     up.set_truncate_after(Some(20));
@@ -299,9 +276,7 @@ async fn truncation_that_cannot_be_read_past_fails_the_refresh() {
 /// the same delta.
 #[tokio::test]
 async fn concurrent_requests_share_one_refresh() {
-    let up = shop(200, 50).await;
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
+    let BehindGateway { up, gw, client } = BehindGateway::over(shop(200, 50).await).await;
     let link = delta_link(&client, &gw, "").await;
     up.update("Customers", json!(7), json!({"name": "seven"}));
     up.delete("Customers", json!(8));
@@ -353,9 +328,7 @@ async fn a_recent_refresh_is_reused_within_min_refresh_interval() {
 /// used with other credentials is refused exactly like a forged one.
 #[tokio::test]
 async fn tokens_and_feeds_are_scoped_by_credentials() {
-    let up = shop(10, 50).await;
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
+    let BehindGateway { up, gw, client } = BehindGateway::over(shop(10, 50).await).await;
     let alice = [
         ("Prefer", "odata.track-changes"),
         ("Authorization", "Basic YWxpY2U6MQ=="),
@@ -451,9 +424,7 @@ async fn limits_are_enforced_with_clear_errors_and_nothing_committed() {
 #[tokio::test]
 async fn replicas_converge_while_the_upstream_changes_mid_enumeration_c27_c28() {
     for shape in [Shape::V40, Shape::V401] {
-        let up = shop(120, 15).await;
-        let gw = Gateway::start(&up.base_url()).await;
-        let client = Client::default();
+        let BehindGateway { up, gw, client } = BehindGateway::over(shop(120, 15).await).await;
         let mut replica = Replica::new("Customers", &["ID"], shape);
         replica
             .initial(&client, &gw.url(&format!("{ROOT}/Customers")))
@@ -493,9 +464,7 @@ async fn replicas_converge_while_the_upstream_changes_mid_enumeration_c27_c28() 
 /// its status, so that the client can tell its mistake from an outage (C26).
 #[tokio::test]
 async fn an_upstream_refusal_of_the_clients_query_keeps_its_status() {
-    let up = shop(10, 50).await;
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
+    let BehindGateway { up, gw, client } = BehindGateway::over(shop(10, 50).await).await;
     let r = client
         .get(
             &gw.url(&format!("{ROOT}/Customers?$filter=nosuch%20eq%201")),
@@ -533,9 +502,7 @@ async fn an_upstream_refusal_of_the_clients_query_keeps_its_status() {
 /// tried without those before the refusal is passed on to the client.
 #[tokio::test]
 async fn an_upstream_refusing_count_or_orderby_is_read_without_them() {
-    let up = shop(12, 50).await;
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
+    let BehindGateway { up, gw, client } = BehindGateway::over(shop(12, 50).await).await;
     up.clear_requests();
     up.push_fault(Fault::Status {
         page: 0,

@@ -8,46 +8,10 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::gateway::{Client, Gateway, GatewayProcess};
+use support::gateway::{BehindGateway, Client, Gateway, GatewayProcess, TRACK};
 use support::{EntitySetDef, FakeUpstream};
 
 const ROOT: &str = "/odata/v4/shop";
-
-fn track() -> [(&'static str, &'static str); 1] {
-    [("Prefer", "odata.track-changes")]
-}
-
-/// Read a tracked collection through all its pages: the entities and the delta link.
-async fn read_tracked(client: &Client, url: &str) -> (Vec<Value>, String) {
-    let mut entities = Vec::new();
-    let mut url = url.to_owned();
-    loop {
-        let r = client.get(&url, &track()).await;
-        assert_eq!(r.status, 200, "{url}: {}", r.text());
-        let page = r.json();
-        entities.extend(page["value"].as_array().expect("value").iter().cloned());
-        match (
-            page["@odata.nextLink"].as_str(),
-            page["@odata.deltaLink"].as_str(),
-        ) {
-            (Some(next), None) => url = next.to_owned(),
-            (None, Some(delta)) => return (entities, delta.to_owned()),
-            other => panic!("C3: exactly one of next and delta link, got {other:?} in {page}"),
-        }
-    }
-}
-
-/// One delta page (the deltas here are small), in the 4.0 or the 4.01 shape.
-async fn delta(client: &Client, link: &str, v401: bool) -> Value {
-    let headers: &[(&str, &str)] = if v401 {
-        &[("OData-MaxVersion", "4.01")]
-    } else {
-        &[]
-    };
-    let r = client.get(link, headers).await;
-    assert_eq!(r.status, 200, "{link}: {}", r.text());
-    r.json()
-}
 
 fn values(page: &Value) -> &Vec<Value> {
     page["value"].as_array().expect("value array")
@@ -81,15 +45,16 @@ async fn composite_keys_give_named_entity_ids_and_4_01_tombstones_with_every_key
     for (id, line) in [(1, 1), (1, 2), (2, 1)] {
         up.insert("Orders", json!({"ID": id, "Line": line, "qty": 10}));
     }
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
-    let (entities, link) = read_tracked(&client, &gw.url(&format!("{ROOT}/Orders"))).await;
+    let BehindGateway { up, gw, client } = BehindGateway::over(up).await;
+    let (entities, link) = client
+        .read_tracked(&gw.url(&format!("{ROOT}/Orders")))
+        .await;
     assert_eq!(entities.len(), 3);
 
     up.delete("Orders", json!({"ID": 1, "Line": 2}));
     up.update("Orders", json!({"ID": 2, "Line": 1}), json!({"qty": 11}));
 
-    let page = delta(&client, &link, false).await;
+    let page = client.delta_page(&link, false).await;
     assert_eq!(tombstone_ids_4_0(&page), ["Orders(ID=1,Line=2)"], "{page}");
     let changed: Vec<&Value> = values(&page)
         .iter()
@@ -122,21 +87,20 @@ async fn composite_string_keys_with_commas_and_quotes_are_confirmed_not_falsely_
     for (region, no) in rows {
         up.insert("Docs", json!({"Region": region, "No": no, "n": 0}));
     }
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
-    let (_, link) = read_tracked(&client, &gw.url(&format!("{ROOT}/Docs"))).await;
+    let BehindGateway { up, gw, client } = BehindGateway::over(up).await;
+    let (_, link) = client.read_tracked(&gw.url(&format!("{ROOT}/Docs"))).await;
 
     // The upstream silently drops the last entity from every answer: the gateway must find it
     // with a key lookup instead of reporting it removed.
     up.set_truncate_after(Some(2));
-    let page = delta(&client, &link, false).await;
+    let page = client.delta_page(&link, false).await;
     assert_eq!(values(&page), &Vec::<Value>::new(), "{page}");
     let link = page["@odata.deltaLink"].as_str().unwrap().to_owned();
     up.set_truncate_after(None);
 
     up.delete("Docs", json!({"Region": "O'Neil (x)", "No": 2}));
     up.delete("Docs", json!({"Region": "A,B=1", "No": 1}));
-    let page = delta(&client, &link, false).await;
+    let page = client.delta_page(&link, false).await;
     let mut ids = tombstone_ids_4_0(&page);
     ids.sort();
     assert_eq!(
@@ -267,14 +231,15 @@ async fn check_key_type(case: &KeyCase) {
     for v in &case.values {
         up.insert("Things", json!({"K": v, "n": 0}));
     }
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
-    let (entities, link) = read_tracked(&client, &gw.url(&format!("{ROOT}/Things"))).await;
+    let BehindGateway { up, gw, client } = BehindGateway::over(up).await;
+    let (entities, link) = client
+        .read_tracked(&gw.url(&format!("{ROOT}/Things")))
+        .await;
     assert_eq!(entities.len(), case.values.len(), "{what}");
 
     let last = case.values.len() - 1;
     up.set_truncate_after(Some(last));
-    let page = delta(&client, &link, false).await;
+    let page = client.delta_page(&link, false).await;
     assert_eq!(values(&page), &Vec::<Value>::new(), "{what}: {page}");
     let link = page["@odata.deltaLink"].as_str().unwrap().to_owned();
     up.set_truncate_after(None);
@@ -283,7 +248,7 @@ async fn check_key_type(case: &KeyCase) {
     assert!(up.delete("Things", case.values[last].clone()), "{what}");
     let expected_id = format!("Things({})", case.literals[last]);
 
-    let page = delta(&client, &link, false).await;
+    let page = client.delta_page(&link, false).await;
     assert_eq!(
         tombstone_ids_4_0(&page),
         std::slice::from_ref(&expected_id),
@@ -299,7 +264,7 @@ async fn check_key_type(case: &KeyCase) {
         "{what}: {page}"
     );
 
-    let page = delta(&client, &link, true).await;
+    let page = client.delta_page(&link, true).await;
     let tomb = values(&page)
         .iter()
         .find(|e| e.get("@removed").is_some())
@@ -344,9 +309,9 @@ async fn tombstones_after_delete(
     key: Value,
 ) -> Vec<String> {
     let client = Client::default();
-    let (_, link) = read_tracked(&client, &gw.url(&format!("{ROOT}/{set}"))).await;
+    let (_, link) = client.read_tracked(&gw.url(&format!("{ROOT}/{set}"))).await;
     assert!(up.delete(set, key));
-    tombstone_ids_4_0(&delta(&client, &link, false).await)
+    tombstone_ids_4_0(&client.delta_page(&link, false).await)
 }
 
 #[tokio::test]
@@ -619,8 +584,8 @@ async fn a_configured_key_tracks_a_set_of_an_upstream_without_metadata() {
 /// `Preference-Applied`, no delta link (C2).
 async fn assert_passed_through_untracked(gw_url: &str, upstream_url: &str) {
     let client = Client::default();
-    let through = client.get(gw_url, &track()).await;
-    let direct = client.get(upstream_url, &track()).await;
+    let through = client.get(gw_url, &TRACK).await;
+    let direct = client.get(upstream_url, &TRACK).await;
     assert_eq!(through.status, 200, "{}", through.text());
     assert_eq!(through.status, direct.status);
     assert_eq!(through.header("preference-applied"), None);
@@ -733,13 +698,10 @@ async fn a_name_that_is_no_entity_set_in_metadata_is_passed_through_c2() {
       </EntityContainer>
     </Schema>"#,
     ));
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
+    let BehindGateway { up, gw, client } = BehindGateway::over(up).await;
     for name in ["Me", "TopThings"] {
-        let through = client
-            .get(&gw.url(&format!("{ROOT}/{name}")), &track())
-            .await;
-        let direct = client.get(&up.url(name), &track()).await;
+        let through = client.get(&gw.url(&format!("{ROOT}/{name}")), &TRACK).await;
+        let direct = client.get(&up.url(name), &TRACK).await;
         assert_eq!(through.status, direct.status, "{name}: {}", through.text());
         assert_eq!(through.header("preference-applied"), None, "{name}");
         assert!(!through.text().contains("deltaLink"), "{name}");
@@ -768,13 +730,15 @@ async fn ignored_properties_alone_do_not_make_a_change_but_travel_with_real_chan
     );
     let gw = Gateway::start_with("", Some(&toml), |_| {}).await;
     let client = Client::default();
-    let (_, link) = read_tracked(&client, &gw.url(&format!("{ROOT}/Customers"))).await;
+    let (_, link) = client
+        .read_tracked(&gw.url(&format!("{ROOT}/Customers")))
+        .await;
 
     // Only the volatile timestamp moves: no change.
     for i in 1..=4 {
         up.update("Customers", json!(i), json!({"modifiedAt": at(1)}));
     }
-    let page = delta(&client, &link, false).await;
+    let page = client.delta_page(&link, false).await;
     assert_eq!(values(&page), &Vec::<Value>::new(), "{page}");
     let link = page["@odata.deltaLink"].as_str().unwrap().to_owned();
 
@@ -786,7 +750,7 @@ async fn ignored_properties_alone_do_not_make_a_change_but_travel_with_real_chan
     );
     up.update("Customers", json!(3), json!({"modifiedAt": at(3)}));
     up.delete("Customers", json!(4));
-    let page = delta(&client, &link, false).await;
+    let page = client.delta_page(&link, false).await;
     assert_eq!(tombstone_ids_4_0(&page), ["Customers(4)"], "{page}");
     let changed: Vec<&Value> = values(&page)
         .iter()
@@ -832,9 +796,10 @@ async fn a_key_spelled_another_way_upstream_is_neither_removed_nor_added_again_c
         for k in &keys {
             up.insert("Things", json!({"K": k, "n": 0}));
         }
-        let gw = Gateway::start(&up.base_url()).await;
-        let client = Client::default();
-        let (entities, link) = read_tracked(&client, &gw.url(&format!("{ROOT}/Things"))).await;
+        let BehindGateway { up, gw, client } = BehindGateway::over(up).await;
+        let (entities, link) = client
+            .read_tracked(&gw.url(&format!("{ROOT}/Things")))
+            .await;
         assert_eq!(entities.len(), keys.len(), "{edm_type}");
 
         // The enumeration misses the last entity, so its removal is checked upstream, and the
@@ -845,7 +810,7 @@ async fn a_key_spelled_another_way_upstream_is_neither_removed_nor_added_again_c
             let checking = r.request.query_pairs().iter().any(|(n, _)| n == "$filter");
             r.upstream.set_respell_keys(checking);
         });
-        let page = delta(&client, &link, false).await;
+        let page = client.delta_page(&link, false).await;
         assert_eq!(values(&page), &Vec::<Value>::new(), "{edm_type}: {page}");
         let link = page["@odata.deltaLink"].as_str().unwrap().to_owned();
 
@@ -854,17 +819,17 @@ async fn a_key_spelled_another_way_upstream_is_neither_removed_nor_added_again_c
         up.set_truncate_after(None);
         up.set_count_mode(support::CountMode::EveryPage);
         up.set_respell_keys(true);
-        let page = delta(&client, &link, false).await;
+        let page = client.delta_page(&link, false).await;
         assert_eq!(values(&page), &Vec::<Value>::new(), "{edm_type}: {page}");
         let link = page["@odata.deltaLink"].as_str().unwrap().to_owned();
         up.set_respell_keys(false);
-        let page = delta(&client, &link, false).await;
+        let page = client.delta_page(&link, false).await;
         assert_eq!(values(&page), &Vec::<Value>::new(), "{edm_type}: {page}");
         let link = page["@odata.deltaLink"].as_str().unwrap().to_owned();
 
         // A real delete is still one tombstone, with the literal as first read.
         assert!(up.delete("Things", keys[1].clone()), "{edm_type}");
-        let page = delta(&client, &link, false).await;
+        let page = client.delta_page(&link, false).await;
         let literal = keys[1].as_str().unwrap();
         assert_eq!(
             tombstone_ids_4_0(&page),

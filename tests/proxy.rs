@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::gateway::{Client, Gateway, Resp};
+use support::gateway::{BehindGateway, Client, Gateway, Resp};
 use support::shop::{ROOT, customer, shop};
 use support::{EntitySetDef, FakeUpstream, Fault, LinkStyle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -240,8 +240,7 @@ async fn post_creates_upstream_answers_201_and_rewrites_location_to_the_gateway(
 
 #[tokio::test]
 async fn post_with_return_minimal_answers_204_with_location_on_the_gateway() {
-    let up = shop(3).await;
-    let gw = Gateway::start(&up.base_url()).await;
+    let BehindGateway { up, gw, .. } = BehindGateway::shop(3).await;
     let r = Client::default()
         .send_json(
             Method::POST,
@@ -261,8 +260,7 @@ async fn post_with_return_minimal_answers_204_with_location_on_the_gateway() {
 /// which is rewritten), so a client that reads the new entity from it must stay on the gateway.
 #[tokio::test]
 async fn odata_entityid_header_is_rewritten_to_the_gateway() {
-    let up = shop(3).await;
-    let gw = Gateway::start(&up.base_url()).await;
+    let BehindGateway { up: _up, gw, .. } = BehindGateway::shop(3).await;
     let r = Client::default()
         .send_json(
             Method::POST,
@@ -381,8 +379,7 @@ async fn if_match_reaches_the_upstream_and_its_412_comes_back() {
 
 #[tokio::test]
 async fn custom_request_headers_reach_the_upstream_and_its_headers_come_back() {
-    let up = shop(20).await;
-    let gw = Gateway::start(&up.base_url()).await;
+    let BehindGateway { up, gw, .. } = BehindGateway::shop(20).await;
     let r = Client::default()
         .get(
             &gw.url(&format!("{ROOT}/Customers")),
@@ -410,8 +407,7 @@ async fn custom_request_headers_reach_the_upstream_and_its_headers_come_back() {
 
 #[tokio::test]
 async fn hop_by_hop_request_headers_are_not_forwarded() {
-    let up = shop(2).await;
-    let gw = Gateway::start(&up.base_url()).await;
+    let BehindGateway { up, gw, .. } = BehindGateway::shop(2).await;
     let headers = [
         ("Connection", "keep-alive, X-Hop-Secret"),
         ("X-Hop-Secret", "for the next hop only"),
@@ -505,9 +501,7 @@ async fn query_strings_are_forwarded_verbatim() {
 
 #[tokio::test]
 async fn upstream_errors_pass_through_with_status_headers_and_body() {
-    let up = shop(5).await;
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
+    let BehindGateway { up, gw, client } = BehindGateway::shop(5).await;
     for (path, status) in [
         ("/Customers(999)", 404),
         ("/Nowhere", 404),
@@ -538,9 +532,8 @@ const SMALL_BODY_LIMIT: &str = "[limits]\nmax_request_body_bytes = 1024\n";
 #[tokio::test]
 async fn a_request_body_over_the_limit_is_413_with_an_odata_error_and_never_reaches_the_upstream_c26()
  {
-    let up = shop(1).await;
-    let gw = Gateway::start_with(&up.base_url(), Some(SMALL_BODY_LIMIT), |_| {}).await;
-    let client = Client::default();
+    let BehindGateway { up, gw, client } =
+        BehindGateway::over_with(shop(1).await, Some(SMALL_BODY_LIMIT), |_| {}).await;
     let url = gw.url(&format!("{ROOT}/Customers"));
     let big = json!({"ID": 9, "name": "x".repeat(2000)});
     let r = client.send_json(Method::POST, &url, &[], &big).await;
@@ -640,9 +633,7 @@ async fn an_unreachable_upstream_is_502_with_an_odata_error_c26() {
 
 #[tokio::test]
 async fn a_path_outside_every_route_is_a_404_odata_error_c26() {
-    let up = shop(1).await;
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
+    let BehindGateway { up, gw, client } = BehindGateway::shop(1).await;
     for path in [
         "/",
         "/odata/v4",

@@ -4,19 +4,17 @@
 mod support;
 
 use serde_json::json;
-use support::gateway::{Client, Gateway, Replica, Shape};
+use support::gateway::{BehindGateway, Client, Gateway, Replica, Shape, TRACK};
 use support::shop::{Churn, ROOT, customer, shop};
 use support::{EntitySetDef, FakeUpstream, LinkStyle};
 
-fn track() -> [(&'static str, &'static str); 1] {
-    [("Prefer", "odata.track-changes")]
-}
-
 #[tokio::test]
 async fn tracked_read_returns_everything_and_an_absolute_delta_link_c1_c3_c4_c9() {
-    let up = shop(120).await;
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
+    let BehindGateway {
+        up: _up,
+        gw,
+        client,
+    } = BehindGateway::shop(120).await;
     for spelling in ["odata.track-changes", "track-changes"] {
         let r = client
             .get(
@@ -62,7 +60,7 @@ async fn enumeration_follows_every_upstream_page_with_relative_or_absolute_links
         up.set_link_style(style);
         let gw = Gateway::start(&up.base_url()).await;
         let (entities, _) = Client::default()
-            .read_all(&gw.url(&format!("{ROOT}/Customers")), &track())
+            .read_all(&gw.url(&format!("{ROOT}/Customers")), &TRACK)
             .await;
         let mut ids: Vec<i64> = entities.iter().map(|e| e["ID"].as_i64().unwrap()).collect();
         ids.sort();
@@ -73,11 +71,9 @@ async fn enumeration_follows_every_upstream_page_with_relative_or_absolute_links
 
 #[tokio::test]
 async fn delta_reports_inserts_updates_and_deletes_in_the_4_0_shape_c11_c15_c16() {
-    let up = shop(30).await;
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
+    let BehindGateway { up, gw, client } = BehindGateway::shop(30).await;
     let (_, link) = client
-        .read_all(&gw.url(&format!("{ROOT}/Customers")), &track())
+        .read_all(&gw.url(&format!("{ROOT}/Customers")), &TRACK)
         .await;
 
     up.insert("Customers", customer(31));
@@ -116,11 +112,9 @@ async fn delta_reports_inserts_updates_and_deletes_in_the_4_0_shape_c11_c15_c16(
 
 #[tokio::test]
 async fn delta_in_the_4_01_shape_when_asked_c14_c17() {
-    let up = shop(10).await;
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
+    let BehindGateway { up, gw, client } = BehindGateway::shop(10).await;
     let (_, link) = client
-        .read_all(&gw.url(&format!("{ROOT}/Customers")), &track())
+        .read_all(&gw.url(&format!("{ROOT}/Customers")), &TRACK)
         .await;
     up.delete("Customers", json!(3));
     up.update("Customers", json!(4), json!({"score": 99}));
@@ -147,11 +141,13 @@ async fn delta_in_the_4_01_shape_when_asked_c14_c17() {
 
 #[tokio::test]
 async fn a_delta_without_changes_is_empty_and_links_on_c11() {
-    let up = shop(10).await;
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
+    let BehindGateway {
+        up: _up,
+        gw,
+        client,
+    } = BehindGateway::shop(10).await;
     let (_, link) = client
-        .read_all(&gw.url(&format!("{ROOT}/Customers")), &track())
+        .read_all(&gw.url(&format!("{ROOT}/Customers")), &TRACK)
         .await;
     let r = client.get(&link, &[]).await;
     let page = r.json();
@@ -164,11 +160,9 @@ async fn a_delta_without_changes_is_empty_and_links_on_c11() {
 
 #[tokio::test]
 async fn reordered_and_reformatted_upstream_payloads_are_not_changes() {
-    let up = shop(40).await;
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
+    let BehindGateway { up, gw, client } = BehindGateway::shop(40).await;
     let (_, link) = client
-        .read_all(&gw.url(&format!("{ROOT}/Customers")), &track())
+        .read_all(&gw.url(&format!("{ROOT}/Customers")), &TRACK)
         .await;
     up.set_reorder_properties(true);
     up.set_pretty(true);
@@ -178,11 +172,9 @@ async fn reordered_and_reformatted_upstream_payloads_are_not_changes() {
 
 #[tokio::test]
 async fn bad_tokens_are_400_with_an_odata_error_c10_c26() {
-    let up = shop(5).await;
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
+    let BehindGateway { up, gw, client } = BehindGateway::shop(5).await;
     let (_, link) = client
-        .read_all(&gw.url(&format!("{ROOT}/Customers")), &track())
+        .read_all(&gw.url(&format!("{ROOT}/Customers")), &TRACK)
         .await;
     let token = link.split("$deltatoken=").nth(1).unwrap().to_owned();
     let mut flipped = token.clone().into_bytes();
@@ -215,9 +207,7 @@ async fn bad_tokens_are_400_with_an_odata_error_c10_c26() {
 
 #[tokio::test]
 async fn paging_with_maxpagesize_never_loses_or_repeats_c21_c22() {
-    let up = shop(53).await;
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
+    let BehindGateway { up, gw, client } = BehindGateway::shop(53).await;
     let headers = [("Prefer", "odata.track-changes, odata.maxpagesize=10")];
     let r = client
         .get(&gw.url(&format!("{ROOT}/Customers")), &headers)
@@ -248,11 +238,9 @@ async fn paging_with_maxpagesize_never_loses_or_repeats_c21_c22() {
 
 #[tokio::test]
 async fn count_on_a_delta_link_counts_without_advancing_c23() {
-    let up = shop(20).await;
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
+    let BehindGateway { up, gw, client } = BehindGateway::shop(20).await;
     let (_, link) = client
-        .read_all(&gw.url(&format!("{ROOT}/Customers")), &track())
+        .read_all(&gw.url(&format!("{ROOT}/Customers")), &TRACK)
         .await;
     up.delete("Customers", json!(1));
     up.update("Customers", json!(2), json!({"city": "Oslo"}));
@@ -269,9 +257,7 @@ async fn count_on_a_delta_link_counts_without_advancing_c23() {
 
 #[tokio::test]
 async fn latest_token_gives_an_empty_delta_from_now_c13() {
-    let up = shop(20).await;
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
+    let BehindGateway { up, gw, client } = BehindGateway::shop(20).await;
     let r = client
         .get(
             &gw.url(&format!("{ROOT}/Customers?$deltatoken=latest")),
@@ -290,25 +276,25 @@ async fn latest_token_gives_an_empty_delta_from_now_c13() {
 
 #[tokio::test]
 async fn track_changes_on_what_cannot_be_tracked_passes_through_c2() {
-    let up = shop(5).await;
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
+    let BehindGateway {
+        up: _up,
+        gw,
+        client,
+    } = BehindGateway::shop(5).await;
     for path in [
         "/Customers(1)",
         "/Customers(1)/name",
         "/Customers/$count",
         "/Customers?$apply=groupby((city))",
     ] {
-        let r = client
-            .get(&gw.url(&format!("{ROOT}{path}")), &track())
-            .await;
+        let r = client.get(&gw.url(&format!("{ROOT}{path}")), &TRACK).await;
         assert!(r.header("preference-applied").is_none(), "{path}");
         assert!(!r.text().contains("deltaLink"), "{path}");
         assert_ne!(r.status.as_u16(), 500, "{path}");
     }
     assert_eq!(
         client
-            .get(&gw.url(&format!("{ROOT}/Customers(1)")), &track())
+            .get(&gw.url(&format!("{ROOT}/Customers(1)")), &TRACK)
             .await
             .json()["ID"],
         1
@@ -336,10 +322,10 @@ async fn string_and_guid_keys_give_entity_ids_per_edm_type() {
     let gw = Gateway::start(&up.base_url()).await;
     let client = Client::default();
     let (_, p) = client
-        .read_all(&gw.url(&format!("{ROOT}/Products")), &track())
+        .read_all(&gw.url(&format!("{ROOT}/Products")), &TRACK)
         .await;
     let (_, o) = client
-        .read_all(&gw.url(&format!("{ROOT}/Orders")), &track())
+        .read_all(&gw.url(&format!("{ROOT}/Orders")), &TRACK)
         .await;
     up.delete("Products", json!("A'1"));
     up.delete("Orders", json!("6f9619ff-8b86-d011-b42d-00c04fc964ff"));

@@ -16,8 +16,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use odata_delta_gateway::config::{Config, Flags};
 use odata_delta_gateway::{Running, Shared};
+
+use super::{FakeUpstream, shop};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+
+/// The preference that makes a read of a collection tracked (C1).
+pub const TRACK: [(&str, &str); 1] = [("Prefer", "odata.track-changes")];
 
 /// The gateway running in this process.
 pub struct Gateway {
@@ -93,6 +98,51 @@ impl Gateway {
             r.shutdown().await;
         }
         self.dir
+    }
+}
+
+/// An upstream with a gateway in front of it and a client of the gateway: where most black-box
+/// tests start. Tests destructure it: `let BehindGateway { up, gw, client } = ...`.
+pub struct BehindGateway {
+    /// The upstream.
+    pub up: FakeUpstream,
+    /// The gateway in front of it.
+    pub gw: Gateway,
+    /// A client of the gateway.
+    pub client: Client,
+}
+
+impl BehindGateway {
+    /// The shop ([`shop::shop`]) with `customers` customers behind a gateway with default
+    /// settings.
+    pub async fn shop(customers: i64) -> Self {
+        Self::over(shop::shop(customers).await).await
+    }
+
+    /// The shop with `customers` customers in pages of `page_size`, behind a gateway with
+    /// default settings.
+    pub async fn shop_paged(customers: i64, page_size: usize) -> Self {
+        Self::over(shop::shop_paged(customers, page_size).await).await
+    }
+
+    /// A gateway with default settings in front of `up`.
+    pub async fn over(up: FakeUpstream) -> Self {
+        Self::over_with(up, None, |_| {}).await
+    }
+
+    /// A gateway in front of `up` with an optional gateway.toml text and a hook to adjust the
+    /// flags, as [`Gateway::start_with`].
+    pub async fn over_with(
+        up: FakeUpstream,
+        toml: Option<&str>,
+        adjust: impl FnOnce(&mut Flags),
+    ) -> Self {
+        let gw = Gateway::start_with(&up.base_url(), toml, adjust).await;
+        BehindGateway {
+            up,
+            gw,
+            client: Client::default(),
+        }
     }
 }
 
@@ -361,6 +411,24 @@ impl Client {
             headers: parts.headers,
             body,
         })
+    }
+
+    /// A tracked read of `url` (with [`TRACK`]) through all its pages: the entities and the
+    /// delta link of the last page.
+    pub async fn read_tracked(&self, url: &str) -> (Vec<Value>, String) {
+        self.read_all(url, &TRACK).await
+    }
+
+    /// One delta page (asserting 200), in the 4.01 shape when `v401`, else in the 4.0 shape.
+    pub async fn delta_page(&self, link: &str, v401: bool) -> Value {
+        let headers: &[(&str, &str)] = if v401 {
+            &[("OData-MaxVersion", "4.01")]
+        } else {
+            &[]
+        };
+        let r = self.get(link, headers).await;
+        assert_eq!(r.status, 200, "{link}: {}", r.text());
+        r.json()
     }
 
     /// A tracked read (or a delta) followed through its `@odata.nextLink`s: every entry of every

@@ -1,15 +1,15 @@
-//! The sample service most black-box tests run against: the fake upstream at `/odata/v4/shop`
+//! The service most black-box tests run against: the sample service at `/odata/v4/shop`
 //! with a `Customers` set keyed by an `Edm.Int32` `ID`.
 
 use serde_json::{Value, json};
 
-use super::model::EntitySetDef;
-use super::upstream::{FakeUpstream, Upstream};
+use super::EntitySetDef;
+use super::{FakeUpstream, Upstream};
 
 /// The service root path, the same on the upstream and on the gateway (default route).
 pub const ROOT: &str = "/odata/v4/shop";
 
-/// A fake upstream holding customers 1..=`customers`.
+/// The sample service holding customers 1..=`customers`.
 pub async fn shop(customers: i64) -> FakeUpstream {
     let up = FakeUpstream::start().await;
     up.define_set(
@@ -20,6 +20,13 @@ pub async fn shop(customers: i64) -> FakeUpstream {
             .property("score", "Edm.Int32"),
     );
     up.insert_many("Customers", (1..=customers).map(customer));
+    up
+}
+
+/// [`shop`] with a server-driven page size of `page_size`.
+pub async fn shop_paged(customers: i64, page_size: usize) -> FakeUpstream {
+    let up = shop(customers).await;
+    up.set_page_size(Some(page_size));
     up
 }
 

@@ -1,16 +1,19 @@
-//! The fake upstream's public face: starting it, seeding data, turning knobs,
+//! The service's public face: starting it, seeding data, turning knobs,
 //! injecting faults and inspecting the requests it received.
 
 use super::knobs::{CountMode, Fault, Knobs, LinkStyle};
 use super::model::{EntitySetDef, SetStore, etag, find_set, find_set_mut};
 use super::request::{Hook, PageRequest, RecordedRequest};
-use super::server;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The service root path [`Server::start`] serves.
+pub const DEFAULT_ROOT: &str = "/odata/v4/shop";
 
 /// A fault waiting for its request.
 pub(crate) struct PendingFault {
@@ -65,78 +68,72 @@ pub(crate) struct Shared {
     pub state: Mutex<State>,
 }
 
-/// Cloneable handle to the fake's data and knobs. Obtained by dereferencing
-/// a [`FakeUpstream`] or via [`FakeUpstream::handle`]; it does not keep the
-/// server alive.
+/// Cloneable handle to the service's data and knobs. Obtained by dereferencing
+/// a [`Server`], via [`Server::handle`], or from [`Service::new`] for a service
+/// served with [`crate::serve`]; it does not keep a server alive.
 #[derive(Clone)]
-pub struct Upstream {
+pub struct Service {
     /// Shared with the server task.
     pub(crate) shared: Arc<Shared>,
 }
 
-/// A running fake OData V4 service on 127.0.0.1; stops when dropped.
-pub struct FakeUpstream {
-    upstream: Upstream,
+/// A running service on 127.0.0.1; stops when dropped, closing its connections at once.
+pub struct Server {
+    upstream: Service,
     addr: SocketAddr,
     task: JoinHandle<()>,
 }
 
-impl FakeUpstream {
-    /// Starts a fake serving `/odata/v4/shop`.
-    pub async fn start() -> FakeUpstream {
-        FakeUpstream::start_at("/odata/v4/shop").await
+impl Server {
+    /// Starts a service at [`DEFAULT_ROOT`].
+    pub async fn start() -> Server {
+        Server::start_at(DEFAULT_ROOT).await
     }
 
-    /// Starts a fake serving the given service root path (`/` allowed).
-    pub async fn start_at(root: &str) -> FakeUpstream {
+    /// Starts a service at the given service root path (`/` allowed).
+    pub async fn start_at(root: &str) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
-            .expect("bind fake upstream on 127.0.0.1:0");
+            .expect("bind the sample service on 127.0.0.1:0");
         let addr = listener
             .local_addr()
-            .expect("local address of fake upstream");
-        let trimmed = root.trim_matches('/');
-        let root = if trimmed.is_empty() {
-            String::new()
-        } else {
-            format!("/{trimmed}")
-        };
-        let upstream = Upstream {
-            shared: Arc::new(Shared {
-                origin: format!("http://{addr}"),
-                root,
-                state: Mutex::new(State::default()),
-            }),
-        };
-        let task = tokio::spawn(server::serve(listener, upstream.clone()));
-        FakeUpstream {
+            .expect("local address of the sample service");
+        let upstream = Service::new(&format!("http://{addr}"), root);
+        let task = tokio::spawn({
+            let upstream = upstream.clone();
+            async move {
+                // Never cancelled: dropping the server aborts the task instead.
+                let _ = crate::server::serve(listener, upstream, CancellationToken::new()).await;
+            }
+        });
+        Server {
             upstream,
             addr,
             task,
         }
     }
 
-    /// The socket address the fake listens on.
+    /// The socket address the service listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// A handle usable after moving it into closures or other tasks.
-    pub fn handle(&self) -> Upstream {
+    pub fn handle(&self) -> Service {
         self.upstream.clone()
     }
 }
 
 /// Lets tests call data and knob methods directly on the server value.
-impl Deref for FakeUpstream {
-    type Target = Upstream;
+impl Deref for Server {
+    type Target = Service;
 
-    fn deref(&self) -> &Upstream {
+    fn deref(&self) -> &Service {
         &self.upstream
     }
 }
 
-impl Drop for FakeUpstream {
+impl Drop for Server {
     fn drop(&mut self) {
         // Aborting the accept loop drops its JoinSet, which aborts every
         // connection task, so no test leaks a server into the next.
@@ -144,7 +141,25 @@ impl Drop for FakeUpstream {
     }
 }
 
-impl Upstream {
+impl Service {
+    /// A service reachable at `origin` (`http://host:port`, what its absolute links start with)
+    /// under the service root path `root` (`/` allowed), with no entity sets yet.
+    pub fn new(origin: &str, root: &str) -> Service {
+        let trimmed = root.trim_matches('/');
+        let root = if trimmed.is_empty() {
+            String::new()
+        } else {
+            format!("/{trimmed}")
+        };
+        Service {
+            shared: Arc::new(Shared {
+                origin: origin.trim_end_matches('/').to_string(),
+                root,
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
     /// Locks the state; a hook that panicked must not wedge later tests, so
     /// a poisoned lock is taken over as is.
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -187,7 +202,7 @@ impl Upstream {
         }
     }
 
-    /// Inserts several rows, see [`Upstream::insert`].
+    /// Inserts several rows, see [`Service::insert`].
     pub fn insert_many(&self, set: &str, rows: impl IntoIterator<Item = Value>) {
         for row in rows {
             self.insert(set, row);
@@ -239,7 +254,7 @@ impl Upstream {
         store.rows.get(index).cloned().map(Value::Object)
     }
 
-    /// The ETag the fake currently reports for the row with `key`.
+    /// The ETag the service currently reports for the row with `key`.
     pub fn etag(&self, set: &str, key: Value) -> Option<String> {
         let st = self.lock();
         let store = find_set(&st.sets, set)?;
@@ -400,12 +415,12 @@ impl Upstream {
     /// Track changes like a service with change tracking of its own (odatapy's server): a
     /// collection request that prefers `odata.track-changes` (or `track-changes`) is answered
     /// with `Preference-Applied` and, on its last page, an `@odata.deltaLink` carrying a
-    /// `$deltatoken` of the fake's (which it then ignores, answering the whole collection).
+    /// `$deltatoken` of the service's (which it then ignores, answering the whole collection).
     pub fn set_own_change_tracking(&self, on: bool) {
         self.lock().knobs.own_change_tracking = on;
     }
 
-    /// With [`Upstream::set_own_change_tracking`] on: write the delta link on the last page of
+    /// With [`Service::set_own_change_tracking`] on: write the delta link on the last page of
     /// every collection read, whether the request asked for change tracking or not.
     pub fn set_unasked_delta_links(&self, on: bool) {
         self.lock().knobs.unasked_delta_links = on;

@@ -5,8 +5,8 @@
 use super::handler::{Route, dispatch, route};
 use super::reply::{JSON, respond};
 use super::request::RecordedRequest;
-use super::server::FakeBody;
-use super::upstream::Upstream;
+use super::server::ReplyBody;
+use super::service::Service;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response};
 use http_body_util::BodyExt;
@@ -22,7 +22,7 @@ struct Inner {
 }
 
 /// Answers a `POST $batch`.
-pub(crate) async fn answer(up: &Upstream, req: &RecordedRequest) -> Response<FakeBody> {
+pub(crate) async fn answer(up: &Service, req: &RecordedRequest) -> Response<ReplyBody> {
     let content_type = req
         .headers
         .get("content-type")
@@ -77,19 +77,19 @@ pub(crate) async fn answer(up: &Upstream, req: &RecordedRequest) -> Response<Fak
     respond(
         200,
         Some(JSON),
-        FakeBody::full(json!({ "responses": responses }).to_string()),
+        ReplyBody::full(json!({ "responses": responses }).to_string()),
     )
 }
 
-fn bad(message: &str) -> Response<FakeBody> {
+fn bad(message: &str) -> Response<ReplyBody> {
     respond(
         400,
         Some(JSON),
-        FakeBody::full(json!({"error": {"code": "400", "message": message}}).to_string()),
+        ReplyBody::full(json!({"error": {"code": "400", "message": message}}).to_string()),
     )
 }
 
-async fn multipart(up: &Upstream, req: &RecordedRequest, boundary: &str) -> Response<FakeBody> {
+async fn multipart(up: &Service, req: &RecordedRequest, boundary: &str) -> Response<ReplyBody> {
     let Some(parts) = split(&req.body, boundary) else {
         return bad("not a multipart batch");
     };
@@ -119,12 +119,12 @@ async fn multipart(up: &Upstream, req: &RecordedRequest, boundary: &str) -> Resp
     respond(
         200,
         Some("multipart/mixed; boundary=batchresponse_fake"),
-        FakeBody::full(out),
+        ReplyBody::full(out),
     )
 }
 
 async fn answer_part(
-    up: &Upstream,
+    up: &Service,
     req: &RecordedRequest,
     mime: &[(String, String)],
     content: &str,
@@ -161,7 +161,7 @@ async fn answer_part(
 }
 
 /// Dispatches one inner request like a request of its own, and records it.
-async fn run(up: &Upstream, outer: &RecordedRequest, inner: &Inner) -> (u16, HeaderMap, Bytes) {
+async fn run(up: &Service, outer: &RecordedRequest, inner: &Inner) -> (u16, HeaderMap, Bytes) {
     let root = up.shared.root.clone();
     let path_and_query = if let Some(rest) = inner.url.strip_prefix(&up.base_url()) {
         format!("{root}{rest}")

@@ -3,7 +3,7 @@
 //! JSON alone loses the Edm type: an `Edm.Int64` or `Edm.Decimal` may arrive as
 //! a string (IEEE754Compatible), GUIDs compare case-insensitively and two
 //! timestamps with different offsets can denote the same instant. Ordering,
-//! filtering and key lookups in the fake go through these helpers so that they
+//! filtering and key lookups in the service go through these helpers so that they
 //! behave like a real OData server rather than like plain JSON equality.
 
 use serde_json::Value;
@@ -18,7 +18,7 @@ pub(crate) enum Val {
     Bool(bool),
     /// An integral number.
     Int(i64),
-    /// A non-integral number (decimals are approximated; the fake needs no more).
+    /// A non-integral number (decimals are approximated; the service needs no more).
     Dec(f64),
     /// A string.
     Str(String),

@@ -7,7 +7,7 @@ use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_enco
 use serde_json::{Map, Value};
 
 /// Characters escaped when re-encoding a query option value into a nextLink.
-/// `+` is escaped because the fake (like CAP) reads a raw `+` literally.
+/// `+` is escaped because the service (like CAP) reads a raw `+` literally.
 const QUERY_VALUE: &AsciiSet = &CONTROLS
     .add(b' ')
     .add(b'"')

@@ -9,8 +9,8 @@ use super::query::ODataError;
 use super::render::Node;
 use super::reply::{JSON, error_response, respond, set_header};
 use super::request::RecordedRequest;
-use super::server::FakeBody;
-use super::upstream::Upstream;
+use super::server::ReplyBody;
+use super::service::Service;
 use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
@@ -38,7 +38,7 @@ pub(crate) enum Route {
 }
 
 /// Records the request, answers it, and adds the headers every answer gets.
-pub(crate) async fn handle(upstream: Upstream, request: Request<Incoming>) -> Response<FakeBody> {
+pub(crate) async fn handle(upstream: Service, request: Request<Incoming>) -> Response<ReplyBody> {
     let (parts, body) = request.into_parts();
     let body = match body.collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -112,10 +112,10 @@ pub(crate) async fn handle(upstream: Upstream, request: Request<Incoming>) -> Re
 }
 
 pub(crate) async fn dispatch(
-    up: &Upstream,
+    up: &Service,
     req: &RecordedRequest,
     route: Route,
-) -> Response<FakeBody> {
+) -> Response<ReplyBody> {
     let method = &req.method;
     let result = match route {
         Route::Collection(set) if method == Method::GET => {
@@ -210,7 +210,7 @@ fn split_resource(segment: &str) -> Option<(String, Option<String>)> {
     }
 }
 
-fn service_document(up: &Upstream) -> Response<FakeBody> {
+fn service_document(up: &Service) -> Response<ReplyBody> {
     let st = up.lock();
     let sets = st
         .sets
@@ -233,11 +233,11 @@ fn service_document(up: &Upstream) -> Response<FakeBody> {
     respond(
         200,
         Some(JSON),
-        FakeBody::full(body.to_json(st.knobs.pretty)),
+        ReplyBody::full(body.to_json(st.knobs.pretty)),
     )
 }
 
-fn metadata(up: &Upstream) -> Result<Response<FakeBody>, ODataError> {
+fn metadata(up: &Service) -> Result<Response<ReplyBody>, ODataError> {
     let st = up.lock();
     if st.metadata_missing {
         return Err(ODataError::not_found("$metadata is not published"));
@@ -246,7 +246,7 @@ fn metadata(up: &Upstream) -> Result<Response<FakeBody>, ODataError> {
         .metadata
         .clone()
         .unwrap_or_else(|| csdl::generate(&st.knobs.namespace, &st.sets));
-    let mut response = respond(200, Some("application/xml"), FakeBody::full(xml));
+    let mut response = respond(200, Some("application/xml"), ReplyBody::full(xml));
     if let Some(etag) = &st.metadata_etag {
         set_header(&mut response, "etag", etag);
     }

@@ -102,7 +102,7 @@ pub(crate) struct Shaper<'a> {
     pub rotate: Option<usize>,
     /// Omit key properties (the DropKey fault); top level only.
     pub drop_keys: bool,
-    /// Spell key values another way (`Upstream::set_respell_keys`); top level only.
+    /// Spell key values another way (`Service::set_respell_keys`); top level only.
     pub respell_keys: bool,
     /// The request accepts `IEEE754Compatible=true`: `Edm.Int64` and `Edm.Decimal` values are
     /// written as strings, as OData JSON says.

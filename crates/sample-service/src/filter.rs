@@ -2,7 +2,7 @@
 //!
 //! It covers what a gateway typically generates (comparisons, `and`/`or`/`not`,
 //! `in`, a few string functions) and rejects everything else with a message,
-//! so the fake answers 400 the way a real server does for syntax it lacks.
+//! so the service answers 400 the way a real server does for syntax it lacks.
 
 use super::value::{Val, compare_vals, is_guid, parse_date, parse_datetime};
 use serde_json::{Map, Value};
@@ -69,7 +69,7 @@ pub(crate) enum Expr {
 
 impl Expr {
     /// Whether any node of the tree satisfies `pred`; used for the knobs that
-    /// make the fake refuse `in` or `or`, and for property validation.
+    /// make the service refuse `in` or `or`, and for property validation.
     pub(crate) fn any(&self, pred: &mut dyn FnMut(&Expr) -> bool) -> bool {
         if pred(self) {
             return true;
@@ -107,11 +107,23 @@ enum Tok {
     Lit(Val),
 }
 
+/// Parentheses, `not` and function calls nested deeper than this are refused, so that no URL
+/// a client can send makes the parser recurse without bound.
+const MAX_DEPTH: usize = 32;
+/// Tokens in one `$filter`; bounds the length of `and`/`or` chains, and with them how deep
+/// evaluation recurses.
+const MAX_TOKENS: usize = 4096;
+
 /// Parses a `$filter` expression.
 pub(crate) fn parse(text: &str) -> Result<Expr, String> {
+    let toks = tokenize(text)?;
+    if toks.len() > MAX_TOKENS {
+        return Err(format!("$filter has more than {MAX_TOKENS} tokens"));
+    }
     let mut parser = Parser {
-        toks: tokenize(text)?,
+        toks,
         pos: 0,
+        depth: 0,
     };
     let expr = parser.or_expr()?;
     match parser.peek() {
@@ -307,9 +319,25 @@ fn describe(tok: Option<&Tok>) -> String {
 struct Parser {
     toks: Vec<Tok>,
     pos: usize,
+    /// Nesting of the expression being parsed, bounded by [`MAX_DEPTH`].
+    depth: usize,
 }
 
 impl Parser {
+    /// Runs `inner` one nesting level deeper.
+    fn nested<T>(
+        &mut self,
+        inner: impl FnOnce(&mut Parser) -> Result<T, String>,
+    ) -> Result<T, String> {
+        if self.depth >= MAX_DEPTH {
+            return Err(format!("$filter is nested deeper than {MAX_DEPTH} levels"));
+        }
+        self.depth += 1;
+        let result = inner(self);
+        self.depth -= 1;
+        result
+    }
+
     fn peek(&self) -> Option<&Tok> {
         self.toks.get(self.pos)
     }
@@ -366,7 +394,7 @@ impl Parser {
 
     fn not_expr(&mut self) -> Result<Expr, String> {
         if self.eat_word("not") {
-            return Ok(Expr::Not(Box::new(self.not_expr()?)));
+            return Ok(Expr::Not(Box::new(self.nested(|p| p.not_expr())?)));
         }
         self.cmp_expr()
     }
@@ -416,7 +444,7 @@ impl Parser {
     fn primary(&mut self) -> Result<Expr, String> {
         match self.bump() {
             Some(Tok::Open) => {
-                let inner = self.or_expr()?;
+                let inner = self.nested(|p| p.or_expr())?;
                 self.expect(&Tok::Close)?;
                 Ok(inner)
             }
@@ -438,7 +466,7 @@ impl Parser {
             let (func, arity) =
                 function(&word).ok_or_else(|| format!("unsupported function '{word}'"))?;
             self.pos += 1;
-            let args = self.list(|p| p.or_expr())?;
+            let args = self.nested(|p| p.list(|p| p.or_expr()))?;
             if args.len() != arity {
                 return Err(format!("{word} expects {arity} argument(s)"));
             }

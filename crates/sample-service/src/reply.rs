@@ -4,14 +4,14 @@ use super::knobs::Knobs;
 use super::query::{FilterRules, ODataError};
 use super::render::Node;
 use super::request::RecordedRequest;
-use super::server::FakeBody;
+use super::server::ReplyBody;
 use http::{HeaderValue, Response, StatusCode};
 
 /// Content type of every JSON answer.
 pub(crate) const JSON: &str = "application/json;odata.metadata=minimal";
 
 /// Sets a header, skipping values that are not valid header text.
-pub(crate) fn set_header(response: &mut Response<FakeBody>, name: &'static str, value: &str) {
+pub(crate) fn set_header(response: &mut Response<ReplyBody>, name: &'static str, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
         response.headers_mut().insert(name, value);
     }
@@ -21,8 +21,8 @@ pub(crate) fn set_header(response: &mut Response<FakeBody>, name: &'static str, 
 pub(crate) fn respond(
     status: u16,
     content_type: Option<&str>,
-    body: FakeBody,
-) -> Response<FakeBody> {
+    body: ReplyBody,
+) -> Response<ReplyBody> {
     let mut response = Response::new(body);
     *response.status_mut() =
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -33,7 +33,7 @@ pub(crate) fn respond(
 }
 
 /// `{"error":{"code":"<status>","message":"..."}}`, as CAP answers.
-pub(crate) fn error_response(error: &ODataError, retry_after: Option<u64>) -> Response<FakeBody> {
+pub(crate) fn error_response(error: &ODataError, retry_after: Option<u64>) -> Response<ReplyBody> {
     let body = Node::Object(vec![(
         "error".to_string(),
         Node::Object(vec![
@@ -44,7 +44,7 @@ pub(crate) fn error_response(error: &ODataError, retry_after: Option<u64>) -> Re
     let mut response = respond(
         error.status,
         Some(JSON),
-        FakeBody::full(body.to_json(false)),
+        ReplyBody::full(body.to_json(false)),
     );
     if let Some(seconds) = retry_after {
         set_header(&mut response, "retry-after", &seconds.to_string());
@@ -94,7 +94,7 @@ pub(crate) fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 /// A 200 whose small gzip body inflates to `decoded_bytes` blanks.
-pub(crate) fn gzip_bomb(decoded_bytes: usize) -> Response<FakeBody> {
+pub(crate) fn gzip_bomb(decoded_bytes: usize) -> Response<ReplyBody> {
     use std::io::Write;
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     let blanks = vec![b' '; 64 * 1024];
@@ -105,7 +105,7 @@ pub(crate) fn gzip_bomb(decoded_bytes: usize) -> Response<FakeBody> {
         left -= n;
     }
     let body = encoder.finish().expect("gzip into memory");
-    let mut response = respond(200, Some(JSON), FakeBody::full(body));
+    let mut response = respond(200, Some(JSON), ReplyBody::full(body));
     set_header(&mut response, "content-encoding", "gzip");
     response
 }

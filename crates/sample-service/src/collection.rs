@@ -8,8 +8,8 @@ use super::query::{
 use super::render::{Node, Shaper};
 use super::reply::{JSON, error_response, respond, rules, set_header};
 use super::request::{PageRequest, RecordedRequest};
-use super::server::FakeBody;
-use super::upstream::Upstream;
+use super::server::ReplyBody;
+use super::service::Service;
 use bytes::Bytes;
 use http::{HeaderMap, Response};
 use serde_json::Value;
@@ -42,7 +42,7 @@ fn page_size(server: Option<usize>, preferred: Option<usize>) -> (Option<usize>,
 }
 
 /// Takes the faults due on collection request number `index`.
-fn take_faults(up: &Upstream, index: usize) -> Vec<Fault> {
+fn take_faults(up: &Service, index: usize) -> Vec<Fault> {
     let mut fired = Vec::new();
     up.lock().faults.retain(|pending| {
         let due = index.checked_sub(pending.pushed_at) == Some(pending.fault.page());
@@ -56,10 +56,10 @@ fn take_faults(up: &Upstream, index: usize) -> Vec<Fault> {
 
 /// Answers a page, after running the hook and applying due faults.
 pub(crate) async fn get_collection(
-    up: &Upstream,
+    up: &Service,
     req: &RecordedRequest,
     set: &str,
-) -> Response<FakeBody> {
+) -> Response<ReplyBody> {
     if req.collection_set.is_none() {
         let error = ODataError::not_found(format!("entity set '{set}' not found"));
         return error_response(&error, None);
@@ -112,7 +112,7 @@ pub(crate) async fn get_collection(
             Fault::Malformed { .. } => {
                 let body =
                     format!("{{\"@odata.context\":\"$metadata#{set}\",\"value\":[{{\"ID\":1,\"na");
-                return respond(200, Some(JSON), FakeBody::full(body));
+                return respond(200, Some(JSON), ReplyBody::full(body));
             }
             _ => {}
         }
@@ -133,11 +133,11 @@ pub(crate) async fn get_collection(
                 .iter()
                 .any(|f| matches!(f, Fault::ResetMidBody { .. }));
             let mut response = if broken {
-                let mut r = respond(200, Some(JSON), FakeBody::broken(bytes));
+                let mut r = respond(200, Some(JSON), ReplyBody::broken(bytes));
                 set_header(&mut r, "content-length", &full_length.to_string());
                 r
             } else {
-                respond(200, Some(JSON), FakeBody::full(bytes))
+                respond(200, Some(JSON), ReplyBody::full(bytes))
             };
             let mut applied: Vec<String> = applied
                 .map(|n| format!("odata.maxpagesize={n}"))
@@ -154,8 +154,8 @@ pub(crate) async fn get_collection(
     }
 }
 
-/// The track-changes preference of a request, when the fake tracks changes itself.
-fn own_track_changes(up: &Upstream, req: &RecordedRequest) -> Option<&'static str> {
+/// The track-changes preference of a request, when the service tracks changes itself.
+fn own_track_changes(up: &Service, req: &RecordedRequest) -> Option<&'static str> {
     if !up.lock().knobs.own_change_tracking {
         return None;
     }
@@ -177,7 +177,7 @@ fn own_track_changes(up: &Upstream, req: &RecordedRequest) -> Option<&'static st
 }
 
 /// The status to answer a `$filter` using `in` with, when that knob is on and it does.
-fn in_filter_status(up: &Upstream, req: &RecordedRequest) -> Option<u16> {
+fn in_filter_status(up: &Service, req: &RecordedRequest) -> Option<u16> {
     let status = up.lock().knobs.in_filter_status?;
     let pairs = split_query(req.query()).ok()?;
     pairs
@@ -189,7 +189,7 @@ fn in_filter_status(up: &Upstream, req: &RecordedRequest) -> Option<u16> {
 /// Renders one page of a collection: the JSON text and the applied
 /// `odata.maxpagesize`, if any.
 fn render_page(
-    up: &Upstream,
+    up: &Service,
     req: &RecordedRequest,
     set: &str,
     faults: &[Fault],
@@ -297,10 +297,10 @@ fn render_page(
 
 /// `/Set/$count`: the filtered count as plain text.
 pub(crate) fn get_count(
-    up: &Upstream,
+    up: &Service,
     req: &RecordedRequest,
     set: &str,
-) -> Result<Response<FakeBody>, ODataError> {
+) -> Result<Response<ReplyBody>, ODataError> {
     let st = up.lock();
     let store = find_set(&st.sets, set)
         .ok_or_else(|| ODataError::not_found(format!("entity set '{set}' not found")))?;
@@ -316,6 +316,6 @@ pub(crate) fn get_count(
     Ok(respond(
         200,
         Some("text/plain"),
-        FakeBody::full(total.to_string()),
+        ReplyBody::full(total.to_string()),
     ))
 }

@@ -1,4 +1,4 @@
-//! Behaviour settings of the fake: link style, count mode, injected faults
+//! Behaviour settings of the service: link style, count mode, injected faults
 //! and the knob values themselves.
 
 /// How `@odata.nextLink` and `@odata.context` are written.
@@ -30,7 +30,7 @@ pub enum CountMode {
 ///
 /// Counting: each fault remembers how many GET collection requests (on any
 /// entity set; by-key, `$count`, `$metadata` and writes do not count) the
-/// fake had received when it was pushed. `page: n` fires on the n-th such
+/// service had received when it was pushed. `page: n` fires on the n-th such
 /// request after the push, 0-based, and is then removed. Several faults may
 /// fire on the same request: delays are applied first, then the first of
 /// Status / Malformed wins, otherwise the page is rendered with the rest.
@@ -110,7 +110,7 @@ impl Fault {
 
 /// Settings that affect subsequent responses.
 #[derive(Clone, Debug)]
-/// Each field is documented on its `Upstream::set_*` method.
+/// Each field is documented on its `Service::set_*` method.
 pub(crate) struct Knobs {
     /// Server-driven page size.
     pub page_size: Option<usize>,

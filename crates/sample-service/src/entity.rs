@@ -8,8 +8,8 @@ use super::query::{ODataError, QueryOptions, Scope, parse_options, select_suffix
 use super::render::{Node, Shaper};
 use super::reply::{JSON, prefers, respond, rules, set_header};
 use super::request::RecordedRequest;
-use super::server::FakeBody;
-use super::upstream::{State, Upstream};
+use super::server::ReplyBody;
+use super::service::{Service, State};
 use http::Response;
 use serde_json::{Map, Value};
 
@@ -35,13 +35,13 @@ fn locate<'a>(st: &'a State, set: &str, key: &str) -> Result<(&'a SetStore, usiz
 
 /// A single entity with its context URL and, when ETags are on, an `ETag`.
 fn entity_response(
-    up: &Upstream,
+    up: &Service,
     st: &State,
     status: u16,
     store: &SetStore,
     row: &Map<String, Value>,
     opts: &QueryOptions,
-) -> Response<FakeBody> {
+) -> Response<ReplyBody> {
     let shaper = Shaper {
         sets: &st.sets,
         etags: st.knobs.etags,
@@ -61,7 +61,7 @@ fn entity_response(
     )];
     members.extend(shaper.entity(&store.def, row, opts.select.as_deref(), &opts.expand, 0));
     let body = Node::Object(members).to_json(st.knobs.pretty);
-    let mut response = respond(status, Some(JSON), FakeBody::full(body));
+    let mut response = respond(status, Some(JSON), ReplyBody::full(body));
     if st.knobs.etags {
         set_header(&mut response, "etag", &etag(row));
     }
@@ -70,11 +70,11 @@ fn entity_response(
 
 /// GET `Set(key)`, honouring `$select` and `$expand`.
 pub(crate) fn get_entity(
-    up: &Upstream,
+    up: &Service,
     req: &RecordedRequest,
     set: &str,
     key: &str,
-) -> Result<Response<FakeBody>, ODataError> {
+) -> Result<Response<ReplyBody>, ODataError> {
     let mut guard = up.lock();
     guard.responses += 1;
     let st = &*guard;
@@ -99,12 +99,12 @@ pub(crate) fn get_entity(
 
 /// GET `Set(key)/prop` and `Set(key)/prop/$value`.
 pub(crate) fn get_property(
-    up: &Upstream,
+    up: &Service,
     set: &str,
     key: &str,
     property: &str,
     raw: bool,
-) -> Result<Response<FakeBody>, ODataError> {
+) -> Result<Response<ReplyBody>, ODataError> {
     let st = up.lock();
     let (store, index) = locate(&st, set, key)?;
     let row = &store.rows[index];
@@ -116,9 +116,9 @@ pub(crate) fn get_property(
     let value = row.get(property).cloned().unwrap_or(Value::Null);
     if raw {
         return Ok(match value {
-            Value::Null => respond(204, None, FakeBody::empty()),
-            Value::String(s) => respond(200, Some("text/plain"), FakeBody::full(s)),
-            other => respond(200, Some("text/plain"), FakeBody::full(other.to_string())),
+            Value::Null => respond(204, None, ReplyBody::empty()),
+            Value::String(s) => respond(200, Some("text/plain"), ReplyBody::full(s)),
+            other => respond(200, Some("text/plain"), ReplyBody::full(other.to_string())),
         });
     }
     let context = format!("$metadata#{set}({key})/{property}");
@@ -132,7 +132,7 @@ pub(crate) fn get_property(
     Ok(respond(
         200,
         Some(JSON),
-        FakeBody::full(body.to_json(st.knobs.pretty)),
+        ReplyBody::full(body.to_json(st.knobs.pretty)),
     ))
 }
 
@@ -172,10 +172,10 @@ fn check_if_match(
 
 /// POST `Set`: 201 with `Location`, or 204 with `Prefer: return=minimal`.
 pub(crate) fn post_entity(
-    up: &Upstream,
+    up: &Service,
     req: &RecordedRequest,
     set: &str,
-) -> Result<Response<FakeBody>, ODataError> {
+) -> Result<Response<ReplyBody>, ODataError> {
     let mut data = json_object(req)?;
     let mut guard = up.lock();
     guard.responses += 1;
@@ -200,7 +200,7 @@ pub(crate) fn post_entity(
     let store = find_set(&st.sets, set)
         .ok_or_else(|| ODataError::not_found(format!("entity set '{set}' not found")))?;
     let mut response = if prefers(req, "return=minimal") {
-        let mut r = respond(204, None, FakeBody::empty());
+        let mut r = respond(204, None, ReplyBody::empty());
         set_header(&mut r, "odata-entityid", &location);
         r
     } else {
@@ -213,12 +213,12 @@ pub(crate) fn post_entity(
 
 /// PATCH / PUT `Set(key)`: 204, or 200 with `Prefer: return=representation`.
 pub(crate) fn write_entity(
-    up: &Upstream,
+    up: &Service,
     req: &RecordedRequest,
     set: &str,
     key: &str,
     mode: Write,
-) -> Result<Response<FakeBody>, ODataError> {
+) -> Result<Response<ReplyBody>, ODataError> {
     let patch = json_object(req)?;
     let mut guard = up.lock();
     guard.responses += 1;
@@ -234,7 +234,7 @@ pub(crate) fn write_entity(
         }
     }
     if !prefers(req, "return=representation") {
-        return Ok(respond(204, None, FakeBody::empty()));
+        return Ok(respond(204, None, ReplyBody::empty()));
     }
     let st = &*guard;
     let (store, index) = locate(st, set, key)?;
@@ -251,16 +251,16 @@ pub(crate) fn write_entity(
 
 /// DELETE `Set(key)`: 204 or 404.
 pub(crate) fn delete_entity(
-    up: &Upstream,
+    up: &Service,
     req: &RecordedRequest,
     set: &str,
     key: &str,
-) -> Result<Response<FakeBody>, ODataError> {
+) -> Result<Response<ReplyBody>, ODataError> {
     let mut guard = up.lock();
     let (store, index) = locate(&guard, set, key)?;
     check_if_match(req, &guard.knobs, &store.rows[index])?;
     if let Some(store) = find_set_mut(&mut guard.sets, set) {
         store.rows.remove(index);
     }
-    Ok(respond(204, None, FakeBody::empty()))
+    Ok(respond(204, None, ReplyBody::empty()))
 }

@@ -1,7 +1,5 @@
-//! Exercises the fake OData upstream in `tests/support` over real HTTP, so
-//! gateway tests can rely on its behaviour.
-
-mod support;
+//! Exercises the sample service over real HTTP: paging, queries, writes, settings and faults,
+//! so the gateway's tests can rely on its behaviour.
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
@@ -9,11 +7,11 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use odata_sample_service::{CountMode, EntitySetDef, Fault, LinkStyle, Server};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{CountMode, EntitySetDef, FakeUpstream, Fault, LinkStyle};
 
 /// A fully read response.
 struct Reply {
@@ -121,8 +119,8 @@ fn all_ids(pages: &[Value]) -> Vec<Value> {
 }
 
 /// Customers 1..=5 with orders, the common fixture.
-async fn shop() -> FakeUpstream {
-    let up = FakeUpstream::start().await;
+async fn shop() -> Server {
+    let up = Server::start().await;
     up.define_set(
         EntitySetDef::new("Customers", "Customer")
             .key("ID", "Edm.Int32")
@@ -300,7 +298,7 @@ async fn deleting_during_enumeration_shifts_offsets() {
     );
 }
 
-async fn filter_ids(up: &FakeUpstream, set: &str, filter: &str) -> (StatusCode, Vec<Value>) {
+async fn filter_ids(up: &Server, set: &str, filter: &str) -> (StatusCode, Vec<Value>) {
     let reply = get(&up.url(&format!("{set}?$filter={}", enc(filter)))).await;
     if reply.status != StatusCode::OK {
         return (reply.status, Vec::new());
@@ -340,7 +338,7 @@ async fn filter_evaluation() {
 
 #[tokio::test]
 async fn filter_on_guid_timestamp_and_int64_strings() {
-    let up = FakeUpstream::start().await;
+    let up = Server::start().await;
     up.define_set(
         EntitySetDef::new("Things", "Thing")
             .key("ID", "Edm.Guid")
@@ -388,6 +386,10 @@ async fn filter_errors_and_rejection_knobs() {
         "Orders/any(o:o/amount gt 1)",
         "name eq 'unterminated",
         "substringof('a',name)",
+        // Nesting and chains past the parser's bounds.
+        &format!("{}ID eq 1{}", "(".repeat(40), ")".repeat(40)),
+        &format!("{}ID eq 1", "not ".repeat(40)),
+        &vec!["ID eq 1"; 2000].join(" or "),
     ] {
         let reply = get(&up.url(&format!("Customers?$filter={}", enc(bad)))).await;
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
@@ -395,6 +397,11 @@ async fn filter_errors_and_rejection_knobs() {
         assert_eq!(error["error"]["code"], "400", "{bad}");
         assert!(error["error"]["message"].is_string(), "{bad}");
     }
+    let nested = format!("{}ID eq 1{}", "(".repeat(20), ")".repeat(20));
+    assert_eq!(
+        filter_ids(&up, "Customers", &nested).await.0,
+        StatusCode::OK
+    );
     // A raw '+' is a literal plus, as with CAP, so this is not "ID eq 1".
     let reply = get(&up.url("Customers?$filter=ID+eq+1")).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
@@ -920,7 +927,7 @@ async fn count_modes_and_truncation() {
 
 #[tokio::test]
 async fn service_root_at_slash() {
-    let up = FakeUpstream::start_at("/").await;
+    let up = Server::start_at("/").await;
     up.define_set(EntitySetDef::new("Items", "Item").key("ID", "Edm.Int64"));
     up.insert_many("Items", (1..=3).map(|i| json!({"ID": i})));
     up.set_page_size(Some(2));
@@ -951,9 +958,115 @@ async fn unknown_paths_are_404() {
 
 #[tokio::test]
 async fn drop_stops_the_server() {
-    let up = FakeUpstream::start().await;
+    let up = Server::start().await;
     let addr = up.addr();
     drop(up);
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+/// Serves the demo's catalog on a fresh port; returns its root URL (with a trailing slash), the
+/// shutdown token and the server task.
+async fn catalog(
+    options: odata_sample_service::catalog::Options,
+) -> (
+    String,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    use odata_sample_service::catalog;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let root = format!(
+        "http://{}{}/",
+        listener.local_addr().unwrap(),
+        catalog::ROOT
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(catalog::serve(listener, options, shutdown.clone()));
+    (root, shutdown, task)
+}
+
+#[tokio::test]
+async fn the_catalog_pages_filters_counts_and_stops_when_cancelled() {
+    let (root, shutdown, task) = catalog(odata_sample_service::catalog::Options {
+        products: 230,
+        page_size: 100,
+        change_interval: Duration::from_secs(3600),
+        seed: 9,
+        report: None,
+    })
+    .await;
+
+    // Page through everything, following the relative next links.
+    let mut next = Some(format!("{root}Products?$count=true"));
+    let (mut seen, mut pages) = (Vec::new(), 0);
+    while let Some(url) = next.take() {
+        let r = send(
+            Method::GET,
+            &url,
+            &[("Prefer", "odata.maxpagesize=60")],
+            None,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let page = r.json();
+        assert_eq!(page["@odata.count"], 230);
+        assert!(page["value"][0]["price"].is_string(), "{page}");
+        seen.extend(ids(&page));
+        pages += 1;
+        next = page["@odata.nextLink"]
+            .as_str()
+            .map(|link| format!("{root}{link}"));
+    }
+    assert_eq!(pages, 4);
+    assert_eq!(seen, (1..=230).map(Value::from).collect::<Vec<_>>());
+
+    let r = get(&format!("{root}Products/$count")).await;
+    assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "230"));
+    let r = get(&format!(
+        "{root}Products?$filter={}&$select=ID",
+        enc("ID in (3,1,2,999)")
+    ))
+    .await;
+    assert_eq!(r.json()["value"], json!([{"ID": 1}, {"ID": 2}, {"ID": 3}]));
+    let r = get(&format!("{root}Products?$filter={}", enc("ID le"))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.json()["error"]["message"].is_string());
+    let xml = get(&format!("{root}$metadata")).await.text();
+    for expected in [
+        r#"<Schema Namespace="CatalogService""#,
+        r#"<EntitySet Name="Products" EntityType="CatalogService.Product""#,
+        r#"<Property Name="price" Type="Edm.Decimal""#,
+    ] {
+        assert!(xml.contains(expected), "{expected} missing from\n{xml}");
+    }
+
+    shutdown.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(10), task).await;
+    assert!(
+        matches!(result, Ok(Ok(Ok(())))),
+        "the catalog did not stop cleanly"
+    );
+}
+
+#[tokio::test]
+async fn the_catalog_changes_by_itself_while_served() {
+    let (root, shutdown, _task) = catalog(odata_sample_service::catalog::Options {
+        products: 20,
+        page_size: 100,
+        change_interval: Duration::from_millis(20),
+        seed: 3,
+        report: None,
+    })
+    .await;
+    let first = get(&format!("{root}Products")).await.json();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if get(&format!("{root}Products")).await.json()["value"] != first["value"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the catalog never changed");
+    }
+    shutdown.cancel();
 }

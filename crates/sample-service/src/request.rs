@@ -1,12 +1,12 @@
-//! What the fake records about requests, and what hooks are given.
+//! What the service records about requests, and what hooks are given.
 
-use super::upstream::Upstream;
+use super::service::Service;
 use bytes::Bytes;
 use http::{HeaderMap, Method};
 use percent_encoding::percent_decode_str;
 use serde_json::Value;
 
-/// A request as the fake received it.
+/// A request as the service received it.
 #[derive(Clone, Debug)]
 pub struct RecordedRequest {
     /// HTTP method.
@@ -69,8 +69,8 @@ impl RecordedRequest {
 
 /// What a hook learns about the collection request that triggered it.
 pub struct PageRequest<'a> {
-    /// The fake, to mutate data (insert/update/delete) mid-enumeration.
-    pub upstream: &'a Upstream,
+    /// The service, to mutate data (insert/update/delete) mid-enumeration.
+    pub upstream: &'a Service,
     /// The request.
     pub request: &'a RecordedRequest,
     /// The entity set requested.

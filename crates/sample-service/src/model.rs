@@ -1,4 +1,4 @@
-//! Entity-set definitions and the row store of the fake upstream.
+//! Entity-set definitions and the row store of the sample service.
 
 use super::filter::{parse_literal, split_top_level};
 use super::value::{Val, compare_typed, compare_vals, json_eq};
