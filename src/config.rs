@@ -278,6 +278,13 @@ pub struct NotificationsConfig {
     pub retry_backoff: Duration,
     /// Time one attempt may take.
     pub timeout: Duration,
+    /// Most webhook subscriptions at once, across all identities.
+    pub max_subscriptions: usize,
+    /// Most webhook subscriptions of one identity scope.
+    pub max_subscriptions_per_scope: usize,
+    /// Longest lifetime of a webhook subscription; also the lifetime of one created without an
+    /// expiry. A client renews before it ends.
+    pub max_subscription_lifetime: Duration,
 }
 
 impl NotificationsConfig {
@@ -523,6 +530,9 @@ struct FileNotifications {
     max_attempts: Option<Spanned<usize>>,
     retry_backoff: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
+    max_subscriptions: Option<Spanned<usize>>,
+    max_subscriptions_per_scope: Option<Spanned<usize>>,
+    max_subscription_lifetime: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -798,6 +808,35 @@ impl Config {
                     match &n.timeout {
                         Some(v) if d.is_zero() => {
                             return Err(source.at(v, "notifications.timeout must be more than 0"));
+                        }
+                        _ => d,
+                    }
+                },
+                max_subscriptions: at_least_one(
+                    &source,
+                    &n.max_subscriptions,
+                    "notifications.max_subscriptions",
+                    1000,
+                )?,
+                max_subscriptions_per_scope: at_least_one(
+                    &source,
+                    &n.max_subscriptions_per_scope,
+                    "notifications.max_subscriptions_per_scope",
+                    20,
+                )?,
+                max_subscription_lifetime: {
+                    let d = duration(
+                        None,
+                        "",
+                        &n.max_subscription_lifetime,
+                        Duration::from_secs(3 * 86_400),
+                    )?;
+                    match &n.max_subscription_lifetime {
+                        Some(v) if d < Duration::from_secs(1) => {
+                            return Err(source.at(
+                                v,
+                                "notifications.max_subscription_lifetime must be at least 1s",
+                            ));
                         }
                         _ => d,
                     }
