@@ -137,9 +137,7 @@ impl Shared {
                 config.limits.max_refresh_waiters,
             ),
             callbacks: crate::track::callback::Callbacks::new(),
-            subscriptions: crate::track::subscriptions::Subscriptions::new(
-                store.subscriptions()?,
-            ),
+            subscriptions: crate::track::subscriptions::Subscriptions::new(store.subscriptions()?),
             schedule: crate::track::schedule::Schedule::new(config.schedule.max_scheduled_feeds),
             services: config.routes.iter().cloned().map(Service::new).collect(),
             refresh_history: Default::default(),

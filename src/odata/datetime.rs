@@ -57,7 +57,20 @@ pub fn parse_unix_ms(text: &str) -> Option<u64> {
     let (y, mo, d) = (digits(0, 4)?, digits(5, 2)?, digits(8, 2)?);
     let (h, mi, s) = (digits(11, 2)?, digits(14, 2)?, digits(17, 2)?);
     let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
     if !(1..=12).contains(&mo) || d < 1 || d > month_days[(mo - 1) as usize] {
         return None;
     }
@@ -105,9 +118,18 @@ mod tests {
         for ms in [0, 1, 951_782_400_123, 1_796_000_000_999, 4_102_444_800_000] {
             assert_eq!(parse_unix_ms(&format_unix_ms(ms)), Some(ms), "{ms}");
         }
-        assert_eq!(parse_unix_ms("2000-02-29T01:00:00+01:00"), Some(951_782_400_000));
-        assert_eq!(parse_unix_ms("2000-02-28T23:00:00-01:00"), Some(951_782_400_000));
-        assert_eq!(parse_unix_ms("2000-02-29T00:00:00.1234567Z"), Some(951_782_400_123));
+        assert_eq!(
+            parse_unix_ms("2000-02-29T01:00:00+01:00"),
+            Some(951_782_400_000)
+        );
+        assert_eq!(
+            parse_unix_ms("2000-02-28T23:00:00-01:00"),
+            Some(951_782_400_000)
+        );
+        assert_eq!(
+            parse_unix_ms("2000-02-29T00:00:00.1234567Z"),
+            Some(951_782_400_123)
+        );
     }
 
     #[test]

@@ -174,8 +174,10 @@ pub(crate) fn accepted(
 
 /// GET the callback URL until it answers 2xx, with bounded retries and a doubling backoff.
 async fn deliver(shared: &Shared, url: &Url) {
-    let sent =
-        send_with_retries(shared, url, || Request::get(url.as_str()).body(body::empty())).await;
+    let sent = send_with_retries(shared, url, || {
+        Request::get(url.as_str()).body(body::empty())
+    })
+    .await;
     if !sent {
         tracing::warn!(host = ?url.host_str(), "a callback was given up; the client polls its delta link");
     }

@@ -131,9 +131,8 @@ impl Schedule {
     ) -> (Vec<RefreshInput>, Option<Instant>) {
         let mut entries = self.entries();
         entries.retain(|feed, e| {
-            let keep = e.running
-                || now.duration_since(e.last_asked) < idle_ttl
-                || watched.contains(feed);
+            let keep =
+                e.running || now.duration_since(e.last_asked) < idle_ttl || watched.contains(feed);
             if !keep {
                 left.push(*feed);
             }
@@ -244,7 +243,9 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
                 match &outcome {
                     Ok(version) => {
                         shared.callbacks.feed_at(&shared, feed, *version, &shutdown);
-                        shared.subscriptions.feed_at(&shared, feed, *version, &shutdown);
+                        shared
+                            .subscriptions
+                            .feed_at(&shared, feed, *version, &shutdown);
                     }
                     Err(e) => tracing::debug!(error = %e, "background refresh failed"),
                 }

@@ -426,8 +426,12 @@ pub(crate) async fn sweep(shared: &Arc<Shared>) {
     let store = shared.store.clone();
     match tokio::task::spawn_blocking(move || store.delete_subscriptions(&ids)).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "ended subscriptions cannot be removed from the store"),
-        Err(e) => tracing::warn!(error = %e, "ended subscriptions cannot be removed from the store"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "ended subscriptions cannot be removed from the store")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "ended subscriptions cannot be removed from the store")
+        }
     }
 }
 
@@ -441,7 +445,14 @@ mod tests {
         let hex = id.hex();
         assert_eq!(hex.len(), 32);
         assert_eq!(SubscriptionId::parse(&hex), Some(id));
-        for bad in ["", "xyz", &hex[..31], &format!("{hex}0"), &"g".repeat(32), &"é".repeat(16)] {
+        for bad in [
+            "",
+            "xyz",
+            &hex[..31],
+            &format!("{hex}0"),
+            &"g".repeat(32),
+            &"é".repeat(16),
+        ] {
             assert_eq!(SubscriptionId::parse(bad), None, "{bad}");
         }
     }

@@ -65,8 +65,12 @@ pub(crate) fn addressed(rest: &str) -> Option<Option<&str>> {
 /// The error for a subscription that does not fit.
 pub(crate) fn full(why: Full) -> Error {
     let what = match why {
-        Full::Total => "the gateway holds as many subscriptions as it allows (notifications.max_subscriptions)",
-        Full::Scope => "this identity holds as many subscriptions as allowed (notifications.max_subscriptions_per_scope); delete one first",
+        Full::Total => {
+            "the gateway holds as many subscriptions as it allows (notifications.max_subscriptions)"
+        }
+        Full::Scope => {
+            "this identity holds as many subscriptions as allowed (notifications.max_subscriptions_per_scope); delete one first"
+        }
     };
     Error::client(StatusCode::TOO_MANY_REQUESTS, "TooManySubscriptions", what)
 }
@@ -203,7 +207,11 @@ async fn read_body(shared: &Shared, incoming: Incoming) -> Result<Bytes, Error> 
 /// when none is asked for. A time not in the future is refused.
 fn expiry(shared: &Shared, asked: Option<&str>, now_ms: u64) -> Result<u64, Error> {
     let longest = now_ms.saturating_add(
-        shared.config.notifications.max_subscription_lifetime.as_millis() as u64,
+        shared
+            .config
+            .notifications
+            .max_subscription_lifetime
+            .as_millis() as u64,
     );
     let Some(text) = asked else {
         return Ok(longest);
@@ -222,8 +230,9 @@ fn def_of(row: &SubscriptionRow) -> Result<FeedDef, Error> {
     Ok(FeedDef {
         route: row.route.clone(),
         entity_set: row.entity_set.clone(),
-        query: DefiningQuery::from_encoded(&row.query)
-            .map_err(|e| Error::Store(format!("a stored subscription's query is unreadable: {e}")))?,
+        query: DefiningQuery::from_encoded(&row.query).map_err(|e| {
+            Error::Store(format!("a stored subscription's query is unreadable: {e}"))
+        })?,
         scope: Scope(row.scope.clone()),
     })
 }
@@ -234,7 +243,12 @@ async fn own(caller: &Caller<'_>, id: SubscriptionId) -> Result<SubscriptionRow,
     let shared = caller.shared;
     let row = shared
         .subscriptions
-        .get(id, &caller.service.route.prefix, &caller.scope, shared.clock.now_ms())
+        .get(
+            id,
+            &caller.service.route.prefix,
+            &caller.scope,
+            shared.clock.now_ms(),
+        )
         .ok_or_else(not_found)?;
     authorize(
         shared,
@@ -279,10 +293,11 @@ fn location(caller: &Caller<'_>, id: SubscriptionId) -> String {
 /// The caller's subscriptions on this route.
 async fn list(caller: &Caller<'_>) -> Result<Response<Body>, Error> {
     let shared = caller.shared;
-    let rows =
-        shared
-            .subscriptions
-            .of_scope(&caller.service.route.prefix, &caller.scope, shared.clock.now_ms());
+    let rows = shared.subscriptions.of_scope(
+        &caller.service.route.prefix,
+        &caller.scope,
+        shared.clock.now_ms(),
+    );
     // Each feed once: the upstream accepts the caller for it, or the answer is its refusal.
     if shared.config.identity != IdentityScope::Shared {
         let mut checked = std::collections::HashSet::new();
@@ -360,7 +375,11 @@ async fn create(caller: &Caller<'_>, body: &[u8]) -> Result<Response<Body>, Erro
     let set_name = link
         .path_segments()
         .and_then(|mut s| s.next_back())
-        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
         .unwrap_or_default();
     let query = ODataQuery::parse(link.query()).map_err(|e| invalid(e.to_string()))?;
     if query.deltatoken.is_none() || query.deltatoken.as_deref() == Some("latest") {
@@ -369,7 +388,11 @@ async fn create(caller: &Caller<'_>, body: &[u8]) -> Result<Response<Body>, Erro
         ));
     }
     let route = &caller.service.route;
-    if shared.config.poll_interval(&route.prefix, &set_name).is_none() {
+    if shared
+        .config
+        .poll_interval(&route.prefix, &set_name)
+        .is_none()
+    {
         return Err(Error::client(
             StatusCode::BAD_REQUEST,
             "SubscriptionRefused",
@@ -424,7 +447,10 @@ async fn create(caller: &Caller<'_>, body: &[u8]) -> Result<Response<Body>, Erro
         move || store.put_subscription(id.0, &row)
     })
     .await;
-    if let Err(e) = stored.map_err(Error::from).and_then(|r| r.map_err(Error::from)) {
+    if let Err(e) = stored
+        .map_err(Error::from)
+        .and_then(|r| r.map_err(Error::from))
+    {
         shared.subscriptions.remove(id);
         return Err(e);
     }
@@ -484,7 +510,11 @@ async fn renew(
         ))
     })?;
     let row = own(caller, id).await?;
-    let expires_ms = expiry(shared, Some(&asked.expiration_date_time), shared.clock.now_ms())?;
+    let expires_ms = expiry(
+        shared,
+        Some(&asked.expiration_date_time),
+        shared.clock.now_ms(),
+    )?;
     let row = shared
         .subscriptions
         .set_expiry(id, expires_ms)
