@@ -1420,6 +1420,12 @@ mod tests {
     fn callbacks_are_refused_unless_their_host_is_allowed() {
         let c = load("[[route]]\nupstream = \"http://a/x\"\n").unwrap();
         assert!(c.notifications.allowed_hosts.is_empty());
+        assert_eq!(c.notifications.max_subscriptions, 1000);
+        assert_eq!(c.notifications.max_subscriptions_per_scope, 20);
+        assert_eq!(
+            c.notifications.max_subscription_lifetime,
+            Duration::from_secs(3 * 86_400)
+        );
         let u = |s: &str| Url::parse(s).unwrap();
         assert!(!c.notifications.allows(&u("http://127.0.0.1/cb")));
         let c = load("[notifications]\nallowed_hosts = [\"Hooks.example.com\", \"127.0.0.1:9000\"]\nmax_attempts = 2\n[[route]]\nupstream = \"http://a/x\"\n").unwrap();
@@ -1450,6 +1456,26 @@ mod tests {
             ("poll_interval = \"often\"\n", "1:", "duration"),
             ("feed_idle_ttl = \"0s\"\n", "1:", "at least 1s"),
             ("max_scheduled_feeds = 0\n", "1:", "at least 1"),
+            (
+                "[notifications]\nmax_subscriptions = 0\n",
+                "2:",
+                "max_subscriptions must be at least 1",
+            ),
+            (
+                "[notifications]\nmax_subscriptions_per_scope = 0\n",
+                "2:",
+                "at least 1",
+            ),
+            (
+                "[notifications]\nmax_subscription_lifetime = \"0s\"\n",
+                "2:",
+                "at least 1s",
+            ),
+            (
+                "[notifications]\nmax_subscription_lifetime = \"a while\"\n",
+                "2:",
+                "duration",
+            ),
         ] {
             let err = load(&format!("{text}{route}")).unwrap_err().to_string();
             assert!(
