@@ -31,6 +31,16 @@ impl Gateway {
     /// Start `binary` in front of `upstream` (a service root URL) with a fresh data directory, and
     /// wait (at most `startup`) until it listens.
     pub fn start(binary: &Path, upstream: &str, startup: Duration) -> Result<Gateway, String> {
+        Self::start_with(binary, upstream, startup, None)
+    }
+
+    /// [`Gateway::start`] with a `gateway.toml` text (written beside the data directory).
+    pub fn start_with(
+        binary: &Path,
+        upstream: &str,
+        startup: Duration,
+        config: Option<&str>,
+    ) -> Result<Gateway, String> {
         if !binary.is_file() {
             return Err(format!(
                 "no gateway binary at {}: build it first (cargo build --release) or pass --gateway PATH",
@@ -43,7 +53,14 @@ impl Gateway {
             .map_err(|e| format!("cannot create a temporary data directory: {e}"))?;
         let log = fs::File::create(dir.path().join("gateway.log"))
             .map_err(|e| format!("cannot create the gateway's log file: {e}"))?;
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        if let Some(text) = config {
+            let path = dir.path().join("gateway.toml");
+            fs::write(&path, text)
+                .map_err(|e| format!("cannot write the gateway's config: {e}"))?;
+            command.arg("--config").arg(path);
+        }
+        let child = command
             .arg("--upstream")
             .arg(upstream)
             .arg("--listen")
