@@ -421,6 +421,9 @@ async fn create(caller: &Caller<'_>, body: &[u8]) -> Result<Response<Body>, Erro
         .room(shared, &caller.scope, now_ms)
         .map_err(full)?;
     validate(shared, &url).await?;
+    // On the schedule before it is stored: a set that cannot be refreshed refuses the
+    // subscription instead of leaving one behind that is never notified.
+    arm(caller, &def).await?;
     let row = SubscriptionRow {
         feed: def.id().0,
         route: def.route.clone(),
@@ -454,7 +457,6 @@ async fn create(caller: &Caller<'_>, body: &[u8]) -> Result<Response<Body>, Erro
         shared.subscriptions.remove(id);
         return Err(e);
     }
-    arm(caller, &def).await?;
     tracing::info!(subscription = %id.hex(), host = ?url.host_str(), "webhook subscription created");
     let mut response = json_response(StatusCode::CREATED, represent(caller, id, &row));
     if let Ok(v) = HeaderValue::from_str(&location(caller, id)) {
