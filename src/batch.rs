@@ -336,6 +336,10 @@ async fn answer_here(app: &App, mut head: http::request::Parts, peer: SocketAddr
     let response = match route_head(app, &mut head, peer, version).await {
         Ok(Decided::Proxy(_)) => return None,
         Ok(Decided::Answer(r)) => r,
+        Ok(Decided::Subscriptions { .. }) => Error::bad_request(
+            "$subscriptions is not served inside a $batch; send the request on its own",
+        )
+        .into_response(version),
         Err(e) => e.into_response(version),
     };
     let (mut parts, body) = response.into_parts();

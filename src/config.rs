@@ -278,6 +278,13 @@ pub struct NotificationsConfig {
     pub retry_backoff: Duration,
     /// Time one attempt may take.
     pub timeout: Duration,
+    /// Most webhook subscriptions at once, across all identities.
+    pub max_subscriptions: usize,
+    /// Most webhook subscriptions of one identity scope.
+    pub max_subscriptions_per_scope: usize,
+    /// Longest lifetime of a webhook subscription; also the lifetime of one created without an
+    /// expiry. A client renews before it ends.
+    pub max_subscription_lifetime: Duration,
 }
 
 impl NotificationsConfig {
@@ -530,6 +537,9 @@ struct FileNotifications {
     max_attempts: Option<Spanned<usize>>,
     retry_backoff: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
+    max_subscriptions: Option<Spanned<usize>>,
+    max_subscriptions_per_scope: Option<Spanned<usize>>,
+    max_subscription_lifetime: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -806,6 +816,35 @@ impl Config {
                     match &n.timeout {
                         Some(v) if d.is_zero() => {
                             return Err(source.at(v, "notifications.timeout must be more than 0"));
+                        }
+                        _ => d,
+                    }
+                },
+                max_subscriptions: at_least_one(
+                    &source,
+                    &n.max_subscriptions,
+                    "notifications.max_subscriptions",
+                    1000,
+                )?,
+                max_subscriptions_per_scope: at_least_one(
+                    &source,
+                    &n.max_subscriptions_per_scope,
+                    "notifications.max_subscriptions_per_scope",
+                    20,
+                )?,
+                max_subscription_lifetime: {
+                    let d = duration(
+                        None,
+                        "",
+                        &n.max_subscription_lifetime,
+                        Duration::from_secs(3 * 86_400),
+                    )?;
+                    match &n.max_subscription_lifetime {
+                        Some(v) if d < Duration::from_secs(1) => {
+                            return Err(source.at(
+                                v,
+                                "notifications.max_subscription_lifetime must be at least 1s",
+                            ));
                         }
                         _ => d,
                     }
@@ -1413,6 +1452,12 @@ mod tests {
     fn callbacks_are_refused_unless_their_host_is_allowed() {
         let c = load("[[route]]\nupstream = \"http://a/x\"\n").unwrap();
         assert!(c.notifications.allowed_hosts.is_empty());
+        assert_eq!(c.notifications.max_subscriptions, 1000);
+        assert_eq!(c.notifications.max_subscriptions_per_scope, 20);
+        assert_eq!(
+            c.notifications.max_subscription_lifetime,
+            Duration::from_secs(3 * 86_400)
+        );
         let u = |s: &str| Url::parse(s).unwrap();
         assert!(!c.notifications.allows(&u("http://127.0.0.1/cb")));
         let c = load("[notifications]\nallowed_hosts = [\"Hooks.example.com\", \"127.0.0.1:9000\"]\nmax_attempts = 2\n[[route]]\nupstream = \"http://a/x\"\n").unwrap();
@@ -1443,6 +1488,26 @@ mod tests {
             ("poll_interval = \"often\"\n", "1:", "duration"),
             ("feed_idle_ttl = \"0s\"\n", "1:", "at least 1s"),
             ("max_scheduled_feeds = 0\n", "1:", "at least 1"),
+            (
+                "[notifications]\nmax_subscriptions = 0\n",
+                "2:",
+                "max_subscriptions must be at least 1",
+            ),
+            (
+                "[notifications]\nmax_subscriptions_per_scope = 0\n",
+                "2:",
+                "at least 1",
+            ),
+            (
+                "[notifications]\nmax_subscription_lifetime = \"0s\"\n",
+                "2:",
+                "at least 1s",
+            ),
+            (
+                "[notifications]\nmax_subscription_lifetime = \"a while\"\n",
+                "2:",
+                "duration",
+            ),
         ] {
             let err = load(&format!("{text}{route}")).unwrap_err().to_string();
             assert!(

@@ -72,8 +72,20 @@ pub(crate) async fn metadata_response(
         Ok(text) => {
             let text = text.to_owned();
             let sets = service.route.sets.clone();
+            // Callbacks are made only to allowed hosts, and only for sets refreshed in the
+            // background (C33): with neither, none is advertised.
+            let callbacks = (!shared.config.notifications.allowed_hosts.is_empty())
+                .then(|| (shared.config.clone(), service.route.prefix.clone()));
             tokio::task::spawn_blocking(move || {
-                annotate(&text, |set| sets.get(set).is_some_and(|s| s.key.is_some()))
+                annotate(
+                    &text,
+                    |set| sets.get(set).is_some_and(|s| s.key.is_some()),
+                    |set| {
+                        callbacks
+                            .as_ref()
+                            .is_some_and(|(c, prefix)| c.poll_interval(prefix, set).is_some())
+                    },
+                )
             })
             .await
             .ok()

@@ -34,7 +34,7 @@
 //!   against `@odata.count` and the `$skip` read-on), answering tracked requests, authorizing them
 //!   upstream, admission (feed caps, refresh turns), retention of idle feeds, the in-memory history
 //!   of recent refreshes, the background refresh schedule, how old an answer may be
-//!   (`Cache-Control`), and the callback preference.
+//!   (`Cache-Control`), the callback preference, and webhook subscriptions (`$subscriptions`).
 //! - `body`: the one boxed body type requests and responses travel in.
 //! - `compress`: gzip of upstream pages (bounded inflating) and of tracked responses.
 //! - [`store`]: the redb schema and its transactions.
@@ -108,6 +108,8 @@ pub struct Shared {
     pub(crate) schedule: crate::track::schedule::Schedule,
     /// Callbacks waiting for their feed to change.
     pub(crate) callbacks: crate::track::callback::Callbacks,
+    /// Webhook subscriptions.
+    pub(crate) subscriptions: crate::track::subscriptions::Subscriptions,
     /// One service per route, in route order (longest prefix first).
     pub(crate) services: Vec<Service>,
     /// Metrics.
@@ -141,6 +143,7 @@ impl Shared {
                 config.limits.max_refresh_waiters,
             ),
             callbacks: crate::track::callback::Callbacks::new(),
+            subscriptions: crate::track::subscriptions::Subscriptions::new(store.subscriptions()?),
             schedule: crate::track::schedule::Schedule::new(config.schedule.max_scheduled_feeds),
             services: config.routes.iter().cloned().map(Service::new).collect(),
             refresh_history: Default::default(),
@@ -173,6 +176,7 @@ impl Shared {
             .set(entries.saturating_mul(track::feed::INDEX_ENTRY_BYTES) as i64);
         m.refresh_queue_depth
             .set(self.refresh_permits.waiting() as i64);
+        m.subscriptions.set(self.subscriptions.len() as i64);
     }
 }
 

@@ -158,6 +158,8 @@ pub struct Metrics {
     pub feeds_dropped: Counter,
     /// Feeds on the background refresh schedule.
     pub scheduled_feeds: Gauge,
+    /// Webhook subscriptions held.
+    pub subscriptions: Gauge,
     /// Change notifications delivered (a 2xx from the callback URL).
     pub notifications_sent: Counter,
     /// Change notifications given up after every attempt failed.
@@ -187,6 +189,7 @@ impl Default for Metrics {
             in_flight: Gauge::default(),
             feeds_dropped: Counter::default(),
             scheduled_feeds: Gauge::default(),
+            subscriptions: Gauge::default(),
             notifications_sent: Counter::default(),
             notifications_failed: Counter::default(),
             registry: Registry::default(),
@@ -279,6 +282,11 @@ impl Default for Metrics {
             "scheduled_feeds",
             "Feeds refreshed in the background on their poll_interval",
             m.scheduled_feeds.clone(),
+        );
+        registry.register(
+            "subscriptions",
+            "Webhook subscriptions held ($subscriptions)",
+            m.subscriptions.clone(),
         );
         registry.register(
             "notifications_sent",

@@ -2,6 +2,7 @@
 //! key literals, upstream pages and the delta payloads we write. Nothing here does I/O.
 
 pub(crate) mod annotate;
+pub mod datetime;
 pub mod delta;
 pub mod entity_id;
 pub mod format;

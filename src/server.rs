@@ -360,6 +360,13 @@ async fn route(
     let route = match route_head(app, &mut parts, peer, version).await? {
         Decided::Answer(response) => return Ok(Routed::Tracked(response)),
         Decided::Proxy(route) => route,
+        Decided::Subscriptions { route, item } => {
+            return crate::track::subscriptions::api::answer(
+                app, parts, incoming, peer, route, item, version,
+            )
+            .await
+            .map(Routed::Tracked);
+        }
     };
     let service = &app.services[route];
     let addressed = router::below_prefix(parts.uri.path(), &service.route.prefix);
@@ -384,6 +391,14 @@ pub(crate) enum Decided {
     Answer(Response<Body>),
     /// To be forwarded to the upstream of this route.
     Proxy(usize),
+    /// The route's webhook subscriptions (`$subscriptions`, or one of them by id); answered with
+    /// the request's body.
+    Subscriptions {
+        /// Index into the services.
+        route: usize,
+        /// The id segment, when one subscription is addressed.
+        item: Option<String>,
+    },
 }
 
 /// Check, normalize and route a request head; answer it when the gateway tracks it. The one
@@ -437,6 +452,13 @@ pub(crate) async fn route_head(
     );
     normalize_path(&app.services, req)?;
     let path = req.uri.path().to_owned();
+    let subscriptions = app.services.iter().enumerate().find_map(|(i, s)| {
+        let rest = router::below_prefix(&path, &s.route.prefix)?;
+        crate::track::subscriptions::api::addressed(rest).map(|item| (i, item.map(str::to_owned)))
+    });
+    if let Some((route, item)) = subscriptions {
+        return Ok(Decided::Subscriptions { route, item });
+    }
     let raw_query = req.uri.query().map(str::to_owned);
     let decision = router::classify(
         &app.services,

@@ -14,6 +14,9 @@
 //! - `pending`:  FeedId → the version a refresh is writing.
 //! - `versions`: FeedId ‖ Version → commit time (unix ms), to find tombstones older than the
 //!   retention window.
+//! - `subscriptions`: subscription id → a webhook subscription ([`SubscriptionRow`], JSON). Added
+//!   without a schema bump: a store without the table gets an empty one at start, and an older
+//!   gateway that opens the file leaves the table alone.
 //!
 //! Bounded commits: a refresh writes changed rows in batches as it goes, as states at the pending
 //! version V+1 beside the published ones, never over them. Readers take, per row, the newest state
@@ -43,6 +46,7 @@ const CHANGES: TableDefinition<&[u8; 32], ()> = TableDefinition::new("changes");
 const STALE: TableDefinition<&[u8; 32], ()> = TableDefinition::new("stale");
 const PENDING: TableDefinition<&[u8; 16], u64> = TableDefinition::new("pending");
 const VERSIONS: TableDefinition<&[u8; 24], u64> = TableDefinition::new("versions");
+const SUBSCRIPTIONS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("subscriptions");
 
 /// The `changes` table of schema versions 1 and 2 (keyed by key hash), deleted by the migration.
 const OLD_CHANGES: TableDefinition<&[u8; 40], ()> = TableDefinition::new("changes");
@@ -486,6 +490,7 @@ impl Store {
             tx.open_table(STALE)?;
             tx.open_table(PENDING)?;
             tx.open_table(VERSIONS)?;
+            tx.open_table(SUBSCRIPTIONS)?;
         }
         tx.commit()?;
         Ok(())
@@ -1177,6 +1182,78 @@ impl Store {
             out.push((FeedId(*k.value()), meta));
         }
         Ok(out)
+    }
+}
+
+/// A webhook subscription as stored: what it watches, where it calls, until when, and where its
+/// next notification's delta link starts. Never any credential: after a restart a per-identity
+/// feed is refreshed again only once a request of its client puts it back on the schedule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionRow {
+    /// The feed watched.
+    pub feed: [u8; 16],
+    /// Route prefix of the feed.
+    pub route: String,
+    /// Entity set of the feed.
+    pub entity_set: String,
+    /// The feed's defining query, encoded (to authorize a client's request on it upstream).
+    pub query: String,
+    /// The feed's collection on the gateway, as the client that created it addresses it: the
+    /// base of the delta links of its notifications.
+    pub collection_url: String,
+    /// Identity scope of the client that created it; only that scope sees it.
+    pub scope: String,
+    /// Where notifications go.
+    pub notification_url: String,
+    /// Echoed in every notification, for the receiver to check the sender.
+    pub client_state: Option<String>,
+    /// When it was created (unix ms).
+    pub created_ms: u64,
+    /// When it ends (unix ms).
+    pub expires_ms: u64,
+    /// The version the next notification's delta link starts from.
+    pub since: u64,
+    /// The issue time (unix s) that goes with `since` in that link.
+    pub issued_at: u64,
+    /// Notifications given up since the last one delivered.
+    pub missed: u64,
+}
+
+impl Store {
+    /// Every stored webhook subscription, by id.
+    pub fn subscriptions(&self) -> Result<Vec<([u8; 16], SubscriptionRow)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(SUBSCRIPTIONS)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            let row = serde_json::from_slice(v.value()).map_err(StoreError::new)?;
+            out.push((*k.value(), row));
+        }
+        Ok(out)
+    }
+
+    /// Write a subscription (new or changed), durably.
+    pub fn put_subscription(&self, id: [u8; 16], row: &SubscriptionRow) -> Result<(), StoreError> {
+        let encoded = serde_json::to_vec(row).map_err(StoreError::new)?;
+        let tx = self.db.begin_write()?;
+        tx.open_table(SUBSCRIPTIONS)?
+            .insert(&id, encoded.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Remove subscriptions; those already gone are skipped.
+    pub fn delete_subscriptions(&self, ids: &[[u8; 16]]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(SUBSCRIPTIONS)?;
+            for id in ids {
+                table.remove(id)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 }
 

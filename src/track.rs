@@ -1,7 +1,7 @@
 //! Change tracking: feeds and their versions, the refresh that turns upstream enumerations into
 //! versions, the signed tokens that name a version, and answering tracked requests from the store —
 //! after the upstream has authorized them and within the gateway's limits on feeds and refreshes —
-//! and keeping feeds fresh in the background, calling clients back when they change.
+//! and keeping feeds fresh in the background, calling clients back when they change, and notifying webhook subscriptions.
 
 pub(crate) mod admission;
 pub(crate) mod authorize;
@@ -15,4 +15,5 @@ pub mod refresh;
 pub mod respond;
 pub mod retention;
 pub(crate) mod schedule;
+pub(crate) mod subscriptions;
 pub mod token;

@@ -180,3 +180,66 @@ async fn an_annotated_metadata_carries_the_upstreams_etag_in_weak_form_c35() {
     // The bytes differ from the upstream's: a strong validator would claim they do not.
     assert_eq!(via.header("etag"), Some("W/\"v7\""));
 }
+
+/// The `CallbackProtocols` ids of the `CallbackSupported` annotation of `set`, if it has one.
+fn callback_protocols(doc: &roxmltree::Document, set: &str) -> Option<Vec<String>> {
+    let annotation = doc
+        .descendants()
+        .find(|n| n.tag_name().name() == "EntitySet" && n.attribute("Name") == Some(set))?
+        .children()
+        .find(|n| {
+            n.tag_name().name() == "Annotation"
+                && n.attribute("Term") == Some("Org.OData.Capabilities.V1.CallbackSupported")
+        })?;
+    Some(
+        annotation
+            .descendants()
+            .filter(|n| n.attribute("Property") == Some("Id"))
+            .filter_map(|n| n.attribute("String").map(str::to_owned))
+            .collect(),
+    )
+}
+
+/// C33 made discoverable: with callbacks allowed, each trackable set refreshed in the background
+/// says it honours the callback preference over HTTP; a set without `poll_interval`, an
+/// untrackable one, or a gateway that allows no callback host says nothing.
+#[tokio::test]
+async fn metadata_advertises_callbacks_where_deltas_honour_them_c33_c35() {
+    let up = shop(1).await;
+    up.define_set(EntitySetDef::new("Logs", "Log").property("line", "Edm.String"));
+    up.define_set(
+        EntitySetDef::new("Orders", "Order")
+            .key("ID", "Edm.Int32")
+            .property("total", "Edm.Int32"),
+    );
+    let client = Client::default();
+    let route = format!(
+        "[[route]]\nupstream = \"{}\"\npoll_interval = \"10s\"\n\n[route.sets.Orders]\npoll_interval = \"0s\"\n",
+        up.base_url()
+    );
+    let read = |gw: &Gateway| {
+        let url = gw.url(&format!("{ROOT}/$metadata"));
+        let client = client.clone();
+        async move {
+            let r = client.get(&url, &[]).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.text()
+        }
+    };
+    let toml = format!("[notifications]\nallowed_hosts = [\"hooks.example.com\"]\n\n{route}");
+    let gw = Gateway::start_with("", Some(&toml), |_| {}).await;
+    let text = read(&gw).await;
+    let doc = roxmltree::Document::parse(&text).expect("well-formed");
+    assert_eq!(
+        callback_protocols(&doc, "Customers"),
+        Some(vec!["http".to_owned()]),
+        "{text}"
+    );
+    assert_eq!(callback_protocols(&doc, "Orders"), None, "no poll_interval");
+    assert_eq!(callback_protocols(&doc, "Logs"), None, "not trackable");
+    assert_eq!(change_tracking(&doc, "Customers").unwrap().0, "true");
+    // No allowed host: no callback is ever made, so none is advertised.
+    let gw = Gateway::start_with("", Some(&route), |_| {}).await;
+    let text = read(&gw).await;
+    assert!(!text.contains("CallbackSupported"), "{text}");
+}

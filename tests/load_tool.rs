@@ -9,6 +9,9 @@ mod chart;
 #[path = "../examples/load/client.rs"]
 mod client;
 #[allow(dead_code)]
+#[path = "../examples/load/fresh.rs"]
+mod fresh;
+#[allow(dead_code)]
 #[path = "../examples/load/gateway.rs"]
 mod gateway;
 #[allow(dead_code)]
@@ -91,4 +94,36 @@ async fn a_short_pass_through_run_gets_answers_direct_and_through_the_gateway() 
         assert_eq!(load.errors, 0);
         assert!(load.ok > 0 && load.ok <= 200, "{load:?}");
     }
+}
+
+/// The always-fresh mode at a tiny size: every client gets its answers, the changes reach them,
+/// the upstream is enumerated by the schedule about once per interval (not once per client), and
+/// the closed loop answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_always_fresh_run_measures_latency_enumerations_and_throughput() {
+    let settings = fresh::Settings {
+        gateway: gateway_binary(),
+        entities: 2_000,
+        clients: 10,
+        interval: Duration::from_secs(1),
+        changes_per_interval: 5,
+        measure: Duration::from_secs(4),
+        closed_clients: 4,
+        closed_measure: Duration::from_secs(1),
+        timeout: Duration::from_secs(30),
+    };
+    let report = fresh::run(&settings).await.expect("an always-fresh run");
+    assert_eq!(report.errors, 0);
+    assert!(report.requests >= 30, "{report:?}");
+    assert!(report.entries > 0, "the changes reached the clients");
+    // 10 clients × 4 intervals would be 40 enumerations if each request ran one.
+    assert!(
+        (1..=10).contains(&report.enumerations),
+        "{} enumerations",
+        report.enumerations
+    );
+    assert!(report.percentile(99.0) > 0.0);
+    assert!(report.closed_requests > 0 && report.closed_errors == 0);
+    let table = fresh::table(&report);
+    assert!(table.contains("p99") && table.contains("enumerations per interval"));
 }

@@ -31,15 +31,15 @@ impl Gateway {
     /// Start `binary` in front of `upstream` (a service root URL) with a fresh data directory, and
     /// wait (at most `startup`) until it listens.
     pub fn start(binary: &Path, upstream: &str, startup: Duration) -> Result<Gateway, String> {
-        Self::start_with_config(binary, upstream, startup, None)
+        Self::start_with(binary, upstream, startup, None)
     }
 
-    /// [`Gateway::start`] with a config file (`--config`) for the settings that have no flag.
-    pub fn start_with_config(
+    /// [`Gateway::start`] with a `gateway.toml` text (written beside the data directory).
+    pub fn start_with(
         binary: &Path,
         upstream: &str,
         startup: Duration,
-        config: Option<&Path>,
+        config: Option<&str>,
     ) -> Result<Gateway, String> {
         if !binary.is_file() {
             return Err(format!(
@@ -54,8 +54,11 @@ impl Gateway {
         let log = fs::File::create(dir.path().join("gateway.log"))
             .map_err(|e| format!("cannot create the gateway's log file: {e}"))?;
         let mut command = Command::new(binary);
-        if let Some(config) = config {
-            command.arg("--config").arg(config);
+        if let Some(text) = config {
+            let path = dir.path().join("gateway.toml");
+            fs::write(&path, text)
+                .map_err(|e| format!("cannot write the gateway's config: {e}"))?;
+            command.arg("--config").arg(path);
         }
         let child = command
             .arg("--upstream")

@@ -6,12 +6,14 @@
 //! cargo build --release && cargo run --release --example load -- tracked --entities 1m
 //! cargo run --release --example load -- passthrough
 //! cargo run --release --example load -- sweep --sizes 10k,100k,1m --chart docs/scale.svg
+//! cargo run --release --example load -- fresh --entities 100k --clients 200
 //! ```
 //!
 //! All traffic stays on 127.0.0.1; every loop is bounded in count and time.
 
 mod chart;
 mod client;
+mod fresh;
 mod gateway;
 mod passthrough;
 mod tracked;
@@ -53,6 +55,35 @@ enum Mode {
         note: String,
         #[command(flatten)]
         common: Common,
+    },
+    /// Background refresh under load (P5): clients each following its own delta link once per
+    /// poll_interval (open loop) while the upstream changes, then the closed-loop throughput of
+    /// stored deltas.
+    Fresh {
+        /// Entities in the feed.
+        #[arg(long, default_value = "100k", value_parser = parse_count)]
+        entities: u32,
+        /// Clients, each with its own delta link.
+        #[arg(long, default_value_t = 200)]
+        clients: u32,
+        /// The gateway's poll_interval and each client's request interval, in ms (at least 1000).
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Entities updated upstream per interval.
+        #[arg(long, default_value_t = 100)]
+        changes: u32,
+        /// Seconds of the open-loop measurement.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Concurrent clients of the closed-loop run.
+        #[arg(long, default_value_t = 32)]
+        closed_clients: u32,
+        /// Seconds of the closed-loop run.
+        #[arg(long, default_value_t = 10)]
+        closed_seconds: u64,
+        /// The gateway binary.
+        #[arg(long, default_value_os_t = default_gateway())]
+        gateway: PathBuf,
     },
     /// Small entity GETs at several concurrencies: direct, through the gateway, through nginx.
     Passthrough {
@@ -205,6 +236,30 @@ async fn run(mode: Mode) -> Result<(), String> {
                 chart::write(&chart, &reports, &note)?;
                 eprintln!("chart written to {}", chart.display());
             }
+        }
+        Mode::Fresh {
+            entities,
+            clients,
+            interval_ms,
+            changes,
+            seconds,
+            closed_clients,
+            closed_seconds,
+            gateway,
+        } => {
+            let settings = fresh::Settings {
+                gateway,
+                entities,
+                clients,
+                interval: Duration::from_millis(interval_ms),
+                changes_per_interval: changes,
+                measure: Duration::from_secs(seconds.clamp(1, 3600)),
+                closed_clients: closed_clients.clamp(1, 1024),
+                closed_measure: Duration::from_secs(closed_seconds.clamp(1, 600)),
+                timeout: Duration::from_secs(60),
+            };
+            let report = fresh::run(&settings).await?;
+            println!("{}", fresh::table(&report));
         }
         Mode::Passthrough {
             concurrency,

@@ -151,11 +151,18 @@ pub async fn run(s: &Settings) -> Result<Report, String> {
         report.floor.push(floor.elapsed);
     }
 
-    let mut gateway = Gateway::start_with_config(
+    let config = match &s.config {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let mut gateway = Gateway::start_with(
         &s.gateway,
         &upstream.service_root(),
         Duration::from_secs(30),
-        s.config.as_deref(),
+        config.as_deref(),
     )?;
     let tracked_url = gateway.url(&format!("{SERVICE}/Items"));
     progress(n, "first tracked read through the gateway");

@@ -135,6 +135,8 @@ struct Snapshot {
 pub struct Counters {
     /// Collection pages (first pages and next links).
     pub pages: AtomicU64,
+    /// Enumerations started: first pages of the collection (no `$skiptoken`).
+    pub enumerations: AtomicU64,
     /// `$filter` lookups by key (removal confirmation).
     pub filters: AtomicU64,
     /// `$skip`/`$top` reads.
@@ -245,6 +247,47 @@ impl Collection {
         });
         // A poisoned lock means a serving task panicked; the snapshot is still whole.
         *self.served.write().unwrap_or_else(|e| e.into_inner()) = snapshot;
+    }
+
+    /// Update `count` live entities (fewer when there are not that many), picked pseudo-randomly,
+    /// a different choice each round; render only their pages again, and serve the result.
+    pub fn update_some(&mut self, count: u32) -> Changes {
+        self.rounds += 1;
+        let salt = u64::from(self.rounds) << 40;
+        let mut picked = std::collections::HashSet::new();
+        let mut touched = vec![false; self.pages.len()];
+        let mut c = Changes {
+            updated: 0,
+            removed: 0,
+            updated_bytes: 0,
+            pages_rendered: 0,
+        };
+        let mut scratch = String::new();
+        // Bounded: a draw that hits a removed or already picked entity is not repeated forever.
+        for draw in 0..u64::from(count).saturating_mul(4) {
+            if c.updated >= u64::from(count) {
+                break;
+            }
+            let id = (mix(salt ^ draw) % u64::from(self.n.max(1))) as u32 + 1;
+            let i = (id - 1) as usize;
+            if self.removed[i] || !picked.insert(id) {
+                continue;
+            }
+            self.revision[i] = self.revision[i].wrapping_add(1).max(1);
+            scratch.clear();
+            write_entity(&mut scratch, id, self.revision[i]);
+            c.updated += 1;
+            c.updated_bytes += scratch.len() as u64;
+            touched[i / PAGE as usize] = true;
+        }
+        for (p, t) in touched.iter().enumerate() {
+            if *t {
+                self.pages[p] = Arc::new(self.render(p));
+                c.pages_rendered += 1;
+            }
+        }
+        self.publish();
+        c
     }
 
     /// Update `updated_per_mille`/1000 and remove `removed_per_mille`/1000 of the live entities,
@@ -605,6 +648,9 @@ fn collection(raw: &str, s: &Snapshot, counters: &Counters) -> Response<Chunks> 
         return offset_page(raw, &q, s, count);
     }
     counters.pages.fetch_add(1, Ordering::Relaxed);
+    if q.skiptoken.is_none() {
+        counters.enumerations.fetch_add(1, Ordering::Relaxed);
+    }
     let index = q.skiptoken.unwrap_or(0);
     let Some(page) = s.pages.get(index) else {
         if index == 0 {

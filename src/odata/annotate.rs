@@ -2,7 +2,9 @@
 //! entity sets answer `Prefer: odata.track-changes`, with `Org.OData.Capabilities.V1.ChangeTracking`.
 //! The document is parsed once to find positions; the bytes between insertions are copied as they
 //! came, so that everything but the added annotations (and, when missing, the vocabulary
-//! reference that makes the term resolvable, CSDL §3.3) stays byte-identical.
+//! reference that makes the term resolvable, CSDL §3.3) stays byte-identical. Sets whose deltas
+//! honour the callback preference (C33) also get `Org.OData.Capabilities.V1.CallbackSupported`
+//! with the one protocol the gateway calls back with, `http`.
 
 use std::collections::{HashMap, HashSet};
 
@@ -10,6 +12,8 @@ use super::metadata::{ServiceMetadata, SetKey};
 
 /// The qualified name of the term.
 const TERM: &str = "Org.OData.Capabilities.V1.ChangeTracking";
+/// The qualified name of the callback term.
+const CALLBACK_TERM: &str = "Org.OData.Capabilities.V1.CallbackSupported";
 /// The vocabulary's namespace and where it is published.
 const VOCABULARY: &str = "Org.OData.Capabilities.V1";
 const VOCABULARY_URI: &str =
@@ -18,7 +22,12 @@ const VOCABULARY_URI: &str =
 /// Annotate every entity set of a CSDL XML document. `configured_key` says whether the route
 /// configures a key for a set (which makes a set without a `$metadata` key trackable). `None` when
 /// the document cannot be read as CSDL or has nothing to annotate: it is then passed on unchanged.
-pub(crate) fn annotate(xml: &str, configured_key: impl Fn(&str) -> bool) -> Option<String> {
+/// `callbacks` says whether a trackable set's deltas honour the callback preference.
+pub(crate) fn annotate(
+    xml: &str,
+    configured_key: impl Fn(&str) -> bool,
+    callbacks: impl Fn(&str) -> bool,
+) -> Option<String> {
     let keys = ServiceMetadata::parse(xml).ok()?;
     let doc = roxmltree::Document::parse_with_options(
         xml,
@@ -44,7 +53,10 @@ pub(crate) fn annotate(xml: &str, configured_key: impl Fn(&str) -> bool) -> Opti
         }
         let trackable = configured_key(name) || matches!(keys.set(name), Some(SetKey::Key(_)));
         let prefix = element_prefix(xml, set);
-        let annotation = annotation_xml(&prefix, trackable.then(|| model.members(ty)));
+        let mut annotation = annotation_xml(&prefix, trackable.then(|| model.members(ty)));
+        if trackable && callbacks(name) && !has_term(set, &model.aliases, "CallbackSupported") {
+            annotation.push_str(&callback_xml(&prefix));
+        }
         let range = set.range();
         let element = &xml[range.clone()];
         if element.ends_with("/>") {
@@ -201,18 +213,41 @@ impl Model {
 }
 
 fn is_change_tracking(node: roxmltree::Node, aliases: &HashMap<String, String>) -> bool {
+    is_term(node, aliases, "ChangeTracking")
+}
+
+/// Whether `node` is an annotation with the Capabilities term `term`, however its namespace is
+/// spelled.
+fn is_term(node: roxmltree::Node, aliases: &HashMap<String, String>, term: &str) -> bool {
     if !(node.is_element() && node.tag_name().name() == "Annotation") {
         return false;
     }
-    let Some(term) = node.attribute("Term") else {
+    let Some(written) = node.attribute("Term") else {
         return false;
     };
-    if term == TERM {
-        return true;
-    }
-    term.rsplit_once('.').is_some_and(|(qualifier, name)| {
-        name == "ChangeTracking" && aliases.get(qualifier).is_some_and(|ns| ns == VOCABULARY)
+    written.rsplit_once('.').is_some_and(|(qualifier, name)| {
+        name == term
+            && (qualifier == VOCABULARY
+                || aliases.get(qualifier).is_some_and(|ns| ns == VOCABULARY))
     })
+}
+
+/// Whether a set carries an annotation with the Capabilities term `term` itself.
+fn has_term(set: roxmltree::Node, aliases: &HashMap<String, String>, term: &str) -> bool {
+    set.children().any(|c| is_term(c, aliases, term))
+}
+
+/// `CallbackSupported` with the `http` protocol: the gateway calls a callback URL with an HTTP
+/// request (OData 4.01 Part 1, "Preference callback").
+fn callback_xml(prefix: &str) -> String {
+    let p = if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{prefix}:")
+    };
+    format!(
+        "<{p}Annotation Term=\"{CALLBACK_TERM}\"><{p}Record><{p}PropertyValue Property=\"CallbackProtocols\"><{p}Collection><{p}Record><{p}PropertyValue Property=\"Id\" String=\"http\"/></{p}Record></{p}Collection></{p}PropertyValue></{p}Record></{p}Annotation>"
+    )
 }
 
 fn has_own_annotation(set: roxmltree::Node, aliases: &HashMap<String, String>) -> bool {
@@ -329,7 +364,7 @@ mod tests {
 
     #[test]
     fn trackable_sets_list_inherited_properties_and_navigation() {
-        let out = annotate(CSDL, |s| s == "Lines").unwrap();
+        let out = annotate(CSDL, |s| s == "Lines", |_| false).unwrap();
         let doc = roxmltree::Document::parse(&out).unwrap();
         let a = set_annotation(&doc, "Customers").unwrap();
         let texts = |kind: &str| {
@@ -372,7 +407,7 @@ mod tests {
             "<edmx:DataServices>",
             r#"<edmx:Reference Uri="x"><edmx:Include Namespace="Org.OData.Capabilities.V1" Alias="Cap"/></edmx:Reference><edmx:DataServices>"#,
         );
-        let out = annotate(&xml, |_| false).unwrap();
+        let out = annotate(&xml, |_| false, |_| false).unwrap();
         let doc = roxmltree::Document::parse(&out).unwrap();
         assert!(set_annotation(&doc, "Customers").is_none());
         assert_eq!(out.matches("<edmx:Reference").count(), 1);
@@ -380,7 +415,7 @@ mod tests {
 
     #[test]
     fn unreadable_documents_are_left_alone() {
-        assert_eq!(annotate("not xml", |_| true), None);
-        assert_eq!(annotate("<a/>", |_| true), None);
+        assert_eq!(annotate("not xml", |_| true, |_| true), None);
+        assert_eq!(annotate("<a/>", |_| true, |_| true), None);
     }
 }

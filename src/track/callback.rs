@@ -174,30 +174,46 @@ pub(crate) fn accepted(
 
 /// GET the callback URL until it answers 2xx, with bounded retries and a doubling backoff.
 async fn deliver(shared: &Shared, url: &Url) {
+    let sent = send_with_retries(shared, url, || {
+        Request::get(url.as_str()).body(body::empty())
+    })
+    .await;
+    if !sent {
+        tracing::warn!(host = ?url.host_str(), "a callback was given up; the client polls its delta link");
+    }
+}
+
+/// Send a notification to `url` until it answers 2xx: at most `notifications.max_attempts`
+/// attempts of `notifications.timeout` each, waiting `retry_backoff` before the second and
+/// twice as long before each further one. `build` makes each attempt's request. Counted in the
+/// notification metrics; true when one attempt was answered 2xx. Shared by callbacks and webhook
+/// subscriptions.
+pub(crate) async fn send_with_retries(
+    shared: &Shared,
+    url: &Url,
+    build: impl Fn() -> http::Result<Request<Body>>,
+) -> bool {
     let n = &shared.config.notifications;
     let mut backoff = n.retry_backoff;
     for attempt in 1..=n.max_attempts {
-        let request = match Request::get(url.as_str()).body(body::empty()) {
+        let request = match build() {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(error = %e, "a callback request cannot be built");
-                return;
+                tracing::warn!(error = %e, "a notification request cannot be built");
+                return false;
             }
         };
-        let outcome =
-            tokio::time::timeout(n.timeout, shared.upstream.fetch(request, MAX_ANSWER_BYTES)).await;
-        match outcome {
-            Ok(Ok(answer)) if answer.status.is_success() => {
+        match exchange(shared, request).await {
+            Ok(answer) if answer.status.is_success() => {
                 shared.metrics.notifications_sent.inc();
-                return;
+                return true;
             }
-            Ok(Ok(answer)) => {
-                tracing::info!(host = ?url.host_str(), status = %answer.status, attempt, "a callback was refused")
+            Ok(answer) => {
+                tracing::info!(host = ?url.host_str(), status = %answer.status, attempt, "a notification was refused")
             }
-            Ok(Err(e)) => {
-                tracing::info!(host = ?url.host_str(), error = %e, attempt, "a callback failed")
+            Err(why) => {
+                tracing::info!(host = ?url.host_str(), error = %why, attempt, "a notification failed")
             }
-            Err(_) => tracing::info!(host = ?url.host_str(), attempt, "a callback timed out"),
         }
         if attempt < n.max_attempts {
             tokio::time::sleep(backoff).await;
@@ -205,7 +221,21 @@ async fn deliver(shared: &Shared, url: &Url) {
         }
     }
     shared.metrics.notifications_failed.inc();
-    tracing::warn!(host = ?url.host_str(), attempts = n.max_attempts, "a callback was given up; the client polls its delta link");
+    tracing::info!(host = ?url.host_str(), attempts = n.max_attempts, "a notification was given up");
+    false
+}
+
+/// One attempt: the answer (its body at most 64 KiB), or why there is none.
+pub(crate) async fn exchange(
+    shared: &Shared,
+    request: Request<Body>,
+) -> Result<crate::upstream::Fetched, String> {
+    let timeout = shared.config.notifications.timeout;
+    match tokio::time::timeout(timeout, shared.upstream.fetch(request, MAX_ANSWER_BYTES)).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+    }
 }
 
 #[cfg(test)]

@@ -336,6 +336,16 @@ impl TrackedRequest {
     }
 }
 
+/// A delta link presented to be watched (a webhook subscription, `subscriptions::api`): its
+/// verified token, baseline and unexpired feed, with the same answers as a delta request for a
+/// forged, foreign or expired one.
+pub(crate) async fn verified_delta_link(
+    shared: &Arc<Shared>,
+    req: &TrackedRequest,
+) -> Result<(Token, Version, FeedDef), Error> {
+    req.delta_token(shared).await
+}
+
 /// The answer to a token we do not accept: the same for every reason, so that nothing is learned
 /// from probing (C10); only the metrics tell the reasons apart.
 fn refused(shared: &Shared, e: TokenError) -> Error {

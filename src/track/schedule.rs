@@ -121,15 +121,18 @@ impl Schedule {
 
     /// Drop idle feeds (into `left`), mark the due ones running and return them, with the next
     /// due time.
+    /// Feeds in `watched` (by webhook subscriptions) stay however long nobody asked.
     fn take_due(
         &self,
         now: Instant,
         idle_ttl: Duration,
+        watched: &std::collections::HashSet<FeedId>,
         left: &mut Vec<FeedId>,
     ) -> (Vec<RefreshInput>, Option<Instant>) {
         let mut entries = self.entries();
         entries.retain(|feed, e| {
-            let keep = e.running || now.duration_since(e.last_asked) < idle_ttl;
+            let keep =
+                e.running || now.duration_since(e.last_asked) < idle_ttl || watched.contains(feed);
             if !keep {
                 left.push(*feed);
             }
@@ -213,9 +216,12 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut tasks = JoinSet::new();
     let mut left = Vec::new();
     loop {
+        crate::track::subscriptions::sweep(&shared).await;
+        let watched = shared.subscriptions.watched(shared.clock.now_ms());
         let (due, next) = shared.schedule.take_due(
             Instant::now(),
             shared.config.schedule.feed_idle_ttl,
+            &watched,
             &mut left,
         );
         // Nothing will notice their changes any more; their clients poll again.
@@ -235,7 +241,12 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
                     Err(_) => Err(Error::Internal("the schedule's turns were closed".into())),
                 };
                 match &outcome {
-                    Ok(version) => shared.callbacks.feed_at(&shared, feed, *version, &shutdown),
+                    Ok(version) => {
+                        shared.callbacks.feed_at(&shared, feed, *version, &shutdown);
+                        shared
+                            .subscriptions
+                            .feed_at(&shared, feed, *version, &shutdown);
+                    }
                     Err(e) => tracing::debug!(error = %e, "background refresh failed"),
                 }
                 if shared.schedule.finished(feed, &outcome.map(drop)) {
