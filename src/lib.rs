@@ -89,7 +89,7 @@ pub struct Shared {
     /// Validated configuration.
     pub config: Config,
     /// The store.
-    pub(crate) store: Store,
+    pub store: Store,
     /// The pooled upstream client.
     pub(crate) upstream: Upstream,
     /// Key that tags tokens.

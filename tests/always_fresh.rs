@@ -309,3 +309,48 @@ async fn shutdown_stops_the_schedule() {
         "nothing refreshed after shutdown"
     );
 }
+
+/// A delta request that arrives while a background refresh runs is answered from the last
+/// published version at once, instead of queueing behind the refresh (stale-while-revalidate,
+/// RFC 5861): up to one more interval past `poll_interval`. A client that asks for a fresher
+/// answer with `Cache-Control` still waits for it. Real time: the upstream holds the refresh's
+/// first page for 6 s.
+#[tokio::test]
+async fn a_delta_during_a_slow_background_refresh_is_answered_from_the_last_version() {
+    let up = shop(20).await;
+    let gw = Gateway::start_with(
+        &up.base_url(),
+        Some("poll_interval = \"2s\"\n[identity]\nmode = \"shared\"\n"),
+        |_| {},
+    )
+    .await;
+    let client = Client::default();
+    let link = delta_link(&client, &gw, &[]).await;
+    let read_at = std::time::Instant::now();
+    up.update("Customers", json!(3), json!({"name": "changed"}));
+    up.push_fault(support::Fault::Delay { page: 0, ms: 6_000 });
+    // The background refresh is due 1.7–1.9 s after the first read; at 2.5 s it is held upstream.
+    tokio::time::sleep(Duration::from_millis(2_500).saturating_sub(read_at.elapsed())).await;
+    assert_eq!(up.pending_faults(), 0, "the background refresh has started");
+    let r = client.get(&link, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        names(&r.json()).is_empty(),
+        "answered from the version before the change: {}",
+        r.text()
+    );
+    let age: u64 = r.header("x-delta-refresh-age-ms").unwrap().parse().unwrap();
+    assert!(
+        age >= 2_000,
+        "older than the interval while a refresh runs: {age} ms"
+    );
+    assert!(
+        read_at.elapsed() < Duration::from_millis(5_500),
+        "the request did not wait for the held refresh"
+    );
+    // The same request with `Cache-Control: max-age=1` waits for the refresh, and sees the change.
+    let r = client.get(&link, &[("Cache-Control", "max-age=1")]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(names(&r.json()), vec!["changed"]);
+    assert!(read_at.elapsed() >= Duration::from_secs(6));
+}

@@ -291,6 +291,22 @@ pub struct Feeds {
     /// Each feed's stored retention mark as last read or written (unix ms): a lower bound of what
     /// is on disk, so that issuing a token the mark already covers needs no store access.
     covered: Mutex<HashMap<FeedId, u64>>,
+    /// Each feed's last successful refresh, readable without waiting for its slot.
+    published: Mutex<HashMap<FeedId, Published>>,
+}
+
+/// A feed's last successful refresh and whether another is under way: what a request needs to
+/// be answered from the store without waiting for the slot that a running refresh holds.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Published {
+    /// The version it published.
+    pub version: Version,
+    /// When it finished (tokio's clock, like [`LastRefresh::finished`]).
+    pub finished: tokio::time::Instant,
+    /// The same, on the wall clock.
+    pub finished_at: SystemTime,
+    /// Whether a refresh of the feed is running now.
+    pub refreshing: bool,
 }
 
 /// The feeds the caps count: stored ones, and new ones admitted whose first load is under way.
@@ -476,6 +492,35 @@ impl Feeds {
     /// Forget a stored feed for the caps (it was dropped).
     pub(crate) fn unregister(&self, feed: FeedId) {
         self.stored_feeds().remove(feed);
+        self.published_map().remove(&feed);
+    }
+
+    /// The feed's last successful refresh, if this process saw one and none failed since.
+    pub(crate) fn published(&self, feed: FeedId) -> Option<Published> {
+        self.published_map().get(&feed).copied()
+    }
+
+    /// A refresh of `feed` starts.
+    pub(crate) fn refresh_started(&self, feed: FeedId) {
+        if let Some(p) = self.published_map().get_mut(&feed) {
+            p.refreshing = true;
+        }
+    }
+
+    /// A refresh of `feed` ended: it published `published`, or failed (`None`), which forgets
+    /// the last success, so that requests wait for the next refresh as they would on the slot.
+    pub(crate) fn refresh_ended(&self, feed: FeedId, published: Option<Published>) {
+        let mut map = self.published_map();
+        match published {
+            Some(p) => map.insert(feed, p),
+            None => map.remove(&feed),
+        };
+    }
+
+    fn published_map(&self) -> std::sync::MutexGuard<'_, HashMap<FeedId, Published>> {
+        self.published
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn stored_feeds(&self) -> std::sync::MutexGuard<'_, StoredFeeds> {
@@ -503,6 +548,8 @@ impl Feeds {
                 Err(_) => true,
             }
         });
+        self.published_map()
+            .retain(|feed, _| map.contains_key(feed));
         before - map.len()
     }
 

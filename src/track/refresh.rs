@@ -25,7 +25,7 @@ use crate::store::{EntityRow, FeedMeta, PendingRow};
 
 use super::feed::{
     FeedDef, FeedId, Generation, Index, IndexEntry, LastRefresh, LoadProgress, ProgressSender,
-    SetSpec, Slot, Version,
+    Published, SetSpec, Slot, Version,
 };
 use super::hash::{Digest, EntityError, Hasher, KeyHash};
 
@@ -52,6 +52,11 @@ pub struct RefreshInput {
     /// A successful refresh younger than this is reused: the larger of `min_refresh_interval` and
     /// the feed's `poll_interval`, lowered by a client's `Cache-Control`.
     pub max_age: Duration,
+    /// How much older than `max_age` the last refresh may be while another one is running, for a
+    /// request answered from the store instead of waiting for it (RFC 5861's
+    /// stale-while-revalidate): a feed's `poll_interval` for a client that did not ask for a
+    /// fresher answer with `Cache-Control`, zero otherwise.
+    pub stale_while_refreshing: Duration,
     /// Asked for by the schedule, not by a client: it never creates a feed, and its failure is
     /// not handed to a client that happens to arrive while it runs (the credentials were not theirs).
     pub background: bool,
@@ -83,6 +88,27 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
         return Err(Error::Expired {
             location: String::new(),
         });
+    }
+    // A client's request is answered from the last published version, young enough, without
+    // waiting for a refresh that holds the slot: a feed on a schedule is being refreshed a good
+    // part of the time, and its readers need not queue behind the schedule.
+    if !input.background
+        && let Some(p) = shared.feeds.published(input.feed)
+    {
+        let age = p.finished.elapsed();
+        let grace = if p.refreshing {
+            input.stale_while_refreshing
+        } else {
+            Duration::ZERO
+        };
+        if age < input.max_age.saturating_add(grace) {
+            shared.metrics.refresh_reused.inc();
+            return Ok(Fresh {
+                version: p.version,
+                finished_at: p.finished_at,
+                by_this_request: false,
+            });
+        }
     }
     let slot = shared.feeds.slot(input.feed);
     let mut guard = slot.lock_owned().await;
@@ -117,6 +143,7 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
     // In the span of the request that started it, so that its log lines carry that request id.
     let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
         let started = Instant::now();
+        shared.feeds.refresh_started(input.feed);
         let outcome = run(&shared, &mut guard, &input).await;
         drop(permit);
         if guard.index.is_some() {
@@ -170,8 +197,16 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
                 tracing::warn!(set = %input.set.name, feed = %feed_label(input.feed), error = %e, "refresh failed; nothing committed");
             }
         }
+        let finished = tokio::time::Instant::now();
+        let published = outcome.as_ref().ok().map(|&version| Published {
+            version,
+            finished,
+            finished_at,
+            refreshing: false,
+        });
+        shared.feeds.refresh_ended(input.feed, published);
         guard.last = Some(LastRefresh {
-            finished: tokio::time::Instant::now(),
+            finished,
             finished_at,
             outcome: outcome.clone(),
             background: input.background,

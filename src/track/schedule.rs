@@ -187,6 +187,7 @@ fn background_input(shared: &Shared, input: &RefreshInput, interval: Duration) -
     let mut input = input.clone();
     input.background = true;
     input.max_age = interval / 2;
+    input.stale_while_refreshing = Duration::ZERO;
     if shared.config.identity == IdentityScope::Shared {
         input.headers = shared
             .config

@@ -39,7 +39,8 @@ use crate::store::SubscriptionRow;
 use crate::track::authorize::authorize;
 use crate::track::callback::{check_url, exchange};
 use crate::track::feed::{FeedDef, Scope};
-use crate::track::refresh::{RefreshInput, forwarded_headers};
+use crate::track::fetch::forwarded_headers;
+use crate::track::refresh::RefreshInput;
 use crate::track::respond::{TrackedRequest, verified_delta_link};
 
 use super::{Full, SubscriptionId, delta_link};
@@ -342,6 +343,7 @@ async fn arm(caller: &Caller<'_>, def: &FeedDef) -> Result<(), Error> {
         service_root: caller.service.route.upstream.clone(),
         headers: forwarded_headers(&caller.headers),
         max_age: interval / 2,
+        stale_while_refreshing: std::time::Duration::ZERO,
         background: false,
     };
     shared.schedule.asked(shared, &input, interval);
