@@ -43,6 +43,14 @@ impl Dialect {
         }
     }
 
+    /// A string property every entity has.
+    pub fn name_property(self) -> &'static str {
+        match self {
+            Dialect::JayStack => "Name",
+            Dialect::Cap | Dialect::Odatapy => "name",
+        }
+    }
+
     /// A new entity with key `id` and random values.
     pub fn new_entity(self, rng: &mut Rng, id: i64) -> Value {
         match self {

@@ -56,7 +56,7 @@ pub async fn writes_and_untracked_reads(upstream: &dyn Upstream) {
         }
     }
     let mut patch = dialect.random_patch(&mut rng);
-    let name = if key == "Id" { "Name" } else { "name" };
+    let name = dialect.name_property();
     patch[name] = json!("Patched through the gateway");
     for id in [10, 5002] {
         let r = write(&client, Method::PATCH, &entity(id), Some(patch.clone())).await;
