@@ -193,7 +193,35 @@ pub(crate) async fn answer(
         to: &public_root,
     };
     if own.iter().all(Option::is_none) {
-        // Nothing for the gateway: the batch goes upstream as it came.
+        // Nothing for the gateway: the batch goes upstream as it came, but for the track-changes
+        // preference of its requests.
+        let body = match &parsed {
+            Parsed::Json(requests)
+                if requests
+                    .iter()
+                    .any(|r| json::without_track_changes(&r.raw).is_some()) =>
+            {
+                Bytes::from(json::join_requests(
+                    requests
+                        .iter()
+                        .map(forwarded_json)
+                        .collect::<Vec<_>>()
+                        .iter()
+                        .map(|r| &**r),
+                ))
+            }
+            Parsed::Multipart { boundary, items }
+                if items
+                    .iter()
+                    .any(|i| item_without_track_changes(i).is_some()) =>
+            {
+                Bytes::from(multipart::join(
+                    boundary,
+                    &items.iter().map(forwarded_item).collect::<Vec<_>>(),
+                ))
+            }
+            _ => body,
+        };
         let fetched = forward(app, &parts, &upstream_root, prefix, body).await?;
         return Ok(passed_through(fetched, &parsed, &links));
     }
@@ -397,6 +425,9 @@ async fn forward(
     }
     let mut headers = outer.headers.clone();
     strip_hop_by_hop(&mut headers);
+    // The batch's own preferences apply to every request in it: none of those it forwards is
+    // tracked (C2, C36).
+    crate::server::strip_track_changes(&mut headers);
     headers.remove(header::HOST);
     // Answers come back uncompressed so that links in them can be rewritten.
     headers.remove(header::ACCEPT_ENCODING);
@@ -408,6 +439,27 @@ async fn forward(
     app.upstream
         .fetch(request, app.config.limits.max_page_bytes)
         .await
+}
+
+/// A JSON request as it goes upstream: without the track-changes preference, since the gateway
+/// forwards only what it does not track, and an upstream that tracks changes itself would answer
+/// with delta links of its own (C2, C36).
+fn forwarded_json(r: &json::Request) -> Box<serde_json::value::RawValue> {
+    json::without_track_changes(&r.raw).unwrap_or_else(|| r.raw.clone())
+}
+
+/// A multipart request part without the track-changes preference, when it had one; change sets
+/// (writes) are left as they are.
+fn item_without_track_changes(item: &multipart::Item) -> Option<Bytes> {
+    match item.parts.as_slice() {
+        [one] if !one.in_change_set => multipart::without_track_changes(&item.raw),
+        _ => None,
+    }
+}
+
+/// A multipart item as it goes upstream (see `forwarded_json`).
+fn forwarded_item(item: &multipart::Item) -> Bytes {
+    item_without_track_changes(item).unwrap_or_else(|| item.raw.clone())
 }
 
 /// The upstream's answer to a batch that went up as it came, links rewritten in every part.
@@ -552,7 +604,8 @@ async fn merge_json(
     let (status, mut headers, mut upstream) = if forwarded.is_empty() {
         (StatusCode::OK, HeaderMap::new(), Vec::new())
     } else {
-        let body = json::join_requests(forwarded.iter().map(|r| &*r.raw));
+        let forwarded: Vec<_> = forwarded.iter().map(|r| forwarded_json(r)).collect();
+        let body = json::join_requests(forwarded.iter().map(|r| &**r));
         let fetched = forward(app, outer, upstream_root, prefix, Bytes::from(body)).await?;
         let rewritten = links.rewrite(&fetched.body);
         match (
@@ -635,7 +688,7 @@ async fn merge_multipart(
         .iter()
         .zip(&answers)
         .filter(|(_, a)| a.is_none())
-        .map(|(i, _)| i.raw.clone())
+        .map(|(i, _)| forwarded_item(i))
         .collect();
     let (status, mut headers, response_boundary, mut upstream) = if forwarded.is_empty() {
         let boundary = format!("batchresponse_{}", random_hex());

@@ -682,7 +682,7 @@ fn allow_tracked() -> Response<Body> {
 /// Take the track-changes preference out of a request the gateway does not track, keeping the
 /// other preferences: an upstream that tracks changes itself would otherwise answer with delta
 /// links of its own, which the gateway rewrites onto itself and cannot serve (C2, C36).
-fn strip_track_changes(headers: &mut http::HeaderMap) {
+pub(crate) fn strip_track_changes(headers: &mut http::HeaderMap) {
     let values: Vec<HeaderValue> = headers.get_all("prefer").iter().cloned().collect();
     if values.is_empty() {
         return;

@@ -336,3 +336,157 @@ async fn a_next_link_inside_a_multipart_batch_is_served_by_the_gateway_c22_c34()
     // Nothing was left to forward: no batch went upstream.
     assert!(up.requests().iter().all(|r| !r.path().ends_with("$batch")));
 }
+
+/// The `Prefer` values of the batches the upstream got and of the requests in them, not those of
+/// the gateway's own enumerations.
+fn prefers_seen(up: &support::FakeUpstream) -> Vec<(String, String)> {
+    up.requests()
+        .iter()
+        .filter(|r| {
+            ["$batch", "orderby=name", "Customers(3)"]
+                .iter()
+                .any(|p| r.path_and_query.contains(p))
+        })
+        .flat_map(|r| {
+            r.headers
+                .get_all("prefer")
+                .iter()
+                .map(|v| {
+                    (
+                        r.path_and_query.clone(),
+                        v.to_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// C2, C36 inside a batch: requests the gateway forwards are ones it does not track, so they go
+/// upstream without the track-changes preference — in the part's headers or the batch's own — and
+/// an upstream that tracks changes itself (odatapy's server) answers without delta links of its
+/// own and without `Preference-Applied: odata.track-changes`. The other preferences stay.
+#[tokio::test]
+async fn forwarded_batch_parts_go_upstream_without_track_changes_c2_c36() {
+    let up = shop(10).await;
+    up.set_own_change_tracking(true);
+    up.set_link_style(LinkStyle::Absolute);
+    let toml = "page_size = 5\nmax_page_size = 5\n";
+    let gw = Gateway::start_with(&up.base_url(), Some(toml), |_| {}).await;
+    let client = Client::default();
+    let prefer = format!("{TRACK}, odata.maxpagesize=50");
+    // An ordered read larger than the largest page is read untracked (C2), and so is an entity.
+    let untracked = ["Customers?$orderby=name", "Customers(3)"];
+    let check = |answers: Vec<(Option<String>, Value)>, what: &str| {
+        assert_eq!(answers.len(), 2, "{what}");
+        for (applied, body) in answers {
+            assert!(
+                !applied.unwrap_or_default().contains("track-changes"),
+                "{what}: C2"
+            );
+            assert!(body.get("@odata.deltaLink").is_none(), "{what}: C36 {body}");
+        }
+        let seen = prefers_seen(&up);
+        assert!(
+            !seen.is_empty(),
+            "{what}: the other preferences are forwarded"
+        );
+        for (url, prefer) in seen {
+            assert!(!prefer.contains("track-changes"), "{what}: {url} {prefer}");
+            assert!(
+                prefer.contains("odata.maxpagesize=50"),
+                "{what}: {url} {prefer}"
+            );
+        }
+        up.clear_requests();
+    };
+
+    // JSON, every part forwarded: the batch goes up as it came but for the preference.
+    let batch = json!({"requests": [
+        {"id": "a", "method": "GET", "url": untracked[0], "headers": {"Prefer": prefer}},
+        {"id": "b", "method": "GET", "url": untracked[1], "headers": {"prefer": prefer}},
+    ]});
+    let resp = post_json(&client, &gw, &batch).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let answers = resp.json()["responses"]
+        .as_array()
+        .expect("responses")
+        .iter()
+        .map(|a| {
+            let applied = a["headers"]["preference-applied"]
+                .as_str()
+                .map(str::to_owned);
+            (applied, a["body"].clone())
+        })
+        .collect();
+    check(answers, "JSON batch");
+
+    // JSON, beside a tracked read the gateway answers itself.
+    let batch = json!({"requests": [
+        {"id": "t", "method": "GET", "url": "Customers", "headers": {"prefer": TRACK}},
+        {"id": "a", "method": "GET", "url": untracked[0], "headers": {"Prefer": prefer}},
+        {"id": "b", "method": "GET", "url": untracked[1], "headers": {"Prefer": prefer}},
+    ]});
+    let resp = post_json(&client, &gw, &batch).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let responses = resp.json()["responses"]
+        .as_array()
+        .expect("responses")
+        .clone();
+    assert!(
+        responses[0]["body"]["@odata.nextLink"].is_string(),
+        "{}",
+        responses[0]
+    );
+    let answers = responses[1..]
+        .iter()
+        .map(|a| {
+            let applied = a["headers"]["preference-applied"]
+                .as_str()
+                .map(str::to_owned);
+            (applied, a["body"].clone())
+        })
+        .collect();
+    check(answers, "mixed JSON batch");
+
+    // Multipart, every part forwarded, and with the preference on the batch itself.
+    let multipart_answers = |resp: &Resp| {
+        parts_of(resp)
+            .iter()
+            .map(|p| {
+                let applied = p
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix("Preference-Applied:")
+                            .or_else(|| l.strip_prefix("preference-applied:"))
+                    })
+                    .map(|v| v.trim().to_owned());
+                (applied, json_of(p))
+            })
+            .collect::<Vec<_>>()
+    };
+    let body = format!(
+        "{}{}--batch_1--\r\n",
+        get_part("1", untracked[0], Some(&prefer)),
+        get_part("2", untracked[1], Some(&prefer))
+    );
+    let resp = post_multipart(&client, &gw, body.clone()).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    check(multipart_answers(&resp), "multipart batch");
+    let resp = client
+        .send(
+            Method::POST,
+            &gw.url(&format!("{ROOT}/$batch")),
+            &[
+                ("Content-Type", "multipart/mixed; boundary=batch_1"),
+                ("Prefer", &prefer),
+            ],
+            body,
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    check(
+        multipart_answers(&resp),
+        "multipart batch with its own Prefer",
+    );
+}

@@ -117,6 +117,43 @@ fn join<'a>(member: &str, raw: impl Iterator<Item = &'a RawValue>) -> Vec<u8> {
     out
 }
 
+/// The request without the track-changes preference in its `headers`, for a request forwarded
+/// upstream (C2, C36); `None` when it has none. Its other members (a body above all) keep their
+/// text.
+pub(crate) fn without_track_changes(raw: &RawValue) -> Option<Box<RawValue>> {
+    let mut members: std::collections::BTreeMap<String, Box<RawValue>> =
+        serde_json::from_str(raw.get()).ok()?;
+    let mut headers: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(members.get("headers")?.get()).ok()?;
+    let mut changed = false;
+    headers.retain(|name, value| {
+        if !name.eq_ignore_ascii_case("prefer") {
+            return true;
+        }
+        let Some(text) = value.as_str() else {
+            return true;
+        };
+        let kept = crate::odata::prefer::without_track_changes(text);
+        if kept.as_deref() == Some(text) {
+            return true;
+        }
+        changed = true;
+        match kept {
+            Some(kept) => {
+                *value = serde_json::Value::String(kept);
+                true
+            }
+            None => false,
+        }
+    });
+    if !changed {
+        return None;
+    }
+    let headers = serde_json::value::to_raw_value(&headers).ok()?;
+    members.insert("headers".to_owned(), headers);
+    serde_json::value::to_raw_value(&members).ok()
+}
+
 /// An answer written by the gateway: JSON bodies are embedded, others as a string.
 pub(crate) fn response(
     id: Option<&str>,
@@ -165,6 +202,37 @@ pub(crate) fn response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forwarded_request_loses_only_the_track_changes_preference() {
+        let raw = RawValue::from_string(
+            r#"{"id":"1","method":"GET","url":"Customers?$apply=x","headers":{"Prefer":"odata.track-changes, return=minimal","Accept":"application/json"},"body":{"n":1.10}}"#.to_owned(),
+        )
+        .unwrap();
+        let out = without_track_changes(&raw).expect("rewritten");
+        let v: serde_json::Value = serde_json::from_str(out.get()).unwrap();
+        assert_eq!(v["headers"]["Prefer"], "return=minimal");
+        assert_eq!(v["headers"]["Accept"], "application/json");
+        assert_eq!(v["url"], "Customers?$apply=x");
+        assert!(out.get().contains(r#""body":{"n":1.10}"#), "{}", out.get());
+
+        let only = RawValue::from_string(
+            r#"{"method":"GET","url":"Customers(1)","headers":{"prefer":"track-changes"}}"#
+                .to_owned(),
+        )
+        .unwrap();
+        let out = without_track_changes(&only).expect("rewritten");
+        let v: serde_json::Value = serde_json::from_str(out.get()).unwrap();
+        assert_eq!(v["headers"], serde_json::json!({}));
+
+        for untouched in [
+            r#"{"method":"GET","url":"Customers","headers":{"Prefer":"return=minimal"}}"#,
+            r#"{"method":"GET","url":"Customers"}"#,
+        ] {
+            let raw = RawValue::from_string(untouched.to_owned()).unwrap();
+            assert!(without_track_changes(&raw).is_none(), "{untouched}");
+        }
+    }
 
     #[test]
     fn requests_keep_their_text_and_groups() {

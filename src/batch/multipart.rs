@@ -173,6 +173,54 @@ fn request(
     })
 }
 
+/// A top-level `application/http` request part without the track-changes preference in its
+/// headers, for a request forwarded upstream (C2, C36); `None` when it has none (change sets hold
+/// writes and are left as they are). Everything else keeps its bytes.
+pub(crate) fn without_track_changes(raw: &[u8]) -> Option<Bytes> {
+    let mime_end = blank_line_end(raw)?;
+    let (mime, content) = raw.split_at(mime_end);
+    let line_end = memchr::memchr(b'\n', content)? + 1;
+    let head_end =
+        line_end + blank_line_end(&content[line_end..]).unwrap_or(content.len() - line_end);
+    let head = std::str::from_utf8(&content[line_end..head_end]).ok()?;
+    let mut out = Vec::with_capacity(raw.len());
+    out.extend_from_slice(mime);
+    out.extend_from_slice(&content[..line_end]);
+    let mut changed = false;
+    for line in head.split_inclusive('\n') {
+        let prefer = line
+            .split_once(':')
+            .filter(|(n, _)| n.trim().eq_ignore_ascii_case("prefer"));
+        let Some((_, value)) = prefer else {
+            out.extend_from_slice(line.as_bytes());
+            continue;
+        };
+        let value = value.trim();
+        let kept = crate::odata::prefer::without_track_changes(value);
+        if kept.as_deref() == Some(value) {
+            out.extend_from_slice(line.as_bytes());
+            continue;
+        }
+        changed = true;
+        if let Some(kept) = kept {
+            let ending = if line.ends_with("\r\n") { "\r\n" } else { "\n" };
+            out.extend_from_slice(format!("Prefer: {kept}{ending}").as_bytes());
+        }
+    }
+    out.extend_from_slice(&content[head_end..]);
+    changed.then(|| Bytes::from(out))
+}
+
+/// Where the content after the first blank line starts.
+fn blank_line_end(data: &[u8]) -> Option<usize> {
+    let crlf = memchr::memmem::find(data, b"\r\n\r\n").map(|i| i + 4);
+    let lf = memchr::memmem::find(data, b"\n\n").map(|i| i + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// A multipart body from raw parts.
 pub(crate) fn join(boundary: &str, parts: &[Bytes]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -218,6 +266,24 @@ mod tests {
     use super::*;
 
     const BODY: &str = "--b1\r\nContent-Type: application/http\r\nContent-ID: 1\r\n\r\nGET Customers?$top=1 HTTP/1.1\r\nPrefer: odata.track-changes\r\n\r\n\r\n--b1\r\nContent-Type: multipart/mixed; boundary=cs\r\n\r\n--cs\r\nContent-Type: application/http\r\nContent-ID: 2\r\n\r\nPOST Customers HTTP/1.1\r\nContent-Type: application/json\r\n\r\n{\"ID\":9}\r\n--cs--\r\n\r\n--b1--\r\n";
+
+    #[test]
+    fn a_forwarded_part_loses_only_the_track_changes_preference() {
+        let part = b"Content-Type: application/http\r\nContent-ID: 1\r\n\r\nGET Customers?$apply=x HTTP/1.1\r\nPrefer: odata.track-changes, odata.maxpagesize=5\r\nAccept: application/json\r\n\r\n";
+        let out = without_track_changes(part).expect("rewritten");
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "Content-Type: application/http\r\nContent-ID: 1\r\n\r\nGET Customers?$apply=x HTTP/1.1\r\nPrefer: odata.maxpagesize=5\r\nAccept: application/json\r\n\r\n"
+        );
+        let only = b"Content-Type: application/http\n\nGET Customers(1) HTTP/1.1\nprefer: track-changes\n\n";
+        let out = without_track_changes(only).expect("rewritten");
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "Content-Type: application/http\n\nGET Customers(1) HTTP/1.1\n\n"
+        );
+        let untouched = b"Content-Type: application/http\r\n\r\nPOST Customers HTTP/1.1\r\nPrefer: return=minimal\r\nContent-Type: application/json\r\n\r\n{\"Prefer\":\"odata.track-changes\"}";
+        assert!(without_track_changes(untouched).is_none());
+    }
 
     #[test]
     fn requests_and_change_sets_are_read_with_their_content_ids() {

@@ -1,16 +1,17 @@
 //! A real SAP CAP server for one test: started by `start-cap-upstream.sh` on a free loopback port
 //! with a pristine N-row database, stopped when the test ends (also when it panics, after printing
-//! the tail of CAP's log). `CapApi` is CAP's own OData API, used to write behind the gateway's back
-//! and as the ground truth that replicas are compared with.
+//! the tail of CAP's log). `CapApi` is CAP's own OData API (`api::Api`), used to write behind the
+//! gateway's back and as the ground truth that replicas are compared with.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use http::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::support::gateway::{Client, Resp};
+use crate::api::{Api, Dialect};
+
+/// CAP's own OData API.
+pub type CapApi = Api;
 
 /// The start script, beside this file.
 const SCRIPT: &str = concat!(
@@ -132,10 +133,7 @@ impl Cap {
 
     /// CAP's own API.
     pub fn api(&self) -> CapApi {
-        CapApi {
-            base: self.base.clone(),
-            client: Client::default(),
-        }
+        Api::new(&self.base, Dialect::Cap)
     }
 
     /// The lines of CAP's log (one per request it served) that contain `needle`.
@@ -171,119 +169,6 @@ impl Drop for Cap {
             .arg(&self.dir)
             .args(["--name", &self.name])
             .output();
-    }
-}
-
-/// CAP's own OData API for `Customers` (key `ID`), bypassing the gateway.
-#[derive(Clone)]
-pub struct CapApi {
-    /// The service root.
-    pub base: String,
-    client: Client,
-}
-
-impl CapApi {
-    /// `base/Customers` + `rest` (a key predicate, a query).
-    pub fn url(&self, rest: &str) -> String {
-        format!("{}/Customers{rest}", self.base)
-    }
-
-    async fn send(&self, method: Method, url: &str, body: Option<&Value>) -> Resp {
-        let (headers, body): (&[(&str, &str)], Vec<u8>) = match body {
-            Some(b) => (
-                &[("Content-Type", "application/json")],
-                serde_json::to_vec(b).expect("serializable"),
-            ),
-            None => (&[], Vec::new()),
-        };
-        self.client.send(method, url, headers, body).await
-    }
-
-    /// Every entity of `Customers{query}`, following CAP's relative nextLinks to the end.
-    pub async fn read_all(&self, query: &str) -> Vec<Value> {
-        let mut url = self.url(query);
-        let mut rows = Vec::new();
-        for _ in 0..100_000 {
-            let r = self.client.get(&url, &[]).await;
-            assert_eq!(r.status, StatusCode::OK, "CAP GET {url}: {}", r.text());
-            let page = r.json();
-            rows.extend(
-                page["value"]
-                    .as_array()
-                    .expect("value array")
-                    .iter()
-                    .cloned(),
-            );
-            match page["@odata.nextLink"].as_str() {
-                Some(next) => url = format!("{}/{next}", self.base),
-                None => return rows,
-            }
-        }
-        panic!("CAP's nextLinks did not end: {url}");
-    }
-
-    /// `read_all` keyed by ID.
-    pub async fn rows_by_id(&self, query: &str) -> BTreeMap<i64, Value> {
-        self.read_all(query)
-            .await
-            .into_iter()
-            .map(|r| (id_of(&r), r))
-            .collect()
-    }
-
-    /// The entity with this ID, or `None` when CAP answers 404.
-    pub async fn get(&self, id: i64) -> Option<Value> {
-        let r = self.client.get(&self.url(&format!("({id})")), &[]).await;
-        match r.status {
-            StatusCode::OK => {
-                let mut entity = r.json();
-                if let Some(obj) = entity.as_object_mut() {
-                    obj.retain(|k, _| !k.starts_with('@'));
-                }
-                Some(entity)
-            }
-            StatusCode::NOT_FOUND => None,
-            other => panic!("CAP GET Customers({id}): {other} {}", r.text()),
-        }
-    }
-
-    /// POST a new entity; it must carry its `ID` (CAP answers a POST without one with the wrong
-    /// row). Returns CAP's answer.
-    pub async fn insert(&self, entity: &Value) -> Value {
-        assert!(entity["ID"].is_i64(), "a POST needs an ID: {entity}");
-        let r = self.send(Method::POST, &self.url(""), Some(entity)).await;
-        assert_eq!(
-            r.status,
-            StatusCode::CREATED,
-            "CAP POST {entity}: {}",
-            r.text()
-        );
-        r.json()
-    }
-
-    /// PATCH an existing entity.
-    pub async fn patch(&self, id: i64, patch: &Value) {
-        let url = self.url(&format!("({id})"));
-        let r = self.send(Method::PATCH, &url, Some(patch)).await;
-        assert!(
-            matches!(r.status.as_u16(), 200 | 204),
-            "CAP PATCH Customers({id}) {patch}: {} {}",
-            r.status,
-            r.text()
-        );
-    }
-
-    /// DELETE an existing entity.
-    pub async fn delete(&self, id: i64) {
-        let r = self
-            .send(Method::DELETE, &self.url(&format!("({id})")), None)
-            .await;
-        assert_eq!(
-            r.status,
-            StatusCode::NO_CONTENT,
-            "CAP DELETE Customers({id}): {}",
-            r.text()
-        );
     }
 }
 

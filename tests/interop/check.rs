@@ -1,4 +1,4 @@
-//! Comparing a replica with CAP's collection, and the entries of the last delta a replica read.
+//! Comparing a replica with a real server's collection, and the entries of the last delta a replica read.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -10,15 +10,15 @@ use crate::support::gateway::Replica;
 /// How many differences of each kind a failure message shows.
 const SHOWN: usize = 8;
 
-/// Panics, naming the first differences, unless the replica holds exactly `cap_rows` (all
+/// Panics, naming the first differences, unless the replica holds exactly `rows`, the server's (all
 /// properties, including CAP's server-maintained `modifiedAt` and its Decimal strings).
-pub fn assert_converged(replica: &Replica, cap_rows: &[Value], what: &str) {
-    let expected = replica.expected(cap_rows, |_| true);
+pub fn assert_converged(replica: &Replica, rows: &[Value], what: &str) {
+    let expected = replica.expected(rows, |_| true);
     if replica.rows == expected {
         return;
     }
     let mut report = format!(
-        "{what}: the replica ({} rows) diverges from CAP ({} rows)\n",
+        "{what}: the replica ({} rows) diverges from the server ({} rows)\n",
         replica.rows.len(),
         expected.len()
     );
@@ -42,13 +42,17 @@ pub fn assert_converged(replica: &Replica, cap_rows: &[Value], what: &str) {
     for (id, row) in missing.iter().take(SHOWN) {
         let _ = writeln!(report, "  {id}: {row}");
     }
-    let _ = writeln!(report, "in the replica but not in CAP: {}", extra.len());
+    let _ = writeln!(
+        report,
+        "in the replica but not on the server: {}",
+        extra.len()
+    );
     for (id, row) in extra.iter().take(SHOWN) {
         let _ = writeln!(report, "  {id}: {row}");
     }
     let _ = writeln!(report, "different: {}", different.len());
     for (id, want, have) in different.iter().take(SHOWN) {
-        let _ = writeln!(report, "  {id}:\n    CAP     {want}\n    replica {have}");
+        let _ = writeln!(report, "  {id}:\n    server  {want}\n    replica {have}");
     }
     panic!("{report}");
 }

@@ -1,8 +1,16 @@
-//! Interop: the gateway in front of a real SAP CAP server (Node.js, `@sap/cds` from npm), an OData
-//! V4 service without change tracking — the kind of upstream the gateway exists for. Each test starts
-//! its own CAP instance (`start-cap-upstream.sh`: a free loopback port, a pristine database, offset
-//! paging with a small page size) and stops it afterwards. Without node and npm the tests print a
-//! note and pass, unless `CI` is set: then CAP must start.
+//! Interop: the gateway with real OData software nobody here wrote.
+//!
+//! In front of a real SAP CAP server (Node.js, `@sap/cds` from npm), an OData V4 service without
+//! change tracking — the kind of upstream the gateway exists for. Each CAP test starts its own CAP
+//! instance (`start-cap-upstream.sh`: a free loopback port, a pristine database, offset paging with
+//! a small page size) and stops it afterwards. Without node and npm the CAP tests print a note and
+//! pass, unless `CI` is set: then CAP must start.
+//!
+//! In front of JayStack's `odata-v4-server` (npm) and odatapy's server (PyPI), and with odatapy's
+//! client and `@odata/client` (npm) reading through the gateway: `servers.rs`, `clients.rs`. These
+//! install their pinned packages into a cache folder (`deps.rs`); they are `#[ignore]`d in a plain
+//! `cargo test`, and `.ci/run` runs them with `cargo test --test interop -- --ignored`, where a
+//! dependency that cannot be installed fails the test with the reason.
 //!
 //! CAP's ways met here: Decimal values as strings, a relative `@odata.context`, `+` not read as a
 //! space in queries, `$deltatoken` accepted and echoed into nextLinks, relative nextLinks with an
@@ -14,11 +22,18 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod api;
 mod cap;
 mod check;
+mod deps;
 mod rng;
+mod servers;
 
+mod clients;
 mod crud;
 mod enumeration;
+mod jaystack;
+mod odatapy;
+mod passthrough;
 mod query_feeds;
 mod writes;
