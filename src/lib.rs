@@ -84,7 +84,7 @@ pub struct Shared {
     pub config: Config,
     /// The store.
     pub store: Store,
-    /// The pooled upstream client.
+    /// The pooled upstream client of routes without TLS settings (and of callbacks).
     pub upstream: Upstream,
     /// Key that tags tokens.
     pub token_key: TokenKey,
@@ -124,8 +124,22 @@ impl Shared {
                 .map(|(feed, scope)| (feed, Scope(scope))),
         );
         let metrics = Metrics::default();
+        let services = config
+            .routes
+            .iter()
+            .cloned()
+            .map(|route| {
+                let own = route.tls.as_ref().map(|tls| {
+                    tracing::info!(route = %route.origin, upstream = %route.upstream, trusts = %tls.summary, "route has its own upstream TLS settings");
+                    Upstream::new(&config.upstream, metrics.upstream_requests.clone(), Some(tls))
+                });
+                let mut service = Service::new(route);
+                service.upstream = own;
+                service
+            })
+            .collect();
         Ok(Shared {
-            upstream: Upstream::new(&config.upstream, metrics.upstream_requests.clone()),
+            upstream: Upstream::new(&config.upstream, metrics.upstream_requests.clone(), None),
             token_key: TokenKey::derive(&secret),
             scope_key,
             feeds,
@@ -136,13 +150,29 @@ impl Shared {
             ),
             callbacks: crate::track::callback::Callbacks::new(),
             schedule: crate::track::schedule::Schedule::new(config.schedule.max_scheduled_feeds),
-            services: config.routes.iter().cloned().map(Service::new).collect(),
+            services,
             refresh_history: Default::default(),
             metrics,
             clock: Default::default(),
             store,
             config,
         })
+    }
+}
+
+impl Shared {
+    /// The upstream client of a service: its own when its route has TLS settings, else the
+    /// shared one.
+    pub(crate) fn upstream_of<'a>(&'a self, service: &'a Service) -> &'a Upstream {
+        service.upstream.as_ref().unwrap_or(&self.upstream)
+    }
+
+    /// The upstream client of the route with this prefix (a feed's `route`).
+    pub(crate) fn upstream_for(&self, prefix: &str) -> &Upstream {
+        self.services
+            .iter()
+            .find(|s| s.route.prefix == prefix)
+            .map_or(&self.upstream, |s| self.upstream_of(s))
     }
 }
 
