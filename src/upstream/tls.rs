@@ -14,15 +14,48 @@ pub(crate) fn failure(error: &(dyn std::error::Error + 'static)) -> Option<Strin
         if let Some(tls) = err.downcast_ref::<rustls::Error>() {
             return Some(describe(tls));
         }
-        // `io::Error::source` skips the error it wraps, so look inside it.
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && let Some(tls) = io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>())
-        {
-            return Some(describe(tls));
+        let io = err.downcast_ref::<std::io::Error>();
+        if let Some(alert) = io.and_then(alert_in_text) {
+            return Some(describe(&rustls::Error::AlertReceived(alert)));
         }
-        current = err.source();
+        // `io::Error::source` skips the error it wraps (the connector wraps the TLS stream's
+        // `io::Error` in another one), so go into it instead.
+        current = match io.and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
     }
     None
+}
+
+/// Alerts an upstream sends when it refuses the handshake after it completed on our side: in
+/// TLS 1.3 a server checks the client certificate only then, so its alert arrives with the first
+/// read of the connection.
+const LATE_ALERTS: &[AlertDescription] = &[
+    AlertDescription::CertificateRequired,
+    AlertDescription::BadCertificate,
+    AlertDescription::UnsupportedCertificate,
+    AlertDescription::CertificateRevoked,
+    AlertDescription::CertificateExpired,
+    AlertDescription::CertificateUnknown,
+    AlertDescription::UnknownCA,
+    AlertDescription::AccessDenied,
+    AlertDescription::HandshakeFailure,
+    AlertDescription::DecryptError,
+];
+
+/// The alert of an `io::Error` that carries a rustls alert as text only. An HTTP/2 connection
+/// keeps only the kind and message of the I/O error that ended it, so the typed error is gone by
+/// the time it reaches the client; the message is rustls's own `Display` of it, compared whole.
+fn alert_in_text(io: &std::io::Error) -> Option<AlertDescription> {
+    if io.kind() != std::io::ErrorKind::InvalidData {
+        return None;
+    }
+    let text = io.get_ref()?.to_string();
+    LATE_ALERTS
+        .iter()
+        .copied()
+        .find(|a| rustls::Error::AlertReceived(*a).to_string() == text)
 }
 
 /// The cause in words a client's operator can act on. Names no host or file: those are in the
@@ -110,6 +143,13 @@ mod tests {
         );
         let required = rustls::Error::AlertReceived(AlertDescription::CertificateRequired);
         assert!(failure(&required).unwrap().contains("client certificate"));
+        // As an HTTP/2 connection hands it on: the same error as text.
+        let text = std::io::Error::new(std::io::ErrorKind::InvalidData, required.to_string());
+        assert!(
+            failure(&Outer(text))
+                .unwrap()
+                .contains("requires a client certificate")
+        );
         let plain = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         assert_eq!(failure(&Outer(plain)), None);
     }
