@@ -18,7 +18,8 @@
 //! ```
 //!
 //! ## Layout
-//! - [`config`]: flags, environment and `gateway.toml` → validated [`config::Config`].
+//! - [`config`]: flags, environment and `gateway.toml` → validated [`config::Config`]; its `tls`
+//!   part reads and checks a route's CA bundle, system roots and client certificate at start.
 //! - [`ids`]: the domain ids (`FeedId`, `Version`, `KeyHash`, `ContentHash`, `Scope`), at the bottom
 //!   of the module graph: it imports nothing of ours.
 //! - [`error`]: the error type by origin, and the one place it becomes a status and an OData error body.
@@ -27,7 +28,8 @@
 //! - [`proxy`]: transparent forwarding, header hygiene, streaming link rewriting.
 //! - `discovery`: the passed-through `$metadata` annotated with `Capabilities.ChangeTracking` (C35).
 //! - `batch`: `$batch` (JSON and multipart) with tracked parts answered by the gateway (C34).
-//! - [`upstream`]: the pooled HTTP client, timeouts, the origin guard for upstream links.
+//! - [`upstream`]: the pooled HTTP clients (a shared one, one per route with TLS settings),
+//!   timeouts, TLS failures named for the client, the origin guard for upstream links.
 //! - [`odata`]: protocol vocabulary, pure — preferences, queries, formats (`$format`, `Accept`),
 //!   `$orderby`, `$metadata`, key literals, the raw JSON scanner, upstream pages, delta payloads.
 //! - [`track`]: feeds and versions, hashing, tokens, refresh (fetch, confirm removals, the tally

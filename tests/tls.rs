@@ -637,3 +637,50 @@ fn a_missing_ca_file_stops_the_binary_with_file_line_and_column() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_example_tls_table_of_gateway_toml_loads_once_its_files_exist() {
+    let pki = Pki::new();
+    let client = pki.client_ca.client("gateway");
+    pki.write("client.pem", &client.pem);
+    pki.write("client.key", &client.key_pem);
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.toml"))
+            .expect("gateway.toml is readable");
+    // The table is shown indented in comments, below its explanation.
+    let table: String = example
+        .lines()
+        .skip_while(|l| *l != "#   [route.tls]")
+        .map_while(|l| l.strip_prefix("#   "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    for key in [
+        "ca_file",
+        "system_roots",
+        "client_cert_file",
+        "client_key_file",
+    ] {
+        assert!(
+            table.contains(&format!("{key} = ")),
+            "the example shows {key}:\n{table}"
+        );
+    }
+    let table = table
+        .replace("/etc/ssl/corporate-ca.pem", &pki.path("ca.pem"))
+        .replace("/etc/odg/client.pem", &pki.path("client.pem"))
+        .replace("/etc/odg/client.key", &pki.path("client.key"))
+        // This machine's trust store is not the test's to rely on.
+        .replace("system_roots = true", "system_roots = false");
+    let text = format!("[[route]]\nupstream = \"https://erp.example.com/svc\"\n{table}");
+    let config = Config::from_parts(
+        &Flags::default(),
+        Some((&pki.dir.path().join("g.toml"), &text)),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let tls = config.routes[0].tls.as_ref().expect("TLS settings");
+    assert!(
+        tls.summary.contains("client certificate"),
+        "{}",
+        tls.summary
+    );
+}
