@@ -436,7 +436,7 @@ async fn forward(
         .body(body::full(body))
         .map_err(|_| Error::bad_request("the request path cannot be forwarded upstream"))?;
     *request.headers_mut() = headers;
-    app.upstream
+    app.upstream_for(prefix)
         .fetch(request, app.config.limits.max_page_bytes)
         .await
 }

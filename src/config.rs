@@ -12,6 +12,10 @@ use serde::Deserialize;
 use toml::Spanned;
 use url::Url;
 
+mod tls;
+
+pub use tls::RouteTls;
+
 /// Command line. Every flag can also come from the environment variable named in its help.
 #[derive(Debug, Parser)]
 #[command(
@@ -235,6 +239,9 @@ pub struct RouteConfig {
     /// The gateway's own upstream credentials for this route (`[route.headers]`): background
     /// refreshes of `shared`-scope feeds send these, since no client request is there to lend its own.
     pub headers: http::HeaderMap,
+    /// TLS towards this route's upstream (`[route.tls]`): its own roots and client certificate,
+    /// and so its own connection pool; `None` uses the gateway's default client (web PKI roots).
+    pub tls: Option<RouteTls>,
     /// Where this route was defined, for log messages that tell how to fix something.
     pub origin: String,
 }
@@ -584,6 +591,7 @@ struct FileRoute {
     poll_interval: Option<Spanned<String>>,
     #[serde(default)]
     headers: BTreeMap<String, Spanned<String>>,
+    tls: Option<Spanned<tls::FileTls>>,
     #[serde(default)]
     sets: BTreeMap<String, Spanned<FileSet>>,
 }
@@ -664,6 +672,10 @@ impl Config {
             }
         };
         let flag = |name: &str, e: String| ConfigError::Flag(format!("--{name}: {e}"));
+        // Files the config names (TLS certificates) are read relative to the config file.
+        let base_dir = file
+            .and_then(|(p, _)| p.parent())
+            .unwrap_or_else(|| Path::new(""));
 
         let listen = match (flags.listen, &parsed.listen) {
             (Some(l), _) => l,
@@ -973,6 +985,7 @@ impl Config {
                 sets: BTreeMap::new(),
                 poll_interval: None,
                 headers: http::HeaderMap::new(),
+                tls: None,
                 origin: "--upstream".into(),
             });
         }
@@ -1032,6 +1045,12 @@ impl Config {
             let origin = format!("{}:{}", source.name, source.line_of(spanned));
             let route_poll = poll_interval(&source, &r.poll_interval)?;
             let headers = route_headers(&source, &r.headers)?;
+            // The flag's upstream, when it names this route, is the one TLS is for.
+            let target = duplicate.map_or(&url, |i| &routes[i].upstream);
+            let tls = match &r.tls {
+                None => None,
+                Some(t) => tls::route_tls(&source, base_dir, t, target)?,
+            };
             match duplicate {
                 // The flag (or its environment variable) names the upstream of this route; the file
                 // adds its per-set settings.
@@ -1040,6 +1059,7 @@ impl Config {
                     routes[i].origin = origin;
                     routes[i].poll_interval = route_poll;
                     routes[i].headers = headers;
+                    routes[i].tls = tls;
                 }
                 None => routes.push(RouteConfig {
                     prefix,
@@ -1047,6 +1067,7 @@ impl Config {
                     sets,
                     poll_interval: route_poll,
                     headers,
+                    tls,
                     origin,
                 }),
             }

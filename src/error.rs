@@ -79,6 +79,9 @@ pub enum UpstreamFailure {
     Timeout,
     /// Answered with an error status or a payload we cannot use.
     BadAnswer,
+    /// The TLS connection failed: a certificate the route does not trust, an expired one, a host
+    /// name it is not for, or a client certificate the upstream refused. Nothing a retry fixes.
+    Tls,
 }
 
 impl Error {
@@ -143,6 +146,10 @@ impl Error {
                 kind: UpstreamFailure::Timeout,
                 ..
             } => "UpstreamTimeout",
+            Error::Upstream {
+                kind: UpstreamFailure::Tls,
+                ..
+            } => "UpstreamTlsError",
             Error::Upstream { .. } => "UpstreamError",
             Error::Store(_) => "StoreUnavailable",
             Error::Internal(_) => "InternalError",
@@ -226,6 +233,11 @@ mod tests {
                 Error::upstream(UpstreamFailure::BadAnswer, "500"),
                 502,
                 "UpstreamError",
+            ),
+            (
+                Error::upstream(UpstreamFailure::Tls, "upstream certificate expired"),
+                502,
+                "UpstreamTlsError",
             ),
             (Error::Store("disk".into()), 503, "StoreUnavailable"),
             (Error::Internal("bug".into()), 500, "InternalError"),

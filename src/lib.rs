@@ -18,7 +18,8 @@
 //! ```
 //!
 //! ## Layout
-//! - [`config`]: flags, environment and `gateway.toml` → validated [`config::Config`].
+//! - [`config`]: flags, environment and `gateway.toml` → validated [`config::Config`]; its `tls`
+//!   part reads and checks a route's CA bundle, system roots and client certificate at start.
 //! - `ids`: the domain ids (`FeedId`, `Version`, `KeyHash`, `ContentHash`, `Scope`), at the bottom
 //!   of the module graph: it imports nothing of ours.
 //! - `error`: the error type by origin, and the one place it becomes a status and an OData error body.
@@ -27,7 +28,8 @@
 //! - [`proxy`]: transparent forwarding, header hygiene, streaming link rewriting.
 //! - `discovery`: the passed-through `$metadata` annotated with `Capabilities.ChangeTracking` (C35).
 //! - `batch`: `$batch` (JSON and multipart) with tracked parts answered by the gateway (C34).
-//! - `upstream`: the pooled HTTP client, timeouts, the origin guard for upstream links.
+//! - `upstream`: the pooled HTTP clients (a shared one, one per route with TLS settings),
+//!   timeouts, TLS failures named for the client, the origin guard for upstream links.
 //! - [`odata`]: protocol vocabulary, pure — preferences, queries, formats (`$format`, `Accept`),
 //!   `$orderby`, `$metadata`, key literals, the raw JSON scanner, upstream pages, delta payloads.
 //! - [`track`]: feeds and versions, hashing, tokens, refresh (fetch, confirm removals, the tally
@@ -90,7 +92,7 @@ pub struct Shared {
     pub config: Config,
     /// The store.
     pub store: Store,
-    /// The pooled upstream client.
+    /// The pooled upstream client of routes without TLS settings (and of callbacks).
     pub(crate) upstream: Upstream,
     /// Key that tags tokens.
     pub(crate) token_key: TokenKey,
@@ -132,8 +134,22 @@ impl Shared {
                 .map(|(feed, scope)| (feed, Scope(scope))),
         );
         let metrics = Metrics::default();
+        let services = config
+            .routes
+            .iter()
+            .cloned()
+            .map(|route| {
+                let own = route.tls.as_ref().map(|tls| {
+                    tracing::info!(route = %route.origin, upstream = %route.upstream, trusts = %tls.summary, "route has its own upstream TLS settings");
+                    Upstream::new(&config.upstream, metrics.upstream_requests.clone(), Some(tls))
+                });
+                let mut service = Service::new(route);
+                service.upstream = own;
+                service
+            })
+            .collect();
         Ok(Shared {
-            upstream: Upstream::new(&config.upstream, metrics.upstream_requests.clone()),
+            upstream: Upstream::new(&config.upstream, metrics.upstream_requests.clone(), None),
             token_key: TokenKey::derive(&secret),
             scope_key,
             feeds,
@@ -145,7 +161,7 @@ impl Shared {
             callbacks: crate::track::callback::Callbacks::new(),
             subscriptions: crate::track::subscriptions::Subscriptions::new(store.subscriptions()?),
             schedule: crate::track::schedule::Schedule::new(config.schedule.max_scheduled_feeds),
-            services: config.routes.iter().cloned().map(Service::new).collect(),
+            services,
             refresh_history: Default::default(),
             metrics,
             clock: Default::default(),
@@ -177,6 +193,22 @@ impl Shared {
         m.refresh_queue_depth
             .set(self.refresh_permits.waiting() as i64);
         m.subscriptions.set(self.subscriptions.len() as i64);
+    }
+}
+
+impl Shared {
+    /// The upstream client of a service: its own when its route has TLS settings, else the
+    /// shared one.
+    pub(crate) fn upstream_of<'a>(&'a self, service: &'a Service) -> &'a Upstream {
+        service.upstream.as_ref().unwrap_or(&self.upstream)
+    }
+
+    /// The upstream client of the route with this prefix (a feed's `route`).
+    pub(crate) fn upstream_for(&self, prefix: &str) -> &Upstream {
+        self.services
+            .iter()
+            .find(|s| s.route.prefix == prefix)
+            .map_or(&self.upstream, |s| self.upstream_of(s))
     }
 }
 

@@ -18,6 +18,7 @@ use hyper::body::{Body as HttpBody, Frame, Incoming};
 use crate::Shared;
 use crate::body::{Body, BoxError};
 use crate::error::{Error, UpstreamFailure};
+use crate::upstream::Upstream;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: &[&str] = &[
@@ -49,10 +50,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Forward a request to `upstream_url` (path and query already mapped) and stream the answer back,
-/// rewriting links from `upstream_root` to `public_root`.
+/// Forward a request to `upstream_url` (path and query already mapped) with the route's client
+/// and stream the answer back, rewriting links from `upstream_root` to `public_root`.
 pub async fn forward(
     shared: &Shared,
+    upstream: &Upstream,
     request: Request<Incoming>,
     upstream_url: &str,
     upstream_root: &str,
@@ -88,7 +90,7 @@ pub async fn forward(
         let timed_out = body.timed_out.clone();
         (body.boxed(), timed_out)
     };
-    let response = match shared.upstream.send(Request::from_parts(parts, body)).await {
+    let response = match upstream.send(Request::from_parts(parts, body)).await {
         Ok(r) => r,
         Err(_) if timed_out.load(Ordering::Relaxed) => {
             return Err(Error::client(

@@ -29,14 +29,17 @@ pub struct Service {
     pub route: RouteConfig,
     /// Cached `$metadata`; shared with the task that fetches it.
     metadata: Arc<MetadataCache>,
+    /// The route's own upstream client when it has TLS settings; `None` uses the shared one.
+    pub(crate) upstream: Option<crate::upstream::Upstream>,
 }
 
 impl Service {
-    /// A service for a route, metadata not yet fetched.
+    /// A service for a route, metadata not yet fetched, on the shared upstream client.
     pub fn new(route: RouteConfig) -> Self {
         Service {
             route,
             metadata: Arc::default(),
+            upstream: None,
         }
     }
 }
@@ -573,10 +576,11 @@ async fn metadata(
                     service.route.upstream.as_str().trim_end_matches('/')
                 );
                 let headers = forwarded_headers(headers);
+                let upstream = shared.upstream_of(service).clone();
                 // A task of its own, so that the fetch goes on for the others when the request
                 // that started it is cancelled.
                 tokio::spawn(async move {
-                    let outcome = fetch_metadata(&shared, &url, headers).await;
+                    let outcome = fetch_metadata(&shared, &upstream, &url, headers).await;
                     let mut state = cache
                         .state
                         .lock()
@@ -612,6 +616,7 @@ async fn metadata(
 /// a usable one.
 async fn fetch_metadata(
     shared: &Shared,
+    upstream: &crate::upstream::Upstream,
     url: &str,
     headers: HeaderMap,
 ) -> Result<Option<Arc<ServiceMetadata>>, Error> {
@@ -627,8 +632,7 @@ async fn fetch_metadata(
         header::ACCEPT_ENCODING,
         crate::compress::UPSTREAM_ACCEPT_ENCODING,
     );
-    let fetched = shared
-        .upstream
+    let fetched = upstream
         .fetch(request, shared.config.limits.max_page_bytes)
         .await?;
     if !fetched.status.is_success() {
@@ -668,6 +672,7 @@ mod tests {
                     sets: BTreeMap::new(),
                     poll_interval: None,
                     headers: http::HeaderMap::new(),
+                    tls: None,
                     origin: "test".into(),
                 })
             })

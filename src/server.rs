@@ -727,8 +727,15 @@ async fn proxy(
     }
     let public_root = format!("{}{}", router::public_base(app, &req, peer), prefix);
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
-    let mut response =
-        crate::proxy::forward(app, req, &upstream_url, &upstream_root, &public_root).await?;
+    let mut response = crate::proxy::forward(
+        app,
+        app.upstream_of(service),
+        req,
+        &upstream_url,
+        &upstream_root,
+        &public_root,
+    )
+    .await?;
     if read {
         // The same URL is answered by the gateway with change tracking when the request prefers
         // it: a cache must not hand this answer to such a request (RFC 7240 §2, C30).

@@ -1,6 +1,12 @@
-//! The one pooled HTTP client the gateway talks to upstreams with (HTTP/1.1 and HTTP/2, plain or TLS
+//! The pooled HTTP clients the gateway talks to upstreams with (HTTP/1.1 and HTTP/2, plain or TLS
 //! via rustls), with the timeouts and size limits that keep a slow or hostile upstream from holding
 //! the gateway, and the origin guard that keeps enumerations on the upstream's service root.
+//!
+//! One default client serves every route without TLS settings; a route with `[route.tls]` gets a
+//! client (and so a connection pool) of its own, so that two routes on one origin with different
+//! roots or client certificates never share a connection.
+
+mod tls;
 
 use std::time::Duration;
 
@@ -15,7 +21,7 @@ use url::Url;
 
 use crate::body::Body;
 use crate::compress;
-use crate::config::UpstreamConfig;
+use crate::config::{RouteTls, UpstreamConfig};
 use crate::error::{Error, UpstreamFailure};
 use crate::metrics::StatusClass;
 use prometheus_client::metrics::counter::Counter;
@@ -50,14 +56,23 @@ pub struct Fetched {
 }
 
 impl Upstream {
-    /// Build the client; `requests` counts what it sends.
-    pub fn new(config: &UpstreamConfig, requests: Family<StatusClass, Counter>) -> Self {
+    /// Build the client; `requests` counts what it sends. Without `tls` it trusts the bundled web
+    /// PKI roots and presents no client certificate.
+    pub fn new(
+        config: &UpstreamConfig,
+        requests: Family<StatusClass, Counter>,
+        tls: Option<&RouteTls>,
+    ) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(config.connect_timeout));
         http.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let builder = match tls {
+            None => builder.with_webpki_roots(),
+            Some(tls) => builder.with_tls_config(rustls::ClientConfig::clone(&tls.client)),
+        };
+        let https = builder
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -76,6 +91,7 @@ impl Upstream {
     /// Send a request and wait for the response head (bounded by the upstream timeout). The body is
     /// left to the caller to stream.
     pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, Error> {
+        let authority = request.uri().authority().cloned();
         let result = tokio::time::timeout(self.timeout, self.client.request(request)).await;
         let status = match &result {
             Ok(Ok(response)) => Some(response.status()),
@@ -95,6 +111,11 @@ impl Upstream {
                         "PayloadTooLarge",
                         "the request body is larger than the gateway's limit",
                     ));
+                }
+                if let Some(cause) = tls::failure(&e) {
+                    let upstream = authority.as_ref().map(|a| a.as_str()).unwrap_or("");
+                    tracing::warn!(upstream, cause, error = ?e, "TLS with the upstream failed");
+                    return Err(Error::upstream(UpstreamFailure::Tls, cause));
                 }
                 tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
                 Err(Error::upstream(

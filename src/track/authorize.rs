@@ -132,8 +132,8 @@ pub(crate) async fn authorize(
     if shared.authorizations.fresh(key) {
         return Ok(());
     }
-    let fetcher =
-        Fetcher::new(shared.clone(), forwarded, &def.entity_set).ieee754(def.query.ieee754());
+    let fetcher = Fetcher::new(shared.clone(), &def.route, forwarded, &def.entity_set)
+        .ieee754(def.query.ieee754());
     let url = |top: &str| {
         let mut pairs = def.query.parts().to_vec();
         pairs.push(("$top".into(), top.into()));

@@ -81,16 +81,19 @@ pub struct Fetcher {
     requests_left: Arc<AtomicU64>,
     /// When the refresh must have read everything.
     deadline: Instant,
+    /// The route's upstream client.
+    upstream: crate::upstream::Upstream,
     /// The feed is read with `IEEE754Compatible=true`, which the upstream is asked for in
     /// `Accept` (C32).
     ieee754: bool,
 }
 
 impl Fetcher {
-    /// A fetcher with the refresh's retry budget.
-    pub fn new(shared: Arc<Shared>, headers: HeaderMap, set: &str) -> Self {
+    /// A fetcher with the refresh's retry budget, on the client of the route with prefix `route`.
+    pub fn new(shared: Arc<Shared>, route: &str, headers: HeaderMap, set: &str) -> Self {
         let retries = shared.config.upstream.max_retries;
         Fetcher {
+            upstream: shared.upstream_for(route).clone(),
             headers: Arc::new(headers),
             set: Arc::from(set),
             retries_left: Arc::new(AtomicU32::new(retries)),
@@ -207,7 +210,6 @@ impl Fetcher {
                 headers.insert("prefer", v);
             }
             let fetch = self
-                .shared
                 .upstream
                 .fetch(request, self.shared.config.limits.max_page_bytes);
             let fetched = tokio::time::timeout_at(self.deadline, fetch)

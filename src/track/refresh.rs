@@ -316,8 +316,13 @@ async fn run(
         shared,
         input,
         generation,
-        fetcher: Fetcher::new(shared.clone(), input.headers.clone(), &input.set.name)
-            .ieee754(input.def.query.ieee754()),
+        fetcher: Fetcher::new(
+            shared.clone(),
+            &input.def.route,
+            input.headers.clone(),
+            &input.set.name,
+        )
+        .ieee754(input.def.query.ieee754()),
         tally: Tally::default(),
         links: HashSet::new(),
         pending_version,
