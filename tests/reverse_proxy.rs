@@ -539,15 +539,10 @@ impl Drop for Nginx {
 }
 
 #[tokio::test]
+#[ignore = "needs a real nginx; run by .ci/run, which installs it"]
 async fn behind_nginx_every_link_points_at_nginx_and_following_them_through_nginx_works() {
-    let Some(binary) = nginx_binary() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "nginx is not installed, but CI is set: CI must install nginx for this test"
-        );
-        eprintln!("note: nginx is not installed; skipping the nginx reverse-proxy test");
-        return;
-    };
+    // Ignored in a plain `cargo test`; a run that asks for it needs nginx.
+    let binary = nginx_binary().expect("nginx is not installed: this test needs a real nginx");
     let up = shop(25).await;
     let (_dir, data) = support::gateway::data_dir();
     let gw = GatewayProcess::spawn(&up.base_url(), &data, &["--trusted-proxy", "127.0.0.1"]);

@@ -3,8 +3,8 @@
 //! In front of a real SAP CAP server (Node.js, `@sap/cds` from npm), an OData V4 service without
 //! change tracking — the kind of upstream the gateway exists for. Each CAP test starts its own CAP
 //! instance (`start-cap-upstream.sh`: a free loopback port, a pristine database, offset paging with
-//! a small page size) and stops it afterwards. Without node and npm the CAP tests print a note and
-//! pass, unless `CI` is set: then CAP must start.
+//! a small page size) and stops it afterwards. The CAP tests are `#[ignore]`d in a plain `cargo
+//! test` (they need node and npm); run with `--ignored`, a CAP that cannot start fails them.
 //!
 //! In front of JayStack's `odata-v4-server` (npm) and odatapy's server (PyPI), and with odatapy's
 //! client and `@odata/client` (npm) reading through the gateway: `servers.rs`, `clients.rs`. These

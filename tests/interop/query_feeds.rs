@@ -54,6 +54,7 @@ async fn sync(replica: &mut Replica, client: &Client, what: &str) {
 }
 
 #[tokio::test]
+#[ignore = "needs SAP CAP from npm (node and npm); run by .ci/run"]
 async fn a_filtered_feed_over_cap_reports_added_changed_and_deleted_c5_c18() {
     let test = "filter-feed";
     let Some(cap) = Cap::start(test, 2000, 250) else {
@@ -145,6 +146,7 @@ async fn a_filtered_feed_over_cap_reports_added_changed_and_deleted_c5_c18() {
 /// A tracked read with `$orderby` and `$top`/`$skip` must answer the rows CAP answers for the same
 /// query, in that order (OData: `$top` takes the first N of the ordered collection).
 #[tokio::test]
+#[ignore = "needs SAP CAP from npm (node and npm); run by .ci/run"]
 async fn a_tracked_read_with_orderby_and_top_answers_the_rows_cap_answers() {
     let Some(cap) = Cap::start("orderby-top", 300, 100) else {
         return;
@@ -172,6 +174,7 @@ async fn a_tracked_read_with_orderby_and_top_answers_the_rows_cap_answers() {
 }
 
 #[tokio::test]
+#[ignore = "needs SAP CAP from npm (node and npm); run by .ci/run"]
 async fn a_selected_feed_over_cap_reports_only_changes_of_selected_properties_c6_c19() {
     let test = "select-feed";
     let Some(cap) = Cap::start(test, 2000, 250) else {
