@@ -1,11 +1,13 @@
-//! The in-memory diff index (`track::feed::Index`) at a million entities: what it costs in memory
-//! per entity, and the diff of one 1000-entity page against it — look each digest up, compare the
-//! content hash, stamp the sighting — as a refresh does for every upstream page.
+//! The in-memory diff index (`track::index`) at a million entities: what it costs in memory per
+//! entity, and the diff of one 1000-entity page against it — look each digest up, compare the
+//! content hash, stamp the sighting — as a refresh does for an entity that is not where the index
+//! expects it; and the in-order check (`gateway_in_order`) that a refresh makes first, comparing
+//! an entity's raw hash with the entry expected next.
 //!
-//! Both beside the layout the index had before: std's SipHash over the 16 key bytes and a 64-bit
-//! generation per entry (now a seeded pass-through hasher and one byte). Memory is counted by a counting global allocator around building each
-//! index, so it includes the table's real growth and load factor. CPU time of the bench thread
-//! (see `support/thread_cpu.rs`). Run with `cargo bench --bench index`.
+//! Beside the layout the index had first: a std `HashMap` with SipHash over the 16 key bytes and
+//! a 64-bit generation per entry. Memory is counted by a counting global allocator around building
+//! each index, so it includes the table's real growth and load factor. CPU time of the bench
+//! thread (see `support/thread_cpu.rs`). Run with `cargo bench --bench index`.
 
 #[path = "support/thread_cpu.rs"]
 mod thread_cpu;
@@ -18,6 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use odata_delta_gateway::track::feed::{Index, IndexEntry, Slot};
+use odata_delta_gateway::track::index::RawHash;
 use odata_delta_gateway::track::hash::{ContentHash, KeyHash};
 use thread_cpu::ThreadCpu;
 
@@ -97,11 +100,19 @@ fn index(c: &mut Criterion<ThreadCpu>) {
         content: content(i, 1),
         seen: 0,
     });
-    let (mut new, new_bytes): (Index, usize) = build(ENTITIES, |i| IndexEntry {
-        row: u64::from(i),
-        content: content(i, 1),
-        seen: 0,
-    });
+    let (mut new, new_bytes) = {
+        let before = LIVE.load(Ordering::Relaxed);
+        let mut index = Index::default();
+        for i in 1..=ENTITIES {
+            let entry = IndexEntry {
+                raw: RawHash::of(&i.to_le_bytes()),
+                ..IndexEntry::loaded(u64::from(i), content(i, 1))
+            };
+            index.insert(key(i), entry).expect("room for a million");
+        }
+        let bytes = LIVE.load(Ordering::Relaxed).saturating_sub(before);
+        (index, bytes)
+    };
     println!(
         "index of {ENTITIES} entities: before {} bytes ({:.1} B/entity), now {} bytes ({:.1} B/entity)",
         old_bytes,
@@ -124,6 +135,18 @@ fn index(c: &mut Criterion<ThreadCpu>) {
                 }
             }
             black_box(changed)
+        })
+    });
+    // What a refresh of a feed that changed little does instead of the lookup: compare each
+    // entity's raw hash with the entry expected next, in array order.
+    let raws: Vec<RawHash> = (1..=PAGE).map(|i| RawHash::of(&i.to_le_bytes())).collect();
+    group.bench_function("gateway_in_order", |b| {
+        b.iter(|| {
+            let mut hits = 0u32;
+            for (position, raw) in black_box(&raws).iter().enumerate() {
+                hits += u32::from(new.raw_at(position) == Some(*raw));
+            }
+            black_box(hits)
         })
     });
     group.bench_function("before_siphash_u64", |b| {

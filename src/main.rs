@@ -11,7 +11,29 @@ use tokio_util::sync::CancellationToken;
 
 mod demo;
 
+/// glibc's malloc gives every thread that allocates under contention an arena of its own, up to
+/// eight per core. A refresh builds page buffers and rows on blocking-pool threads and frees them
+/// on others, so memory freed in one arena is not reused by the next and the resident size grows
+/// far past what is live: at a million entities, peak RSS measured 206–216 MiB with the default
+/// against 148 MiB with two arenas, at no measurable cost in time. An operator's own
+/// `MALLOC_ARENA_MAX` is left alone.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    // SAFETY: `mallopt` only tunes the allocator; it runs first thing in `main`, before any other
+    // thread exists, and a refusal (return 0) leaves the defaults in place.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     if let Some(Command::Feeds(args)) = &cli.command {
         // No runtime and no logging: a short synchronous look at the store.

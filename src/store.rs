@@ -60,6 +60,9 @@ const DB_FILE: &str = "gateway.redb";
 /// Rows per transaction of the maintenance passes (discarding, compacting, purging).
 const MAINTENANCE_BATCH: usize = 20_000;
 
+/// Superseded states removed per transaction by [`Store::compact_superseded`].
+const COMPACTION_BATCH: usize = 2_000;
+
 /// A store failure: I/O, corruption, or a bug. Answered with 503/500, never blamed on the client.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("store: {0}")]
@@ -312,8 +315,6 @@ pub struct PendingRow {
 pub struct Settled {
     /// Pending states of an unpublished version that were discarded.
     pub discarded: u64,
-    /// Superseded states removed.
-    pub compacted: u64,
     /// Key hashes of the tombstones purged because they were older than the retention window.
     pub purged: Vec<KeyHash>,
     /// The highest version a refresh of the feed wrote at without publishing it. It is never used
@@ -546,15 +547,14 @@ impl Store {
     }
 
     /// Maintenance before a refresh writes: discard states of an unpublished version (a refresh
-    /// that failed), remove states superseded by published ones, and purge tombstones of versions
-    /// committed before `purge_before_ms`. Every step runs in bounded transactions, and each is
-    /// safe to repeat after a crash.
+    /// that failed) and purge tombstones of versions committed before `purge_before_ms`. Every
+    /// step runs in bounded transactions, and each is safe to repeat after a crash. Superseded
+    /// states are removed apart from this, after a publish ([`Store::compact_superseded`]).
     pub fn settle(&self, feed: FeedId, purge_before_ms: u64) -> Result<Settled, StoreError> {
         let mut settled = Settled {
             discarded: self.discard_pending(feed)?,
             ..Settled::default()
         };
-        settled.compacted = self.compact_superseded(feed)?;
         settled.purged = self.purge(feed, purge_before_ms)?;
         let tx = self.db.begin_read()?;
         settled.burned = tx
@@ -603,8 +603,13 @@ impl Store {
         }
     }
 
-    /// Remove the states superseded by published ones, with their index entries.
-    fn compact_superseded(&self, feed: FeedId) -> Result<u64, StoreError> {
+    /// Remove the states superseded by published ones, with their index entries; returns how many.
+    /// Only states at or below the published version are touched, read again in every
+    /// transaction, so this may run beside a refresh of the same feed (or another run of itself):
+    /// redb serializes the transactions, and a mark one run removed the other no longer finds.
+    /// Superseded rows lie at random places of the table, so a transaction takes at most
+    /// [`COMPACTION_BATCH`] of them, which bounds the pages it holds dirty until its commit.
+    pub fn compact_superseded(&self, feed: FeedId) -> Result<u64, StoreError> {
         let mut removed = 0;
         loop {
             let tx = self.db.begin_write()?;
@@ -619,7 +624,7 @@ impl Store {
                 let last = change_key(feed, published, u64::MAX);
                 let batch: Vec<(u64, u64)> = stale
                     .range::<&[u8; 32]>(&first..=&last)?
-                    .take(MAINTENANCE_BATCH)
+                    .take(COMPACTION_BATCH)
                     .map(|item| item.map(|(k, _)| split_key(k.value())))
                     .collect::<Result<_, _>>()?;
                 for &(version, row) in &batch {
@@ -637,7 +642,7 @@ impl Store {
                     }
                     stale.remove(&change_key(feed, Version(version), row))?;
                 }
-                done = batch.len() < MAINTENANCE_BATCH;
+                done = batch.len() < COMPACTION_BATCH;
             }
             tx.commit()?;
             if done {
@@ -1422,7 +1427,8 @@ mod tests {
         assert_eq!(bodies(&store, feed), ["a0", "b1", "a2"]);
         assert_eq!(store.delta_count(feed, Version(0), Version(2)).unwrap(), 3);
         assert_eq!(store.delta_count(feed, Version(1), Version(2)).unwrap(), 1);
-        assert_eq!(store.settle(feed, 0).unwrap().compacted, 1);
+        assert_eq!(store.compact_superseded(feed).unwrap(), 1);
+        assert_eq!(store.compact_superseded(feed).unwrap(), 0);
         assert_eq!(store.delta_count(feed, Version(0), Version(2)).unwrap(), 3);
         let page = store
             .delta_page(feed, Version(1), Version(2), None, 10)

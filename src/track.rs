@@ -11,6 +11,7 @@ pub(crate) mod fetch;
 pub(crate) mod freshness;
 pub mod hash;
 pub(crate) mod history;
+pub mod index;
 pub mod refresh;
 pub mod respond;
 pub mod retention;

@@ -14,8 +14,6 @@ use crate::odata::entity_id::KeyProperty;
 use crate::odata::query::DefiningQuery;
 use crate::store::FeedMeta;
 
-use crate::ids::{ContentHash, KeyHash};
-
 pub use crate::ids::{FeedId, Scope, Version};
 
 /// What defines a feed.
@@ -72,45 +70,16 @@ pub struct SetSpec {
     pub ignore: Vec<String>,
 }
 
-/// One entry of the in-memory diff index, beside its 16-byte key: a live entity, or a tombstone (so
-/// that a key that comes back gets its old row again, and appears once in a delta).
-#[derive(Clone, Copy, Debug)]
-pub struct IndexEntry {
-    /// The entity's row number in the store, assigned when its key was first seen.
-    pub row: u64,
-    /// Content hash as of the current version; [`IndexEntry::REMOVED`] for a tombstone.
-    pub content: ContentHash,
-    /// The generation of the refresh that last saw the entity upstream ([`Slot::next_generation`]);
-    /// [`NEVER_SEEN`] for entries loaded from the store and not seen since.
-    pub seen: Generation,
-}
-
 /// Numbers the refreshes of a feed, so that one refresh can tell the entries it saw from the rest.
 /// One byte per entry: the counter restarts every 255 refreshes (see [`Slot::next_generation`]),
 /// which costs one pass over the index then, against 7 bytes per entry for a `u64` that never
 /// wraps (and 3 more of padding for a `u32`).
 pub type Generation = u8;
 
-impl IndexEntry {
-    /// An entry loaded from the store, not seen by any refresh since.
-    pub fn loaded(row: u64, content: ContentHash) -> Self {
-        IndexEntry {
-            row,
-            content,
-            seen: NEVER_SEEN,
-        }
-    }
-}
-
 /// The generation of entries no refresh has seen since they were loaded; never a refresh's own.
 pub const NEVER_SEEN: Generation = 0;
 
-/// The in-memory diff index of a feed: key hash → content hash and last sighting.
-pub type Index = HashMap<KeyHash, IndexEntry, BuildKeyHasher>;
-
-/// Memory of one [`Index`] entry: key, entry, and the hash table's control byte, at its usual
-/// load (7/8).
-pub const INDEX_ENTRY_BYTES: usize = (std::mem::size_of::<(KeyHash, IndexEntry)>() + 1) * 8 / 7;
+pub use super::index::{INDEX_ENTRY_BYTES, Index, IndexEntry};
 
 /// Hashes [`KeyHash`]es for the index without running a general-purpose hash again: a key hash is
 /// already blake3 output, so 8 of its bytes are taken and only mixed with a per-map random seed
@@ -166,16 +135,6 @@ impl std::hash::Hasher for KeyHasher {
         // A folded 64×64→128-bit multiply: every output bit depends on every input and seed bit.
         let product = u128::from(self.state) * u128::from(self.seed);
         (product as u64) ^ ((product >> 64) as u64)
-    }
-}
-
-impl IndexEntry {
-    /// The content hash of a tombstone: no canonical form hashes to 128 zero bits in practice.
-    pub const REMOVED: ContentHash = ContentHash([0; 16]);
-
-    /// Whether the entity is in the feed (not a tombstone).
-    pub fn is_live(&self) -> bool {
-        self.content != Self::REMOVED
     }
 }
 
@@ -293,6 +252,9 @@ pub struct Feeds {
     covered: Mutex<HashMap<FeedId, u64>>,
     /// Each feed's last successful refresh, readable without waiting for its slot.
     published: Mutex<HashMap<FeedId, Published>>,
+    /// Feeds whose superseded states are being removed after a publish: one such run per feed
+    /// (a later publish's marks are taken by the run under way or by the next).
+    compacting: Mutex<std::collections::HashSet<FeedId>>,
 }
 
 /// A feed's last successful refresh and whether another is under way: what a request needs to
@@ -340,6 +302,22 @@ impl StoredFeeds {
 const FEED_CAP_RETRY_AFTER_SECS: u64 = 60;
 
 impl Feeds {
+    /// Claim the compaction of `feed`'s superseded states; false while another run has it.
+    pub(crate) fn start_compaction(&self, feed: FeedId) -> bool {
+        self.compacting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(feed)
+    }
+
+    /// Release what [`Feeds::start_compaction`] claimed.
+    pub(crate) fn end_compaction(&self, feed: FeedId) {
+        self.compacting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&feed);
+    }
+
     /// The slot of a feed, created on first use.
     pub fn slot(&self, id: FeedId) -> Arc<tokio::sync::Mutex<Slot>> {
         let mut map = self
@@ -575,6 +553,7 @@ impl Feeds {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::{ContentHash, KeyHash};
 
     fn key(i: u32) -> KeyHash {
         KeyHash::of(&i.to_string())
@@ -592,7 +571,7 @@ mod tests {
         let mut keys: Vec<KeyHash> = slot
             .index
             .iter()
-            .flatten()
+            .flat_map(|index| index.iter())
             .filter(|(_, e)| e.seen != generation)
             .map(|(k, _)| *k)
             .collect();
@@ -610,9 +589,9 @@ mod tests {
         // Key 0 was last seen by generation 2 of the cycle before: the next refresh after the
         // wrap but one would also be generation 2. Key 1 was never seen since its load; key 2
         // is seen by the last refresh before the wrap.
-        index.insert(key(0), entry(2));
-        index.insert(key(1), entry(NEVER_SEEN));
-        index.insert(key(2), entry(Generation::MAX - 1));
+        index.insert(key(0), entry(2)).unwrap();
+        index.insert(key(1), entry(NEVER_SEEN)).unwrap();
+        index.insert(key(2), entry(Generation::MAX - 1)).unwrap();
         slot.index = Some(index);
         let mark = |slot: &mut Slot, k: u32, g: Generation| {
             if let Some(e) = slot.index.as_mut().and_then(|i| i.get_mut(&key(k))) {
@@ -648,7 +627,7 @@ mod tests {
         let mut index = Index::default();
         let mut reference: HashMap<KeyHash, u64> = HashMap::new();
         for k in 0..64 {
-            index.insert(key(k), entry(NEVER_SEEN));
+            index.insert(key(k), entry(NEVER_SEEN)).unwrap();
             reference.insert(key(k), 0);
         }
         slot.index = Some(index);

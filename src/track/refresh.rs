@@ -24,10 +24,11 @@ use crate::odata::query::{encode_pairs, encode_path};
 use crate::store::{EntityRow, FeedMeta, PendingRow};
 
 use super::feed::{
-    FeedDef, FeedId, Generation, Index, IndexEntry, LastRefresh, LoadProgress, ProgressSender,
-    Published, SetSpec, Slot, Version,
+    BuildKeyHasher, FeedDef, FeedId, Generation, Index, IndexEntry, LastRefresh, LoadProgress,
+    ProgressSender, Published, SetSpec, Slot, Version,
 };
 use super::hash::{Digest, EntityError, Hasher, KeyHash};
+use super::index::RawHash;
 
 mod confirm;
 pub mod tally;
@@ -247,12 +248,27 @@ struct Pass<'a> {
     /// On a feed's first load: where the rows written so far are announced, so that the first read
     /// can be served while the load runs. Rows are then written after every upstream page.
     progress: Option<ProgressSender>,
+    /// Whether the hashing step digests every entity of the next pages, rather than only hashing
+    /// their raw bytes for [`Pass::expect_in_order`]: when most of the last page needed digests.
+    digest_in_worker: bool,
+    /// The index position the next entity is expected at: after the last one found in the index
+    /// (see [`Pass::expect_in_order`]).
+    cursor: usize,
+    /// Entities that were keyed and looked up rather than found unchanged in place, for the log.
+    digested: u64,
 }
 
 /// A batch of changed rows is written once it holds this many rows or bytes, so a refresh holds
 /// one batch in memory however many rows changed.
 const BATCH_ROWS: usize = 20_000;
-const BATCH_BYTES: usize = 16 << 20;
+const BATCH_BYTES: usize = 8 << 20;
+
+/// Up to this many entities of a page are digested or compacted on the refresh's own task: a few
+/// microseconds each, less than a hand-off to the blocking pool and back.
+const INLINE_ENTITIES: usize = 64;
+
+/// The store's page size, which an update of a stored row dirties (see [`Pass::push`]).
+const STORE_PAGE_BYTES: usize = 4096;
 
 async fn run(
     shared: &Arc<Shared>,
@@ -274,12 +290,16 @@ async fn run(
             let store = shared.store.clone();
             let (meta, index) = tokio::task::spawn_blocking(move || {
                 let mut index = Index::default();
+                let mut full = false;
                 let meta = store.load_index(feed, |r| {
-                    index.insert(
-                        r.key_hash,
-                        IndexEntry::loaded(r.row, r.content.unwrap_or(IndexEntry::REMOVED)),
-                    );
+                    let entry = IndexEntry::loaded(r.row, r.content.unwrap_or(IndexEntry::REMOVED));
+                    full |= index.insert(r.key_hash, entry).is_err();
                 })?;
+                if full {
+                    return Err(Error::Internal(
+                        "the stored feed holds more entries than its index can".into(),
+                    ));
+                }
                 Ok::<_, Error>((meta, index))
             })
             .await??;
@@ -332,11 +352,16 @@ async fn run(
         batch_bytes: 0,
         written: 0,
         progress,
+        digest_in_worker: true,
+        cursor: 0,
+        digested: 0,
     };
     let Some(index) = slot.index.as_mut() else {
         return Err(Error::Internal("the feed index was not loaded".into()));
     };
 
+    // An index just read from the store knows no raw bytes: digest from the start.
+    pass.digest_in_worker = index.raw_at(0).is_none();
     pass.enumerate(index).await?;
     let candidates: Vec<(KeyHash, u64)> = index
         .iter()
@@ -347,6 +372,7 @@ async fn run(
     for (key, reason) in &removals {
         if let Some(entry) = index.get_mut(&key.key_hash) {
             entry.content = IndexEntry::REMOVED;
+            entry.raw = RawHash::UNKNOWN;
         }
         let state = EntityRow::removed(key.key_hash, *reason, &key.predicate, &key.key_members);
         pass.push(PendingRow {
@@ -368,6 +394,13 @@ async fn run(
         ));
     }
     let stored = slot.meta.as_ref().is_some_and(|m| !m.dropped);
+    tracing::debug!(
+        set = %input.set.name,
+        entities = pass.tally.delivered,
+        digested = pass.digested,
+        written = pass.written,
+        "enumerated"
+    );
     if pass.written == 0 && stored {
         return Ok(Version(current));
     }
@@ -392,6 +425,7 @@ async fn run(
     let now = shared.clock.now_ms();
     tokio::task::spawn_blocking(move || store.publish(feed, &meta_for_publish, now)).await??;
     slot.meta = Some(meta);
+    compact_in_background(shared, feed);
     let removed = removals.len() as u64;
     let upserts = pass.written.saturating_sub(removed);
     shared.metrics.entities_changed.inc_by(upserts);
@@ -409,8 +443,39 @@ async fn run(
     Ok(Version(version))
 }
 
-/// The digest of each entity of a page, by the entity's byte range in the page.
-type PageDigests = Vec<((usize, usize), Result<Digest, EntityError>)>;
+/// Remove the states a publish superseded (the old states of changed rows) on the blocking pool,
+/// apart from the refresh: the refresh's answer does not wait for it, and the next refresh hashes
+/// its pages while it runs. A failure leaves the marks for the next run.
+fn compact_in_background(shared: &Arc<Shared>, feed: FeedId) {
+    if !shared.feeds.start_compaction(feed) {
+        return;
+    }
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        match shared.store.compact_superseded(feed) {
+            Ok(removed) => {
+                tracing::debug!(feed = %feed_label(feed), removed, "superseded states removed")
+            }
+            Err(e) => {
+                tracing::warn!(feed = %feed_label(feed), error = %e, "removing superseded states failed; the next publish retries")
+            }
+        }
+        shared.feeds.end_compaction(feed);
+    });
+}
+
+/// An entity of a page as the hashing step leaves it.
+struct PageEntity {
+    /// Its byte range in the page.
+    span: (usize, usize),
+    /// The hash of its bytes as sent.
+    raw: RawHash,
+    /// Its key and content hash, when the hashing step made them (see [`digest_all`]).
+    digest: Option<Result<Digest, EntityError>>,
+}
+
+/// The entities of a page, in page order.
+type PageDigests = Vec<PageEntity>;
 
 /// What the parse of a page yields besides its entities: the paging controls and where in the body
 /// each entity lies, so that it can be hashed without parsing the page again.
@@ -446,9 +511,13 @@ fn scan(body: &[u8]) -> Result<Scanned, PageError> {
     })
 }
 
+/// A new or changed entity of a page: its byte range, digest, row, and whether the row had a
+/// published state.
+type ChangedEntity = ((usize, usize), Digest, u64, bool);
+
 /// The stored states of a page's new and changed entities, built from their raw bytes (compacted)
 /// on the blocking pool.
-fn rows_all(body: &[u8], changed: Vec<((usize, usize), Digest, u64, bool)>) -> Vec<PendingRow> {
+fn rows_all(body: &[u8], changed: Vec<ChangedEntity>) -> Vec<PendingRow> {
     changed
         .into_iter()
         .map(|((start, end), digest, row, existed)| {
@@ -485,19 +554,29 @@ struct HashingPage {
 }
 
 impl HashingPage {
-    fn start(body: Bytes, spans: Vec<(usize, usize)>, set: SetSpec) -> Self {
+    fn start(body: Bytes, spans: Vec<(usize, usize)>, set: SetSpec, digest: bool) -> Self {
         let shared = body.clone();
-        let task = tokio::task::spawn_blocking(move || digest_all(&shared, &spans, &set));
+        let task = tokio::task::spawn_blocking(move || digest_all(&shared, &spans, &set, digest));
         HashingPage { body, task }
     }
 }
 
-/// Key and hash every entity (given as byte ranges) of a page.
-fn digest_all(body: &[u8], spans: &[(usize, usize)], set: &SetSpec) -> PageDigests {
+/// Hash the raw bytes of every entity (given as byte ranges) of a page, and with `digest` read its
+/// key and hash its canonical content too. Without, only the entities that turn out not to be the
+/// ones the index expects are digested later ([`Pass::apply_page`]): on a feed that changed little,
+/// that skips the canonical writer, the key and the table lookup for nearly every entity.
+fn digest_all(body: &[u8], spans: &[(usize, usize)], set: &SetSpec, digest: bool) -> PageDigests {
     let mut hasher = Hasher::default();
     spans
         .iter()
-        .map(|&(a, b)| ((a, b), hasher.digest(&body[a..b], &set.key, &set.ignore)))
+        .map(|&(a, b)| {
+            let raw = &body[a..b];
+            PageEntity {
+                span: (a, b),
+                raw: RawHash::of(raw),
+                digest: digest.then(|| hasher.digest(raw, &set.key, &set.ignore)),
+            }
+        })
         .collect()
 }
 
@@ -578,6 +657,7 @@ impl Pass<'_> {
                 body,
                 scanned.spans,
                 self.input.set.clone(),
+                self.digest_in_worker,
             ));
             if hashing.len() >= 2 {
                 self.apply_page(hashing.pop_front(), index).await?;
@@ -589,9 +669,11 @@ impl Pass<'_> {
         Ok(())
     }
 
-    /// Queue a changed row for the store.
+    /// Queue a changed row for the store. A row that replaces one already stored lands at a random
+    /// place of the table, and its write holds a whole copied page in the transaction until the
+    /// commit, so it counts as a page beside its own bytes; new rows append and share pages.
     fn push(&mut self, row: PendingRow) {
-        self.batch_bytes += row.state.len();
+        self.batch_bytes += row.state.len() + if row.existed { STORE_PAGE_BYTES } else { 0 };
         self.batch.push(row);
     }
 
@@ -645,16 +727,69 @@ impl Pass<'_> {
         Ok(())
     }
 
-    /// Wait for a page's digests and note them in the diff.
+    /// Wait for a page's hashes and note its entities in the diff. Entities whose raw bytes are
+    /// those of the entry the index expects next are unchanged; the others are digested (on the
+    /// blocking pool, unless the hashing step did already) and looked up by key.
     async fn apply_page(
         &mut self,
         page: Option<HashingPage>,
         index: &mut Index,
     ) -> Result<(), Error> {
         let Some(mut page) = page else { return Ok(()) };
-        let digests = (&mut page.task).await?;
-        self.apply_digests(&page.body, digests, index, None).await?;
+        let mut entities = (&mut page.task).await?;
+        let hits = self.expect_in_order(&entities, index);
+        let misses = hits.iter().filter(|h| h.is_none()).count();
+        // Most of a page new or changed (a first load, or the first refresh after the index was
+        // read from the store, which knows no raw hashes): digest the next pages at once.
+        self.digest_in_worker = misses * 2 > entities.len();
+        let undigested: Vec<usize> = (0..entities.len())
+            .filter(|&i| hits[i].is_none() && entities[i].digest.is_none())
+            .collect();
+        // A few are digested in place below; a round trip to the blocking pool costs more.
+        if undigested.len() > INLINE_ENTITIES {
+            let spans: Vec<(usize, usize)> = undigested.iter().map(|&i| entities[i].span).collect();
+            let shared = page.body.clone();
+            let set = self.input.set.clone();
+            let digests =
+                tokio::task::spawn_blocking(move || digest_all(&shared, &spans, &set, true))
+                    .await?;
+            for (i, digested) in undigested.into_iter().zip(digests) {
+                entities[i].digest = digested.digest;
+            }
+        }
+        self.apply_digests(&page.body, entities, Some(&hits), index, None)
+            .await?;
         self.flush_if_full().await
+    }
+
+    /// Which entities of a page are, byte for byte, the entries the index expects next: an
+    /// upstream lists a feed in the same order every time, so after the entry at position `p`
+    /// comes the one at `p + 1`. After a run of `m` entities that were not (changed ones, which
+    /// still hold their positions, or new ones, which do not), the next is looked for at `p + m`,
+    /// at `p`, and at `p + m + 1` (an entity that left). Only a guess of positions: a wrong one
+    /// costs digests, never a missed change, since [`Pass::apply_digests`] compares the bytes again
+    /// in page order, and it moves the expected position to where each entity really was.
+    fn expect_in_order(&self, entities: &[PageEntity], index: &Index) -> Vec<Option<usize>> {
+        let (mut cursor, mut misses) = (self.cursor, 0usize);
+        entities
+            .iter()
+            .map(|entity| {
+                // After `misses` changed entities; after as many new ones; or one further, past
+                // an entity that left.
+                let after_changed = cursor.saturating_add(misses);
+                let hit = [after_changed, cursor, after_changed.saturating_add(1)]
+                    .into_iter()
+                    .find(|&p| index.raw_at(p) == Some(entity.raw));
+                match hit {
+                    Some(p) => {
+                        cursor = p + 1;
+                        misses = 0;
+                    }
+                    None => misses = misses.saturating_add(1),
+                }
+                hit
+            })
+            .collect()
     }
 
     /// Parse an upstream page on the blocking pool and count it.
@@ -761,19 +896,43 @@ impl Pass<'_> {
     async fn apply_digests(
         &mut self,
         body: &Bytes,
-        digests: PageDigests,
+        entities: PageDigests,
+        hits: Option<&[Option<usize>]>,
         index: &mut Index,
         mut found: Option<&mut HashSet<KeyHash>>,
     ) -> Result<(), Error> {
         // The page's last state of each new or changed key. The index learns every state at once,
         // so a later sighting that matches it changes nothing, and one that differs replaces it.
-        let mut changed: HashMap<KeyHash, ((usize, usize), Digest, u64, bool)> = HashMap::new();
-        for (span, digest) in digests {
+        let mut changed: HashMap<KeyHash, ChangedEntity, BuildKeyHasher> = HashMap::default();
+        for (i, entity) in entities.into_iter().enumerate() {
+            let hit = hits.and_then(|h| h.get(i).copied().flatten());
+            // The expected entry, still in the state these bytes were read as (an earlier entity
+            // of this page with the same key may have changed it): unchanged, only seen.
+            if let Some((p, entry)) = hit.and_then(|p| Some((p, index.at_mut(p)?)))
+                && entry.raw == entity.raw
+            {
+                if entry.seen != self.generation {
+                    self.tally.sighting();
+                }
+                entry.seen = self.generation;
+                self.cursor = p + 1;
+                continue;
+            }
+            self.digested += 1;
+            let span = entity.span;
+            let digest = match entity.digest {
+                Some(digest) => digest,
+                None => Hasher::default().digest(
+                    &body[span.0..span.1],
+                    &self.input.set.key,
+                    &self.input.set.ignore,
+                ),
+            };
             let digest = digest.map_err(|e| self.unreadable(e))?;
             if let Some(found) = found.as_deref_mut() {
                 found.insert(digest.key_hash);
             }
-            if let Some((row, existed)) = self.note(&digest, index) {
+            if let Some((row, existed)) = self.note(&digest, entity.raw, index)? {
                 let existed = existed
                     || changed
                         .get(&digest.key_hash)
@@ -786,8 +945,12 @@ impl Pass<'_> {
             return Ok(());
         }
         let changed: Vec<_> = changed.into_values().collect();
-        let shared = body.clone();
-        let rows = tokio::task::spawn_blocking(move || rows_all(&shared, changed)).await?;
+        let rows = if changed.len() > INLINE_ENTITIES {
+            let shared = body.clone();
+            tokio::task::spawn_blocking(move || rows_all(&shared, changed)).await?
+        } else {
+            rows_all(body, changed)
+        };
         for row in rows {
             self.push(row);
         }
@@ -798,15 +961,23 @@ impl Pass<'_> {
     /// state wins. The index entry takes the new state at once (a new key gets the next row
     /// number). Returns the entity's row, and whether that row had a published state before this
     /// refresh, when the entity is new or changed and so is to be written.
-    fn note(&mut self, digest: &Digest, index: &mut Index) -> Option<(u64, bool)> {
-        match index.get_mut(&digest.key_hash) {
-            Some(entry) => {
+    fn note(
+        &mut self,
+        digest: &Digest,
+        raw: RawHash,
+        index: &mut Index,
+    ) -> Result<Option<(u64, bool)>, Error> {
+        match index.find_mut(&digest.key_hash) {
+            Some((position, entry)) => {
+                // The upstream's order continues after it (see `expect_in_order`).
+                self.cursor = position + 1;
                 if entry.seen != self.generation {
                     self.tally.sighting();
                 }
                 entry.seen = self.generation;
+                entry.raw = raw;
                 if entry.content == digest.content {
-                    return None;
+                    return Ok(None);
                 }
                 entry.content = digest.content;
                 if entry.row >= self.first_new_row
@@ -818,21 +989,32 @@ impl Pass<'_> {
                         }
                     });
                 }
-                Some((entry.row, entry.row < self.first_new_row))
+                Ok(Some((entry.row, entry.row < self.first_new_row)))
             }
             None => {
                 self.tally.sighting();
                 let row = self.next_row;
                 self.next_row += 1;
-                index.insert(
-                    digest.key_hash,
-                    IndexEntry {
-                        row,
-                        content: digest.content,
-                        seen: self.generation,
-                    },
-                );
-                Some((row, false))
+                index
+                    .insert(
+                        digest.key_hash,
+                        IndexEntry {
+                            row,
+                            content: digest.content,
+                            raw,
+                            seen: self.generation,
+                        },
+                    )
+                    .map_err(|_| {
+                        Error::upstream(
+                            UpstreamFailure::BadAnswer,
+                            format!(
+                                "{} holds more entities than one feed can track; nothing was committed",
+                                self.set_name()
+                            ),
+                        )
+                    })?;
+                Ok(Some((row, false)))
             }
         }
     }

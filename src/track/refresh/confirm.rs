@@ -193,11 +193,11 @@ impl Pass<'_> {
             let (scanned, digests) = self.scan_and_digest(&body).await?;
             self.count_page(&scanned);
             if in_feed {
-                self.apply_digests(&body, digests, index, Some(found))
+                self.apply_digests(&body, digests, None, index, Some(found))
                     .await?;
             } else {
                 // An existence check: the entity only tells that its key is there.
-                for (_, digest) in digests {
+                for digest in digests.into_iter().filter_map(|e| e.digest) {
                     found.insert(digest.map_err(|e| self.unreadable(e))?.key_hash);
                 }
             }
@@ -217,7 +217,7 @@ impl Pass<'_> {
         let set = self.input.set.clone();
         let done = tokio::task::spawn_blocking(move || {
             let scanned = scan(&shared)?;
-            let digests = digest_all(&shared, &scanned.spans, &set);
+            let digests = digest_all(&shared, &scanned.spans, &set, true);
             Ok::<_, PageError>((scanned, digests))
         })
         .await?;
@@ -257,13 +257,14 @@ impl Pass<'_> {
                 let shared = body.clone();
                 let set = self.input.set.clone();
                 let digests = tokio::task::spawn_blocking(move || {
-                    digest_all(&shared, &[(0, shared.len())], &set)
+                    digest_all(&shared, &[(0, shared.len())], &set, true)
                 })
                 .await?;
                 if in_feed {
-                    self.apply_digests(&body, digests, index, Some(found)).await
+                    self.apply_digests(&body, digests, None, index, Some(found))
+                        .await
                 } else {
-                    for (_, digest) in digests {
+                    for digest in digests.into_iter().filter_map(|e| e.digest) {
                         found.insert(digest.map_err(|e| self.unreadable(e))?.key_hash);
                     }
                     Ok(())
