@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use odata_delta_gateway::track::feed::{Index, IndexEntry, Slot};
-use odata_delta_gateway::track::index::RawHash;
 use odata_delta_gateway::track::hash::{ContentHash, KeyHash};
+use odata_delta_gateway::track::index::RawHash;
 use thread_cpu::ThreadCpu;
 
 /// Bytes currently allocated through the global allocator.

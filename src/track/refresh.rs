@@ -903,7 +903,10 @@ impl Pass<'_> {
     ) -> Result<(), Error> {
         // The page's last state of each new or changed key. The index learns every state at once,
         // so a later sighting that matches it changes nothing, and one that differs replaces it.
-        let mut changed: HashMap<KeyHash, ChangedEntity, BuildKeyHasher> = HashMap::default();
+        let mut changed: Vec<ChangedEntity> = Vec::new();
+        // Whether a key of the page was seen before in this refresh: only then can `changed` hold
+        // a key twice.
+        let mut repeated = false;
         for (i, entity) in entities.into_iter().enumerate() {
             let hit = hits.and_then(|h| h.get(i).copied().flatten());
             // The expected entry, still in the state these bytes were read as (an earlier entity
@@ -932,19 +935,41 @@ impl Pass<'_> {
             if let Some(found) = found.as_deref_mut() {
                 found.insert(digest.key_hash);
             }
+            let seen_before = index
+                .get(&digest.key_hash)
+                .is_some_and(|e| e.seen == self.generation);
             if let Some((row, existed)) = self.note(&digest, entity.raw, index)? {
-                let existed = existed
-                    || changed
-                        .get(&digest.key_hash)
-                        .is_some_and(|(_, _, _, existed)| *existed);
-                changed.insert(digest.key_hash, (span, digest, row, existed));
+                repeated |= seen_before;
+                changed.push((span, digest, row, existed));
             }
         }
         self.check_size()?;
         if changed.is_empty() {
             return Ok(());
         }
-        let changed: Vec<_> = changed.into_values().collect();
+        if repeated {
+            // The last state of each key wins; a row had a published state whichever sighting
+            // says so.
+            let mut last: HashMap<KeyHash, usize, BuildKeyHasher> = HashMap::default();
+            for (i, (_, digest, _, _)) in changed.iter().enumerate() {
+                last.insert(digest.key_hash, i);
+            }
+            let mut existed: HashSet<KeyHash> = HashSet::new();
+            for (_, digest, _, was) in &changed {
+                if *was {
+                    existed.insert(digest.key_hash);
+                }
+            }
+            changed = changed
+                .into_iter()
+                .enumerate()
+                .filter(|(i, (_, digest, _, _))| last.get(&digest.key_hash) == Some(i))
+                .map(|(_, (span, digest, row, was))| {
+                    let was = was || existed.contains(&digest.key_hash);
+                    (span, digest, row, was)
+                })
+                .collect();
+        }
         let rows = if changed.len() > INLINE_ENTITIES {
             let shared = body.clone();
             tokio::task::spawn_blocking(move || rows_all(&shared, changed)).await?
