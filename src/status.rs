@@ -1,6 +1,7 @@
 //! The status page of the admin listener (`GET /`): one table row per feed — entity set, query,
 //! scope (a short hash, never a credential), entities, version, the last refresh (when, how long,
-//! outcome), changes in the last hour, and an inline SVG chart of recent refresh durations.
+//! outcome), changes in the last hour, the webhook subscriptions watching it, and an inline SVG
+//! chart of recent refresh durations.
 //! Server-rendered HTML with no script and no external asset; every value is HTML-escaped.
 
 use std::collections::BTreeMap;
@@ -27,6 +28,8 @@ struct Row {
     version: Option<u64>,
     dropped: bool,
     history: Option<FeedHistory>,
+    /// Live webhook subscriptions to the feed's changes.
+    subscriptions: usize,
 }
 
 /// Render the page. Reads the store on the blocking pool.
@@ -47,6 +50,7 @@ pub(crate) async fn page(app: &std::sync::Arc<Shared>) -> Result<String, Error> 
                     version: Some(m.version),
                     dropped: m.dropped,
                     history: None,
+                    subscriptions: 0,
                 },
             )
         })
@@ -62,8 +66,14 @@ pub(crate) async fn page(app: &std::sync::Arc<Shared>) -> Result<String, Error> 
             version: h.version.map(|v| v.0),
             dropped: false,
             history: None,
+            subscriptions: 0,
         });
         row.history = Some(h);
+    }
+    for (id, n) in app.subscriptions.per_feed(app.clock.now_ms()) {
+        if let Some(row) = rows.get_mut(&id) {
+            row.subscriptions = n;
+        }
     }
     Ok(render(rows.into_values().collect(), SystemTime::now()))
 }
@@ -92,7 +102,8 @@ fn render(mut rows: Vec<Row>, now: SystemTime) -> String {
     out.push_str(concat!(
         "<table id=\"feeds\"><thead><tr><th>Route</th><th>Entity set</th><th>Query</th>",
         "<th>Scope</th><th>Entities</th><th>Version</th><th>Last refresh</th><th>Duration</th>",
-        "<th>Outcome</th><th>Changes (1 h)</th><th>Recent durations</th></tr></thead><tbody>\n"
+        "<th>Outcome</th><th>Changes (1 h)</th><th>Subscriptions</th><th>Recent durations</th>",
+        "</tr></thead><tbody>\n"
     ));
     for row in rows.iter().take(MAX_ROWS) {
         render_row(&mut out, row, now);
@@ -123,7 +134,7 @@ fn render_row(out: &mut String, row: &Row, now: SystemTime) {
         "<tr class=\"feed\"><td>{}</td><td class=\"set\">{}</td><td class=\"query\"><code>{}</code></td>\
          <td class=\"scope\"><code>{}</code></td><td class=\"n entities\">{}</td><td class=\"n version\">{}</td>\
          <td class=\"last\">{}</td><td class=\"n duration\">{}</td><td class=\"outcome\"{class}>{}</td>\
-         <td class=\"n changes\">{}</td><td>",
+         <td class=\"n changes\">{}</td><td class=\"n subscriptions\">{}</td><td>",
         escape(if row.route.is_empty() {
             "/"
         } else {
@@ -138,6 +149,7 @@ fn render_row(out: &mut String, row: &Row, now: SystemTime) {
         last.map_or("–".to_owned(), |r| millis(r.duration)),
         escape(&outcome),
         row.history.as_ref().map_or(0, |h| h.changes_last_hour(now)),
+        row.subscriptions,
     );
     if let Some(h) = &row.history {
         chart(out, h);

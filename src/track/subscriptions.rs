@@ -230,6 +230,19 @@ impl Subscriptions {
             .collect()
     }
 
+    /// How many live subscriptions watch each feed, for the status page.
+    pub(crate) fn per_feed(&self, now_ms: u64) -> HashMap<FeedId, usize> {
+        let mut counts = HashMap::new();
+        for e in self
+            .entries()
+            .values()
+            .filter(|e| e.row.expires_ms > now_ms)
+        {
+            *counts.entry(FeedId(e.row.feed)).or_insert(0) += 1;
+        }
+        counts
+    }
+
     /// Take out the subscriptions that have ended.
     fn take_expired(&self, now_ms: u64) -> Vec<SubscriptionId> {
         let mut entries = self.entries();
