@@ -11,7 +11,8 @@
 //!              ├─ proxy:  anything not tracked ─► upstream (streamed both ways, links rewritten)
 //!              └─ track:  GET collection + track-changes, $deltatoken, our $skiptoken, /$count?$deltatoken
 //!                   token::decode ─► feed ─► refresh (single-flight per feed)
-//!                        upstream pages ─► key + canonical hash per entity ─► diff against the index
+//!                        upstream pages ─► raw hash per entity, compared in order with the index;
+//!                        key + canonical hash of the rest ─► diff against the index
 //!                        ─► confirm candidate removals upstream ─► one redb commit = new version
 //!                   store: live entities (initial) or the changes since the token (delta)
 //!                   ─► odata::delta writes the page (4.0 or 4.01 shape) + nextLink/deltaLink
@@ -32,7 +33,8 @@
 //!   timeouts, TLS failures named for the client, the origin guard for upstream links.
 //! - [`odata`]: protocol vocabulary, pure — preferences, queries, formats (`$format`, `Accept`),
 //!   `$orderby`, `$metadata`, key literals, the raw JSON scanner, upstream pages, delta payloads.
-//! - [`track`]: feeds and versions, hashing, tokens, refresh (fetch, confirm removals, the tally
+//! - [`track`]: feeds and versions, the diff index (a dense array in the upstream's order), hashing,
+//!   tokens, refresh (fetch, enumerate, page parsing and hashing, diff, confirm removals, the tally
 //!   against `@odata.count` and the `$skip` read-on), answering tracked requests, authorizing them
 //!   upstream, admission (feed caps, refresh turns), retention of idle feeds, the in-memory history
 //!   of recent refreshes, the background refresh schedule, how old an answer may be

@@ -8,34 +8,37 @@
 //!
 //! Concurrent requests on one feed share one refresh (single-flight): the slot lock is held by the
 //! refresh, which runs in its own task so a client hanging up does not cancel it halfway.
+//!
+//! This module runs a refresh and commits it; `enumerate` reads the upstream's pages, `page`
+//! parses and hashes one, `diff` compares it with the index, `confirm` looks removal candidates up
+//! upstream, and `tally` checks what was read against the upstream's count.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use http::HeaderMap;
 use url::Url;
 
 use crate::Shared;
 use crate::error::{Error, UpstreamFailure};
-use crate::odata::page::{Page, PageError};
-use crate::odata::query::{encode_pairs, encode_path};
 use crate::store::{EntityRow, FeedMeta, PendingRow};
 
 use super::feed::{
-    BuildKeyHasher, FeedDef, FeedId, Generation, Index, IndexEntry, LastRefresh, LoadProgress,
-    ProgressSender, Published, SetSpec, Slot, Version,
+    FeedDef, FeedId, Generation, Index, IndexEntry, LastRefresh, LoadProgress, ProgressSender,
+    Published, SetSpec, Slot, Version,
 };
-use super::hash::{Digest, EntityError, Hasher, KeyHash};
+use super::hash::KeyHash;
 use super::index::RawHash;
 
 mod confirm;
+mod diff;
+mod enumerate;
+mod page;
 pub mod tally;
 
-use super::fetch::Prefetch;
-use super::fetch::{Fetcher, OnRefusal};
-use tally::{ReadOn, Tally, Verdict};
+use super::fetch::Fetcher;
+use tally::Tally;
 
 /// What a tracked request needs to refresh a feed.
 #[derive(Clone, Debug)]
@@ -263,10 +266,6 @@ struct Pass<'a> {
 const BATCH_ROWS: usize = 20_000;
 const BATCH_BYTES: usize = 8 << 20;
 
-/// Up to this many entities of a page are digested or compacted on the refresh's own task: a few
-/// microseconds each, less than a hand-off to the blocking pool and back.
-const INLINE_ENTITIES: usize = 64;
-
 /// The store's page size, which an update of a stored row dirties (see [`Pass::push`]).
 const STORE_PAGE_BYTES: usize = 4096;
 
@@ -464,122 +463,6 @@ fn compact_in_background(shared: &Arc<Shared>, feed: FeedId) {
     });
 }
 
-/// An entity of a page as the hashing step leaves it.
-struct PageEntity {
-    /// Its byte range in the page.
-    span: (usize, usize),
-    /// The hash of its bytes as sent.
-    raw: RawHash,
-    /// Its key and content hash, when the hashing step made them (see [`digest_all`]).
-    digest: Option<Result<Digest, EntityError>>,
-}
-
-/// The entities of a page, in page order.
-type PageDigests = Vec<PageEntity>;
-
-/// What the parse of a page yields besides its entities: the paging controls and where in the body
-/// each entity lies, so that it can be hashed without parsing the page again.
-struct Scanned {
-    next_link: Option<String>,
-    count: Option<u64>,
-    spans: Vec<(usize, usize)>,
-}
-
-/// Parse a page and locate its entities in the body.
-fn scan(body: &[u8]) -> Result<Scanned, PageError> {
-    let page = Page::parse(body)?;
-    let base = body.as_ptr() as usize;
-    let spans: Vec<(usize, usize)> = page
-        .entities
-        .iter()
-        .map(|raw| {
-            // Borrowed raw values point into the body they were parsed from.
-            let start = (raw.get().as_ptr() as usize).wrapping_sub(base);
-            (start, start.saturating_add(raw.get().len()))
-        })
-        .filter(|&(start, end)| start <= end && end <= body.len())
-        .collect();
-    if spans.len() != page.entities.len() {
-        return Err(PageError::Malformed(
-            "a parsed entity lies outside its page".into(),
-        ));
-    }
-    Ok(Scanned {
-        next_link: page.next_link,
-        count: page.count,
-        spans,
-    })
-}
-
-/// A new or changed entity of a page: its byte range, digest, row, and whether the row had a
-/// published state.
-type ChangedEntity = ((usize, usize), Digest, u64, bool);
-
-/// The stored states of a page's new and changed entities, built from their raw bytes (compacted)
-/// on the blocking pool.
-fn rows_all(body: &[u8], changed: Vec<ChangedEntity>) -> Vec<PendingRow> {
-    changed
-        .into_iter()
-        .map(|((start, end), digest, row, existed)| {
-            let raw = &body[start..end];
-            let state = EntityRow::live(
-                digest.key_hash,
-                digest.content,
-                &digest.key.predicate,
-                &digest.key.members,
-                raw.len(),
-                |out| crate::odata::json::write_compact(raw, out),
-            );
-            PendingRow {
-                row,
-                existed,
-                state,
-            }
-        })
-        .collect()
-}
-
-/// The short, fixed-size identity of a link, for the set of links followed.
-fn link_hash(url: &Url) -> [u8; 16] {
-    let hash = blake3::hash(url.as_str().as_bytes());
-    let mut out = [0; 16];
-    out.copy_from_slice(&hash.as_bytes()[..16]);
-    out
-}
-
-/// One page being keyed and hashed on the blocking pool.
-struct HashingPage {
-    body: Bytes,
-    task: tokio::task::JoinHandle<PageDigests>,
-}
-
-impl HashingPage {
-    fn start(body: Bytes, spans: Vec<(usize, usize)>, set: SetSpec, digest: bool) -> Self {
-        let shared = body.clone();
-        let task = tokio::task::spawn_blocking(move || digest_all(&shared, &spans, &set, digest));
-        HashingPage { body, task }
-    }
-}
-
-/// Hash the raw bytes of every entity (given as byte ranges) of a page, and with `digest` read its
-/// key and hash its canonical content too. Without, only the entities that turn out not to be the
-/// ones the index expects are digested later ([`Pass::apply_page`]): on a feed that changed little,
-/// that skips the canonical writer, the key and the table lookup for nearly every entity.
-fn digest_all(body: &[u8], spans: &[(usize, usize)], set: &SetSpec, digest: bool) -> PageDigests {
-    let mut hasher = Hasher::default();
-    spans
-        .iter()
-        .map(|&(a, b)| {
-            let raw = &body[a..b];
-            PageEntity {
-                span: (a, b),
-                raw: RawHash::of(raw),
-                digest: digest.then(|| hasher.digest(raw, &set.key, &set.ignore)),
-            }
-        })
-        .collect()
-}
-
 /// A short label of a feed for logs (the first bytes of its id, in hex).
 fn feed_label(feed: FeedId) -> String {
     feed.0[..6].iter().map(|b| format!("{b:02x}")).collect()
@@ -594,103 +477,12 @@ impl Pass<'_> {
         self.input.set.key.iter().map(|k| k.name.as_str()).collect()
     }
 
-    /// The collection URL with a query.
-    fn collection_url(&self, pairs: &[(String, String)]) -> Url {
-        let mut url = self.input.service_root.clone();
-        let path = format!(
-            "{}/{}",
-            url.path().trim_end_matches('/'),
-            encode_path(self.set_name())
-        );
-        url.set_path(&path);
-        let q = encode_pairs(pairs);
-        url.set_query(if q.is_empty() { None } else { Some(&q) });
-        url
-    }
-
-    /// Read every page of the feed's upstream collection.
-    async fn enumerate(&mut self, index: &mut Index) -> Result<(), Error> {
-        let mut pairs = self.input.def.query.enumeration(&self.key_names());
-        pairs.push(("$count".into(), "true".into()));
-        // A refusal of the first request is about the client's query or credentials; later ones
-        // are the upstream's fault. An upstream that cannot count or order may refuse what we
-        // added to the query, so that is tried without before the client is blamed.
-        match self.read_collection(&pairs, index, OnRefusal::PassOn).await {
-            Err(Error::Rejected { status, .. }) if matches!(status.as_u16(), 400 | 501) => {
-                tracing::info!(set = %self.set_name(), %status, "the upstream refused $count/$orderby; enumerating without them");
-                pairs.retain(|(n, _)| n != "$count" && n != "$orderby");
-                self.read_collection(&pairs, index, OnRefusal::PassOn)
-                    .await?;
-            }
-            other => other?,
-        }
-        self.check_complete(&pairs, index).await
-    }
-
-    /// Read a collection query and every page after it.
-    async fn read_collection(
-        &mut self,
-        pairs: &[(String, String)],
-        index: &mut Index,
-        on_refusal: OnRefusal,
-    ) -> Result<(), Error> {
-        // A pipeline: the next page is fetched while earlier ones are parsed and hashed on the
-        // blocking pool (pages are up to `max_page_bytes`; parsing them on the threads that serve
-        // requests would stall those), two pages hashing at a time so that both cores work.
-        // Results are applied in page order, so that a key seen twice keeps its last state.
-        let url = self.collection_url(pairs);
-        self.links.insert(link_hash(&url));
-        let mut next = Some(Prefetch::start(&self.fetcher, url, on_refusal));
-        let mut hashing: VecDeque<HashingPage> = VecDeque::new();
-        loop {
-            let Some(mut fetch) = next.take() else {
-                break;
-            };
-            let body = fetch.wait().await?;
-            let scanned = self.scan_page(&body).await?;
-            if let Some(link) = &scanned.next_link {
-                let url = crate::upstream::resolve_link(&self.input.service_root, link)?;
-                self.follow(&url)?;
-                next = Some(Prefetch::start(&self.fetcher, url, OnRefusal::Fail));
-            }
-            hashing.push_back(HashingPage::start(
-                body,
-                scanned.spans,
-                self.input.set.clone(),
-                self.digest_in_worker,
-            ));
-            if hashing.len() >= 2 {
-                self.apply_page(hashing.pop_front(), index).await?;
-            }
-        }
-        while !hashing.is_empty() {
-            self.apply_page(hashing.pop_front(), index).await?;
-        }
-        Ok(())
-    }
-
     /// Queue a changed row for the store. A row that replaces one already stored lands at a random
     /// place of the table, and its write holds a whole copied page in the transaction until the
     /// commit, so it counts as a page beside its own bytes; new rows append and share pages.
     fn push(&mut self, row: PendingRow) {
         self.batch_bytes += row.state.len() + if row.existed { STORE_PAGE_BYTES } else { 0 };
         self.batch.push(row);
-    }
-
-    /// Note a nextLink about to be followed; one seen before in this refresh is a cycle, which would
-    /// otherwise be read until the page cap.
-    fn follow(&mut self, url: &Url) -> Result<(), Error> {
-        if self.links.insert(link_hash(url)) {
-            return Ok(());
-        }
-        tracing::warn!(set = %self.set_name(), link = %url, "the upstream's nextLink points back at a page already read");
-        Err(Error::upstream(
-            UpstreamFailure::BadAnswer,
-            format!(
-                "the upstream's paging of {} loops back to a page already read; nothing was committed",
-                self.set_name()
-            ),
-        ))
     }
 
     /// Write the queued rows at the pending version once there are enough of them, so that memory
@@ -725,339 +517,5 @@ impl Pass<'_> {
             });
         }
         Ok(())
-    }
-
-    /// Wait for a page's hashes and note its entities in the diff. Entities whose raw bytes are
-    /// those of the entry the index expects next are unchanged; the others are digested (on the
-    /// blocking pool, unless the hashing step did already) and looked up by key.
-    async fn apply_page(
-        &mut self,
-        page: Option<HashingPage>,
-        index: &mut Index,
-    ) -> Result<(), Error> {
-        let Some(mut page) = page else { return Ok(()) };
-        let mut entities = (&mut page.task).await?;
-        let hits = self.expect_in_order(&entities, index);
-        let misses = hits.iter().filter(|h| h.is_none()).count();
-        // Most of a page new or changed (a first load, or the first refresh after the index was
-        // read from the store, which knows no raw hashes): digest the next pages at once.
-        self.digest_in_worker = misses * 2 > entities.len();
-        let undigested: Vec<usize> = (0..entities.len())
-            .filter(|&i| hits[i].is_none() && entities[i].digest.is_none())
-            .collect();
-        // A few are digested in place below; a round trip to the blocking pool costs more.
-        if undigested.len() > INLINE_ENTITIES {
-            let spans: Vec<(usize, usize)> = undigested.iter().map(|&i| entities[i].span).collect();
-            let shared = page.body.clone();
-            let set = self.input.set.clone();
-            let digests =
-                tokio::task::spawn_blocking(move || digest_all(&shared, &spans, &set, true))
-                    .await?;
-            for (i, digested) in undigested.into_iter().zip(digests) {
-                entities[i].digest = digested.digest;
-            }
-        }
-        self.apply_digests(&page.body, entities, Some(&hits), index, None)
-            .await?;
-        self.flush_if_full().await
-    }
-
-    /// Which entities of a page are, byte for byte, the entries the index expects next: an
-    /// upstream lists a feed in the same order every time, so after the entry at position `p`
-    /// comes the one at `p + 1`. After a run of `m` entities that were not (changed ones, which
-    /// still hold their positions, or new ones, which do not), the next is looked for at `p + m`,
-    /// at `p`, and at `p + m + 1` (an entity that left). Only a guess of positions: a wrong one
-    /// costs digests, never a missed change, since [`Pass::apply_digests`] compares the bytes again
-    /// in page order, and it moves the expected position to where each entity really was.
-    fn expect_in_order(&self, entities: &[PageEntity], index: &Index) -> Vec<Option<usize>> {
-        let (mut cursor, mut misses) = (self.cursor, 0usize);
-        entities
-            .iter()
-            .map(|entity| {
-                // After `misses` changed entities; after as many new ones; or one further, past
-                // an entity that left.
-                let after_changed = cursor.saturating_add(misses);
-                let hit = [after_changed, cursor, after_changed.saturating_add(1)]
-                    .into_iter()
-                    .find(|&p| index.raw_at(p) == Some(entity.raw));
-                match hit {
-                    Some(p) => {
-                        cursor = p + 1;
-                        misses = 0;
-                    }
-                    None => misses = misses.saturating_add(1),
-                }
-                hit
-            })
-            .collect()
-    }
-
-    /// Parse an upstream page on the blocking pool and count it.
-    async fn scan_page(&mut self, body: &Bytes) -> Result<Scanned, Error> {
-        let shared = body.clone();
-        let scanned = tokio::task::spawn_blocking(move || scan(&shared)).await?;
-        let scanned = scanned.map_err(|e| self.unreadable_page(e))?;
-        self.count_page(&scanned);
-        Ok(scanned)
-    }
-
-    /// Count a parsed page.
-    fn count_page(&mut self, scanned: &Scanned) {
-        self.tally.page(scanned.spans.len() as u64, scanned.count);
-        self.shared
-            .metrics
-            .entities_enumerated
-            .inc_by(scanned.spans.len() as u64);
-        self.shared.metrics.upstream_pages.inc();
-    }
-
-    /// The error for a page that is not an OData collection.
-    fn unreadable_page(&self, e: PageError) -> Error {
-        tracing::warn!(set = %self.set_name(), error = %e, "unreadable upstream page");
-        Error::upstream(
-            UpstreamFailure::BadAnswer,
-            format!(
-                "the upstream sent an unreadable page of {}; nothing was committed",
-                self.set_name()
-            ),
-        )
-    }
-
-    /// Cross-check the enumeration with the upstream's `@odata.count`. An upstream that stops early
-    /// without a nextLink (silent truncation, or a silent cap on every answer) is read on with
-    /// `$skip`/`$top` until the count is reached or a round comes back empty; the page cap and the
-    /// refresh timeout bound how long. Rows that went while the enumeration ran leave a shortfall
-    /// the read-on cannot fill: that is churn, and the removal confirmation decides about those
-    /// rows (C27). Only an upstream that keeps delivering rows it already sent fails the refresh.
-    async fn check_complete(
-        &mut self,
-        pairs: &[(String, String)],
-        index: &mut Index,
-    ) -> Result<(), Error> {
-        let step = u64::from(self.shared.config.upstream.page_size);
-        let mut read_on = ReadOn::new(&self.tally, step);
-        let mut verdict = read_on.first(&self.tally);
-        if verdict != Verdict::Complete {
-            tracing::warn!(
-                set = %self.set_name(),
-                reported = self.tally.reported,
-                delivered = self.tally.distinct,
-                "the upstream delivered fewer entities than it counted; reading on with $skip"
-            );
-        }
-        while let Verdict::ReadOn { skip, top } = verdict {
-            let before = self.tally;
-            let mut more: Vec<(String, String)> = pairs
-                .iter()
-                .filter(|(n, _)| n != "$count")
-                .cloned()
-                .collect();
-            more.push(("$skip".into(), skip.to_string()));
-            more.push(("$top".into(), top.to_string()));
-            self.read_collection(&more, index, OnRefusal::Fail).await?;
-            verdict = read_on.after_round(
-                &self.tally,
-                self.tally.delivered.saturating_sub(before.delivered),
-                self.tally.distinct.saturating_sub(before.distinct),
-            );
-        }
-        match verdict {
-            Verdict::Truncated => Err(Error::upstream(
-                UpstreamFailure::BadAnswer,
-                format!(
-                    "the upstream counted {} entities of {} but delivered {}, even when asked past them; nothing was committed",
-                    self.tally.reported.unwrap_or(0),
-                    self.set_name(),
-                    self.tally.distinct
-                ),
-            )),
-            Verdict::Explained => {
-                tracing::info!(set = %self.set_name(), reported = self.tally.reported, delivered = self.tally.distinct, "the upstream holds fewer entities than it counted; rows went while it was read");
-                Ok(())
-            }
-            Verdict::Complete | Verdict::ReadOn { .. } => Ok(()),
-        }
-    }
-
-    /// The error for an entity that cannot be keyed or hashed.
-    fn unreadable(&self, e: EntityError) -> Error {
-        Error::upstream(
-            UpstreamFailure::BadAnswer,
-            format!(
-                "an entity of {} cannot be read ({e}); nothing was committed",
-                self.set_name()
-            ),
-        )
-    }
-
-    /// Note the hashed entities of one page (or one entity read by key) in the diff, in order; with
-    /// `found`, collect their key hashes there too. New and changed entities are kept in their
-    /// compact form, written on the blocking pool.
-    async fn apply_digests(
-        &mut self,
-        body: &Bytes,
-        entities: PageDigests,
-        hits: Option<&[Option<usize>]>,
-        index: &mut Index,
-        mut found: Option<&mut HashSet<KeyHash>>,
-    ) -> Result<(), Error> {
-        // The page's last state of each new or changed key. The index learns every state at once,
-        // so a later sighting that matches it changes nothing, and one that differs replaces it.
-        let mut changed: Vec<ChangedEntity> = Vec::new();
-        // Whether a key of the page was seen before in this refresh: only then can `changed` hold
-        // a key twice.
-        let mut repeated = false;
-        for (i, entity) in entities.into_iter().enumerate() {
-            let hit = hits.and_then(|h| h.get(i).copied().flatten());
-            // The expected entry, still in the state these bytes were read as (an earlier entity
-            // of this page with the same key may have changed it): unchanged, only seen.
-            if let Some((p, entry)) = hit.and_then(|p| Some((p, index.at_mut(p)?)))
-                && entry.raw == entity.raw
-            {
-                if entry.seen != self.generation {
-                    self.tally.sighting();
-                }
-                entry.seen = self.generation;
-                self.cursor = p + 1;
-                continue;
-            }
-            self.digested += 1;
-            let span = entity.span;
-            let digest = match entity.digest {
-                Some(digest) => digest,
-                None => Hasher::default().digest(
-                    &body[span.0..span.1],
-                    &self.input.set.key,
-                    &self.input.set.ignore,
-                ),
-            };
-            let digest = digest.map_err(|e| self.unreadable(e))?;
-            if let Some(found) = found.as_deref_mut() {
-                found.insert(digest.key_hash);
-            }
-            let seen_before = index
-                .get(&digest.key_hash)
-                .is_some_and(|e| e.seen == self.generation);
-            if let Some((row, existed)) = self.note(&digest, entity.raw, index)? {
-                repeated |= seen_before;
-                changed.push((span, digest, row, existed));
-            }
-        }
-        self.check_size()?;
-        if changed.is_empty() {
-            return Ok(());
-        }
-        if repeated {
-            // The last state of each key wins; a row had a published state whichever sighting
-            // says so.
-            let mut last: HashMap<KeyHash, usize, BuildKeyHasher> = HashMap::default();
-            for (i, (_, digest, _, _)) in changed.iter().enumerate() {
-                last.insert(digest.key_hash, i);
-            }
-            let mut existed: HashSet<KeyHash> = HashSet::new();
-            for (_, digest, _, was) in &changed {
-                if *was {
-                    existed.insert(digest.key_hash);
-                }
-            }
-            changed = changed
-                .into_iter()
-                .enumerate()
-                .filter(|(i, (_, digest, _, _))| last.get(&digest.key_hash) == Some(i))
-                .map(|(_, (span, digest, row, was))| {
-                    let was = was || existed.contains(&digest.key_hash);
-                    (span, digest, row, was)
-                })
-                .collect();
-        }
-        let rows = if changed.len() > INLINE_ENTITIES {
-            let shared = body.clone();
-            tokio::task::spawn_blocking(move || rows_all(&shared, changed)).await?
-        } else {
-            rows_all(body, changed)
-        };
-        for row in rows {
-            self.push(row);
-        }
-        Ok(())
-    }
-
-    /// Note one hashed entity in the diff. A key seen twice in one refresh counts once; its last
-    /// state wins. The index entry takes the new state at once (a new key gets the next row
-    /// number). Returns the entity's row, and whether that row had a published state before this
-    /// refresh, when the entity is new or changed and so is to be written.
-    fn note(
-        &mut self,
-        digest: &Digest,
-        raw: RawHash,
-        index: &mut Index,
-    ) -> Result<Option<(u64, bool)>, Error> {
-        match index.find_mut(&digest.key_hash) {
-            Some((position, entry)) => {
-                // The upstream's order continues after it (see `expect_in_order`).
-                self.cursor = position + 1;
-                if entry.seen != self.generation {
-                    self.tally.sighting();
-                }
-                entry.seen = self.generation;
-                entry.raw = raw;
-                if entry.content == digest.content {
-                    return Ok(None);
-                }
-                entry.content = digest.content;
-                if entry.row >= self.first_new_row
-                    && let Some(progress) = &self.progress
-                {
-                    progress.send_modify(|p| {
-                        if let Some(p) = p {
-                            p.rewritten = true;
-                        }
-                    });
-                }
-                Ok(Some((entry.row, entry.row < self.first_new_row)))
-            }
-            None => {
-                self.tally.sighting();
-                let row = self.next_row;
-                self.next_row += 1;
-                index
-                    .insert(
-                        digest.key_hash,
-                        IndexEntry {
-                            row,
-                            content: digest.content,
-                            raw,
-                            seen: self.generation,
-                        },
-                    )
-                    .map_err(|_| {
-                        Error::upstream(
-                            UpstreamFailure::BadAnswer,
-                            format!(
-                                "{} holds more entities than one feed can track; nothing was committed",
-                                self.set_name()
-                            ),
-                        )
-                    })?;
-                Ok(Some((row, false)))
-            }
-        }
-    }
-
-    /// Fail as soon as the feed outgrows `max_entities_per_feed`, rather than after reading the
-    /// whole upstream. Deliveries are bounded at twice the limit too, against an upstream that
-    /// sends the same rows again and again under new links.
-    fn check_size(&self) -> Result<(), Error> {
-        let limit = self.shared.config.limits.max_entities_per_feed;
-        if self.tally.distinct <= limit && self.tally.delivered <= limit.saturating_mul(2) {
-            return Ok(());
-        }
-        Err(Error::upstream(
-            UpstreamFailure::BadAnswer,
-            format!(
-                "{} holds more than the limit of {limit} entities per feed; nothing was committed",
-                self.set_name()
-            ),
-        ))
     }
 }

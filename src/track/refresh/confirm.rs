@@ -21,7 +21,8 @@ use crate::store::RowKey;
 
 use super::super::feed::Index;
 use super::super::hash::KeyHash;
-use super::{PageDigests, Pass, Scanned, digest_all, scan};
+use super::Pass;
+use super::page::{PageDigests, Scanned, digest_all, scan};
 use crate::track::feed::ConfirmStrategy;
 use crate::track::fetch::is_rejected;
 use crate::track::fetch::{OnRefusal, passed_on};
