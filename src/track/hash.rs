@@ -10,7 +10,7 @@ pub use crate::ids::{ContentHash, KeyHash};
 
 impl std::hash::Hash for KeyHash {
     /// Already uniformly distributed: 8 of its bytes as one word is all a hash table needs (see
-    /// `feed::BuildKeyHasher`, which mixes in a seed).
+    /// `index::BuildKeyHasher`, which mixes in a seed).
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         let mut word = [0u8; 8];
         word.copy_from_slice(&self.0[..8]);

@@ -16,7 +16,7 @@ use hashbrown::HashTable;
 
 use crate::ids::{ContentHash, KeyHash};
 
-use super::feed::{BuildKeyHasher, Generation, NEVER_SEEN};
+use super::feed::{Generation, NEVER_SEEN};
 
 /// One entry of the index, beside its 16-byte key: a live entity, or a tombstone (so that a key
 /// that comes back gets its old row again, and appears once in a delta).
@@ -91,6 +91,63 @@ fn raw_key() -> &'static [u8; 32] {
         }
         key
     })
+}
+
+/// Hashes [`KeyHash`]es for the index without running a general-purpose hash again: a key hash is
+/// already blake3 output, so 8 of its bytes are taken and only mixed with a per-map random seed
+/// (one multiply), which keeps an upstream that chooses its keys from aiming them all at a few
+/// buckets of the table.
+#[derive(Clone, Copy, Debug)]
+pub struct BuildKeyHasher {
+    seed: u64,
+}
+
+impl Default for BuildKeyHasher {
+    fn default() -> Self {
+        use std::hash::BuildHasher;
+        // std's per-process random keys, without a dependency of our own for randomness.
+        let seed = std::collections::hash_map::RandomState::new().hash_one(0x6b65_7973_u64);
+        BuildKeyHasher { seed: seed | 1 }
+    }
+}
+
+impl std::hash::BuildHasher for BuildKeyHasher {
+    type Hasher = KeyHasher;
+
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher {
+            seed: self.seed,
+            state: 0,
+        }
+    }
+}
+
+/// The hasher of [`BuildKeyHasher`].
+#[derive(Clone, Copy, Debug)]
+pub struct KeyHasher {
+    seed: u64,
+    state: u64,
+}
+
+impl std::hash::Hasher for KeyHasher {
+    fn write_u64(&mut self, n: u64) {
+        self.state ^= n;
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached by `KeyHash`, which writes one u64; kept correct for any other use.
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.state = self.state.rotate_left(29) ^ u64::from_le_bytes(word);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        // A folded 64×64→128-bit multiply: every output bit depends on every input and seed bit.
+        let product = u128::from(self.state) * u128::from(self.seed);
+        (product as u64) ^ ((product >> 64) as u64)
+    }
 }
 
 /// Marks a position of the entry array whose entry was removed (its row is never a real one).
@@ -309,6 +366,27 @@ mod tests {
         assert_eq!(index.raw_at(3), Some(RawHash::of(b"changed")));
         index.get_mut(&key(3)).unwrap().content = IndexEntry::REMOVED;
         assert_eq!(index.raw_at(3), None, "a tombstone");
+    }
+
+    #[test]
+    fn the_index_hasher_spreads_key_hashes_over_the_table() {
+        use std::hash::BuildHasher;
+        let build = BuildKeyHasher::default();
+        // The low bits pick the bucket: 4096 keys over 1024 buckets must not pile up.
+        let mut buckets = vec![0u32; 1024];
+        for i in 0..4096 {
+            buckets[(build.hash_one(key(i)) % 1024) as usize] += 1;
+        }
+        assert!(
+            buckets.iter().all(|&n| n < 20),
+            "{:?}",
+            buckets.iter().max()
+        );
+        // Two maps do not share a seed, so a collision found against one is worth nothing elsewhere.
+        assert_ne!(
+            build.hash_one(key(1)),
+            BuildKeyHasher::default().hash_one(key(1))
+        );
     }
 
     #[test]

@@ -7,8 +7,9 @@ use std::collections::{HashMap, HashSet};
 use bytes::Bytes;
 
 use crate::error::{Error, UpstreamFailure};
-use crate::track::feed::{BuildKeyHasher, Index, IndexEntry};
+use crate::track::feed::{Index, IndexEntry};
 use crate::track::hash::{Digest, EntityError, Hasher, KeyHash};
+use crate::track::index::BuildKeyHasher;
 use crate::track::index::RawHash;
 
 use super::Pass;
