@@ -609,32 +609,97 @@ fn bad_tls_files_stop_the_start_with_file_line_and_what_is_expected() {
     assert!(config.routes[0].tls.is_none());
 }
 
-#[test]
-fn a_missing_ca_file_stops_the_binary_with_file_line_and_column() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("gateway.toml");
-    let text = "[[route]]\nupstream = \"https://erp.example.com/svc\"\n[route.tls]\nca_file = \"/nonexistent/corporate-ca.pem\"\n";
-    std::fs::write(&file, text).unwrap();
-    let output = support::gateway::gateway_command(
+/// Run the binary on config `file` with `envs` and expect it to refuse to start; its stderr.
+/// Waits at most 10 s, so a gateway that starts after all fails the test instead of hanging it.
+fn refused_at_start(file: &Path, envs: &[(&str, &std::ffi::OsStr)]) -> String {
+    let data = file.with_file_name("data");
+    let mut child = support::gateway::gateway_command(
         &[
             "--config".as_ref(),
             file.as_os_str(),
             "--listen".as_ref(),
             "127.0.0.1:0".as_ref(),
             "--data-dir".as_ref(),
-            dir.path().join("data").as_os_str(),
+            data.as_os_str(),
         ],
-        &[],
+        envs,
     )
-    .output()
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
     .expect("the gateway runs");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let mut stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("the gateway can be waited for") {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the gateway still runs after 10 s; stderr:\n{}",
+                reader.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = reader.join().unwrap_or_default();
+    assert!(!status.success(), "the start should fail: {stderr}");
+    stderr
+}
+
+#[test]
+fn a_missing_ca_file_stops_the_binary_with_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
+    let text = "[[route]]\nupstream = \"https://erp.example.com/svc\"\n[route.tls]\nca_file = \"/nonexistent/corporate-ca.pem\"\n";
+    std::fs::write(&file, text).unwrap();
+    let stderr = refused_at_start(&file, &[]);
     let place = format!("{}:4:11:", file.display());
     assert!(stderr.contains(&place), "should name {place}: {stderr}");
     assert!(
         stderr.contains("/nonexistent/corporate-ca.pem") && stderr.contains("expected a PEM file"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn system_roots_with_an_empty_system_store_stop_the_binary_with_file_line_and_what_is_expected() {
+    // rustls-native-certs reads only SSL_CERT_FILE / SSL_CERT_DIR when they are set: here an empty
+    // bundle and an empty directory of the test's own, so the machine's store plays no part.
+    let dir = tempfile::tempdir().unwrap();
+    let empty_file = dir.path().join("empty-bundle.pem");
+    std::fs::write(&empty_file, "").unwrap();
+    let empty_dir = dir.path().join("empty-certs");
+    std::fs::create_dir(&empty_dir).unwrap();
+    let file = dir.path().join("gateway.toml");
+    std::fs::write(
+        &file,
+        one_route("https://erp.example.com/svc", "system_roots = true"),
+    )
+    .unwrap();
+    let stderr = refused_at_start(
+        &file,
+        &[
+            ("SSL_CERT_FILE", empty_file.as_os_str()),
+            ("SSL_CERT_DIR", empty_dir.as_os_str()),
+        ],
+    );
+    let place = format!("{}:4:", file.display());
+    assert!(stderr.contains(&place), "should name {place}: {stderr}");
+    assert!(
+        stderr.contains("system_roots") && stderr.contains("no usable certificate"),
+        "should say the store is empty: {stderr}"
+    );
+    assert!(
+        stderr.contains("expected the system CA bundle"),
+        "should say what is expected: {stderr}"
     );
 }
 
