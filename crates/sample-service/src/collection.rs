@@ -241,7 +241,7 @@ fn render_page(
                 Some((at, back)) if end >= at => back,
                 _ => end,
             };
-            let rel = format!("{set}?{}", next_link_query(&pairs, onward));
+            let rel = format!("{set}?{}", next_link_query(req.query(), onward));
             up.link(knobs.link_style, &rel)
         })
     });
