@@ -24,6 +24,8 @@
 //!   of the module graph: it imports nothing of ours.
 //! - `error`: the error type by origin, and the one place it becomes a status and an OData error body.
 //! - `server`: listeners, the tower stack, graceful shutdown, the admin endpoints.
+//! - `decide`: the decision on a request head (bounds, dot segments, route, the tracked answer or
+//!   "forward it"), the one path of a request alone (`server`) and of a `$batch` part (`batch`).
 //! - `router`: classify a request (track or proxy), the public base URL, entity-set keys from `$metadata`.
 //! - [`proxy`]: transparent forwarding, header hygiene, streaming link rewriting.
 //! - `discovery`: the passed-through `$metadata` annotated with `Capabilities.ChangeTracking` (C35).
@@ -57,6 +59,7 @@ pub(crate) mod batch;
 pub(crate) mod body;
 mod compress;
 pub mod config;
+pub(crate) mod decide;
 pub(crate) mod discovery;
 pub(crate) mod error;
 pub(crate) mod ids;
