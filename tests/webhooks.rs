@@ -31,6 +31,46 @@ async fn start(up: &FakeUpstream, extra: &str) -> Gateway {
     Gateway::start_with(&up.base_url(), Some(&config(extra)), |_| {}).await
 }
 
+/// What most tests start from: the sample service, a receiver, a gateway with default
+/// notification settings, and Alice's delta link of Customers.
+struct Scene {
+    up: FakeUpstream,
+    hook: Receiver,
+    gw: Gateway,
+    client: Client,
+    link: String,
+}
+
+impl Scene {
+    async fn start() -> Scene {
+        let up = names_only(5).await;
+        let hook = Receiver::start().await;
+        let gw = start(&up, "").await;
+        let client = Client::default();
+        let link = delta_link(&client, &gw, ALICE).await;
+        Scene {
+            up,
+            hook,
+            gw,
+            client,
+            link,
+        }
+    }
+}
+
+/// Alice subscribes `hook`'s `/h` to `link`; the new subscription's id.
+async fn subscribe(client: &Client, gw: &Gateway, link: &str, hook: &Receiver) -> String {
+    let r = create(
+        client,
+        gw,
+        ALICE,
+        &json!({"deltaLink": link, "notificationUrl": hook.url("/h")}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()["id"].as_str().unwrap().to_owned()
+}
+
 fn subscriptions(gw: &Gateway) -> String {
     gw.url(&format!("{ROOT}/$subscriptions"))
 }
@@ -69,11 +109,13 @@ const BOB: &str = "Basic Ym9iOjE=";
 
 #[tokio::test(start_paused = true)]
 async fn a_change_reaches_a_validated_subscription_within_the_poll_interval_without_entity_data() {
-    let up = names_only(5).await;
-    let mut hook = Receiver::start().await;
-    let gw = start(&up, "").await;
-    let client = Client::default();
-    let link = delta_link(&client, &gw, ALICE).await;
+    let Scene {
+        up,
+        mut hook,
+        gw,
+        client,
+        link,
+    } = Scene::start().await;
     let r = create(
         &client,
         &gw,
@@ -157,11 +199,13 @@ async fn a_change_reaches_a_validated_subscription_within_the_poll_interval_with
 
 #[tokio::test(start_paused = true)]
 async fn a_receiver_that_fails_the_handshake_is_refused() {
-    let up = names_only(5).await;
-    let hook = Receiver::start().await;
-    let gw = start(&up, "").await;
-    let client = Client::default();
-    let link = delta_link(&client, &gw, ALICE).await;
+    let Scene {
+        up: _up,
+        hook,
+        gw,
+        client,
+        link,
+    } = Scene::start().await;
     for mode in [Answer::WrongToken, Answer::Fail] {
         hook.answer(mode);
         let r = create(
@@ -194,11 +238,13 @@ async fn a_receiver_that_fails_the_handshake_is_refused() {
 
 #[tokio::test(start_paused = true)]
 async fn subscriptions_are_listed_and_deleted_by_their_own_identity_only() {
-    let up = names_only(5).await;
-    let hook = Receiver::start().await;
-    let gw = start(&up, "").await;
-    let client = Client::default();
-    let link = delta_link(&client, &gw, ALICE).await;
+    let Scene {
+        up: _up,
+        hook,
+        gw,
+        client,
+        link,
+    } = Scene::start().await;
     let body = json!({"deltaLink": link, "notificationUrl": hook.url("/h")});
     // Bob cannot subscribe to Alice's link: it is bound to her identity.
     let r = create(&client, &gw, BOB, &body).await;
@@ -241,11 +287,13 @@ async fn subscriptions_are_listed_and_deleted_by_their_own_identity_only() {
 
 #[tokio::test(start_paused = true)]
 async fn bad_subscriptions_and_disallowed_hosts_are_refused_with_400() {
-    let up = names_only(5).await;
-    let hook = Receiver::start().await;
-    let gw = start(&up, "").await;
-    let client = Client::default();
-    let link = delta_link(&client, &gw, ALICE).await;
+    let Scene {
+        up,
+        hook,
+        gw,
+        client,
+        link,
+    } = Scene::start().await;
     let refused = |r: &Resp, code: &str| {
         assert_eq!(r.status, 400, "{}", r.text());
         assert_eq!(r.json()["error"]["code"], code, "{}", r.text());
@@ -392,20 +440,14 @@ async fn a_subscription_ends_at_its_expiry_which_is_capped_by_config() {
 
 #[tokio::test(start_paused = true)]
 async fn given_up_notifications_are_retried_then_followed_by_a_missed_event() {
-    let up = names_only(5).await;
-    let mut hook = Receiver::start().await;
-    let gw = start(&up, "").await;
-    let client = Client::default();
-    let link = delta_link(&client, &gw, ALICE).await;
-    let r = create(
-        &client,
-        &gw,
-        ALICE,
-        &json!({"deltaLink": link, "notificationUrl": hook.url("/h")}),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let Scene {
+        up,
+        mut hook,
+        gw,
+        client,
+        link,
+    } = Scene::start().await;
+    let id = subscribe(&client, &gw, &link, &hook).await;
     hook.drain();
     hook.answer(Answer::Fail);
     up.update("Customers", json!(1), json!({"name": "first"}));
@@ -493,20 +535,14 @@ async fn subscriptions_are_limited_per_identity_and_in_all() {
 
 #[tokio::test(start_paused = true)]
 async fn subscriptions_are_kept_across_a_restart_and_resume_once_renewed() {
-    let up = names_only(5).await;
-    let mut hook = Receiver::start().await;
-    let gw = start(&up, "").await;
-    let client = Client::default();
-    let link = delta_link(&client, &gw, ALICE).await;
-    let r = create(
-        &client,
-        &gw,
-        ALICE,
-        &json!({"deltaLink": link, "notificationUrl": hook.url("/h")}),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let Scene {
+        up,
+        mut hook,
+        gw,
+        client,
+        link,
+    } = Scene::start().await;
+    let id = subscribe(&client, &gw, &link, &hook).await;
     let dir = gw.stop().await;
     let gw = Gateway::start_in(dir, &up.base_url(), Some(&config("")), |_| {}).await;
     let item = format!("{}/{id}", subscriptions(&gw));
