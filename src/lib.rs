@@ -51,8 +51,8 @@
 //! Outside the library: the binary (`main.rs`: flags, logging, the runtime; `demo.rs`: the `demo`
 //! command, the gateway in front of the sample service) and the sample OData service itself, a
 //! crate of the workspace (`crates/sample-service`) that the demo serves and the black-box tests
-//! in `tests/` run the gateway against (`tests/support` adds the gateway, a client and the setup
-//! the tests share). The library knows nothing of either.
+//! in `tests/` run the gateway against (`tests/support` adds the gateway, a client, a receiver of
+//! the gateway's callbacks and notifications, and the setup the tests share). The library knows nothing of either.
 #![forbid(unsafe_code)]
 
 pub(crate) mod batch;
