@@ -110,10 +110,10 @@ pub async fn check_the_delta_after_the_writes(replica: &mut Replica, client: &Cl
         "GET {count_url}"
     );
     replica
-        .sync(&client)
+        .sync(client)
         .await
         .unwrap_or_else(|r| panic!("delta: {} {}", r.status, r.text()));
-    let got = entries(&replica);
+    let got = entries(replica);
     assert_eq!(got.upserted, BTreeSet::from([10, 5001, 5002]));
     assert_eq!(
         got.removed.into_iter().collect::<Vec<_>>(),
@@ -126,9 +126,9 @@ pub async fn check_the_delta_after_the_writes(replica: &mut Replica, client: &Cl
             "the delta carries the server's current state of Customers({id})"
         );
     }
-    assert_converged(&replica, &api.read_all("").await, "after the writes");
+    assert_converged(replica, &api.read_all("").await, "after the writes");
     // No write since: the next delta is empty (C11).
-    replica.sync(&client).await.expect("an empty delta");
-    let got = entries(&replica);
+    replica.sync(client).await.expect("an empty delta");
+    let got = entries(replica);
     assert!(got.upserted.is_empty() && got.removed.is_empty(), "{got:?}");
 }
