@@ -21,12 +21,12 @@ use hyper::body::Incoming;
 
 use crate::App;
 use crate::body::{self, Body};
+use crate::decide::{Decided, route_head};
 use crate::error::{Error, UpstreamFailure};
 use crate::odata::prefer::Preferences;
 use crate::odata::{ODataVersion, names};
 use crate::proxy::{LinkRewriter, strip_hop_by_hop};
 use crate::router::{self, Decision};
-use crate::server::{Decided, route_head};
 
 /// One request inside a batch, as the gateway needs to see it.
 pub(crate) struct Part {
@@ -427,7 +427,7 @@ async fn forward(
     strip_hop_by_hop(&mut headers);
     // The batch's own preferences apply to every request in it: none of those it forwards is
     // tracked (C2, C36).
-    crate::server::strip_track_changes(&mut headers);
+    crate::decide::strip_track_changes(&mut headers);
     headers.remove(header::HOST);
     // Answers come back uncompressed so that links in them can be rewritten.
     headers.remove(header::ACCEPT_ENCODING);

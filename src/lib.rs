@@ -25,6 +25,8 @@
 //!   of the module graph: it imports nothing of ours.
 //! - `error`: the error type by origin, and the one place it becomes a status and an OData error body.
 //! - `server`: listeners, the tower stack, graceful shutdown, the admin endpoints.
+//! - `decide`: the decision on a request head (bounds, dot segments, route, the tracked answer or
+//!   "forward it"), the one path of a request alone (`server`) and of a `$batch` part (`batch`).
 //! - `router`: classify a request (track or proxy), the public base URL, entity-set keys from `$metadata`.
 //! - [`proxy`]: transparent forwarding, header hygiene, streaming link rewriting.
 //! - `discovery`: the passed-through `$metadata` annotated with `Capabilities.ChangeTracking` (C35).
@@ -51,14 +53,15 @@
 //! Outside the library: the binary (`main.rs`: flags, logging, the runtime; `demo.rs`: the `demo`
 //! command, the gateway in front of the sample service) and the sample OData service itself, a
 //! crate of the workspace (`crates/sample-service`) that the demo serves and the black-box tests
-//! in `tests/` run the gateway against (`tests/support` adds the gateway, a client and the setup
-//! the tests share). The library knows nothing of either.
+//! in `tests/` run the gateway against (`tests/support` adds the gateway, a client, a receiver of
+//! the gateway's callbacks and notifications, and the setup the tests share). The library knows nothing of either.
 #![forbid(unsafe_code)]
 
 pub(crate) mod batch;
 pub(crate) mod body;
 mod compress;
 pub mod config;
+pub(crate) mod decide;
 pub(crate) mod discovery;
 pub(crate) mod error;
 pub(crate) mod ids;

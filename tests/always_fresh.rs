@@ -9,25 +9,12 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
+use support::FakeUpstream;
 use support::gateway::{Client, Gateway};
-use support::{EntitySetDef, FakeUpstream};
+use support::shop::names_only;
 
 const ROOT: &str = "/odata/v4/shop";
 const TRACK: [(&str, &str); 1] = [("Prefer", "odata.track-changes")];
-
-async fn shop(n: i64) -> FakeUpstream {
-    let up = FakeUpstream::start().await;
-    up.define_set(
-        EntitySetDef::new("Customers", "Customer")
-            .key("ID", "Edm.Int32")
-            .property("name", "Edm.String"),
-    );
-    up.insert_many(
-        "Customers",
-        (1..=n).map(|i| json!({"ID": i, "name": format!("C{i}")})),
-    );
-    up
-}
 
 /// Enumerations of Customers the upstream saw: first pages of a refresh (the authorization check's
 /// `$top=0` read is not one).
@@ -69,7 +56,7 @@ fn jwt(payload: &str) -> String {
 
 #[tokio::test(start_paused = true)]
 async fn a_change_upstream_shows_in_a_delta_without_the_delta_enumerating() {
-    let up = shop(20).await;
+    let up = names_only(20).await;
     let gw = Gateway::start_with(
         &up.base_url(),
         Some("poll_interval = \"10s\"\n[identity]\nmode = \"shared\"\n"),
@@ -96,7 +83,7 @@ async fn a_change_upstream_shows_in_a_delta_without_the_delta_enumerating() {
 
 #[tokio::test(start_paused = true)]
 async fn several_pollers_cause_one_enumeration_per_interval() {
-    let up = shop(20).await;
+    let up = names_only(20).await;
     let gw = Gateway::start_with(&up.base_url(), Some("poll_interval = \"10s\"\n"), |_| {}).await;
     let client = Client::default();
     let mut links = Vec::new();
@@ -137,7 +124,7 @@ async fn several_pollers_cause_one_enumeration_per_interval() {
 
 #[tokio::test(start_paused = true)]
 async fn idle_feeds_leave_the_schedule() {
-    let up = shop(5).await;
+    let up = names_only(5).await;
     let gw = Gateway::start_with(
         &up.base_url(),
         Some("poll_interval = \"10s\"\nfeed_idle_ttl = \"30s\"\n"),
@@ -156,7 +143,7 @@ async fn idle_feeds_leave_the_schedule() {
 
 #[tokio::test(start_paused = true)]
 async fn poll_interval_is_per_route_and_per_set_and_off_by_default() {
-    let up = shop(5).await;
+    let up = names_only(5).await;
     let toml = "[[route]]\nupstream = \"UP\"\n[route.sets.Customers]\npoll_interval = \"0s\"\n"
         .replace("UP", &up.base_url());
     let gw = Gateway::start_with("", Some(&toml), |_| {}).await;
@@ -180,7 +167,7 @@ async fn poll_interval_is_per_route_and_per_set_and_off_by_default() {
 /// Answers from the store are still authorized with the request's own credentials.
 #[tokio::test(start_paused = true)]
 async fn a_per_identity_feed_refreshes_with_the_last_accepted_credentials_until_refused() {
-    let up = shop(5).await;
+    let up = names_only(5).await;
     let gw = Gateway::start_with(
         &up.base_url(),
         Some("poll_interval = \"10s\"\n[identity]\nauthorization_cache = \"0s\"\n"),
@@ -220,7 +207,7 @@ async fn a_per_identity_feed_refreshes_with_the_last_accepted_credentials_until_
 
 #[tokio::test(start_paused = true)]
 async fn shared_feeds_refresh_in_the_background_with_the_routes_own_headers() {
-    let up = shop(5).await;
+    let up = names_only(5).await;
     let toml = "poll_interval = \"10s\"\n[identity]\nmode = \"shared\"\n[[route]]\nupstream = \"UP\"\n[route.headers]\nauthorization = \"Basic Z2F0ZXdheTpzZWNyZXQ=\"\n"
         .replace("UP", &up.base_url());
     let gw = Gateway::start_with("", Some(&toml), |_| {}).await;
@@ -240,7 +227,7 @@ async fn shared_feeds_refresh_in_the_background_with_the_routes_own_headers() {
 /// the age is wall-clock time.
 #[tokio::test]
 async fn cache_control_asks_for_a_fresher_answer_and_the_age_header_says_how_old_it_is() {
-    let up = shop(5).await;
+    let up = names_only(5).await;
     let gw = Gateway::start_with(
         &up.base_url(),
         Some("min_refresh_interval = \"1h\"\n"),
@@ -292,7 +279,7 @@ async fn cache_control_asks_for_a_fresher_answer_and_the_age_header_says_how_old
 /// afterwards.
 #[tokio::test(start_paused = true)]
 async fn shutdown_stops_the_schedule() {
-    let up = shop(5).await;
+    let up = names_only(5).await;
     let gw = Gateway::start_with(&up.base_url(), Some("poll_interval = \"10s\"\n"), |_| {}).await;
     let client = Client::default();
     delta_link(&client, &gw, &[]).await;
@@ -317,7 +304,7 @@ async fn shutdown_stops_the_schedule() {
 /// first page for 6 s.
 #[tokio::test]
 async fn a_delta_during_a_slow_background_refresh_is_answered_from_the_last_version() {
-    let up = shop(20).await;
+    let up = names_only(20).await;
     let gw = Gateway::start_with(
         &up.base_url(),
         Some("poll_interval = \"2s\"\n[identity]\nmode = \"shared\"\n"),

@@ -7,7 +7,7 @@ mod support;
 use http::Method;
 use serde_json::{Value, json};
 use support::LinkStyle;
-use support::gateway::{Client, Gateway, Resp};
+use support::gateway::{BehindGateway, Client, Gateway, Resp};
 use support::shop::{ROOT, shop};
 
 const TRACK: &str = "odata.track-changes";
@@ -82,6 +82,14 @@ fn no_gateway_token_reached(up: &support::FakeUpstream) {
     }
 }
 
+/// Three customers behind a gateway, the upstream writing absolute links, so that an upstream
+/// address left in an answer shows.
+async fn absolute_links_behind_gateway() -> BehindGateway {
+    let up = shop(3).await;
+    up.set_link_style(LinkStyle::Absolute);
+    BehindGateway::over(up).await
+}
+
 #[tokio::test]
 async fn json_batch_answers_a_tracked_get_itself_and_forwards_an_ordinary_get_c34() {
     let up = shop(5).await;
@@ -135,10 +143,7 @@ async fn json_batch_answers_a_tracked_get_itself_and_forwards_an_ordinary_get_c3
 
 #[tokio::test]
 async fn multipart_batch_with_a_delta_link_and_a_change_set_keeps_order_and_content_ids_c34() {
-    let up = shop(3).await;
-    up.set_link_style(LinkStyle::Absolute);
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
+    let BehindGateway { up, gw, client } = absolute_links_behind_gateway().await;
     let (_, delta) = client
         .read_all(&gw.url(&format!("{ROOT}/Customers")), &[("Prefer", TRACK)])
         .await;
@@ -192,10 +197,7 @@ async fn multipart_batch_with_a_delta_link_and_a_change_set_keeps_order_and_cont
 
 #[tokio::test]
 async fn a_passed_through_multipart_batch_has_links_rewritten_in_every_part_c34() {
-    let up = shop(3).await;
-    up.set_link_style(LinkStyle::Absolute);
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
+    let BehindGateway { up, gw, client } = absolute_links_behind_gateway().await;
     let body = [
         get_part("a", "Customers(1)", None),
         get_part("b", "Customers?$top=1", None),
@@ -236,9 +238,7 @@ async fn a_passed_through_multipart_batch_has_links_rewritten_in_every_part_c34(
 
 #[tokio::test]
 async fn a_malformed_batch_is_400_with_an_odata_error_c26() {
-    let up = shop(1).await;
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
+    let BehindGateway { up, gw, client } = BehindGateway::shop(1).await;
     let broken = [
         (
             "multipart/mixed; boundary=batch_1",
@@ -294,9 +294,7 @@ async fn a_batch_over_the_part_limit_is_413_and_never_reaches_the_upstream() {
 
 #[tokio::test]
 async fn a_tracked_read_inside_a_change_set_is_refused_c34() {
-    let up = shop(1).await;
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
+    let BehindGateway { up, gw, client } = BehindGateway::shop(1).await;
     let batch = json!({"requests": [
         {"id": "1", "atomicityGroup": "g", "method": "GET", "url": "Customers", "headers": {"prefer": TRACK}},
         {"id": "2", "atomicityGroup": "g", "method": "PATCH", "url": "Customers(1)", "body": {"name": "x"}},
@@ -309,9 +307,7 @@ async fn a_tracked_read_inside_a_change_set_is_refused_c34() {
 
 #[tokio::test]
 async fn a_next_link_inside_a_multipart_batch_is_served_by_the_gateway_c22_c34() {
-    let up = shop(5).await;
-    let gw = Gateway::start(&up.base_url()).await;
-    let client = Client::default();
+    let BehindGateway { up, gw, client } = BehindGateway::shop(5).await;
     let first = client
         .get(
             &gw.url(&format!("{ROOT}/Customers")),

@@ -5,92 +5,14 @@
 
 mod support;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::json;
 use support::gateway::{Client, Gateway, Resp};
-use support::{EntitySetDef, FakeUpstream};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use support::receiver::{Answer, Call, Receiver};
+use support::shop::names_only;
 
 const ROOT: &str = "/odata/v4/shop";
-
-async fn shop() -> FakeUpstream {
-    let up = FakeUpstream::start().await;
-    up.define_set(
-        EntitySetDef::new("Customers", "Customer")
-            .key("ID", "Edm.Int32")
-            .property("name", "Edm.String"),
-    );
-    up.insert_many(
-        "Customers",
-        (1..=5).map(|i| json!({"ID": i, "name": format!("C{i}")})),
-    );
-    up
-}
-
-/// A receiver of callbacks on 127.0.0.1:0: each call's path and query and when it came; answers
-/// 500 while `failing`, else 200.
-struct Listener {
-    addr: SocketAddr,
-    calls: mpsc::UnboundedReceiver<(String, Instant)>,
-    failing: Arc<AtomicBool>,
-}
-
-async fn listener() -> Listener {
-    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    let (tx, calls) = mpsc::unbounded_channel();
-    let failing = Arc::new(AtomicBool::new(false));
-    let fail = failing.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = socket.accept().await {
-            let (tx, fail) = (tx.clone(), fail.clone());
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let what = format!(
-                        "{} {}",
-                        req.method(),
-                        req.uri().path_and_query().map_or("", |p| p.as_str())
-                    );
-                    let _ = tx.send((what, Instant::now()));
-                    let status = if fail.load(Ordering::SeqCst) {
-                        StatusCode::INTERNAL_SERVER_ERROR
-                    } else {
-                        StatusCode::OK
-                    };
-                    async move {
-                        Ok::<_, Infallible>(
-                            Response::builder()
-                                .status(status)
-                                .body(Full::new(Bytes::new()))
-                                .unwrap(),
-                        )
-                    }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    Listener {
-        addr,
-        calls,
-        failing,
-    }
-}
 
 fn config(extra: &str) -> String {
     format!("poll_interval = \"10s\"\n{extra}")
@@ -115,8 +37,8 @@ async fn with_callback(client: &Client, link: &str, prefer: &str, version: &str)
 
 #[tokio::test(start_paused = true)]
 async fn a_delta_without_changes_is_accepted_and_the_callback_called_once_changes_exist_c33() {
-    let up = shop().await;
-    let mut cb = listener().await;
+    let up = names_only(5).await;
+    let mut cb = Receiver::start().await;
     let toml = config("[notifications]\nallowed_hosts = [\"127.0.0.1\"]\n");
     let gw = Gateway::start_with(&up.base_url(), Some(&toml), |_| {}).await;
     let client = Client::default();
@@ -133,25 +55,25 @@ async fn a_delta_without_changes_is_accepted_and_the_callback_called_once_change
     assert!(location.contains("$deltatoken="), "{location}");
     // Refreshes that find nothing call nobody.
     tokio::time::sleep(Duration::from_secs(25)).await;
-    assert!(cb.calls.try_recv().is_err(), "called without a change");
+    assert!(cb.next_call().is_none(), "called without a change");
     up.update("Customers", json!(4), json!({"name": "changed"}));
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let (call, _) = cb.calls.try_recv().expect("called after the change");
+    let call = cb.next_call().expect("called after the change").line();
     assert_eq!(call, "GET /hooks/customers?k=1");
-    assert!(cb.calls.try_recv().is_err(), "called once");
+    assert!(cb.next_call().is_none(), "called once");
     // The link in Location has the change.
     let r = client.get(&location, &[("OData-MaxVersion", "4.01")]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["value"][0]["name"], "changed");
     // Further refreshes do not call again.
     tokio::time::sleep(Duration::from_secs(30)).await;
-    assert!(cb.calls.try_recv().is_err());
+    assert!(cb.next_call().is_none());
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_4_0_spelling_odata_callback_is_accepted_too_c33() {
-    let up = shop().await;
-    let mut cb = listener().await;
+    let up = names_only(5).await;
+    let mut cb = Receiver::start().await;
     // A host with a port allows that port only: another one is refused.
     let toml = config("[notifications]\nallowed_hosts = [\"127.0.0.1:1\"]\n");
     let gw = Gateway::start_with(&up.base_url(), Some(&toml), |_| {}).await;
@@ -172,13 +94,13 @@ async fn the_4_0_spelling_odata_callback_is_accepted_too_c33() {
     assert_eq!(r.header("preference-applied"), Some("odata.callback"));
     up.delete("Customers", json!(2));
     tokio::time::sleep(Duration::from_secs(11)).await;
-    assert_eq!(cb.calls.try_recv().unwrap().0, "GET /cb");
+    assert_eq!(cb.next_call().unwrap().line(), "GET /cb");
 }
 
 #[tokio::test(start_paused = true)]
 async fn callbacks_to_hosts_not_allowed_are_refused_with_400() {
-    let up = shop().await;
-    let cb = listener().await;
+    let up = names_only(5).await;
+    let cb = Receiver::start().await;
     // Nothing is allowed by default.
     let gw = Gateway::start_with(&up.base_url(), Some(&config("")), |_| {}).await;
     let client = Client::default();
@@ -205,8 +127,8 @@ async fn callbacks_to_hosts_not_allowed_are_refused_with_400() {
 
 #[tokio::test(start_paused = true)]
 async fn a_delta_with_changes_is_answered_at_once_despite_the_callback() {
-    let up = shop().await;
-    let mut cb = listener().await;
+    let up = names_only(5).await;
+    let mut cb = Receiver::start().await;
     let toml = config("[notifications]\nallowed_hosts = [\"127.0.0.1\"]\n");
     let gw = Gateway::start_with(&up.base_url(), Some(&toml), |_| {}).await;
     let client = Client::default();
@@ -222,14 +144,14 @@ async fn a_delta_with_changes_is_answered_at_once_despite_the_callback() {
             .is_none_or(|p| !p.contains("callback"))
     );
     tokio::time::sleep(Duration::from_secs(30)).await;
-    assert!(cb.calls.try_recv().is_err());
+    assert!(cb.next_call().is_none());
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_failing_callback_is_retried_with_a_doubling_backoff_then_given_up() {
-    let up = shop().await;
-    let mut cb = listener().await;
-    cb.failing.store(true, Ordering::SeqCst);
+    let up = names_only(5).await;
+    let mut cb = Receiver::start().await;
+    cb.answer(Answer::Fail);
     let toml = config(
         "[notifications]\nallowed_hosts = [\"127.0.0.1\"]\nmax_attempts = 3\nretry_backoff = \"2s\"\n",
     );
@@ -244,7 +166,7 @@ async fn a_failing_callback_is_retried_with_a_doubling_backoff_then_given_up() {
     up.update("Customers", json!(1), json!({"name": "changed"}));
     tokio::time::sleep(Duration::from_secs(120)).await;
     let mut at = Vec::new();
-    while let Ok((_, when)) = cb.calls.try_recv() {
+    while let Some(Call { at: when, .. }) = cb.next_call() {
         at.push(when);
     }
     assert_eq!(at.len(), 3, "three attempts, then given up");
@@ -262,15 +184,16 @@ async fn a_failing_callback_is_retried_with_a_doubling_backoff_then_given_up() {
 /// `feed_idle_ttl`, it is forgotten (its client polls again) and makes room for others.
 #[tokio::test(start_paused = true)]
 async fn callbacks_of_feeds_that_leave_the_schedule_are_forgotten() {
-    let up = shop().await;
-    let mut cb = listener().await;
+    let up = names_only(5).await;
+    let mut cb = Receiver::start().await;
     let toml = config(
         "feed_idle_ttl = \"30s\"\n[notifications]\nallowed_hosts = [\"127.0.0.1\"]\nmax_pending = 1\n",
     );
     let gw = Gateway::start_with(&up.base_url(), Some(&toml), |_| {}).await;
     let client = Client::default();
     let link = delta_link(&client, &gw).await;
-    let prefer = |path: &str| format!("callback; url=\"http://{}/{path}\"", cb.addr);
+    let addr = cb.addr;
+    let prefer = |path: &str| format!("callback; url=\"http://{addr}/{path}\"");
     let r = with_callback(&client, &link, &prefer("first"), "4.01").await;
     assert_eq!(r.status, 202);
     // The one place is taken: another callback is not applied, the delta is answered normally.
@@ -280,7 +203,7 @@ async fn callbacks_of_feeds_that_leave_the_schedule_are_forgotten() {
     up.update("Customers", json!(1), json!({"name": "changed"}));
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert!(
-        cb.calls.try_recv().is_err(),
+        cb.next_call().is_none(),
         "an idle feed's callback is not called"
     );
     let r = with_callback(&client, &link, &prefer("third"), "4.01").await;

@@ -6,6 +6,7 @@ mod support;
 
 use serde_json::json;
 use support::gateway::{Client, Gateway, Replica, Shape};
+use support::shop::names_only;
 use support::{EntitySetDef, FakeUpstream, Fault};
 
 const ROOT: &str = "/odata/v4/shop";
@@ -84,16 +85,7 @@ async fn a_first_load_written_in_batches_gives_exact_reads_and_deltas_even_after
 /// of the feed took them for data (C29).
 #[tokio::test]
 async fn a_failed_first_load_leaves_nothing_behind() {
-    let up = FakeUpstream::start().await;
-    up.define_set(
-        EntitySetDef::new("Customers", "Customer")
-            .key("ID", "Edm.Int32")
-            .property("name", "Edm.String"),
-    );
-    up.insert_many(
-        "Customers",
-        (1..=45_000).map(|i| json!({"ID": i, "name": format!("C{i}")})),
-    );
+    let up = names_only(45_000).await;
     up.set_page_size(Some(5000));
     let gw = Gateway::start(&up.base_url()).await;
     let client = Client::default();

@@ -9,21 +9,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::gateway::{Client, Gateway, Replica, Shape};
-use support::{EntitySetDef, FakeUpstream, Fault};
+use support::shop::names_only;
+use support::{FakeUpstream, Fault};
 
 const ROOT: &str = "/odata/v4/shop";
 
+/// `n` customers of ID and name in pages of 500.
 async fn upstream(n: i64) -> FakeUpstream {
-    let up = FakeUpstream::start().await;
-    up.define_set(
-        EntitySetDef::new("Customers", "Customer")
-            .key("ID", "Edm.Int32")
-            .property("name", "Edm.String"),
-    );
-    up.insert_many(
-        "Customers",
-        (1..=n).map(|i| json!({"ID": i, "name": format!("C{i}")})),
-    );
+    let up = names_only(n).await;
     up.set_page_size(Some(500));
     up
 }

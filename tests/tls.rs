@@ -229,6 +229,33 @@ async fn gateway(toml: &str) -> Gateway {
     Gateway::start_with("", Some(toml), |_| {}).await
 }
 
+/// The binary's arguments for config `file`: listening on 127.0.0.1:0, its store in `data` beside
+/// the file.
+fn config_args(file: &Path) -> Vec<std::ffi::OsString> {
+    vec![
+        "--config".into(),
+        file.into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        file.with_file_name("data").into(),
+    ]
+}
+
+/// A tracked read of Customers through a gateway whose route trusts `pki`'s CA, from an upstream
+/// presenting `leaf`.
+async fn tracked_read_trusting_the_ca(pki: &Pki, leaf: &Leaf) -> Resp {
+    let up = TlsUpstream::start(shop(3).await, server_config(leaf, None)).await;
+    let toml = one_route(
+        &up.base_url(),
+        &format!("ca_file = \"{}\"", pki.path("ca.pem")),
+    );
+    let gw = gateway(&toml).await;
+    Client::default()
+        .get(&gw.url(&format!("{ROOT}/Customers")), &track())
+        .await
+}
+
 /// A 502 OData error with code `UpstreamTlsError` whose message says `cause`.
 fn assert_tls_failure(r: &Resp, cause: &str) {
     assert_eq!(r.status, 502, "{}", r.text());
@@ -287,18 +314,7 @@ async fn an_upstream_signed_by_an_unrelated_ca_is_a_502_naming_an_unknown_issuer
         pki.path("other-ca.pem")
     );
     let file = pki.write("gateway.toml", &config);
-    let data = pki.dir.path().join("data");
-    let gw = GatewayProcess::spawn_with(
-        &[
-            "--config".as_ref(),
-            file.as_os_str(),
-            "--listen".as_ref(),
-            "127.0.0.1:0".as_ref(),
-            "--data-dir".as_ref(),
-            data.as_os_str(),
-        ],
-        &[],
-    );
+    let gw = GatewayProcess::spawn_with(&config_args(&file), &[]);
     let client = Client::default();
     for prefix in ["/other", "/web"] {
         let tracked = client
@@ -333,15 +349,7 @@ async fn an_expired_upstream_certificate_is_a_502_naming_expiry() {
     let leaf = pki
         .ca
         .leaf(&["127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth, true);
-    let up = TlsUpstream::start(shop(3).await, server_config(&leaf, None)).await;
-    let toml = one_route(
-        &up.base_url(),
-        &format!("ca_file = \"{}\"", pki.path("ca.pem")),
-    );
-    let gw = gateway(&toml).await;
-    let r = Client::default()
-        .get(&gw.url(&format!("{ROOT}/Customers")), &track())
-        .await;
+    let r = tracked_read_trusting_the_ca(&pki, &leaf).await;
     assert_tls_failure(&r, "upstream certificate expired");
 }
 
@@ -349,15 +357,7 @@ async fn an_expired_upstream_certificate_is_a_502_naming_expiry() {
 async fn a_certificate_for_another_host_name_is_a_502_naming_the_host_name() {
     let pki = Pki::new();
     let leaf = pki.ca.server(&["erp.example.com"]);
-    let up = TlsUpstream::start(shop(3).await, server_config(&leaf, None)).await;
-    let toml = one_route(
-        &up.base_url(),
-        &format!("ca_file = \"{}\"", pki.path("ca.pem")),
-    );
-    let gw = gateway(&toml).await;
-    let r = Client::default()
-        .get(&gw.url(&format!("{ROOT}/Customers")), &track())
-        .await;
+    let r = tracked_read_trusting_the_ca(&pki, &leaf).await;
     assert_tls_failure(&r, "not valid for the upstream's host name");
 }
 
@@ -371,19 +371,8 @@ async fn system_roots_trust_the_operating_systems_store() {
         "gateway.toml",
         &one_route(&up.base_url(), "system_roots = true"),
     );
-    let data = pki.dir.path().join("data");
     let ca = pki.dir.path().join("ca.pem");
-    let gw = GatewayProcess::spawn_with(
-        &[
-            "--config".as_ref(),
-            file.as_os_str(),
-            "--listen".as_ref(),
-            "127.0.0.1:0".as_ref(),
-            "--data-dir".as_ref(),
-            data.as_os_str(),
-        ],
-        &[("SSL_CERT_FILE", ca.as_os_str())],
-    );
+    let gw = GatewayProcess::spawn_with(&config_args(&file), &[("SSL_CERT_FILE", ca.as_os_str())]);
     let (entities, _) = Client::default()
         .read_all(&gw.url(&format!("{ROOT}/Customers")), &track())
         .await;
@@ -609,32 +598,86 @@ fn bad_tls_files_stop_the_start_with_file_line_and_what_is_expected() {
     assert!(config.routes[0].tls.is_none());
 }
 
+/// Run the binary on config `file` with `envs` and expect it to refuse to start; its stderr.
+/// Waits at most 10 s, so a gateway that starts after all fails the test instead of hanging it.
+fn refused_at_start(file: &Path, envs: &[(&str, &std::ffi::OsStr)]) -> String {
+    let mut child = support::gateway::gateway_command(&config_args(file), envs)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the gateway runs");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("the gateway can be waited for") {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the gateway still runs after 10 s; stderr:\n{}",
+                reader.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = reader.join().unwrap_or_default();
+    assert!(!status.success(), "the start should fail: {stderr}");
+    stderr
+}
+
 #[test]
 fn a_missing_ca_file_stops_the_binary_with_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("gateway.toml");
     let text = "[[route]]\nupstream = \"https://erp.example.com/svc\"\n[route.tls]\nca_file = \"/nonexistent/corporate-ca.pem\"\n";
     std::fs::write(&file, text).unwrap();
-    let output = support::gateway::gateway_command(
-        &[
-            "--config".as_ref(),
-            file.as_os_str(),
-            "--listen".as_ref(),
-            "127.0.0.1:0".as_ref(),
-            "--data-dir".as_ref(),
-            dir.path().join("data").as_os_str(),
-        ],
-        &[],
-    )
-    .output()
-    .expect("the gateway runs");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_at_start(&file, &[]);
     let place = format!("{}:4:11:", file.display());
     assert!(stderr.contains(&place), "should name {place}: {stderr}");
     assert!(
         stderr.contains("/nonexistent/corporate-ca.pem") && stderr.contains("expected a PEM file"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn system_roots_with_an_empty_system_store_stop_the_binary_with_file_line_and_what_is_expected() {
+    // rustls-native-certs reads only SSL_CERT_FILE / SSL_CERT_DIR when they are set: here an empty
+    // bundle and an empty directory of the test's own, so the machine's store plays no part.
+    let dir = tempfile::tempdir().unwrap();
+    let empty_file = dir.path().join("empty-bundle.pem");
+    std::fs::write(&empty_file, "").unwrap();
+    let empty_dir = dir.path().join("empty-certs");
+    std::fs::create_dir(&empty_dir).unwrap();
+    let file = dir.path().join("gateway.toml");
+    std::fs::write(
+        &file,
+        one_route("https://erp.example.com/svc", "system_roots = true"),
+    )
+    .unwrap();
+    let stderr = refused_at_start(
+        &file,
+        &[
+            ("SSL_CERT_FILE", empty_file.as_os_str()),
+            ("SSL_CERT_DIR", empty_dir.as_os_str()),
+        ],
+    );
+    let place = format!("{}:4:", file.display());
+    assert!(stderr.contains(&place), "should name {place}: {stderr}");
+    assert!(
+        stderr.contains("system_roots") && stderr.contains("no usable certificate"),
+        "should say the store is empty: {stderr}"
+    );
+    assert!(
+        stderr.contains("expected the system CA bundle"),
+        "should say what is expected: {stderr}"
     );
 }
 

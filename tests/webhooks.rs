@@ -6,155 +6,20 @@
 
 mod support;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use http::Method;
 use odata_delta_gateway::odata::datetime::{format_unix_ms, parse_unix_ms};
 use serde_json::{Value, json};
+use support::FakeUpstream;
 use support::gateway::{Client, Gateway, Resp};
-use support::{EntitySetDef, FakeUpstream};
-use tokio::sync::mpsc;
+use support::receiver::{Answer, Receiver};
+use support::shop::names_only;
 use tokio::time::Instant;
 
 const ROOT: &str = "/odata/v4/shop";
 const POLL: Duration = Duration::from_secs(10);
-
-async fn shop() -> FakeUpstream {
-    let up = FakeUpstream::start().await;
-    up.define_set(
-        EntitySetDef::new("Customers", "Customer")
-            .key("ID", "Edm.Int32")
-            .property("name", "Edm.String"),
-    );
-    up.insert_many(
-        "Customers",
-        (1..=5).map(|i| json!({"ID": i, "name": format!("C{i}")})),
-    );
-    up
-}
-
-/// How the receiver answers.
-const ANSWER_OK: u8 = 0;
-/// Validation requests get a token that is not theirs.
-const ANSWER_WRONG_TOKEN: u8 = 1;
-/// Everything gets 500.
-const ANSWER_FAIL: u8 = 2;
-
-/// One request the receiver got.
-#[derive(Debug)]
-struct Call {
-    method: Method,
-    path_and_query: String,
-    body: String,
-    at: Instant,
-}
-
-/// A notification receiver on 127.0.0.1:0: echoes `validationToken` (unless told otherwise),
-/// answers notifications 200, and reports every request.
-struct Receiver {
-    addr: SocketAddr,
-    calls: mpsc::UnboundedReceiver<Call>,
-    mode: Arc<AtomicU8>,
-}
-
-impl Receiver {
-    async fn start() -> Receiver {
-        let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = socket.local_addr().unwrap();
-        let (tx, calls) = mpsc::unbounded_channel();
-        let mode = Arc::new(AtomicU8::new(ANSWER_OK));
-        let m = mode.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = socket.accept().await {
-                let (tx, m) = (tx.clone(), m.clone());
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let (tx, m) = (tx.clone(), m.clone());
-                        async move {
-                            let method = req.method().clone();
-                            let path_and_query = req
-                                .uri()
-                                .path_and_query()
-                                .map_or(String::new(), |p| p.as_str().to_owned());
-                            let token = url::form_urlencoded::parse(
-                                req.uri().query().unwrap_or("").as_bytes(),
-                            )
-                            .find(|(k, _)| k == "validationToken")
-                            .map(|(_, v)| v.into_owned());
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let _ = tx.send(Call {
-                                method,
-                                path_and_query,
-                                body: String::from_utf8_lossy(&body).into_owned(),
-                                at: Instant::now(),
-                            });
-                            let (status, answer) = match (m.load(Ordering::SeqCst), token) {
-                                (ANSWER_FAIL, _) => {
-                                    (StatusCode::INTERNAL_SERVER_ERROR, String::new())
-                                }
-                                (ANSWER_WRONG_TOKEN, Some(_)) => (StatusCode::OK, "not-it".into()),
-                                (_, Some(t)) => (StatusCode::OK, t),
-                                (_, None) => (StatusCode::OK, String::new()),
-                            };
-                            Ok::<_, Infallible>(
-                                Response::builder()
-                                    .status(status)
-                                    .header("content-type", "text/plain")
-                                    .body(Full::new(Bytes::from(answer)))
-                                    .unwrap(),
-                            )
-                        }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Receiver { addr, calls, mode }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn answer(&self, mode: u8) {
-        self.mode.store(mode, Ordering::SeqCst);
-    }
-
-    /// Every call so far.
-    fn drain(&mut self) -> Vec<Call> {
-        let mut out = Vec::new();
-        while let Ok(c) = self.calls.try_recv() {
-            out.push(c);
-        }
-        out
-    }
-
-    /// The notifications (POSTs without a validation token) so far, as JSON, with their times.
-    fn notifications(&mut self) -> Vec<(Value, Instant)> {
-        self.drain()
-            .into_iter()
-            .filter(|c| c.method == Method::POST && !c.path_and_query.contains("validationToken"))
-            .map(|c| {
-                (
-                    serde_json::from_str(&c.body).expect("a JSON notification"),
-                    c.at,
-                )
-            })
-            .collect()
-    }
-}
 
 fn config(extra: &str) -> String {
     format!(
@@ -164,6 +29,46 @@ fn config(extra: &str) -> String {
 
 async fn start(up: &FakeUpstream, extra: &str) -> Gateway {
     Gateway::start_with(&up.base_url(), Some(&config(extra)), |_| {}).await
+}
+
+/// What most tests start from: the sample service, a receiver, a gateway with default
+/// notification settings, and Alice's delta link of Customers.
+struct Scene {
+    up: FakeUpstream,
+    hook: Receiver,
+    gw: Gateway,
+    client: Client,
+    link: String,
+}
+
+impl Scene {
+    async fn start() -> Scene {
+        let up = names_only(5).await;
+        let hook = Receiver::start().await;
+        let gw = start(&up, "").await;
+        let client = Client::default();
+        let link = delta_link(&client, &gw, ALICE).await;
+        Scene {
+            up,
+            hook,
+            gw,
+            client,
+            link,
+        }
+    }
+}
+
+/// Alice subscribes `hook`'s `/h` to `link`; the new subscription's id.
+async fn subscribe(client: &Client, gw: &Gateway, link: &str, hook: &Receiver) -> String {
+    let r = create(
+        client,
+        gw,
+        ALICE,
+        &json!({"deltaLink": link, "notificationUrl": hook.url("/h")}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()["id"].as_str().unwrap().to_owned()
 }
 
 fn subscriptions(gw: &Gateway) -> String {
@@ -204,11 +109,13 @@ const BOB: &str = "Basic Ym9iOjE=";
 
 #[tokio::test(start_paused = true)]
 async fn a_change_reaches_a_validated_subscription_within_the_poll_interval_without_entity_data() {
-    let up = shop().await;
-    let mut hook = Receiver::start().await;
-    let gw = start(&up, "").await;
-    let client = Client::default();
-    let link = delta_link(&client, &gw, ALICE).await;
+    let Scene {
+        up,
+        mut hook,
+        gw,
+        client,
+        link,
+    } = Scene::start().await;
     let r = create(
         &client,
         &gw,
@@ -292,12 +199,14 @@ async fn a_change_reaches_a_validated_subscription_within_the_poll_interval_with
 
 #[tokio::test(start_paused = true)]
 async fn a_receiver_that_fails_the_handshake_is_refused() {
-    let up = shop().await;
-    let hook = Receiver::start().await;
-    let gw = start(&up, "").await;
-    let client = Client::default();
-    let link = delta_link(&client, &gw, ALICE).await;
-    for mode in [ANSWER_WRONG_TOKEN, ANSWER_FAIL] {
+    let Scene {
+        up: _up,
+        hook,
+        gw,
+        client,
+        link,
+    } = Scene::start().await;
+    for mode in [Answer::WrongToken, Answer::Fail] {
         hook.answer(mode);
         let r = create(
             &client,
@@ -329,11 +238,13 @@ async fn a_receiver_that_fails_the_handshake_is_refused() {
 
 #[tokio::test(start_paused = true)]
 async fn subscriptions_are_listed_and_deleted_by_their_own_identity_only() {
-    let up = shop().await;
-    let hook = Receiver::start().await;
-    let gw = start(&up, "").await;
-    let client = Client::default();
-    let link = delta_link(&client, &gw, ALICE).await;
+    let Scene {
+        up: _up,
+        hook,
+        gw,
+        client,
+        link,
+    } = Scene::start().await;
     let body = json!({"deltaLink": link, "notificationUrl": hook.url("/h")});
     // Bob cannot subscribe to Alice's link: it is bound to her identity.
     let r = create(&client, &gw, BOB, &body).await;
@@ -376,11 +287,13 @@ async fn subscriptions_are_listed_and_deleted_by_their_own_identity_only() {
 
 #[tokio::test(start_paused = true)]
 async fn bad_subscriptions_and_disallowed_hosts_are_refused_with_400() {
-    let up = shop().await;
-    let hook = Receiver::start().await;
-    let gw = start(&up, "").await;
-    let client = Client::default();
-    let link = delta_link(&client, &gw, ALICE).await;
+    let Scene {
+        up,
+        hook,
+        gw,
+        client,
+        link,
+    } = Scene::start().await;
     let refused = |r: &Resp, code: &str| {
         assert_eq!(r.status, 400, "{}", r.text());
         assert_eq!(r.json()["error"]["code"], code, "{}", r.text());
@@ -461,7 +374,7 @@ async fn bad_subscriptions_and_disallowed_hosts_are_refused_with_400() {
 
 #[tokio::test(start_paused = true)]
 async fn a_subscription_ends_at_its_expiry_which_is_capped_by_config() {
-    let up = shop().await;
+    let up = names_only(5).await;
     let mut hook = Receiver::start().await;
     let gw = start(&up, "max_subscription_lifetime = \"1h\"\n").await;
     let client = Client::default();
@@ -527,22 +440,16 @@ async fn a_subscription_ends_at_its_expiry_which_is_capped_by_config() {
 
 #[tokio::test(start_paused = true)]
 async fn given_up_notifications_are_retried_then_followed_by_a_missed_event() {
-    let up = shop().await;
-    let mut hook = Receiver::start().await;
-    let gw = start(&up, "").await;
-    let client = Client::default();
-    let link = delta_link(&client, &gw, ALICE).await;
-    let r = create(
-        &client,
-        &gw,
-        ALICE,
-        &json!({"deltaLink": link, "notificationUrl": hook.url("/h")}),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let Scene {
+        up,
+        mut hook,
+        gw,
+        client,
+        link,
+    } = Scene::start().await;
+    let id = subscribe(&client, &gw, &link, &hook).await;
     hook.drain();
-    hook.answer(ANSWER_FAIL);
+    hook.answer(Answer::Fail);
     up.update("Customers", json!(1), json!({"name": "first"}));
     tokio::time::sleep(POLL + Duration::from_secs(5)).await;
     let failed = hook.notifications();
@@ -563,7 +470,7 @@ async fn given_up_notifications_are_retried_then_followed_by_a_missed_event() {
     )
     .await;
     assert_eq!(r.json()["missedNotifications"], 1);
-    hook.answer(ANSWER_OK);
+    hook.answer(Answer::Ok);
     up.update("Customers", json!(2), json!({"name": "second"}));
     tokio::time::sleep(POLL + Duration::from_secs(1)).await;
     let notes = hook.notifications();
@@ -599,7 +506,7 @@ async fn given_up_notifications_are_retried_then_followed_by_a_missed_event() {
 
 #[tokio::test(start_paused = true)]
 async fn subscriptions_are_limited_per_identity_and_in_all() {
-    let up = shop().await;
+    let up = names_only(5).await;
     let hook = Receiver::start().await;
     let gw = start(
         &up,
@@ -628,20 +535,14 @@ async fn subscriptions_are_limited_per_identity_and_in_all() {
 
 #[tokio::test(start_paused = true)]
 async fn subscriptions_are_kept_across_a_restart_and_resume_once_renewed() {
-    let up = shop().await;
-    let mut hook = Receiver::start().await;
-    let gw = start(&up, "").await;
-    let client = Client::default();
-    let link = delta_link(&client, &gw, ALICE).await;
-    let r = create(
-        &client,
-        &gw,
-        ALICE,
-        &json!({"deltaLink": link, "notificationUrl": hook.url("/h")}),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let Scene {
+        up,
+        mut hook,
+        gw,
+        client,
+        link,
+    } = Scene::start().await;
+    let id = subscribe(&client, &gw, &link, &hook).await;
     let dir = gw.stop().await;
     let gw = Gateway::start_in(dir, &up.base_url(), Some(&config("")), |_| {}).await;
     let item = format!("{}/{id}", subscriptions(&gw));

@@ -5,7 +5,8 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use crate::support::gateway::Replica;
+use crate::api::Api;
+use crate::support::gateway::{Client, Replica};
 
 /// How many differences of each kind a failure message shows.
 const SHOWN: usize = 8;
@@ -92,4 +93,42 @@ pub fn entries(replica: &Replica) -> Entries {
         );
     }
     out
+}
+
+/// After the common writes of the pass-through and write tests (10 patched, 20 and 21 deleted,
+/// 5001 and 5002 created): the gateway counts the delta itself (C23), the delta carries three
+/// entities in their current state and two tombstones, the replica converges, and the next delta
+/// is empty (C11).
+pub async fn check_the_delta_after_the_writes(replica: &mut Replica, client: &Client, api: &Api) {
+    // The gateway counts the delta itself (C23): three entities and two tombstones.
+    let link = replica.delta_link.clone().expect("a delta link");
+    let count_url = link.replacen("/Customers?", "/Customers/$count?", 1);
+    let r = client.get(&count_url, &[]).await;
+    assert_eq!(
+        (r.status.as_u16(), r.text()),
+        (200, "5".to_owned()),
+        "GET {count_url}"
+    );
+    replica
+        .sync(client)
+        .await
+        .unwrap_or_else(|r| panic!("delta: {} {}", r.status, r.text()));
+    let got = entries(replica);
+    assert_eq!(got.upserted, BTreeSet::from([10, 5001, 5002]));
+    assert_eq!(
+        got.removed.into_iter().collect::<Vec<_>>(),
+        vec![(20, "deleted".to_owned()), (21, "deleted".to_owned())]
+    );
+    for id in [10, 5001, 5002] {
+        assert_eq!(
+            replica.rows.get(&format!("Customers({id})")),
+            api.get(id).await.as_ref(),
+            "the delta carries the server's current state of Customers({id})"
+        );
+    }
+    assert_converged(replica, &api.read_all("").await, "after the writes");
+    // No write since: the next delta is empty (C11).
+    replica.sync(client).await.expect("an empty delta");
+    let got = entries(replica);
+    assert!(got.upserted.is_empty() && got.removed.is_empty(), "{got:?}");
 }

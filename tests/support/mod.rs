@@ -3,13 +3,15 @@
 //! The origin behind the gateway is the sample OData service (`crates/sample-service`), reached
 //! through the names the tests have always used: [`FakeUpstream`] is a running
 //! `odata_sample_service::Server`, [`Upstream`] its data, settings, faults and request log.
-//! `gateway` runs the gateway in front of it; `shop` is the `Customers` service most tests use.
+//! `gateway` runs the gateway in front of it; `shop` is the `Customers` service most tests use; `receiver` takes the
+//! callbacks and webhook notifications the gateway sends.
 
 // Each test binary that does `mod support;` uses a different subset of the
 // items; what one binary leaves unused is not dead.
 #![allow(dead_code)]
 
 pub mod gateway;
+pub mod receiver;
 pub mod shop;
 
 // Same reason for the re-exports: not every binary names every type.

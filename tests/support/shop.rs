@@ -23,6 +23,22 @@ pub async fn shop(customers: i64) -> FakeUpstream {
     up
 }
 
+/// The sample service at [`ROOT`] with a `Customers` set of `ID` and `name` only (`C1`, `C2`,
+/// ...), for the tests that watch what the gateway sends out rather than the data.
+pub async fn names_only(customers: i64) -> FakeUpstream {
+    let up = FakeUpstream::start().await;
+    up.define_set(
+        EntitySetDef::new("Customers", "Customer")
+            .key("ID", "Edm.Int32")
+            .property("name", "Edm.String"),
+    );
+    up.insert_many(
+        "Customers",
+        (1..=customers).map(|i| json!({"ID": i, "name": format!("C{i}")})),
+    );
+    up
+}
+
 /// [`shop`] with a server-driven page size of `page_size`.
 pub async fn shop_paged(customers: i64, page_size: usize) -> FakeUpstream {
     let up = shop(customers).await;

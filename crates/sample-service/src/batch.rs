@@ -2,15 +2,25 @@
 //! the same dispatch as a request of its own, in order, and recorded like one. Change sets are
 //! answered as nested multipart parts with their `Content-ID`s; there is no rollback.
 
-use super::handler::{Route, dispatch, route};
-use super::reply::{JSON, respond};
+use super::reply::{JSON, ReplyBody, respond};
 use super::request::RecordedRequest;
-use super::server::ReplyBody;
+use super::route::{Route, route};
 use super::service::Service;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
+use std::future::Future;
+use std::pin::Pin;
+
+/// How a part is answered: the service's dispatch, handed in by its caller so that this module
+/// need not name the handler that calls it.
+pub(crate) type Dispatch =
+    for<'a> fn(
+        &'a Service,
+        &'a RecordedRequest,
+        Route,
+    ) -> Pin<Box<dyn Future<Output = Response<ReplyBody>> + Send + 'a>>;
 
 /// One inner request.
 struct Inner {
@@ -22,7 +32,11 @@ struct Inner {
 }
 
 /// Answers a `POST $batch`.
-pub(crate) async fn answer(up: &Service, req: &RecordedRequest) -> Response<ReplyBody> {
+pub(crate) async fn answer(
+    up: &Service,
+    req: &RecordedRequest,
+    dispatch: Dispatch,
+) -> Response<ReplyBody> {
     let content_type = req
         .headers
         .get("content-type")
@@ -30,7 +44,7 @@ pub(crate) async fn answer(up: &Service, req: &RecordedRequest) -> Response<Repl
         .unwrap_or("")
         .to_owned();
     if let Some(boundary) = boundary_of(&content_type) {
-        return multipart(up, req, &boundary).await;
+        return multipart(up, req, &boundary, dispatch).await;
     }
     let Ok(body) = serde_json::from_slice::<Value>(&req.body) else {
         return bad("not a batch");
@@ -63,7 +77,7 @@ pub(crate) async fn answer(up: &Service, req: &RecordedRequest) -> Response<Repl
                 Bytes::from(r["body"].to_string())
             },
         };
-        let (status, headers, body) = run(up, req, &inner).await;
+        let (status, headers, body) = run(up, req, &inner, dispatch).await;
         let mut head = serde_json::Map::new();
         for (n, v) in &headers {
             if let Ok(v) = v.to_str() {
@@ -89,7 +103,12 @@ fn bad(message: &str) -> Response<ReplyBody> {
     )
 }
 
-async fn multipart(up: &Service, req: &RecordedRequest, boundary: &str) -> Response<ReplyBody> {
+async fn multipart(
+    up: &Service,
+    req: &RecordedRequest,
+    boundary: &str,
+    dispatch: Dispatch,
+) -> Response<ReplyBody> {
     let Some(parts) = split(&req.body, boundary) else {
         return bad("not a multipart batch");
     };
@@ -106,12 +125,12 @@ async fn multipart(up: &Service, req: &RecordedRequest, boundary: &str) -> Respo
             for member in split(content.as_bytes(), &inner_boundary).unwrap_or_default() {
                 let (mime, content) = head_and_rest(&member);
                 out.push_str(&format!("--{cs}\r\n"));
-                out.push_str(&answer_part(up, req, &mime, &content).await);
+                out.push_str(&answer_part(up, req, &mime, &content, dispatch).await);
                 out.push_str("\r\n");
             }
             out.push_str(&format!("--{cs}--\r\n"));
         } else {
-            out.push_str(&answer_part(up, req, &mime, &content).await);
+            out.push_str(&answer_part(up, req, &mime, &content, dispatch).await);
             out.push_str("\r\n");
         }
     }
@@ -128,6 +147,7 @@ async fn answer_part(
     req: &RecordedRequest,
     mime: &[(String, String)],
     content: &str,
+    dispatch: Dispatch,
 ) -> String {
     let (line, rest) = content.split_once('\n').unwrap_or((content, ""));
     let mut words = line.trim_end_matches('\r').split(' ');
@@ -143,7 +163,7 @@ async fn answer_part(
         headers,
         body: Bytes::from(body.trim_end_matches("\r\n").to_owned()),
     };
-    let (status, headers, body) = run(up, req, &inner).await;
+    let (status, headers, body) = run(up, req, &inner, dispatch).await;
     let mut out =
         String::from("Content-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n");
     if let Some(id) = &inner.id {
@@ -161,7 +181,12 @@ async fn answer_part(
 }
 
 /// Dispatches one inner request like a request of its own, and records it.
-async fn run(up: &Service, outer: &RecordedRequest, inner: &Inner) -> (u16, HeaderMap, Bytes) {
+async fn run(
+    up: &Service,
+    outer: &RecordedRequest,
+    inner: &Inner,
+    dispatch: Dispatch,
+) -> (u16, HeaderMap, Bytes) {
     let root = up.shared.root.clone();
     let path_and_query = if let Some(rest) = inner.url.strip_prefix(&up.base_url()) {
         format!("{root}{rest}")
@@ -195,7 +220,7 @@ async fn run(up: &Service, outer: &RecordedRequest, inner: &Inner) -> (u16, Head
         collection_set,
     };
     up.lock().requests.push(recorded.clone());
-    let response = Box::pin(dispatch(up, &recorded, target)).await;
+    let response = dispatch(up, &recorded, target).await;
     let (parts, body) = response.into_parts();
     let body = body
         .collect()

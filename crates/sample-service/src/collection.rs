@@ -6,9 +6,9 @@ use super::query::{
     ODataError, Scope, next_link_query, parse_options, select_rows, select_suffix, split_query,
 };
 use super::render::{Node, Shaper};
-use super::reply::{JSON, error_response, respond, rules, set_header};
-use super::request::{PageRequest, RecordedRequest};
-use super::server::ReplyBody;
+use super::reply::{JSON, ReplyBody, error_response, respond, rules, set_header};
+use super::request::RecordedRequest;
+use super::service::PageRequest;
 use super::service::Service;
 use bytes::Bytes;
 use http::{HeaderMap, Response};
@@ -241,7 +241,7 @@ fn render_page(
                 Some((at, back)) if end >= at => back,
                 _ => end,
             };
-            let rel = format!("{set}?{}", next_link_query(&pairs, onward));
+            let rel = format!("{set}?{}", next_link_query(req.query(), onward));
             up.link(knobs.link_style, &rel)
         })
     });

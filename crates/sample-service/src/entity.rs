@@ -6,9 +6,8 @@ use super::model::{
 };
 use super::query::{ODataError, QueryOptions, Scope, parse_options, select_suffix, split_query};
 use super::render::{Node, Shaper};
-use super::reply::{JSON, prefers, respond, rules, set_header};
+use super::reply::{JSON, ReplyBody, prefers, respond, rules, set_header};
 use super::request::RecordedRequest;
-use super::server::ReplyBody;
 use super::service::{Service, State};
 use http::Response;
 use serde_json::{Map, Value};

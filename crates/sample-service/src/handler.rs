@@ -7,35 +7,16 @@ use super::entity::{Write, delete_entity, get_entity, get_property, post_entity,
 use super::model::find_set;
 use super::query::ODataError;
 use super::render::Node;
-use super::reply::{JSON, error_response, respond, set_header};
+use super::reply::{JSON, ReplyBody, error_response, respond, set_header};
 use super::request::RecordedRequest;
-use super::server::ReplyBody;
+use super::route::{Route, route};
 use super::service::Service;
 use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use percent_encoding::percent_decode_str;
-
-/// What a request path addresses.
-pub(crate) enum Route {
-    ServiceDoc,
-    Batch,
-    Metadata,
-    Collection(String),
-    Count(String),
-    Entity {
-        set: String,
-        key: String,
-    },
-    Property {
-        set: String,
-        key: String,
-        property: String,
-        raw: bool,
-    },
-    Unknown,
-}
+use std::future::Future;
+use std::pin::Pin;
 
 /// Records the request, answers it, and adds the headers every answer gets.
 pub(crate) async fn handle(upstream: Service, request: Request<Incoming>) -> Response<ReplyBody> {
@@ -111,18 +92,17 @@ pub(crate) async fn handle(upstream: Service, request: Request<Incoming>) -> Res
     response
 }
 
-pub(crate) async fn dispatch(
-    up: &Service,
-    req: &RecordedRequest,
-    route: Route,
-) -> Response<ReplyBody> {
+/// Answers a routed request; a batch's parts come back here through [`boxed_dispatch`].
+async fn dispatch(up: &Service, req: &RecordedRequest, route: Route) -> Response<ReplyBody> {
     let method = &req.method;
     let result = match route {
         Route::Collection(set) if method == Method::GET => {
             return get_collection(up, req, &set).await;
         }
         Route::ServiceDoc if method == Method::GET => Ok(service_document(up)),
-        Route::Batch if method == Method::POST => return super::batch::answer(up, req).await,
+        Route::Batch if method == Method::POST => {
+            return super::batch::answer(up, req, boxed_dispatch).await;
+        }
         Route::Metadata if method == Method::GET => {
             let delay = up.lock().metadata_delay;
             if let Some(delay) = delay {
@@ -150,64 +130,14 @@ pub(crate) async fn dispatch(
     result.unwrap_or_else(|e| error_response(&e, None))
 }
 
-/// Maps a request path onto a [`Route`]; segments are percent-decoded after
-/// splitting so that an encoded `/` inside a string key stays in the key.
-pub(crate) fn route(root: &str, path: &str) -> Route {
-    let Some(rest) = path.strip_prefix(root) else {
-        return Route::Unknown;
-    };
-    if rest.is_empty() || rest == "/" {
-        return Route::ServiceDoc;
-    }
-    let Some(rest) = rest.strip_prefix('/') else {
-        return Route::Unknown;
-    };
-    let decoded: Option<Vec<String>> = rest
-        .split('/')
-        .map(|s| {
-            percent_decode_str(s)
-                .decode_utf8()
-                .ok()
-                .map(|c| c.into_owned())
-        })
-        .collect();
-    let Some(segments) = decoded else {
-        return Route::Unknown;
-    };
-    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let resource = segments.first().and_then(|s| split_resource(s));
-    match (segments.as_slice(), resource) {
-        (["$metadata"], _) => Route::Metadata,
-        (["$batch"], _) => Route::Batch,
-        ([_], Some((set, None))) => Route::Collection(set),
-        ([_], Some((set, Some(key)))) => Route::Entity { set, key },
-        ([_, "$count"], Some((set, None))) => Route::Count(set),
-        ([_, property], Some((set, Some(key)))) => Route::Property {
-            set,
-            key,
-            property: property.to_string(),
-            raw: false,
-        },
-        ([_, property, "$value"], Some((set, Some(key)))) => Route::Property {
-            set,
-            key,
-            property: property.to_string(),
-            raw: true,
-        },
-        _ => Route::Unknown,
-    }
-}
-
-/// `Customers` → (`Customers`, None); `Customers(42)` → (`Customers`, `42`).
-fn split_resource(segment: &str) -> Option<(String, Option<String>)> {
-    match segment.split_once('(') {
-        None if segment.is_empty() || segment.starts_with('$') => None,
-        None => Some((segment.to_string(), None)),
-        Some((set, rest)) => {
-            let key = rest.strip_suffix(')')?;
-            Some((set.to_string(), Some(key.to_string())))
-        }
-    }
+/// [`dispatch`] as the batch answerer takes it: a part is answered like a request of its own,
+/// without the batch module naming this one.
+fn boxed_dispatch<'a>(
+    up: &'a Service,
+    req: &'a RecordedRequest,
+    route: Route,
+) -> Pin<Box<dyn Future<Output = Response<ReplyBody>> + Send + 'a>> {
+    Box::pin(dispatch(up, req, route))
 }
 
 fn service_document(up: &Service) -> Response<ReplyBody> {

@@ -18,17 +18,22 @@
 //! bodies, duplicate or missing keys), for the tests of a client's failure handling.
 //!
 //! ## Layout
-//! - [`service`](Service): the handle: data, settings, faults, the request log; [`Server`] runs it
-//!   on a local port, [`serve`] on a listener until cancelled.
-//! - `model`: entity-set definitions, the row store in key order, key predicates and ETags.
+//! Each module imports only modules listed before it (no import circles): the model at the
+//! bottom, the accept loop at the top.
+//! - `knobs`: the settings and faults. `model`: entity-set definitions, the row store in key
+//!   order, key predicates and ETags.
 //! - `value`: Edm-typed comparison of JSON values. `filter`: the `$filter` parser and evaluator.
 //! - `query`: system query options, parsed and applied (filter, order, skip, top, select,
-//!   expand), and next-link queries.
+//!   expand), and next-link queries built from the request's own encoded options.
 //! - `render`: JSON with member order kept; `csdl`: the generated `$metadata`.
-//! - `handler`: routing; `collection`, `entity`, `batch`: the answers; `reply`: headers, errors,
-//!   gzip.
-//! - `knobs`: the settings and faults. `request`: the recorded requests and page hooks.
-//! - `server`: the accept loop and the body type (which can break on purpose).
+//! - `request`: a request as the service reads and records it. `reply`: the body type (which can
+//!   break on purpose), headers, errors, gzip.
+//! - [`service`](Service): the handle: data, settings, faults, page hooks ([`PageRequest`]), the
+//!   request log.
+//! - `route`: what a path addresses. `collection`, `entity`, `batch`: the answers; a batch is
+//!   handed the dispatch it answers its parts with, so it does not import the handler.
+//! - `handler`: records a request, dispatches it by route and method, adds the common headers.
+//! - `server`: the accept loop ([`serve`]) and [`Server`], the service on a local port.
 //! - [`catalog`]: the demo's product catalog and its change generator.
 #![forbid(unsafe_code)]
 
@@ -45,12 +50,13 @@ mod query;
 mod render;
 mod reply;
 mod request;
+mod route;
 mod server;
 mod service;
 mod value;
 
 pub use knobs::{CountMode, Fault, LinkStyle};
 pub use model::{EntitySetDef, NavDef, PropDef};
-pub use request::{Hook, PageRequest, RecordedRequest};
-pub use server::serve;
-pub use service::{DEFAULT_ROOT, Server, Service};
+pub use request::RecordedRequest;
+pub use server::{Server, serve};
+pub use service::{DEFAULT_ROOT, Hook, PageRequest, Service};

@@ -3,28 +3,8 @@
 use super::filter::{self, Expr, split_top_level};
 use super::model::{EntitySetDef, NavDef, SetStore, find_set};
 use super::value::compare_typed;
-use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+use percent_encoding::percent_decode_str;
 use serde_json::{Map, Value};
-
-/// Characters escaped when re-encoding a query option value into a nextLink.
-/// `+` is escaped because the service (like CAP) reads a raw `+` literally.
-const QUERY_VALUE: &AsciiSet = &CONTROLS
-    .add(b' ')
-    .add(b'"')
-    .add(b'#')
-    .add(b'%')
-    .add(b'&')
-    .add(b'+')
-    .add(b'<')
-    .add(b'>')
-    .add(b'`')
-    .add(b'{')
-    .add(b'}')
-    .add(b'|')
-    .add(b'\\')
-    .add(b'^')
-    .add(b'[')
-    .add(b']');
 
 /// An error answered as an OData error body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,19 +112,16 @@ pub(crate) fn split_query(raw: &str) -> Result<Vec<(String, String)>, ODataError
         .collect()
 }
 
-/// Builds the query of a nextLink: the request's options re-encoded, minus
-/// the old `$skiptoken`, plus `$skiptoken=<offset>` at the end.
-pub(crate) fn next_link_query(pairs: &[(String, String)], offset: usize) -> String {
-    pairs
-        .iter()
-        .filter(|(name, _)| name != "$skiptoken")
-        .map(|(name, value)| {
-            format!(
-                "{}={}",
-                utf8_percent_encode(name, QUERY_VALUE),
-                utf8_percent_encode(value, QUERY_VALUE)
-            )
+/// Builds the query of a nextLink: the request's options as they came, still encoded the way
+/// the client wrote them (so nothing is decoded and written again), minus the old `$skiptoken`,
+/// plus `$skiptoken=<offset>` at the end.
+pub(crate) fn next_link_query(raw: &str, offset: usize) -> String {
+    raw.split('&')
+        .filter(|part| {
+            let name = part.split_once('=').map_or(*part, |(name, _)| name);
+            !part.is_empty() && percent_decode_str(name).decode_utf8_lossy() != "$skiptoken"
         })
+        .map(str::to_owned)
         .chain(std::iter::once(format!("$skiptoken={offset}")))
         .collect::<Vec<_>>()
         .join("&")

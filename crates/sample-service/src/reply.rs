@@ -1,11 +1,18 @@
-//! Building responses: headers, status, OData error bodies.
+//! Building responses: the body type (which can break on purpose), headers, status, OData error
+//! bodies, gzip.
 
 use super::knobs::Knobs;
 use super::query::{FilterRules, ODataError};
 use super::render::Node;
 use super::request::RecordedRequest;
-use super::server::ReplyBody;
+use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
+use hyper::body::{Body, Frame, SizeHint};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::time::Sleep;
 
 /// Content type of every JSON answer.
 pub(crate) const JSON: &str = "application/json;odata.metadata=minimal";
@@ -108,4 +115,83 @@ pub(crate) fn gzip_bomb(decoded_bytes: usize) -> Response<ReplyBody> {
     let mut response = respond(200, Some(JSON), ReplyBody::full(body));
     set_header(&mut response, "content-encoding", "gzip");
     response
+}
+
+/// Response body: either complete, or a prefix followed by an error so that
+/// hyper aborts the connection mid-body (the ResetMidBody fault).
+pub(crate) struct ReplyBody {
+    data: Option<Bytes>,
+    /// Set for a broken body; the pause lets hyper flush the prefix to the
+    /// socket before the error tears the connection down.
+    break_after: Option<Pin<Box<Sleep>>>,
+}
+
+impl ReplyBody {
+    /// A complete body.
+    pub(crate) fn full(data: impl Into<Bytes>) -> ReplyBody {
+        let data: Bytes = data.into();
+        ReplyBody {
+            data: (!data.is_empty()).then_some(data),
+            break_after: None,
+        }
+    }
+
+    /// No body.
+    pub(crate) fn empty() -> ReplyBody {
+        ReplyBody::full(Bytes::new())
+    }
+
+    /// The same body gzip-compressed; `None` for a broken one, which is
+    /// sent as it is.
+    pub(crate) fn gzipped(&self) -> Option<ReplyBody> {
+        if self.break_after.is_some() {
+            return None;
+        }
+        let data = self.data.clone().unwrap_or_default();
+        Some(ReplyBody::full(gzip(&data)))
+    }
+
+    /// The first half of `data`, then a connection error.
+    pub(crate) fn broken(data: Bytes) -> ReplyBody {
+        let half = data.slice(..data.len() / 2);
+        ReplyBody {
+            data: (!half.is_empty()).then_some(half),
+            break_after: Some(Box::pin(tokio::time::sleep(Duration::from_millis(50)))),
+        }
+    }
+}
+
+impl Body for ReplyBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if let Some(data) = self.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        if let Some(pause) = self.break_after.as_mut() {
+            ready!(pause.as_mut().poll(cx));
+            self.break_after = None;
+            return Poll::Ready(Some(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "injected fault: connection reset mid-body",
+            ))));
+        }
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.break_after.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&self.data, &self.break_after) {
+            (Some(data), None) => SizeHint::with_exact(data.len() as u64),
+            (None, None) => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
 }

@@ -1,6 +1,5 @@
-//! What the service records about requests, and what hooks are given.
+//! A request as the service reads and records it.
 
-use super::service::Service;
 use bytes::Bytes;
 use http::{HeaderMap, Method};
 use percent_encoding::percent_decode_str;
@@ -66,18 +65,3 @@ impl RecordedRequest {
         serde_json::from_slice(&self.body).ok()
     }
 }
-
-/// What a hook learns about the collection request that triggered it.
-pub struct PageRequest<'a> {
-    /// The service, to mutate data (insert/update/delete) mid-enumeration.
-    pub upstream: &'a Service,
-    /// The request.
-    pub request: &'a RecordedRequest,
-    /// The entity set requested.
-    pub set: &'a str,
-    /// 0-based index of this GET collection request since the hook was set.
-    pub index: usize,
-}
-
-/// Signature of a hook run on each GET collection request before answering.
-pub type Hook = dyn Fn(&PageRequest<'_>) + Send + Sync;

@@ -1,21 +1,17 @@
-//! Accept loop and the response body type (which can break on purpose).
+//! The accept loop, and [`Server`], the service running on a local port.
 
 use super::handler::handle;
-use super::service::Service;
-use bytes::Bytes;
-use hyper::body::{Body, Frame, SizeHint};
+use super::service::{DEFAULT_ROOT, Service};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::net::SocketAddr;
+use std::ops::Deref;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
-use tokio::time::Sleep;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 /// How long open connections get to finish once `shutdown` is cancelled.
@@ -66,81 +62,66 @@ pub async fn serve(
     Ok(())
 }
 
-/// Response body: either complete, or a prefix followed by an error so that
-/// hyper aborts the connection mid-body (the ResetMidBody fault).
-pub(crate) struct ReplyBody {
-    data: Option<Bytes>,
-    /// Set for a broken body; the pause lets hyper flush the prefix to the
-    /// socket before the error tears the connection down.
-    break_after: Option<Pin<Box<Sleep>>>,
+/// A running service on 127.0.0.1; stops when dropped, closing its connections at once.
+pub struct Server {
+    upstream: Service,
+    addr: SocketAddr,
+    task: JoinHandle<()>,
 }
 
-impl ReplyBody {
-    /// A complete body.
-    pub(crate) fn full(data: impl Into<Bytes>) -> ReplyBody {
-        let data: Bytes = data.into();
-        ReplyBody {
-            data: (!data.is_empty()).then_some(data),
-            break_after: None,
+impl Server {
+    /// Starts a service at [`DEFAULT_ROOT`].
+    pub async fn start() -> Server {
+        Server::start_at(DEFAULT_ROOT).await
+    }
+
+    /// Starts a service at the given service root path (`/` allowed).
+    pub async fn start_at(root: &str) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the sample service on 127.0.0.1:0");
+        let addr = listener
+            .local_addr()
+            .expect("local address of the sample service");
+        let upstream = Service::new(&format!("http://{addr}"), root);
+        let task = tokio::spawn({
+            let upstream = upstream.clone();
+            async move {
+                // Never cancelled: dropping the server aborts the task instead.
+                let _ = serve(listener, upstream, CancellationToken::new()).await;
+            }
+        });
+        Server {
+            upstream,
+            addr,
+            task,
         }
     }
 
-    /// No body.
-    pub(crate) fn empty() -> ReplyBody {
-        ReplyBody::full(Bytes::new())
+    /// The socket address the service listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
-    /// The same body gzip-compressed; `None` for a broken one, which is
-    /// sent as it is.
-    pub(crate) fn gzipped(&self) -> Option<ReplyBody> {
-        if self.break_after.is_some() {
-            return None;
-        }
-        let data = self.data.clone().unwrap_or_default();
-        Some(ReplyBody::full(super::reply::gzip(&data)))
-    }
-
-    /// The first half of `data`, then a connection error.
-    pub(crate) fn broken(data: Bytes) -> ReplyBody {
-        let half = data.slice(..data.len() / 2);
-        ReplyBody {
-            data: (!half.is_empty()).then_some(half),
-            break_after: Some(Box::pin(tokio::time::sleep(Duration::from_millis(50)))),
-        }
+    /// A handle usable after moving it into closures or other tasks.
+    pub fn handle(&self) -> Service {
+        self.upstream.clone()
     }
 }
 
-impl Body for ReplyBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
+/// Lets tests call data and knob methods directly on the server value.
+impl Deref for Server {
+    type Target = Service;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        if let Some(data) = self.data.take() {
-            return Poll::Ready(Some(Ok(Frame::data(data))));
-        }
-        if let Some(pause) = self.break_after.as_mut() {
-            ready!(pause.as_mut().poll(cx));
-            self.break_after = None;
-            return Poll::Ready(Some(Err(std::io::Error::new(
-                std::io::ErrorKind::ConnectionReset,
-                "injected fault: connection reset mid-body",
-            ))));
-        }
-        Poll::Ready(None)
+    fn deref(&self) -> &Service {
+        &self.upstream
     }
+}
 
-    fn is_end_stream(&self) -> bool {
-        self.data.is_none() && self.break_after.is_none()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match (&self.data, &self.break_after) {
-            (Some(data), None) => SizeHint::with_exact(data.len() as u64),
-            (None, None) => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
-        }
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Aborting the accept loop drops its JoinSet, which aborts every
+        // connection task, so no test leaks a server into the next.
+        self.task.abort();
     }
 }

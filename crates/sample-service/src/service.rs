@@ -3,16 +3,11 @@
 
 use super::knobs::{CountMode, Fault, Knobs, LinkStyle};
 use super::model::{EntitySetDef, SetStore, etag, find_set, find_set_mut};
-use super::request::{Hook, PageRequest, RecordedRequest};
+use super::request::RecordedRequest;
 use serde_json::Value;
-use std::net::SocketAddr;
-use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-/// The service root path [`Server::start`] serves.
+/// The service root path [`Server::start`](crate::Server::start) serves.
 pub const DEFAULT_ROOT: &str = "/odata/v4/shop";
 
 /// A fault waiting for its request.
@@ -69,76 +64,12 @@ pub(crate) struct Shared {
 }
 
 /// Cloneable handle to the service's data and knobs. Obtained by dereferencing
-/// a [`Server`], via [`Server::handle`], or from [`Service::new`] for a service
+/// a [`Server`](crate::Server), via [`Server::handle`](crate::Server::handle), or from [`Service::new`] for a service
 /// served with [`crate::serve`]; it does not keep a server alive.
 #[derive(Clone)]
 pub struct Service {
     /// Shared with the server task.
     pub(crate) shared: Arc<Shared>,
-}
-
-/// A running service on 127.0.0.1; stops when dropped, closing its connections at once.
-pub struct Server {
-    upstream: Service,
-    addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Server {
-    /// Starts a service at [`DEFAULT_ROOT`].
-    pub async fn start() -> Server {
-        Server::start_at(DEFAULT_ROOT).await
-    }
-
-    /// Starts a service at the given service root path (`/` allowed).
-    pub async fn start_at(root: &str) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the sample service on 127.0.0.1:0");
-        let addr = listener
-            .local_addr()
-            .expect("local address of the sample service");
-        let upstream = Service::new(&format!("http://{addr}"), root);
-        let task = tokio::spawn({
-            let upstream = upstream.clone();
-            async move {
-                // Never cancelled: dropping the server aborts the task instead.
-                let _ = crate::server::serve(listener, upstream, CancellationToken::new()).await;
-            }
-        });
-        Server {
-            upstream,
-            addr,
-            task,
-        }
-    }
-
-    /// The socket address the service listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// A handle usable after moving it into closures or other tasks.
-    pub fn handle(&self) -> Service {
-        self.upstream.clone()
-    }
-}
-
-/// Lets tests call data and knob methods directly on the server value.
-impl Deref for Server {
-    type Target = Service;
-
-    fn deref(&self) -> &Service {
-        &self.upstream
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // Aborting the accept loop drops its JoinSet, which aborts every
-        // connection task, so no test leaks a server into the next.
-        self.task.abort();
-    }
 }
 
 impl Service {
@@ -498,3 +429,18 @@ impl Service {
         }
     }
 }
+
+/// What a hook learns about the collection request that triggered it.
+pub struct PageRequest<'a> {
+    /// The service, to mutate data (insert/update/delete) mid-enumeration.
+    pub upstream: &'a Service,
+    /// The request.
+    pub request: &'a RecordedRequest,
+    /// The entity set requested.
+    pub set: &'a str,
+    /// 0-based index of this GET collection request since the hook was set.
+    pub index: usize,
+}
+
+/// Signature of a hook run on each GET collection request before answering.
+pub type Hook = dyn Fn(&PageRequest<'_>) + Send + Sync;
