@@ -581,10 +581,16 @@ async fn the_status_page_counts_the_subscriptions_watching_each_feed() {
     let status = format!("http://{}/", gw.admin_addr().expect("admin listener"));
     let html = client.get(&status, &[]).await.text();
     assert!(html.contains("<th>Subscriptions</th>"), "{html}");
-    assert!(html.contains("<td class=\"n subscriptions\">0</td>"), "{html}");
+    assert!(
+        html.contains("<td class=\"n subscriptions\">0</td>"),
+        "{html}"
+    );
     for _ in 0..2 {
         subscribe(&client, &gw, &link, &hook).await;
     }
     let html = client.get(&status, &[]).await.text();
-    assert!(html.contains("<td class=\"n subscriptions\">2</td>"), "{html}");
+    assert!(
+        html.contains("<td class=\"n subscriptions\">2</td>"),
+        "{html}"
+    );
 }

@@ -401,39 +401,20 @@ async fn page(shared: &Arc<Shared>, req: TrackedRequest) -> Result<Response<Body
             Some(tokio::task::spawn_blocking(move || store.delta_count(feed, since, upto)).await??)
         }
     };
+    let of = PageOf {
+        shared,
+        req: &req,
+        feed,
+        query: &def.query,
+        issued_at: token.issued_at,
+        page_size,
+    };
     match cursor {
-        Cursor::Initial { .. } => {
-            live_page(
-                shared,
-                &req,
-                feed,
-                &def.query,
-                token.issued_at,
-                cursor,
-                page_size,
-                count,
-                false,
-                None,
-            )
-            .await
-        }
+        Cursor::Initial { .. } => live_page(of, cursor, count, false, None).await,
         Cursor::Streaming { .. } => Err(Error::Internal(
             "a streaming cursor reached the wrong page".into(),
         )),
-        Cursor::Delta { .. } => {
-            delta_page(
-                shared,
-                &req,
-                feed,
-                &def.query,
-                token.issued_at,
-                cursor,
-                page_size,
-                count,
-                None,
-            )
-            .await
-        }
+        Cursor::Delta { .. } => delta_page(of, cursor, count, None).await,
     }
 }
 
@@ -453,19 +434,34 @@ fn page_context<'a>(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn live_page(
-    shared: &Arc<Shared>,
-    req: &TrackedRequest,
+/// What every page of one tracked answer is written from: the request, its feed and defining
+/// query, the issue time its tokens carry, and the page size.
+#[derive(Clone, Copy)]
+struct PageOf<'a> {
+    shared: &'a Arc<Shared>,
+    req: &'a TrackedRequest,
     feed: FeedId,
-    query: &DefiningQuery,
+    query: &'a DefiningQuery,
     issued_at: u64,
-    cursor: Cursor,
     page_size: u32,
+}
+
+/// A page of live rows at a published version (an initial read and its next links).
+async fn live_page(
+    of: PageOf<'_>,
+    cursor: Cursor,
     count: Option<u64>,
     first: bool,
     fresh: Option<Fresh>,
 ) -> Result<Response<Body>, Error> {
+    let PageOf {
+        shared,
+        req,
+        feed,
+        query,
+        issued_at,
+        page_size,
+    } = of;
     let Cursor::Initial {
         at,
         after,

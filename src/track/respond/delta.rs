@@ -10,16 +10,15 @@ use crate::body::{self, Body};
 use crate::error::Error;
 use crate::odata::delta::{Entry, PageEnd, write_page};
 use crate::odata::names;
-use crate::odata::query::DefiningQuery;
 use crate::store::EntityRow;
 
 use crate::track::callback;
-use crate::track::feed::{FeedId, Version};
+use crate::track::feed::Version;
 use crate::track::refresh::Fresh;
 use crate::track::retention::record_issued;
 use crate::track::token::Cursor;
 
-use super::{TrackedRequest, now_secs, page_context, respond};
+use super::{PageOf, TrackedRequest, now_secs, page_context, respond};
 
 /// `$deltatoken=latest` (C13): refresh to fix "now", answer no entities and a delta link from now.
 pub(super) async fn latest(
@@ -89,18 +88,15 @@ pub(super) async fn delta(
         // No entry is at `since` itself, so this position means "from the start".
         after: (since, 0),
     };
-    delta_page(
+    let of = PageOf {
         shared,
-        &req,
+        req: &req,
         feed,
-        &def.query,
+        query: &def.query,
         issued_at,
-        cursor,
         page_size,
-        count,
-        Some(fresh),
-    )
-    .await
+    };
+    delta_page(of, cursor, count, Some(fresh)).await
 }
 
 /// `/$count` on a delta link (C23): the number of entries the delta would hold; the token stays as
@@ -126,18 +122,21 @@ pub(super) async fn count(
     Ok(response)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A page of the changes since a token's version.
 pub(super) async fn delta_page(
-    shared: &Arc<Shared>,
-    req: &TrackedRequest,
-    feed: FeedId,
-    query: &DefiningQuery,
-    issued_at: u64,
+    of: PageOf<'_>,
     cursor: Cursor,
-    page_size: u32,
     count: Option<u64>,
     fresh: Option<Fresh>,
 ) -> Result<Response<Body>, Error> {
+    let PageOf {
+        shared,
+        req,
+        feed,
+        query,
+        issued_at,
+        page_size,
+    } = of;
     let Cursor::Delta { since, upto, after } = cursor else {
         return Err(Error::Internal("delta_page needs a delta cursor".into()));
     };

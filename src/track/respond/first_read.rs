@@ -11,15 +11,14 @@ use crate::body::Body;
 use crate::error::{Error, UpstreamFailure};
 use crate::odata::delta::{Entry, PageEnd, write_page};
 use crate::odata::orderby::{OrderBy, SortKey};
-use crate::odata::query::DefiningQuery;
 
 use crate::track::authorize::{authorize, authorize_after_refresh};
-use crate::track::feed::{FeedDef, FeedId, Version};
+use crate::track::feed::{FeedDef, Version};
 use crate::track::refresh::{Fresh, RefreshInput, ensure_fresh};
 use crate::track::retention::record_issued;
 use crate::track::token::{Cursor, Token, TokenError};
 
-use super::{Answer, TrackedRequest, live_page, now_secs, page_context, refused, respond};
+use super::{Answer, PageOf, TrackedRequest, live_page, now_secs, page_context, refused, respond};
 
 /// The initial response of a tracked read: refresh, then the live entities at the new version.
 pub(super) async fn initial(
@@ -52,19 +51,15 @@ pub(super) async fn initial(
         after: 0,
         remaining: req.query.top.unwrap_or(u64::MAX),
     };
-    live_page(
+    let of = PageOf {
         shared,
-        &req,
-        def.id(),
-        &def.query,
+        req: &req,
+        feed: def.id(),
+        query: &def.query,
         issued_at,
-        cursor,
         page_size,
-        count,
-        true,
-        Some(fresh),
-    )
-    .await
+    };
+    live_page(of, cursor, count, true, Some(fresh)).await
 }
 
 /// How the first page of a tracked read is answered.
@@ -150,9 +145,15 @@ pub(super) async fn first_read(
                 authorize(shared, &req.service_root, def, &req.headers).await?;
                 schedule();
                 let cursor = Cursor::Streaming { pending: p.pending, after: 0, remaining };
-                let response =
-                    streamed_rows(shared, req, feed, &def.query, issued_at, cursor, page_size, true)
-                        .await?;
+                let of = PageOf {
+                    shared,
+                    req,
+                    feed,
+                    query: &def.query,
+                    issued_at,
+                    page_size,
+                };
+                let response = streamed_rows(of, cursor, true).await?;
                 return Ok(FirstRead::Streamed(response));
             }
         }
@@ -161,17 +162,19 @@ pub(super) async fn first_read(
 
 /// A page of rows a running first load has written at its pending version; there is always a
 /// next page (the caller checked that more rows were written than the page holds).
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn streamed_rows(
-    shared: &Arc<Shared>,
-    req: &TrackedRequest,
-    feed: FeedId,
-    query: &DefiningQuery,
-    issued_at: u64,
+    of: PageOf<'_>,
     cursor: Cursor,
-    page_size: u32,
     first: bool,
 ) -> Result<Response<Body>, Error> {
+    let PageOf {
+        shared,
+        req,
+        feed,
+        query,
+        issued_at,
+        page_size,
+    } = of;
     let Cursor::Streaming {
         pending,
         after,
@@ -284,19 +287,15 @@ pub(super) async fn streaming_page(
                 after,
                 remaining,
             };
-            return live_page(
+            let of = PageOf {
                 shared,
                 req,
                 feed,
-                &def.query,
-                token.issued_at,
-                cursor,
+                query: &def.query,
+                issued_at: token.issued_at,
                 page_size,
-                None,
-                false,
-                None,
-            )
-            .await;
+            };
+            return live_page(of, cursor, None, false, None).await;
         }
         let (Some(p), Some(rx)) = (state, rx.as_mut()) else {
             return Err(interrupted());
@@ -322,17 +321,15 @@ pub(super) async fn streaming_page(
                 continue;
             }
             None if p.written.saturating_sub(after.saturating_add(1)) > take => {
-                return streamed_rows(
+                let of = PageOf {
                     shared,
                     req,
                     feed,
-                    &p.def.query,
-                    token.issued_at,
-                    cursor,
+                    query: &p.def.query,
+                    issued_at: token.issued_at,
                     page_size,
-                    false,
-                )
-                .await;
+                };
+                return streamed_rows(of, cursor, false).await;
             }
             None => {
                 if rx.changed().await.is_err() {
