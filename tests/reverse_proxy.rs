@@ -11,23 +11,15 @@ use std::time::{Duration, Instant};
 use http::Method;
 use serde_json::{Value, json};
 use support::gateway::{Client, Gateway, GatewayProcess, Resp};
-use support::{EntitySetDef, FakeUpstream, LinkStyle};
+use support::shop::names_only;
+use support::{FakeUpstream, LinkStyle};
 
 const ROOT: &str = "/odata/v4/shop";
 
 /// An upstream with `n` customers that pages by 10 and writes absolute links, so that every link
 /// of a passed-through answer must be rewritten.
 async fn shop(n: i64) -> FakeUpstream {
-    let up = FakeUpstream::start().await;
-    up.define_set(
-        EntitySetDef::new("Customers", "Customer")
-            .key("ID", "Edm.Int32")
-            .property("name", "Edm.String"),
-    );
-    up.insert_many(
-        "Customers",
-        (1..=n).map(|i| json!({"ID": i, "name": format!("c{i}")})),
-    );
+    let up = names_only(n).await;
     up.set_page_size(Some(10));
     up.set_link_style(LinkStyle::Absolute);
     up

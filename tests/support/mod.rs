@@ -3,7 +3,8 @@
 //! The origin behind the gateway is the sample OData service (`crates/sample-service`), reached
 //! through the names the tests have always used: [`FakeUpstream`] is a running
 //! `odata_sample_service::Server`, [`Upstream`] its data, settings, faults and request log.
-//! `gateway` runs the gateway in front of it; `shop` is the `Customers` service most tests use; `receiver` takes the
+//! `gateway` runs the gateway in front of it; `hooks` runs test code on each page it is asked
+//! for; `shop` is the `Customers` service most tests use; `receiver` takes the
 //! callbacks and webhook notifications the gateway sends.
 
 // Each test binary that does `mod support;` uses a different subset of the
@@ -11,12 +12,15 @@
 #![allow(dead_code)]
 
 pub mod gateway;
+pub mod hooks;
 pub mod receiver;
 pub mod shop;
 
 // Same reason for the re-exports: not every binary names every type.
 #[allow(unused_imports)]
+pub use hooks::{Hook, PageHooks, PageRequest};
+#[allow(unused_imports)]
 pub use odata_sample_service::{
-    CountMode, EntitySetDef, Fault, Hook, LinkStyle, NavDef, PageRequest, PropDef, RecordedRequest,
+    CountMode, EntitySetDef, Fault, LinkStyle, NavDef, PropDef, RecordedRequest,
     Server as FakeUpstream, Service as Upstream,
 };

@@ -1,4 +1,4 @@
-//! GET on an entity-set collection: hooks, faults, paging, and `/$count`.
+//! GET on an entity-set collection: the layer, faults, paging, and `/$count`.
 
 use super::knobs::{CountMode, Fault};
 use super::model::find_set;
@@ -8,7 +8,6 @@ use super::query::{
 use super::render::{Node, Shaper};
 use super::reply::{JSON, ReplyBody, error_response, respond, rules, set_header};
 use super::request::RecordedRequest;
-use super::service::PageRequest;
 use super::service::Service;
 use bytes::Bytes;
 use http::{HeaderMap, Response};
@@ -54,7 +53,7 @@ fn take_faults(up: &Service, index: usize) -> Vec<Fault> {
     fired
 }
 
-/// Answers a page, after running the hook and applying due faults.
+/// Answers a page, after running the layer and applying due faults.
 pub(crate) async fn get_collection(
     up: &Service,
     req: &RecordedRequest,
@@ -64,23 +63,14 @@ pub(crate) async fn get_collection(
         let error = ODataError::not_found(format!("entity set '{set}' not found"));
         return error_response(&error, None);
     }
-    let (index, hook) = {
+    let index = {
         let mut st = up.lock();
         let index = st.collection_counter;
         st.collection_counter += 1;
-        let hook = st
-            .hook
-            .as_ref()
-            .map(|h| (h.hook.clone(), index.saturating_sub(h.installed_at)));
-        (index, hook)
+        index
     };
-    if let Some((hook, relative)) = hook {
-        hook(&PageRequest {
-            upstream: up,
-            request: req,
-            set,
-            index: relative,
-        });
+    if let Some(layer) = up.layer() {
+        layer.before_page(up, req, set);
     }
     let faults = take_faults(up, index);
     let delay: u64 = faults

@@ -15,7 +15,9 @@
 //!
 //! Settings change how it answers (page size, link style, count placement, ETags, gzip, ...);
 //! [`Fault`]s make single answers misbehave (status, delay, reset, malformed or truncated
-//! bodies, duplicate or missing keys), for the tests of a client's failure handling.
+//! bodies, duplicate or missing keys), for the tests of a client's failure handling. A
+//! [`Layer`] runs code in front of its answers; the tests' page hooks (`tests/support/hooks.rs`)
+//! are one, built outside the service.
 //!
 //! ## Layout
 //! Each module imports only modules listed before it (no import circles): the model at the
@@ -28,8 +30,8 @@
 //! - `render`: JSON with member order kept; `csdl`: the generated `$metadata`.
 //! - `request`: a request as the service reads and records it. `reply`: the body type (which can
 //!   break on purpose), headers, errors, gzip.
-//! - [`service`](Service): the handle: data, settings, faults, page hooks ([`PageRequest`]), the
-//!   request log.
+//! - [`service`](Service): the handle: data, settings, faults, the [`Layer`] in front of its
+//!   answers, the request log.
 //! - `route`: what a path addresses. `collection`, `entity`, `batch`: the answers; a batch is
 //!   handed the dispatch it answers its parts with, so it does not import the handler.
 //! - `handler`: records a request, dispatches it by route and method, adds the common headers.
@@ -59,4 +61,4 @@ pub use knobs::{CountMode, Fault, LinkStyle};
 pub use model::{EntitySetDef, NavDef, PropDef};
 pub use request::RecordedRequest;
 pub use server::{Server, serve};
-pub use service::{DEFAULT_ROOT, Hook, PageRequest, Service};
+pub use service::{DEFAULT_ROOT, Layer, Service};

@@ -17,7 +17,7 @@ pub struct RecordedRequest {
     /// Request body.
     pub body: Bytes,
     /// `Some(set)` when this was a GET of a defined entity set's collection,
-    /// i.e. a request that counts for faults and hooks.
+    /// i.e. a request that counts for faults and that a [`Layer`](crate::Layer) sees.
     pub collection_set: Option<String>,
 }
 

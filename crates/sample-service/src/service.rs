@@ -18,14 +18,6 @@ pub(crate) struct PendingFault {
     pub pushed_at: usize,
 }
 
-/// A hook and the collection-request counter when it was installed.
-pub(crate) struct InstalledHook {
-    /// The hook.
-    pub hook: Arc<Hook>,
-    /// Collection-request counter when installed; indexes are relative to it.
-    pub installed_at: usize,
-}
-
 /// Everything mutable; guarded by one mutex that is never held across an await.
 #[derive(Default)]
 pub(crate) struct State {
@@ -45,8 +37,8 @@ pub(crate) struct State {
     pub faults: Vec<PendingFault>,
     /// GET collection requests received so far.
     pub collection_counter: usize,
-    /// The hook, if set.
-    pub hook: Option<InstalledHook>,
+    /// The layer, if set.
+    pub layer: Option<Arc<dyn Layer>>,
     /// Every request received.
     pub requests: Vec<RecordedRequest>,
     /// Bumped per rendered response; seeds the property rotation.
@@ -91,7 +83,7 @@ impl Service {
         }
     }
 
-    /// Locks the state; a hook that panicked must not wedge later tests, so
+    /// Locks the state; a layer that panicked must not wedge later tests, so
     /// a poisoned lock is taken over as is.
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.shared
@@ -379,26 +371,20 @@ impl Service {
         self.lock().faults.clear();
     }
 
-    /// Runs `hook` on every GET collection request, before it is answered.
-    /// The hook runs without the state lock, so it may call any method of
-    /// `PageRequest::upstream`. A panic inside it only kills that
-    /// connection (the client sees a transport error), so record what you
-    /// want to check and assert in the test body instead.
-    pub fn set_hook<F>(&self, hook: F)
-    where
-        F: Fn(&PageRequest<'_>) + Send + Sync + 'static,
-    {
-        let mut st = self.lock();
-        let installed_at = st.collection_counter;
-        st.hook = Some(InstalledHook {
-            hook: Arc::new(hook),
-            installed_at,
-        });
+    /// Puts `layer` in front of the service's answers, replacing any layer set before; see
+    /// [`Layer`] for when it runs.
+    pub fn set_layer(&self, layer: Arc<dyn Layer>) {
+        self.lock().layer = Some(layer);
     }
 
-    /// Removes the hook.
-    pub fn clear_hook(&self) {
-        self.lock().hook = None;
+    /// Removes the layer.
+    pub fn clear_layer(&self) {
+        self.lock().layer = None;
+    }
+
+    /// The layer, if one is set.
+    pub(crate) fn layer(&self) -> Option<Arc<dyn Layer>> {
+        self.lock().layer.clone()
     }
 
     /// Every request received, oldest first.
@@ -406,7 +392,7 @@ impl Service {
         self.lock().requests.clone()
     }
 
-    /// Forgets recorded requests (fault and hook counting is unaffected).
+    /// Forgets recorded requests (fault counting is unaffected).
     pub fn clear_requests(&self) {
         self.lock().requests.clear();
     }
@@ -430,17 +416,13 @@ impl Service {
     }
 }
 
-/// What a hook learns about the collection request that triggered it.
-pub struct PageRequest<'a> {
-    /// The service, to mutate data (insert/update/delete) mid-enumeration.
-    pub upstream: &'a Service,
-    /// The request.
-    pub request: &'a RecordedRequest,
-    /// The entity set requested.
-    pub set: &'a str,
-    /// 0-based index of this GET collection request since the hook was set.
-    pub index: usize,
+/// Code run in front of the service's answers, for what a plain OData service does not do: the
+/// tests build their misbehaving upstreams on it (`tests/support`), so the service itself stays
+/// an honest one.
+pub trait Layer: Send + Sync {
+    /// Runs on every GET of an entity-set collection (a part of a batch too) before it is
+    /// answered, without the service's lock held, so it may call any method of `service`, for
+    /// example to change data in the middle of an enumeration. A panic inside it only kills that
+    /// connection (the client sees a transport error).
+    fn before_page(&self, service: &Service, request: &RecordedRequest, set: &str);
 }
-
-/// Signature of a hook run on each GET collection request before answering.
-pub type Hook = dyn Fn(&PageRequest<'_>) + Send + Sync;

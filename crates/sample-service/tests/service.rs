@@ -7,7 +7,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use odata_sample_service::{CountMode, EntitySetDef, Fault, LinkStyle, Server};
+use odata_sample_service::{
+    CountMode, EntitySetDef, Fault, Layer, LinkStyle, RecordedRequest, Server,
+};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
@@ -278,29 +280,40 @@ async fn max_page_size_preference() {
     );
 }
 
+/// Logs every page it sees and deletes row 1 before the second page is answered.
+struct DeleteOnSecondPage {
+    seen: Mutex<Vec<String>>,
+}
+
+impl Layer for DeleteOnSecondPage {
+    fn before_page(&self, service: &odata_sample_service::Service, _: &RecordedRequest, set: &str) {
+        let mut seen = self.seen.lock().expect("layer log");
+        if seen.len() == 1 {
+            service.delete("Customers", json!(1));
+        }
+        seen.push(set.to_string());
+    }
+}
+
 #[tokio::test]
-async fn deleting_during_enumeration_shifts_offsets() {
+async fn a_layer_sees_each_page_first_and_deleting_during_enumeration_shifts_offsets() {
     let up = shop().await;
     up.set_page_size(Some(2));
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    up.set_hook(move |page| {
-        log.lock()
-            .expect("hook log")
-            .push((page.index, page.set.to_string()));
-        if page.index == 1 {
-            page.upstream.delete("Customers", json!(1));
-        }
+    let layer = Arc::new(DeleteOnSecondPage {
+        seen: Mutex::new(Vec::new()),
     });
+    up.set_layer(layer.clone());
     let pages = walk(&up.url("Customers"), &[]).await;
     // Offset paging: removing row 1 after page 0 moves row 3 onto page 0's
     // range, so the client never sees it.
     assert_eq!(all_ids(&pages), [1, 2, 4, 5].map(Value::from));
-    let seen = seen.lock().expect("hook log").clone();
     assert_eq!(
-        seen,
-        [(0, "Customers".to_string()), (1, "Customers".to_string())]
+        *layer.seen.lock().expect("layer log"),
+        ["Customers", "Customers"]
     );
+    up.clear_layer();
+    walk(&up.url("Customers"), &[]).await;
+    assert_eq!(layer.seen.lock().expect("layer log").len(), 2, "cleared");
 }
 
 async fn filter_ids(up: &Server, set: &str, filter: &str) -> (StatusCode, Vec<Value>) {
