@@ -9,7 +9,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use crate::config::{FeedsArgs, FeedsCommand};
 use crate::status::{short_scope, utc};
-use crate::store::{FeedMeta, Store, file_path};
+use crate::store::{FeedMeta, RedbStore, file_path};
 use crate::track::feed::FeedId;
 
 /// Shortest id prefix accepted, so that a typo rarely names another feed.
@@ -17,7 +17,7 @@ const MIN_PREFIX: usize = 6;
 
 /// Run one `feeds` command; its output, or the message to print as the error.
 pub fn run(args: &FeedsArgs) -> Result<String, String> {
-    let mut store = Store::open_existing(&args.data_dir).map_err(|e| e.to_string())?;
+    let mut store = RedbStore::open_existing(&args.data_dir).map_err(|e| e.to_string())?;
     match &args.command {
         FeedsCommand::List => list(&store),
         FeedsCommand::Show { id } => {
@@ -46,7 +46,7 @@ pub fn run(args: &FeedsArgs) -> Result<String, String> {
     }
 }
 
-fn list(store: &Store) -> Result<String, String> {
+fn list(store: &RedbStore) -> Result<String, String> {
     let feeds = store.feeds().map_err(|e| e.to_string())?;
     let mut out =
         String::from("id\troute\tentity_set\tscope\tentities\tversion\tlast_used\tstate\n");
@@ -90,7 +90,7 @@ fn show(id: FeedId, m: &FeedMeta) -> String {
     )
 }
 
-fn compact(store: &mut Store, dir: &Path) -> Result<String, String> {
+fn compact(store: &mut RedbStore, dir: &Path) -> Result<String, String> {
     let size = || std::fs::metadata(file_path(dir)).map_or(0, |m| m.len());
     let before = size();
     let compacted = store.compact().map_err(|e| e.to_string())?;
@@ -109,7 +109,7 @@ fn compact(store: &mut Store, dir: &Path) -> Result<String, String> {
 }
 
 /// The feed whose id is `wanted` or starts with it.
-fn find(store: &Store, wanted: &str) -> Result<(FeedId, FeedMeta), String> {
+fn find(store: &RedbStore, wanted: &str) -> Result<(FeedId, FeedMeta), String> {
     let wanted = wanted.trim().to_ascii_lowercase();
     if wanted.len() < MIN_PREFIX || !wanted.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!(
