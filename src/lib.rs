@@ -43,7 +43,9 @@
 //!   (`Cache-Control`), the callback preference, and webhook subscriptions (`$subscriptions`).
 //! - `body`: the one boxed body type requests and responses travel in.
 //! - `compress`: gzip of upstream pages (bounded inflating) and of tracked responses.
-//! - [`store`]: the redb schema and its transactions.
+//! - [`store`]: the store boundary ([`store::FeedStore`]) and its two implementations:
+//!   [`store::embedded`] (redb, the default, one process) and [`store::postgres`] (PostgreSQL, for
+//!   several replicas); one conformance suite runs on both.
 //! - [`metrics`]: Prometheus metrics.
 //! - `status`: the admin listener's HTML status page, one row per feed.
 //! - [`operator`]: the `feeds` commands (list, show, drop, compact) on a stopped gateway's store.
