@@ -103,6 +103,10 @@ pub struct Flags {
     /// Directory of the store [default: ./data].
     #[arg(long, env = "ODG_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// A PostgreSQL store that several replicas share (postgres://user@host:port/db) instead of
+    /// the embedded one in --data-dir.
+    #[arg(long, env = "ODG_STORE")]
+    pub store: Option<String>,
     /// Configuration file (gateway.toml).
     #[arg(long, env = "ODG_CONFIG")]
     pub config: Option<PathBuf>,
@@ -165,6 +169,9 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// Directory of the store.
     pub data_dir: PathBuf,
+    /// A PostgreSQL URL when the store is shared by several replicas; `None` for the embedded
+    /// store in `data_dir`. Checked at start (scheme, host, no unsupported TLS mode).
+    pub store: Option<String>,
     /// Upstreams by path prefix, longest prefix first.
     pub routes: Vec<RouteConfig>,
     /// Public base URL (scheme, host, optional path prefix) for every link we write; derived from
@@ -506,6 +513,7 @@ struct File {
     listen: Option<Spanned<String>>,
     admin_listen: Option<Spanned<String>>,
     data_dir: Option<PathBuf>,
+    store: Option<Spanned<String>>,
     public_url: Option<Spanned<String>>,
     trusted_proxies: Option<Vec<Spanned<String>>>,
     token_ttl: Option<Spanned<String>>,
@@ -697,6 +705,11 @@ impl Config {
             .or(parsed.data_dir)
             .unwrap_or_else(|| PathBuf::from("./data"));
 
+        let store = match (&flags.store, &parsed.store) {
+            (Some(u), _) => Some(parse_store_url(u).map_err(|e| flag("store", e))?),
+            (None, Some(u)) => Some(parse_store_url(u.get_ref()).map_err(|e| source.at(u, e))?),
+            (None, None) => None,
+        };
         let public_url = match (&flags.public_url, &parsed.public_url) {
             (Some(u), _) => Some(parse_public_url(u).map_err(|e| flag("public-url", e))?),
             (None, Some(u)) => Some(parse_public_url(u.get_ref()).map_err(|e| source.at(u, e))?),
@@ -1084,6 +1097,7 @@ impl Config {
             listen,
             admin_listen,
             data_dir,
+            store,
             routes,
             public_url,
             trusted_proxies,
@@ -1255,6 +1269,17 @@ fn parse_upstream(s: &str) -> Result<Url, String> {
     let trimmed = url.path().trim_end_matches('/').to_owned();
     url.set_path(&trimmed);
     Ok(url)
+}
+
+/// A shared store's URL, as given, once it is known to name a PostgreSQL database we can use.
+fn parse_store_url(s: &str) -> Result<String, String> {
+    if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
+        return Err(format!(
+            "expected a PostgreSQL URL such as \"postgres://gateway@db.internal:5432/gateway\", got {s:?}"
+        ));
+    }
+    crate::store::postgres::parse_url(s)?;
+    Ok(s.to_owned())
 }
 
 fn parse_public_url(s: &str) -> Result<Url, String> {

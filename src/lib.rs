@@ -130,7 +130,14 @@ pub struct Shared {
 impl Shared {
     /// Open the store and build the shared state.
     pub fn new(config: Config) -> Result<Self, StoreError> {
-        let store = Store::open_with_cache(&config.data_dir, config.limits.store_cache_bytes)?;
+        let store = match &config.store {
+            Some(url) => Store::new(std::sync::Arc::new(crate::store::postgres::PgStore::open(
+                url,
+                None,
+                crate::store::postgres::PgLimits::default(),
+            )?)),
+            None => Store::open_with_cache(&config.data_dir, config.limits.store_cache_bytes)?,
+        };
         let secret = store.token_secret()?;
         let scope_key = blake3::derive_key("odata-delta-gateway 2026-11 identity scope", &secret);
         let feeds = Feeds::default();

@@ -345,6 +345,17 @@ pub struct SubscriptionRow {
     pub missed: u64,
 }
 
+/// A held [`FeedStore::lock_feed`]; released when dropped, and by the store when the process
+/// holding it dies.
+pub struct FeedLock(#[allow(dead_code)] Box<dyn Send + Sync>);
+
+impl FeedLock {
+    /// A lock that holds `guard` until it is dropped.
+    pub fn new(guard: impl Send + Sync + 'static) -> Self {
+        FeedLock(Box::new(guard))
+    }
+}
+
 /// The operations of a store, as the gateway uses them. Implementations are cheap to share behind
 /// an `Arc`; every method blocks (run it in `spawn_blocking`), and a failure is a [`StoreError`],
 /// answered 503: a store outage is never the client's fault.
@@ -366,6 +377,15 @@ pub trait FeedStore: Send + Sync {
     /// [`FeedStore::compact_superseded`]) remove states superseded by published ones. Safe to
     /// repeat after a crash.
     fn settle(&self, feed: FeedId, purge_before_ms: u64) -> Result<Settled, StoreError>;
+
+    /// Hold the refreshes of `feed` for this process until the returned lock is dropped: with
+    /// several replicas on one store, one refresh per feed at a time across all of them, waiting
+    /// (bounded by the store's statement timeout) while another replica refreshes. `None` where
+    /// this process is the only writer (the embedded store: a feed's slot serializes refreshes).
+    fn lock_feed(&self, feed: FeedId) -> Result<Option<FeedLock>, StoreError> {
+        let _ = feed;
+        Ok(None)
+    }
 
     /// Remove the states superseded by published ones; returns how many. Called after a publish,
     /// beside the next refresh of the feed, so it must be safe to run concurrently with one (it

@@ -568,3 +568,26 @@ async fn the_upstream_flag_replaces_the_file_route_with_its_prefix_and_keeps_its
         .collect();
     assert_eq!(ids, [&json!(2)], "{delta}");
 }
+
+#[test]
+fn a_store_that_is_not_a_postgresql_url_stops_the_start_with_file_line_and_column() {
+    let text = "store = \"mysql://gw@db.internal/gateway\"\n[[route]]\nupstream = \"http://127.0.0.1:9/odata\"\n";
+    assert_refused_at(
+        text,
+        "\"mysql:",
+        &[
+            "mysql://gw@db.internal/gateway",
+            "expected a PostgreSQL URL",
+        ],
+    );
+    // A flag gets the same check, naming the flag.
+    let stderr = exit_failure(&[
+        "--store".as_ref(),
+        "postgres://".as_ref(),
+        "--upstream".as_ref(),
+        "http://127.0.0.1:9/odata".as_ref(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+    ]);
+    assert!(stderr.contains("--store"), "{stderr}");
+}

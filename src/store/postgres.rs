@@ -370,7 +370,42 @@ async fn stream_rows<T: Send + 'static>(
     Ok(())
 }
 
+/// A feed's refresh lock: a session-level advisory lock held on a connection of its own. An
+/// advisory lock rather than a lease row, because PostgreSQL releases it by itself when the
+/// holder's connection goes, so a replica killed mid-refresh frees the feed at once instead of
+/// after a lease's expiry, and there is no clock to trust across machines. Dropping it closes the
+/// connection (it is taken out of the pool, never returned holding the lock).
+struct AdvisoryLock(Option<deadpool_postgres::Object>);
+
+impl Drop for AdvisoryLock {
+    fn drop(&mut self) {
+        if let Some(object) = self.0.take() {
+            drop(deadpool_postgres::Object::take(object));
+        }
+    }
+}
+
+/// The advisory lock key of a feed: its id's first 8 bytes.
+fn lock_key(feed: FeedId) -> i64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&feed.0[..8]);
+    i64::from_be_bytes(word)
+}
+
 impl FeedStore for PgStore {
+    fn lock_feed(&self, feed: FeedId) -> Result<Option<FeedLock>, StoreError> {
+        let key = lock_key(feed);
+        let object = self.run(move |pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            client
+                .execute("SELECT pg_advisory_lock($1)", &[&key])
+                .await
+                .map_err(pg_error)?;
+            Ok(client)
+        })?;
+        Ok(Some(FeedLock::new(AdvisoryLock(Some(object)))))
+    }
+
     fn token_secret(&self) -> Result<Vec<u8>, StoreError> {
         self.run(|pool| async move {
             let client = pool.get().await.map_err(pool_error)?;

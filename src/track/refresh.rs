@@ -276,8 +276,20 @@ async fn run(
 ) -> Result<Version, Error> {
     let now = shared.clock.now_ms();
     let purge_before = super::retention::purge_before_ms(now, shared.config.token_ttl);
-    let store = shared.store.clone();
     let feed = input.feed;
+    // With a store shared by several replicas, one refresh of the feed at a time across them; then
+    // whatever another replica published since this slot last looked is what to compare with.
+    let store = shared.store.clone();
+    let _lock = tokio::task::spawn_blocking(move || store.lock_feed(feed)).await??;
+    if _lock.is_some() {
+        let store = shared.store.clone();
+        let stored = tokio::task::spawn_blocking(move || store.feed(feed)).await??;
+        if stored.map(|m| m.version) != slot.meta.as_ref().map(|m| m.version) {
+            slot.index = None;
+            slot.meta = None;
+        }
+    }
+    let store = shared.store.clone();
     // Whatever a failed refresh of this feed wrote is discarded before anything is compared.
     let settled = tokio::task::spawn_blocking(move || store.settle(feed, purge_before)).await??;
     shared
