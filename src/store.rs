@@ -387,6 +387,12 @@ pub trait FeedStore: Send + Sync {
         Ok(None)
     }
 
+    /// Whether other processes may publish into this store (so [`FeedStore::lock_feed`] may have
+    /// to wait for one).
+    fn is_shared(&self) -> bool {
+        false
+    }
+
     /// Remove the states superseded by published ones; returns how many. Called after a publish,
     /// beside the next refresh of the feed, so it must be safe to run concurrently with one (it
     /// touches only states at or below the published version). A store whose `settle` removes

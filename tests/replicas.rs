@@ -9,6 +9,7 @@
 mod support;
 
 use serde_json::json;
+use support::Fault;
 use support::gateway::{Client, Gateway, Replica, Shape, TRACK};
 use support::shop::{Churn, ROOT, shop_paged};
 
@@ -107,5 +108,63 @@ async fn a_replica_converges_while_its_requests_alternate_between_gateways_c28()
             let expected = replica.expected(&up.rows("Customers"), |_| true);
             assert_eq!(replica.rows, expected, "{shape:?} round {round}");
         }
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set ODG_TEST_POSTGRES to a database URL"]
+async fn pollers_spread_over_three_replicas_cause_one_enumeration_per_round() {
+    let store = fresh_database("pollers").await;
+    let up = shop_paged(60, 10).await;
+    let mut gateways = Vec::new();
+    for _ in 0..3 {
+        gateways.push(replica_on(&up.base_url(), &store).await);
+    }
+    let client = Client::default();
+    let (_, mut link) = client
+        .read_all(&gateways[0].url(&format!("{ROOT}/Customers")), &TRACK)
+        .await;
+    for round in 0..3 {
+        up.update("Customers", json!(round + 1), json!({"name": "changed"}));
+        // The first enumeration's first page is slow, so that every replica's refresh overlaps it.
+        up.push_fault(Fault::Delay { page: 0, ms: 300 });
+        up.clear_requests();
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let (client, url) = (client.clone(), on(&gateways[i % 3], &link));
+            tasks.push(tokio::spawn(async move { client.get(&url, &[]).await }));
+        }
+        let mut next = None;
+        for t in tasks {
+            let r = t.await.unwrap();
+            assert_eq!(r.status, 200, "{}", r.text());
+            let page = r.json();
+            let ids: Vec<i64> = page["value"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["ID"].as_i64().unwrap())
+                .collect();
+            assert_eq!(ids, vec![round + 1], "round {round}: {page}");
+            next = page["@odata.deltaLink"].as_str().map(str::to_owned);
+        }
+        let enumerations = up
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.collection_set.as_deref() == Some("Customers")
+                    && !r.path_and_query.contains("skiptoken")
+                    && !r.path_and_query.contains("top=0")
+            })
+            .count();
+        assert!(
+            (1..=2).contains(&enumerations),
+            "round {round}: {enumerations} enumerations for 16 pollers on 3 replicas: {:?}",
+            up.requests()
+                .iter()
+                .map(|r| r.path_and_query.clone())
+                .collect::<Vec<_>>()
+        );
+        link = next.unwrap();
     }
 }

@@ -393,6 +393,10 @@ fn lock_key(feed: FeedId) -> i64 {
 }
 
 impl FeedStore for PgStore {
+    fn is_shared(&self) -> bool {
+        true
+    }
+
     fn lock_feed(&self, feed: FeedId) -> Result<Option<FeedLock>, StoreError> {
         let key = lock_key(feed);
         let object = self.run(move |pool| async move {

@@ -279,14 +279,29 @@ async fn run(
     let feed = input.feed;
     // With a store shared by several replicas, one refresh of the feed at a time across them; then
     // whatever another replica published since this slot last looked is what to compare with.
+    let before = if shared.store.is_shared() {
+        let store = shared.store.clone();
+        Some(tokio::task::spawn_blocking(move || store.feed(feed)).await??)
+    } else {
+        None
+    };
     let store = shared.store.clone();
     let _lock = tokio::task::spawn_blocking(move || store.lock_feed(feed)).await??;
-    if _lock.is_some() {
+    if let Some(before) = before {
         let store = shared.store.clone();
         let stored = tokio::task::spawn_blocking(move || store.feed(feed)).await??;
-        if stored.map(|m| m.version) != slot.meta.as_ref().map(|m| m.version) {
+        let version = |m: &Option<FeedMeta>| m.as_ref().map(|m| m.version);
+        if version(&stored) != slot.meta.as_ref().map(|m| m.version) {
             slot.index = None;
             slot.meta = None;
+        }
+        // Another replica published while this one waited for the lock: its refresh was running
+        // when this request asked and ended after, which is what joining a running refresh of
+        // this process gives too (single flight), so its version is the answer.
+        if let Some(meta) = stored.filter(|m| !m.dropped)
+            && version(&before) != Some(meta.version)
+        {
+            return Ok(Version(meta.version));
         }
     }
     let store = shared.store.clone();
