@@ -5,7 +5,8 @@
 use super::postgres::{PgLimits, PgStore};
 use super::*;
 
-fn live(n: u64, text: &str) -> EntityRow {
+/// A live row of key `n` whose body and content are `text`.
+pub(super) fn live(n: u64, text: &str) -> EntityRow {
     let predicate = n.to_string();
     EntityRow::live(
         KeyHash::of(&predicate),
@@ -17,7 +18,8 @@ fn live(n: u64, text: &str) -> EntityRow {
     )
 }
 
-fn meta(version: u64, live: u64, next_row: u64) -> FeedMeta {
+/// The meta of a feed at `version`.
+pub(super) fn meta(version: u64, live: u64, next_row: u64) -> FeedMeta {
     FeedMeta {
         route: String::new(),
         entity_set: "S".into(),

@@ -1112,6 +1112,7 @@ impl FeedStore for RedbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::conformance::{live, meta};
     use redb::ReadableTableMetadata;
 
     #[test]
@@ -1137,32 +1138,6 @@ mod tests {
         assert_eq!(back.body(), b"");
         assert_eq!(back.predicate(), "7");
         assert!(EntityRow::decode(row.as_bytes()[..20].to_vec()).is_err());
-    }
-
-    fn live(n: u64, text: &str) -> EntityRow {
-        let predicate = n.to_string();
-        EntityRow::live(
-            KeyHash::of(&predicate),
-            ContentHash(crate::ids::truncate(blake3::hash(text.as_bytes()))),
-            &predicate,
-            format!("\"ID\":{n}").as_bytes(),
-            0,
-            |out| out.extend_from_slice(text.as_bytes()),
-        )
-    }
-
-    fn meta(version: u64, live: u64, next_row: u64) -> FeedMeta {
-        FeedMeta {
-            route: String::new(),
-            entity_set: "S".into(),
-            query: String::new(),
-            scope: "shared".into(),
-            version,
-            live,
-            last_used_ms: 0,
-            dropped: false,
-            next_row,
-        }
     }
 
     fn bodies(store: &RedbStore, feed: FeedId) -> Vec<String> {
