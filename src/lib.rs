@@ -184,16 +184,21 @@ impl Shared {
         })
     }
 
-    /// Set the metrics' gauges of state from the gateway as it is now. Blocks briefly (a file's
-    /// metadata).
-    pub fn sample_gauges(&self) {
+    /// Set the metrics' gauges of state from the gateway as it is now. The store's size is read on
+    /// the blocking pool (a file's metadata, or a query); a store that cannot tell keeps the last.
+    pub async fn sample_gauges(&self) {
         let m = &self.metrics;
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.bytes()).await {
+            Ok(Ok(bytes)) => {
+                m.store_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "the store's size is unknown"),
+            Err(e) => tracing::debug!(error = %e, "the store's size is unknown"),
+        }
         let slots = self.feeds.slots();
         m.feeds_active.set(slots.len() as i64);
         m.feeds_stored.set(self.feeds.stored_len() as i64);
-        let file = store::file_path(&self.config.data_dir);
-        m.store_bytes
-            .set(std::fs::metadata(file).map_or(0, |f| f.len()) as i64);
         // A slot locked by a refresh counts with its size when that refresh last finished.
         let entries: usize = slots
             .iter()

@@ -125,6 +125,8 @@ pub struct Metrics {
     pub refreshes: Family<Outcome, Counter>,
     /// Requests that reused a concurrent or recent refresh instead of enumerating.
     pub refresh_reused: Counter,
+    /// Indexes brought up to another replica's version from its changes, not read again whole.
+    pub index_catch_ups: Counter,
     /// Duration of refreshes, by entity set.
     pub refresh_seconds: SetHistograms,
     /// Upstream pages read by refreshes.
@@ -173,6 +175,7 @@ impl Default for Metrics {
             requests: Family::default(),
             refreshes: Family::default(),
             refresh_reused: Counter::default(),
+            index_catch_ups: Counter::default(),
             refresh_seconds: Family::new_with_constructor(refresh_histogram),
             upstream_pages: Counter::default(),
             entities_enumerated: Counter::default(),
@@ -204,6 +207,11 @@ impl Default for Metrics {
             "refresh_reused",
             "Requests served by a concurrent or recent refresh",
             m.refresh_reused.clone(),
+        );
+        registry.register(
+            "index_catch_ups",
+            "Feed indexes brought up to another replica's version from its changes",
+            m.index_catch_ups.clone(),
         );
         registry.register(
             "refresh_seconds",

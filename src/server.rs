@@ -484,7 +484,7 @@ async fn admin(app: &App, req: &Request<Incoming>) -> Response<Body> {
     };
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
-            app.sample_gauges();
+            app.sample_gauges().await;
             text(
                 StatusCode::OK,
                 app.metrics.encode(),

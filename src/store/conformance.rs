@@ -210,6 +210,82 @@ fn marks_drops_subscriptions_and_secret(store: Store) {
     assert_eq!(store.token_secret().unwrap().len(), 32);
 }
 
+/// The store's size grows with what it holds; a store shared by replicas counts every refresh
+/// that ended well and grants one claim per notification until it runs out; one that is not
+/// counts nothing and grants every claim.
+fn sizes_refresh_counts_and_notification_claims(store: Store) {
+    let feed = FeedId([7; 16]);
+    let empty = store.bytes().unwrap();
+    assert!(empty > 0, "an empty store still has its tables");
+    // Incompressible bodies, more than a file's or a table's first allocation.
+    let rows: Vec<_> = (0..2000u64)
+        .map(|n| {
+            let mut noise = [0u8; 2048];
+            blake3::Hasher::new()
+                .update(&n.to_be_bytes())
+                .finalize_xof()
+                .fill(&mut noise);
+            let body: String = noise.iter().map(|b| format!("{b:02x}")).collect();
+            (n, false, live(n, &body))
+        })
+        .collect();
+    store
+        .write_pending(feed, Version(1), &pending(&rows))
+        .unwrap();
+    store.publish(feed, &meta(1, 2000, 2000), 1).unwrap();
+    assert!(
+        store.bytes().unwrap() > empty + 4_000_000,
+        "8 MB of rows take room"
+    );
+
+    let (stored, first) = store.feed_and_refreshes(feed).unwrap();
+    assert_eq!(stored.map(|m| m.version), Some(1));
+    store.count_unchanged_refresh(feed).unwrap();
+    let (_, second) = store.feed_and_refreshes(feed).unwrap();
+    let id = [3; 16];
+    if store.is_shared() {
+        assert_eq!((first, second), (1, 2));
+        assert!(
+            store
+                .claim_notification(id, Version(1), 1_000, 500)
+                .unwrap()
+        );
+        assert!(
+            !store
+                .claim_notification(id, Version(1), 1_200, 500)
+                .unwrap()
+        );
+        assert!(
+            store
+                .claim_notification(id, Version(2), 1_200, 500)
+                .unwrap()
+        );
+        assert!(
+            !store
+                .claim_notification(id, Version(1), 1_300, 500)
+                .unwrap()
+        );
+        assert!(
+            store
+                .claim_notification(id, Version(2), 1_800, 500)
+                .unwrap(),
+            "a claim whose hold ran out gives way"
+        );
+    } else {
+        assert_eq!((first, second), (0, 0));
+        assert!(
+            store
+                .claim_notification(id, Version(1), 1_000, 500)
+                .unwrap()
+        );
+        assert!(
+            store
+                .claim_notification(id, Version(1), 1_000, 500)
+                .unwrap()
+        );
+    }
+}
+
 macro_rules! conformance {
     ($($case:ident),*) => {
         mod redb {
@@ -232,7 +308,8 @@ macro_rules! conformance {
 conformance!(
     pending_states_are_invisible_until_published,
     pages_cursors_tombstones_and_purge,
-    marks_drops_subscriptions_and_secret
+    marks_drops_subscriptions_and_secret,
+    sizes_refresh_counts_and_notification_claims
 );
 
 /// A fresh schema in the test database, and a store on it.

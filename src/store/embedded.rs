@@ -146,6 +146,8 @@ fn read_meta<T: ReadableTable<&'static [u8; 16], &'static [u8]>>(
 #[derive(Clone)]
 pub struct RedbStore {
     db: Arc<Database>,
+    /// The file, for its size.
+    path: std::path::PathBuf,
 }
 
 impl RedbStore {
@@ -164,7 +166,10 @@ impl RedbStore {
             .set_cache_size(cache_bytes)
             .create(&path)
             .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
-        let store = RedbStore { db: Arc::new(db) };
+        let store = RedbStore {
+            db: Arc::new(db),
+            path: path.clone(),
+        };
         store.init(&path)?;
         store.recover()?;
         Ok(store)
@@ -972,7 +977,10 @@ impl RedbStore {
             .create(&path);
         match opened {
             Ok(db) => {
-                let store = RedbStore { db: Arc::new(db) };
+                let store = RedbStore {
+                    db: Arc::new(db),
+                    path: path.clone(),
+                };
                 store.init(&path)?;
                 store.recover()?;
                 Ok(store)
@@ -1011,6 +1019,15 @@ impl FeedStore for RedbStore {
     fn token_secret(&self) -> Result<Vec<u8>, StoreError> {
         RedbStore::token_secret(self)
     }
+    fn bytes(&self) -> Result<u64, StoreError> {
+        std::fs::metadata(&self.path).map(|m| m.len()).map_err(|e| {
+            StoreError(format!(
+                "cannot read the size of {}: {e}",
+                self.path.display()
+            ))
+        })
+    }
+
     fn sizes(&self) -> Result<StoreSizes, StoreError> {
         RedbStore::sizes(self)
     }

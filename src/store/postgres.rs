@@ -45,6 +45,9 @@ CREATE TABLE odg_pending (feed bytea PRIMARY KEY, version bigint NOT NULL);
 CREATE TABLE odg_versions (feed bytea NOT NULL, version bigint NOT NULL, committed_ms bigint NOT NULL,
     PRIMARY KEY (feed, version));
 CREATE TABLE odg_subscriptions (id bytea PRIMARY KEY, body bytea NOT NULL);
+", "
+ALTER TABLE odg_feeds ADD COLUMN refreshes bigint NOT NULL DEFAULT 0;
+CREATE TABLE odg_deliveries (id bytea PRIMARY KEY, version bigint NOT NULL, until_ms bigint NOT NULL);
 "];
 
 /// Key of the advisory lock that serializes migrations across replicas ("odg" in ASCII).
@@ -425,6 +428,23 @@ impl FeedStore for PgStore {
         })
     }
 
+    fn bytes(&self) -> Result<u64, StoreError> {
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            // The store's own tables, in the schema its connections use.
+            let row = client
+                .query_one(
+                    "SELECT COALESCE(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c
+                     JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE c.relkind = 'r' AND c.relname LIKE 'odg\\_%' AND n.nspname = current_schema()",
+                    &[],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(u(row.get(0)))
+        })
+    }
+
     fn sizes(&self) -> Result<StoreSizes, StoreError> {
         self.run(|pool| async move {
             let client = pool.get().await.map_err(pool_error)?;
@@ -451,6 +471,61 @@ impl FeedStore for PgStore {
         self.run(move |pool| async move {
             let client = pool.get().await.map_err(pool_error)?;
             read_feed(&**client, feed, false).await
+        })
+    }
+
+    fn feed_and_refreshes(&self, feed: FeedId) -> Result<(Option<FeedMeta>, u64), StoreError> {
+        self.run(move |pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let row = client
+                .query_opt(
+                    &format!("SELECT {FEED_COLUMNS}, refreshes FROM odg_feeds WHERE feed = $1"),
+                    &[&&feed.0[..]],
+                )
+                .await
+                .map_err(pg_error)?;
+            match row {
+                None => Ok((None, 0)),
+                Some(row) => Ok((Some(feed_meta(&row)?), u(row.get("refreshes")))),
+            }
+        })
+    }
+
+    fn count_unchanged_refresh(&self, feed: FeedId) -> Result<(), StoreError> {
+        self.run(move |pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            client
+                .execute(
+                    "UPDATE odg_feeds SET refreshes = refreshes + 1 WHERE feed = $1",
+                    &[&&feed.0[..]],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(())
+        })
+    }
+
+    fn claim_notification(
+        &self,
+        id: [u8; 16],
+        version: Version,
+        now_ms: u64,
+        hold_ms: u64,
+    ) -> Result<bool, StoreError> {
+        self.run(move |pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let until = i(now_ms.saturating_add(hold_ms));
+            let claimed = client
+                .query_opt(
+                    "INSERT INTO odg_deliveries (id, version, until_ms) VALUES ($1, $2, $3)
+                     ON CONFLICT (id) DO UPDATE SET version = excluded.version, until_ms = excluded.until_ms
+                     WHERE odg_deliveries.version < excluded.version OR odg_deliveries.until_ms < $4
+                     RETURNING 1",
+                    &[&&id[..], &i(version.0), &until, &i(now_ms)],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(claimed.is_some())
         })
     }
 
@@ -649,6 +724,12 @@ impl FeedStore for PgStore {
                 .max(now_ms)
                 .max(previous.as_ref().map_or(0, |m| m.last_used_ms));
             write_feed(&*tx, feed, &meta).await?;
+            tx.execute(
+                "UPDATE odg_feeds SET refreshes = refreshes + 1 WHERE feed = $1",
+                &[&&feed.0[..]],
+            )
+            .await
+            .map_err(pg_error)?;
             if previous.is_none_or(|p| p.version != meta.version) {
                 tx.execute(
                     "INSERT INTO odg_versions (feed, version, committed_ms) VALUES ($1, $2, $3)
@@ -789,6 +870,12 @@ impl FeedStore for PgStore {
             meta.dropped = true;
             meta.live = 0;
             write_feed(&*tx, feed, &meta).await?;
+            tx.execute(
+                "UPDATE odg_feeds SET refreshes = refreshes + 1 WHERE feed = $1",
+                &[&&feed.0[..]],
+            )
+            .await
+            .map_err(pg_error)?;
             for table in ["odg_entities", "odg_changes", "odg_stale", "odg_versions"] {
                 tx.execute(
                     &format!("DELETE FROM {table} WHERE feed = $1"),
@@ -949,7 +1036,11 @@ impl FeedStore for PgStore {
         self.run(move |pool| async move {
             let client = pool.get().await.map_err(pool_error)?;
             client
-                .execute("DELETE FROM odg_subscriptions WHERE id = ANY($1)", &[&ids])
+                .execute(
+                    "WITH d AS (DELETE FROM odg_deliveries WHERE id = ANY($1))
+                     DELETE FROM odg_subscriptions WHERE id = ANY($1)",
+                    &[&ids],
+                )
                 .await
                 .map_err(pg_error)?;
             Ok(())

@@ -281,25 +281,28 @@ async fn run(
     // whatever another replica published since this slot last looked is what to compare with.
     let before = if shared.store.is_shared() {
         let store = shared.store.clone();
-        Some(tokio::task::spawn_blocking(move || store.feed(feed)).await??)
+        Some(tokio::task::spawn_blocking(move || store.feed_and_refreshes(feed)).await??)
     } else {
         None
     };
     let store = shared.store.clone();
     let _lock = tokio::task::spawn_blocking(move || store.lock_feed(feed)).await??;
-    if let Some(before) = before {
+    if let Some((_, refreshes_before)) = before {
         let store = shared.store.clone();
-        let stored = tokio::task::spawn_blocking(move || store.feed(feed)).await??;
-        let version = |m: &Option<FeedMeta>| m.as_ref().map(|m| m.version);
-        if version(&stored) != slot.meta.as_ref().map(|m| m.version) {
-            slot.index = None;
-            slot.meta = None;
+        let (stored, refreshes) =
+            tokio::task::spawn_blocking(move || store.feed_and_refreshes(feed)).await??;
+        if let Some(meta) = &stored
+            && !meta.dropped
+            && slot.meta.as_ref().map(|m| m.version) != Some(meta.version)
+        {
+            catch_up(shared, slot, feed, meta).await?;
         }
-        // Another replica published while this one waited for the lock: its refresh was running
-        // when this request asked and ended after, which is what joining a running refresh of
-        // this process gives too (single flight), so its version is the answer.
-        if let Some(meta) = stored.filter(|m| !m.dropped)
-            && version(&before) != Some(meta.version)
+        // Another replica refreshed the feed while this one waited for the lock, publishing or
+        // finding nothing new: its refresh was running when this request asked and ended after,
+        // which is what joining a running refresh of this process gives too (single flight), so
+        // its version is the answer.
+        if refreshes != refreshes_before
+            && let Some(meta) = stored.filter(|m| !m.dropped)
         {
             return Ok(Version(meta.version));
         }
@@ -428,6 +431,11 @@ async fn run(
         "enumerated"
     );
     if pass.written == 0 && stored {
+        if shared.store.is_shared() {
+            // Replicas waiting for this lock take this refresh as theirs.
+            let store = shared.store.clone();
+            tokio::task::spawn_blocking(move || store.count_unchanged_refresh(feed)).await??;
+        }
         return Ok(Version(current));
     }
     let version = if pass.written > 0 {
@@ -467,6 +475,96 @@ async fn run(
         "published"
     );
     Ok(Version(version))
+}
+
+/// A replica's index takes the changes another replica published when there are fewer than one
+/// per this many entries it holds; with more, it is read again whole.
+const CATCH_UP_SHARE: u64 = 4;
+
+/// Rows of changes read per call while catching up.
+const CATCH_UP_PAGE: usize = 2000;
+
+/// Bring this replica's index of `feed` up to `stored`, a version another replica published, from
+/// the changes since the version the index holds rather than by reading every row again. The
+/// index is read whole instead (by the caller, which finds it gone) when there is none to start
+/// from, the history of its version is purged, or a large part of the feed changed.
+async fn catch_up(
+    shared: &Arc<Shared>,
+    slot: &mut Slot,
+    feed: FeedId,
+    stored: &FeedMeta,
+) -> Result<(), Error> {
+    let held = slot
+        .meta
+        .as_ref()
+        .filter(|m| !m.dropped)
+        .map(|m| Version(m.version));
+    let (Some(held), Some(mut index)) = (held, slot.index.take()) else {
+        slot.index = None;
+        slot.meta = None;
+        return Ok(());
+    };
+    let upto = Version(stored.version);
+    let store = shared.store.clone();
+    let caught = tokio::task::spawn_blocking(move || {
+        if held >= upto || !store.was_published(feed, held)? {
+            return Ok::<_, Error>(None);
+        }
+        let changes = store.delta_count(feed, held, upto)?;
+        if changes.saturating_mul(CATCH_UP_SHARE) > index.len() as u64 {
+            return Ok(None);
+        }
+        let mut after = None;
+        let mut seen = 0u64;
+        loop {
+            let page = store.delta_page(feed, held, upto, after, CATCH_UP_PAGE)?;
+            let Some(&(version, row, _)) = page.last() else {
+                break;
+            };
+            after = Some((version, row));
+            for (_, row, state) in page {
+                seen += 1;
+                let content = if state.removed_reason().is_some() {
+                    IndexEntry::REMOVED
+                } else {
+                    state.content()
+                };
+                match index.get_mut(&state.key_hash()) {
+                    Some(entry) => {
+                        entry.row = row;
+                        entry.content = content;
+                        // The raw bytes are unknown: the next refresh digests this entity.
+                        entry.raw = RawHash::UNKNOWN;
+                    }
+                    None => {
+                        let entry = IndexEntry::loaded(row, content);
+                        if index.insert(state.key_hash(), entry).is_err() {
+                            return Ok(None);
+                        }
+                    }
+                }
+            }
+            // The count bounds the loop, against a store that would page on past it.
+            if seen > changes {
+                return Ok(None);
+            }
+        }
+        Ok(Some((index, seen)))
+    })
+    .await??;
+    match caught {
+        Some((index, rows)) => {
+            tracing::debug!(feed = %feed_label(feed), from = held.0, to = upto.0, rows, "index caught up from the changes");
+            shared.metrics.index_catch_ups.inc();
+            slot.index = Some(index);
+            slot.meta = Some(stored.clone());
+        }
+        None => {
+            slot.index = None;
+            slot.meta = None;
+        }
+    }
+    Ok(())
 }
 
 /// Remove the states a publish superseded (the old states of changed rows) on the blocking pool,

@@ -200,6 +200,10 @@ fn background_input(shared: &Shared, input: &RefreshInput, interval: Duration) -
     input
 }
 
+/// How often a replica on a shared store reads the subscriptions other replicas created, renewed
+/// or deleted.
+const SUBSCRIPTION_SYNC: Duration = Duration::from_secs(2);
+
 /// 85 to 95 % of the interval, at random: feeds that joined together drift apart, and the next
 /// refresh ends before the last one is `interval` old, so that clients keep being answered from
 /// the store.
@@ -216,7 +220,12 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     ));
     let mut tasks = JoinSet::new();
     let mut left = Vec::new();
+    let mut synced: Option<Instant> = None;
     loop {
+        if synced.is_none_or(|at| at.elapsed() >= SUBSCRIPTION_SYNC) {
+            crate::track::subscriptions::reload(&shared).await;
+            synced = Some(Instant::now());
+        }
         crate::track::subscriptions::sweep(&shared).await;
         let watched = shared.subscriptions.watched(shared.clock.now_ms());
         let (due, next) = shared.schedule.take_due(
@@ -255,7 +264,10 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
                 }
             });
         }
-        let wake = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let mut wake = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        if shared.store.is_shared() {
+            wake = wake.min(Instant::now() + SUBSCRIPTION_SYNC);
+        }
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep_until(wake) => {}

@@ -175,6 +175,62 @@ impl Subscriptions {
         Ok(id)
     }
 
+    /// Take in what the store holds, written by other replicas sharing it: subscriptions created
+    /// there, their renewals and delivery state, and deletions. A delivery state newer than the
+    /// one held wins; one created here in the last [`CREATED_GRACE_MS`] and not stored yet stays.
+    pub(crate) fn sync(&self, stored: Vec<([u8; 16], SubscriptionRow)>, now_ms: u64) {
+        let mut stored: HashMap<SubscriptionId, SubscriptionRow> = stored
+            .into_iter()
+            .map(|(id, row)| (SubscriptionId(id), row))
+            .collect();
+        let mut entries = self.entries();
+        entries.retain(|id, e| {
+            stored.contains_key(id) || e.row.created_ms.saturating_add(CREATED_GRACE_MS) > now_ms
+        });
+        for (id, row) in stored.drain() {
+            match entries.get_mut(&id) {
+                Some(entry) => {
+                    entry.row.expires_ms = row.expires_ms;
+                    if row.since > entry.row.since {
+                        entry.latest = entry.latest.max(Version(row.since));
+                        entry.row = row;
+                    }
+                }
+                None => {
+                    let latest = Version(row.since);
+                    entries.insert(
+                        id,
+                        Entry {
+                            row,
+                            delivering: false,
+                            latest,
+                            gave_up: Version(0),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Another replica told the subscription of `version`: take its stored row, and end this
+    /// delivery.
+    fn told_elsewhere(&self, id: SubscriptionId, row: SubscriptionRow) {
+        let mut entries = self.entries();
+        if let Some(entry) = entries.get_mut(&id) {
+            if row.since > entry.row.since {
+                entry.row = row;
+            }
+            entry.delivering = false;
+        }
+    }
+
+    /// A delivery ends without a send: another replica has it.
+    fn yield_delivery(&self, id: SubscriptionId) {
+        if let Some(entry) = self.entries().get_mut(&id) {
+            entry.delivering = false;
+        }
+    }
+
     /// The live subscriptions of a scope on a route, oldest first.
     pub(crate) fn of_scope(
         &self,
@@ -381,6 +437,74 @@ fn notification(shared: &Shared, id: SubscriptionId, row: &SubscriptionRow, now_
     json!({ "value": value }).to_string()
 }
 
+/// A subscription created this long ago (ms) and not in the store is taken as deleted by another
+/// replica; a younger one may still be on its way into the store.
+const CREATED_GRACE_MS: u64 = 10_000;
+
+/// Re-read the subscriptions from a store that other replicas write too ([`Subscriptions::sync`]);
+/// nothing to do with a store of this process alone.
+pub(crate) async fn reload(shared: &Arc<Shared>) {
+    if !shared.store.is_shared() {
+        return;
+    }
+    let store = shared.store.clone();
+    match tokio::task::spawn_blocking(move || store.subscriptions()).await {
+        Ok(Ok(stored)) => shared.subscriptions.sync(stored, shared.clock.now_ms()),
+        Ok(Err(e)) => tracing::warn!(error = %e, "the stored subscriptions cannot be read"),
+        Err(e) => tracing::warn!(error = %e, "the stored subscriptions cannot be read"),
+    }
+}
+
+/// How long (ms) a replica's claim on a notification lasts: every attempt and the backoffs between
+/// them, twice over. Another replica sends it only after that, if the claimant died.
+fn claim_hold_ms(shared: &Shared) -> u64 {
+    let n = &shared.config.notifications;
+    let attempts = n.max_attempts.min(16);
+    let sending = n.timeout.saturating_mul(attempts);
+    let waiting = n.retry_backoff.saturating_mul(1u32 << attempts);
+    u64::try_from(sending.saturating_add(waiting).as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_mul(2)
+}
+
+/// With several replicas on one store: whether this one sends `id`'s notification of `version`.
+/// One that another replica sent already, or is sending, is left to it.
+async fn claim(shared: &Arc<Shared>, id: SubscriptionId, version: Version) -> Result<bool, Error> {
+    if !shared.store.is_shared() {
+        return Ok(true);
+    }
+    let store = shared.store.clone();
+    let now_ms = shared.clock.now_ms();
+    let hold_ms = claim_hold_ms(shared);
+    tokio::task::spawn_blocking(move || {
+        let stored = store.subscriptions()?.into_iter().find(|(i, _)| *i == id.0);
+        match stored {
+            None => Ok(Err(None)),
+            Some((_, row)) if row.since >= version.0 => Ok(Err(Some(row))),
+            Some(_) => store
+                .claim_notification(id.0, version, now_ms, hold_ms)
+                .map(Ok),
+        }
+    })
+    .await?
+    .map_err(Error::from)
+    .map(|claimed| match claimed {
+        Ok(true) => true,
+        Ok(false) => {
+            shared.subscriptions.yield_delivery(id);
+            false
+        }
+        Err(Some(row)) => {
+            shared.subscriptions.told_elsewhere(id, row);
+            false
+        }
+        Err(None) => {
+            shared.subscriptions.remove(id);
+            false
+        }
+    })
+}
+
 /// Deliver the notifications of one subscription until it has nothing new (one at a time).
 async fn deliver(shared: &Arc<Shared>, id: SubscriptionId) {
     while let Some((row, version)) = shared.subscriptions.next_due(id, shared.clock.now_ms()) {
@@ -388,6 +512,16 @@ async fn deliver(shared: &Arc<Shared>, id: SubscriptionId) {
             shared.subscriptions.delivered(id, None);
             return;
         };
+        match claim(shared, id, version).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                // Not sent, not given up: the next refresh that sees the feed tries again.
+                tracing::warn!(error = %e, "a notification cannot be claimed");
+                shared.subscriptions.yield_delivery(id);
+                return;
+            }
+        }
         let now_ms = shared.clock.now_ms();
         // The baseline of the link the next notification will carry: covered by the retention
         // mark before it can be handed out, as every delta link is.

@@ -126,6 +126,8 @@ pub(crate) async fn answer(
     item: Option<String>,
     version: ODataVersion,
 ) -> Result<Response<Body>, Error> {
+    // Created, renewed or deleted through another replica, perhaps.
+    super::reload(shared).await;
     let service = &shared.services[route];
     let mut probe = Request::new(());
     *probe.uri_mut() = parts.uri.clone();
