@@ -428,7 +428,7 @@ pub trait FeedStore: Send + Sync {
     /// Remove the states superseded by published ones; returns how many. Called after a publish,
     /// beside the next refresh of the feed, so it must be safe to run concurrently with one (it
     /// touches only states at or below the published version). A store whose `settle` removes
-    /// them already, in one statement (PostgreSQL), has nothing left to do here.
+    /// them already has nothing left to do here.
     fn compact_superseded(&self, feed: FeedId) -> Result<u64, StoreError> {
         let _ = feed;
         Ok(0)

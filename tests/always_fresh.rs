@@ -115,8 +115,8 @@ async fn several_pollers_cause_one_enumeration_per_interval() {
             *link = r.json()["@odata.deltaLink"].as_str().unwrap().to_owned();
         }
     }
-    // Refreshes are due every 8.5 to 9.5 s: six or seven in a minute, none asked for by the
-    // 300 delta requests.
+    // Refreshes start every 9.5 to 10 s: six in a minute (seven with slow ones), none asked for
+    // by the 300 delta requests.
     let n = enumerations(&up).len() - 1;
     assert!((6..=7).contains(&n), "{n} background enumerations in 60 s");
     assert!(changes >= 5 * 7, "every poller saw the changes ({changes})");

@@ -50,6 +50,11 @@ ALTER TABLE odg_feeds ADD COLUMN refreshes bigint NOT NULL DEFAULT 0;
 CREATE TABLE odg_deliveries (id bytea PRIMARY KEY, version bigint NOT NULL, until_ms bigint NOT NULL);
 "];
 
+/// Stale marks (superseded states) removed per statement of [`PgStore::compact_superseded`], and
+/// at most this many statements per call (the rest waits for the next publish).
+const COMPACTION_BATCH: i64 = 5_000;
+const MAX_COMPACTION_BATCHES: usize = 10_000;
+
 /// Key of the advisory lock that serializes migrations across replicas ("odg" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6f6467;
 
@@ -549,34 +554,30 @@ impl FeedStore for PgStore {
         self.run(move |pool| async move {
             let client = pool.get().await.map_err(pool_error)?;
             let f = &feed.0[..];
-            // Each statement is atomic and safe to repeat; together they need not be one.
-            let discarded: i64 = client
-                .query_one(
-                    "WITH p AS (SELECT COALESCE((SELECT version FROM odg_feeds WHERE feed = $1), 0) AS v),
-                     e AS (DELETE FROM odg_entities WHERE feed = $1 AND version > (SELECT v FROM p) RETURNING 1),
-                     c AS (DELETE FROM odg_changes WHERE feed = $1 AND version > (SELECT v FROM p)),
-                     s AS (DELETE FROM odg_stale WHERE feed = $1 AND version > (SELECT v FROM p))
-                     SELECT count(*) FROM e",
-                    &[&f],
-                )
+            // Each statement is atomic and safe to repeat; together they need not be one. Rows
+            // above the published version exist only when a refresh wrote and did not publish
+            // (its pending row says so): the scan for them reads every row of the feed, so it
+            // runs only then.
+            let burned = client
+                .query_opt("SELECT version FROM odg_pending WHERE feed = $1", &[&f])
                 .await
                 .map_err(pg_error)?
-                .get(0);
-            let compacted: i64 = client
-                .query_one(
-                    "WITH s AS (DELETE FROM odg_stale WHERE feed = $1
-                         AND version <= COALESCE((SELECT version FROM odg_feeds WHERE feed = $1), 0)
-                         RETURNING row_no, version),
-                     e AS (DELETE FROM odg_entities e USING s WHERE e.feed = $1 AND e.row_no = s.row_no
-                         AND e.version < s.version RETURNING e.row_no, e.version),
-                     c AS (DELETE FROM odg_changes c USING e WHERE c.feed = $1 AND c.row_no = e.row_no
-                         AND c.version = e.version)
-                     SELECT count(*) FROM e",
-                    &[&f],
-                )
-                .await
-                .map_err(pg_error)?
-                .get(0);
+                .map(|row| u(row.get(0)));
+            let discarded: i64 = match burned {
+                None => 0,
+                Some(_) => client
+                    .query_one(
+                        "WITH p AS (SELECT COALESCE((SELECT version FROM odg_feeds WHERE feed = $1), 0) AS v),
+                         e AS (DELETE FROM odg_entities WHERE feed = $1 AND version > (SELECT v FROM p) RETURNING 1),
+                         c AS (DELETE FROM odg_changes WHERE feed = $1 AND version > (SELECT v FROM p)),
+                         s AS (DELETE FROM odg_stale WHERE feed = $1 AND version > (SELECT v FROM p))
+                         SELECT count(*) FROM e",
+                        &[&f],
+                    )
+                    .await
+                    .map_err(pg_error)?
+                    .get(0),
+            };
             let purged = client
                 .query(
                     "WITH v AS (DELETE FROM odg_versions WHERE feed = $1 AND committed_ms < $2 RETURNING version),
@@ -594,18 +595,48 @@ impl FeedStore for PgStore {
                 .iter()
                 .map(|row| KeyHash(fixed(row.get::<_, &[u8]>(0), 0)))
                 .collect();
-            let burned = client
-                .query_opt("SELECT version FROM odg_pending WHERE feed = $1", &[&f])
-                .await
-                .map_err(pg_error)?
-                .map_or(0, |row| u(row.get(0)));
             Ok(Settled {
                 discarded: u(discarded),
-                compacted: u(compacted),
+                compacted: 0,
                 purged,
-                burned,
+                burned: burned.unwrap_or(0),
             })
         })
+    }
+
+    fn compact_superseded(&self, feed: FeedId) -> Result<u64, StoreError> {
+        let mut compacted = 0;
+        // In batches, each one statement well inside the statement timeout, however many rows the
+        // last publish superseded; the count of stale marks bounds the loop.
+        for _ in 0..MAX_COMPACTION_BATCHES {
+            let (marks, states) = self.run(move |pool| async move {
+                let client = pool.get().await.map_err(pool_error)?;
+                // Only states at or below the published version: safe beside the next refresh,
+                // which writes above it.
+                let row = client
+                    .query_one(
+                        "WITH s AS (DELETE FROM odg_stale WHERE (feed, version, row_no) IN
+                             (SELECT feed, version, row_no FROM odg_stale WHERE feed = $1
+                              AND version <= COALESCE((SELECT version FROM odg_feeds WHERE feed = $1), 0)
+                              LIMIT $2)
+                             RETURNING row_no, version),
+                         e AS (DELETE FROM odg_entities e USING s WHERE e.feed = $1 AND e.row_no = s.row_no
+                             AND e.version < s.version RETURNING e.row_no, e.version),
+                         c AS (DELETE FROM odg_changes c USING e WHERE c.feed = $1 AND c.row_no = e.row_no
+                             AND c.version = e.version)
+                         SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM e)",
+                        &[&&feed.0[..], &COMPACTION_BATCH],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                Ok((u(row.get(0)), u(row.get(1))))
+            })?;
+            compacted += states;
+            if marks < COMPACTION_BATCH as u64 {
+                break;
+            }
+        }
+        Ok(compacted)
     }
 
     fn visit_index(

@@ -51,6 +51,9 @@ struct Entry {
     last_asked: Instant,
     /// When it is next refreshed.
     due: Instant,
+    /// When its last background refresh started: the next one is timed from it, so that a
+    /// refresh's own length does not stretch the interval.
+    started: Instant,
     /// A refresh of the schedule is under way (one per feed at a time).
     running: bool,
     /// The upstream refused the remembered credentials: no background refresh until a client
@@ -106,6 +109,7 @@ impl Schedule {
                 interval,
                 last_asked: now,
                 due: now + jittered(interval),
+                started: now,
                 running: false,
                 stopped: false,
             },
@@ -146,6 +150,7 @@ impl Schedule {
             }
             if entry.due <= now {
                 entry.running = true;
+                entry.started = now;
                 due.push(entry.input.clone());
             } else {
                 next = Some(next.map_or(entry.due, |n| n.min(entry.due)));
@@ -163,7 +168,9 @@ impl Schedule {
         };
         entry.running = false;
         match outcome {
-            Ok(()) => entry.due = now + jittered(entry.interval),
+            // From the start: one enumeration per interval, however long each takes; at once when
+            // one took longer than the interval.
+            Ok(()) => entry.due = (entry.started + jittered(entry.interval)).max(now),
             Err(Error::Rejected { status, .. }) if matches!(status.as_u16(), 401 | 403) => {
                 tracing::info!(%status, "the upstream refused the remembered credentials; background refresh of the feed stops until a client asks again");
                 entry.stopped = true;
@@ -204,12 +211,13 @@ fn background_input(shared: &Shared, input: &RefreshInput, interval: Duration) -
 /// or deleted.
 const SUBSCRIPTION_SYNC: Duration = Duration::from_secs(2);
 
-/// 85 to 95 % of the interval, at random: feeds that joined together drift apart, and the next
-/// refresh ends before the last one is `interval` old, so that clients keep being answered from
-/// the store.
+/// 95 to 100 % of the interval, at random: feeds that joined together drift apart, and, timed
+/// from the start of the last refresh, the next one starts before the last one's answer is
+/// `interval` old, so that clients keep being answered from the store (while it runs, by the
+/// stale-while-refreshing grace), at about one enumeration per interval.
 fn jittered(interval: Duration) -> Duration {
     let r = (getrandom::u64().unwrap_or(0) % 1000) as u32;
-    interval.saturating_sub(interval / 20 + interval / 10 * r / 1000)
+    (interval - interval / 20).saturating_add(interval / 20 * r / 1000)
 }
 
 /// Run the schedule until `shutdown`. A refresh under way is not cancelled halfway by it (it runs
@@ -283,13 +291,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn jitter_stays_between_85_and_95_percent_of_the_interval() {
+    fn jitter_stays_between_95_and_100_percent_of_the_interval() {
         let ten = Duration::from_secs(10);
         let mut seen = std::collections::HashSet::new();
         for _ in 0..1000 {
             let d = jittered(ten);
             assert!(
-                d <= Duration::from_millis(9500) && d >= Duration::from_millis(8500),
+                d < Duration::from_millis(10000) && d >= Duration::from_millis(9500),
                 "{d:?}"
             );
             seen.insert(d);
