@@ -57,8 +57,9 @@ mod server;
 mod service;
 mod value;
 
-pub use knobs::{CountMode, Fault, LinkStyle};
+pub use knobs::{CountMode, LinkStyle};
 pub use model::{EntitySetDef, NavDef, PropDef};
+pub use reply::{Reply, ReplyBody};
 pub use request::RecordedRequest;
 pub use server::{Server, serve};
-pub use service::{DEFAULT_ROOT, Layer, Service};
+pub use service::{DEFAULT_ROOT, Layer, LayerFuture, Next, Service};

@@ -16,8 +16,8 @@ pub struct RecordedRequest {
     pub headers: HeaderMap,
     /// Request body.
     pub body: Bytes,
-    /// `Some(set)` when this was a GET of a defined entity set's collection,
-    /// i.e. a request that counts for faults and that a [`Layer`](crate::Layer) sees.
+    /// `Some(set)` when this is a GET of an entity set's collection (of a defined set, for a
+    /// whole request; of any set, for a part of a `$batch`).
     pub collection_set: Option<String>,
 }
 
@@ -58,6 +58,21 @@ impl RecordedRequest {
     /// A header value, if present and valid text.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Whether `Accept-Encoding` names gzip (weights are not read: the gateway sends a plain
+    /// `gzip`).
+    pub fn accepts_gzip(&self) -> bool {
+        self.headers
+            .get_all("accept-encoding")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|c| {
+                c.split(';')
+                    .next()
+                    .is_some_and(|c| c.trim().eq_ignore_ascii_case("gzip"))
+            })
     }
 
     /// The body parsed as JSON, if it is JSON.
