@@ -168,6 +168,12 @@ async fn reordered_properties_change_the_bytes_not_the_entities() {
     let (e, f) = (client.get(&one, &[]).await, client.get(&one, &[]).await);
     assert_ne!(e.body, f.body, "entity answers too");
     assert_eq!(e.json(), f.json());
+    // An indented answer stays indented.
+    up.set_pretty(true);
+    let indented = client.get(&url, &[]).await;
+    assert!(indented.text().contains("\n  "), "{}", indented.text());
+    assert_eq!(indented.json(), plain.json());
+    up.set_pretty(false);
     up.set_reorder_properties(false);
     assert_eq!(client.get(&url, &[]).await.body, plain.body);
 }
@@ -226,6 +232,18 @@ async fn count_text_and_in_filter_status_replace_what_the_service_would_say() {
         "{}",
         r.text()
     );
+    // A rewritten page keeps every other byte, indented or not.
+    for (filter, count) in [("ID%20eq%202", "1"), ("ID%20eq%2099", "0")] {
+        let url = up.url(&format!("Customers?$count=true&$filter={filter}"));
+        up.set_count_text(None);
+        let compact = client.get(&url, &[]).await.body;
+        up.set_pretty(true);
+        let indented = client.get(&url, &[]).await.body;
+        up.set_count_text(Some(count));
+        assert_eq!(client.get(&url, &[]).await.body, indented, "{filter}");
+        up.set_pretty(false);
+        assert_eq!(client.get(&url, &[]).await.body, compact, "{filter}");
+    }
     up.set_count_text(None);
     assert_eq!(
         client

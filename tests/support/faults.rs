@@ -10,9 +10,10 @@
 
 mod members;
 
-use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode};
-use odata_sample_service::{Next, RecordedRequest, Reply, ReplyBody, Service};
+use http::{HeaderValue, StatusCode};
+use odata_sample_service::{
+    Next, RecordedRequest, Reply, ReplyBody, Service, error_reply, json_reply,
+};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -162,7 +163,7 @@ impl FaultState {
                 .any(|r| r == v)
         });
         revoked.then(|| {
-            let mut reply = error(401, "the access token was revoked", None);
+            let mut reply = error_reply(401, "the access token was revoked", None);
             reply.headers_mut().insert(
                 "www-authenticate",
                 HeaderValue::from_static("Bearer error=\"invalid_token\""),
@@ -226,7 +227,7 @@ impl FaultState {
                     ..
                 } => {
                     let message = format!("injected fault: status {status}");
-                    return error(*status, &message, *retry_after);
+                    return error_reply(*status, &message, *retry_after);
                 }
                 Fault::GzipBomb { decoded_bytes, .. } if request.accepts_gzip() => {
                     return gzip_bomb(*decoded_bytes);
@@ -235,7 +236,7 @@ impl FaultState {
                     let body = format!(
                         "{{\"@odata.context\":\"$metadata#{set}\",\"value\":[{{\"ID\":1,\"na"
                     );
-                    return json_reply(200, body);
+                    return json_reply(200, ReplyBody::full(body));
                 }
                 _ => {}
             }
@@ -246,7 +247,7 @@ impl FaultState {
                 .iter()
                 .any(|(name, value)| name == "$filter" && value.contains(" in ("));
             if uses_in {
-                return error(status, "injected fault: 'in' in $filter", None);
+                return error_reply(status, "injected fault: 'in' in $filter", None);
             }
         }
         let asked = altered_request(request, &plan);
@@ -277,38 +278,23 @@ impl FaultState {
 /// The request the service is asked instead of `request`, if a fault changes it: without `$skip`
 /// (ignore skip), or one row earlier (duplicate across pages).
 fn altered_request(request: &RecordedRequest, plan: &Plan) -> Option<RecordedRequest> {
+    let mut altered = None;
+    if plan.settings.ignore_skip {
+        altered = Some(request.with_option("$skip", None));
+    }
     let duplicate = plan
         .fired
         .iter()
         .any(|f| matches!(f, Fault::DuplicateAcrossPages { .. }));
-    let ignore_skip = plan.settings.ignore_skip;
-    if !duplicate && !ignore_skip {
-        return None;
+    let offset = request
+        .query_param("$skiptoken")
+        .and_then(|t| t.parse::<usize>().ok());
+    if duplicate && let Some(offset) = offset {
+        let earlier = (offset.saturating_sub(1)).to_string();
+        let asked = altered.as_ref().unwrap_or(request);
+        altered = Some(asked.with_option("$skiptoken", Some(&earlier)));
     }
-    let options: Vec<String> = request
-        .query()
-        .split('&')
-        .filter(|part| !part.is_empty())
-        .filter_map(|part| {
-            let name = part.split_once('=').map_or(part, |(name, _)| name);
-            let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
-            match &*name {
-                "$skip" if ignore_skip => None,
-                "$skiptoken" if duplicate => {
-                    let offset: usize = part.split_once('=')?.1.parse().ok()?;
-                    Some(format!("$skiptoken={}", offset.saturating_sub(1)))
-                }
-                _ => Some(part.to_owned()),
-            }
-        })
-        .collect();
-    let mut altered = request.clone();
-    altered.path_and_query = if options.is_empty() {
-        request.path().to_owned()
-    } else {
-        format!("{}?{}", request.path(), options.join("&"))
-    };
-    Some(altered)
+    altered
 }
 
 /// Applies the page faults and settings to a collection page the service answered.
@@ -527,33 +513,16 @@ fn as_string(value: &RawValue) -> Option<String> {
     serde_json::from_str(value.get()).ok()
 }
 
-/// Replaces the body of `reply` (whose length the server then computes again).
+/// Replaces the body of `reply` (whose length the server then computes again), indented like
+/// the one it replaces if that was.
 fn set_body(reply: &mut Reply, body: String) {
+    let body = if reply.body().bytes().contains(&b'\n') {
+        members::pretty(&body)
+    } else {
+        body
+    };
     reply.headers_mut().remove("content-length");
     *reply.body_mut() = ReplyBody::full(body);
-}
-
-/// A JSON answer.
-fn json_reply(status: u16, body: impl Into<Bytes>) -> Reply {
-    let mut reply = Response::new(ReplyBody::full(body));
-    *reply.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-    reply.headers_mut().insert(
-        "content-type",
-        HeaderValue::from_static("application/json;odata.metadata=minimal"),
-    );
-    reply
-}
-
-/// An OData error answer, as CAP writes one.
-fn error(status: u16, message: &str, retry_after: Option<u64>) -> Reply {
-    let body = serde_json::json!({"error": {"code": status.to_string(), "message": message}});
-    let mut reply = json_reply(status, body.to_string());
-    if let Some(seconds) = retry_after {
-        reply
-            .headers_mut()
-            .insert("retry-after", HeaderValue::from(seconds));
-    }
-    reply
 }
 
 /// A 200 whose small gzip body inflates to `decoded_bytes` blanks.
@@ -567,7 +536,8 @@ fn gzip_bomb(decoded_bytes: usize) -> Reply {
         encoder.write_all(&blanks[..n]).expect("gzip into memory");
         left -= n;
     }
-    let mut reply = json_reply(200, encoder.finish().expect("gzip into memory"));
+    let body = ReplyBody::full(encoder.finish().expect("gzip into memory"));
+    let mut reply = json_reply(200, body);
     reply
         .headers_mut()
         .insert("content-encoding", HeaderValue::from_static("gzip"));

@@ -62,7 +62,7 @@ mod value;
 
 pub use knobs::{CountMode, LinkStyle};
 pub use model::{EntitySetDef, NavDef, PropDef};
-pub use reply::{Reply, ReplyBody};
+pub use reply::{Reply, ReplyBody, error_reply, json_reply};
 pub use request::RecordedRequest;
 pub use server::{Server, serve};
 pub use service::{DEFAULT_ROOT, Layer, LayerFuture, Next, Service};

@@ -39,6 +39,22 @@ pub(crate) fn respond(
     response
 }
 
+/// A JSON answer (`application/json;odata.metadata=minimal`) with `status` and `body`, for a
+/// layer that answers itself.
+pub fn json_reply(status: u16, body: ReplyBody) -> Reply {
+    respond(status, Some(JSON), body)
+}
+
+/// An OData error answer as the service writes its own, with `Retry-After` if given, for a
+/// layer that refuses a request.
+pub fn error_reply(status: u16, message: &str, retry_after: Option<u64>) -> Reply {
+    let error = ODataError {
+        status,
+        message: message.to_owned(),
+    };
+    error_response(&error, retry_after)
+}
+
 /// `{"error":{"code":"<status>","message":"..."}}`, as CAP answers.
 pub(crate) fn error_response(error: &ODataError, retry_after: Option<u64>) -> Response<ReplyBody> {
     let body = Node::Object(vec![(

@@ -1,5 +1,6 @@
 //! A request as the service reads and records it.
 
+use super::query::replace_option;
 use bytes::Bytes;
 use http::{HeaderMap, Method};
 use percent_encoding::percent_decode_str;
@@ -53,6 +54,21 @@ impl RecordedRequest {
             .into_iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v)
+    }
+
+    /// A copy whose query has option `name` removed, or set to `value` (text as it goes in a
+    /// URL) at its end: what a [`Layer`](crate::Layer) asks the service instead.
+    pub fn with_option(&self, name: &str, value: Option<&str>) -> RecordedRequest {
+        let query = replace_option(self.query(), name, value);
+        let path_and_query = if query.is_empty() {
+            self.path().to_owned()
+        } else {
+            format!("{}?{query}", self.path())
+        };
+        RecordedRequest {
+            path_and_query,
+            ..self.clone()
+        }
     }
 
     /// A header value, if present and valid text.
