@@ -171,7 +171,7 @@ impl Body for ReplyBody {
             self.break_after = None;
             return Poll::Ready(Some(Err(std::io::Error::new(
                 std::io::ErrorKind::ConnectionReset,
-                "injected fault: connection reset mid-body",
+                "the body was broken off mid-way",
             ))));
         }
         Poll::Ready(None)
