@@ -219,36 +219,8 @@ impl FaultState {
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
-        for fault in &plan.fired {
-            match fault {
-                Fault::Status {
-                    status,
-                    retry_after,
-                    ..
-                } => {
-                    let message = format!("injected fault: status {status}");
-                    return error_reply(*status, &message, *retry_after);
-                }
-                Fault::GzipBomb { decoded_bytes, .. } if request.accepts_gzip() => {
-                    return gzip_bomb(*decoded_bytes);
-                }
-                Fault::Malformed { .. } => {
-                    let body = format!(
-                        "{{\"@odata.context\":\"$metadata#{set}\",\"value\":[{{\"ID\":1,\"na"
-                    );
-                    return json_reply(200, ReplyBody::full(body));
-                }
-                _ => {}
-            }
-        }
-        if let Some(status) = plan.settings.in_filter_status {
-            let uses_in = request
-                .query_pairs()
-                .iter()
-                .any(|(name, value)| name == "$filter" && value.contains(" in ("));
-            if uses_in {
-                return error_reply(status, "injected fault: 'in' in $filter", None);
-            }
+        if let Some(reply) = answer_instead(request, &set, &plan) {
+            return reply;
         }
         let asked = altered_request(request, &plan);
         let mut reply = next.run(asked.as_ref().unwrap_or(request)).await;
@@ -273,6 +245,42 @@ impl FaultState {
         }
         reply
     }
+}
+
+/// The answer a fault gives to a collection request instead of the service: the first of its
+/// status, gzip bomb or malformed body faults, or the status for a filter using `in`.
+fn answer_instead(request: &RecordedRequest, set: &str, plan: &Plan) -> Option<Reply> {
+    for fault in &plan.fired {
+        match fault {
+            Fault::Status {
+                status,
+                retry_after,
+                ..
+            } => {
+                let message = format!("injected fault: status {status}");
+                return Some(error_reply(*status, &message, *retry_after));
+            }
+            Fault::GzipBomb { decoded_bytes, .. } if request.accepts_gzip() => {
+                return Some(gzip_bomb(*decoded_bytes));
+            }
+            Fault::Malformed { .. } => {
+                let body =
+                    format!("{{\"@odata.context\":\"$metadata#{set}\",\"value\":[{{\"ID\":1,\"na");
+                return Some(json_reply(200, ReplyBody::full(body)));
+            }
+            _ => {}
+        }
+    }
+    if let Some(status) = plan.settings.in_filter_status {
+        let uses_in = request
+            .query_pairs()
+            .iter()
+            .any(|(name, value)| name == "$filter" && value.contains(" in ("));
+        if uses_in {
+            return Some(error_reply(status, "injected fault: 'in' in $filter", None));
+        }
+    }
+    None
 }
 
 /// The request the service is asked instead of `request`, if a fault changes it: without `$skip`
