@@ -56,7 +56,8 @@
 //! command, the gateway in front of the sample service) and the sample OData service itself, a
 //! crate of the workspace (`crates/sample-service`) that the demo serves and the black-box tests
 //! in `tests/` run the gateway against (`tests/support` adds the gateway, a client, a receiver of
-//! the gateway's callbacks and notifications, and the setup the tests share). The library knows nothing of either.
+//! the gateway's callbacks and notifications, the setup the tests share, and the faults that make
+//! the sample service misbehave, on its `Layer`). The library knows nothing of either.
 #![forbid(unsafe_code)]
 
 pub(crate) mod batch;

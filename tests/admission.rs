@@ -6,9 +6,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::Fault;
 use support::gateway::{Client, Gateway, Resp};
 use support::shop::{ROOT, shop};
+use support::{Fault, Faults};
 
 async fn tracked(client: &Client, gw: &Gateway, filter: &str, authorization: &str) -> Resp {
     let url = gw.url(&format!("{ROOT}/Customers?$filter=ID%20gt%20{filter}"));

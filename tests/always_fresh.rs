@@ -9,9 +9,9 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
-use support::FakeUpstream;
 use support::gateway::{Client, Gateway};
 use support::shop::names_only;
+use support::{FakeUpstream, Faults};
 
 const ROOT: &str = "/odata/v4/shop";
 const TRACK: [(&str, &str); 1] = [("Prefer", "odata.track-changes")];

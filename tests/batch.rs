@@ -6,9 +6,9 @@ mod support;
 
 use http::Method;
 use serde_json::{Value, json};
-use support::LinkStyle;
 use support::gateway::{BehindGateway, Client, Gateway, Resp};
 use support::shop::{ROOT, shop};
+use support::{Faults, LinkStyle};
 
 const TRACK: &str = "odata.track-changes";
 

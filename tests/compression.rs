@@ -7,9 +7,9 @@ mod support;
 use std::io::Read;
 
 use serde_json::{Value, json};
-use support::Fault;
 use support::gateway::{Client, Gateway, Resp};
 use support::shop::{ROOT, shop};
+use support::{Fault, Faults};
 
 const TRACK: [(&str, &str); 1] = [("Prefer", "odata.track-changes")];
 const TRACK_GZIP: [(&str, &str); 2] = [

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::gateway::{Client, GatewayProcess, Replica, Shape};
-use support::{EntitySetDef, FakeUpstream, Fault};
+use support::{EntitySetDef, FakeUpstream, Fault, Faults};
 
 const ROOT: &str = "/odata/v4/shop";
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Value, json};
 use support::gateway::{BehindGateway, Client, Gateway, Replica, Shape, TRACK};
-use support::{EntitySetDef, FakeUpstream, Fault, PageHooks};
+use support::{EntitySetDef, FakeUpstream, Fault, Faults, PageHooks};
 
 const ROOT: &str = "/odata/v4/shop";
 

@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use support::gateway::{Client, Gateway, Resp};
 use support::shop::{ROOT, shop};
-use support::{FakeUpstream, LinkStyle};
+use support::{FakeUpstream, Faults, LinkStyle};
 
 const TRACK: [(&str, &str); 1] = [("Prefer", "odata.track-changes")];
 

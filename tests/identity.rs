@@ -10,6 +10,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
+use support::Faults;
 use support::gateway::{Client, Gateway, Resp};
 use support::shop::{ROOT, shop};
 

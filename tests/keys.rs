@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::gateway::{BehindGateway, Client, Gateway, GatewayProcess, TRACK};
-use support::{EntitySetDef, FakeUpstream, PageHooks};
+use support::{EntitySetDef, FakeUpstream, Faults, PageHooks};
 
 const ROOT: &str = "/odata/v4/shop";
 

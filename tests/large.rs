@@ -7,7 +7,7 @@ mod support;
 use serde_json::json;
 use support::gateway::{Client, Gateway, Replica, Shape};
 use support::shop::names_only;
-use support::{EntitySetDef, FakeUpstream, Fault};
+use support::{EntitySetDef, FakeUpstream, Fault, Faults};
 
 const ROOT: &str = "/odata/v4/shop";
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::gateway::{Client, Gateway, Resp};
 use support::shop::{ROOT, shop};
-use support::{EntitySetDef, FakeUpstream, Fault};
+use support::{EntitySetDef, FakeUpstream, Fault, Faults};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TRACK: [(&str, &str); 1] = [("Prefer", "odata.track-changes")];

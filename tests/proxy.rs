@@ -13,7 +13,7 @@ use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use support::gateway::{BehindGateway, Client, Gateway, Resp};
 use support::shop::{ROOT, customer, shop};
-use support::{EntitySetDef, FakeUpstream, Fault, LinkStyle};
+use support::{EntitySetDef, FakeUpstream, Fault, Faults, LinkStyle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ALL_STYLES: [LinkStyle; 3] = [

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::gateway::{Client, Gateway, Replica, Shape};
-use support::{EntitySetDef, FakeUpstream, Fault};
+use support::{EntitySetDef, FakeUpstream, Fault, Faults};
 
 const ROOT: &str = "/odata/v4/shop";
 const TRACK: [(&str, &str); 1] = [("Prefer", "odata.track-changes")];

@@ -9,9 +9,9 @@
 mod support;
 
 use serde_json::json;
-use support::Fault;
 use support::gateway::{Client, Gateway, Replica, Shape, TRACK};
 use support::shop::{Churn, ROOT, shop_paged};
+use support::{Fault, Faults};
 
 /// A fresh, empty database on the test server; its URL.
 async fn fresh_database(name: &str) -> String {

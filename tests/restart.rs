@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::gateway::{Client, Gateway, GatewayProcess, Replica, Shape, data_dir};
 use support::shop::{Churn, ROOT, customer, shop};
-use support::{FakeUpstream, Fault, PageHooks};
+use support::{FakeUpstream, Fault, Faults, PageHooks};
 use tokio::sync::Notify;
 
 const TRACK: [(&str, &str); 1] = [("Prefer", "odata.track-changes")];

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::gateway::{Client, Gateway, GatewayProcess};
-use support::{EntitySetDef, FakeUpstream, Fault};
+use support::{EntitySetDef, FakeUpstream, Fault, Faults};
 
 #[tokio::test]
 async fn shutdown_drains_in_flight_requests_then_stops_listening() {

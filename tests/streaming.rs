@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::gateway::{Client, Gateway, Replica, Shape};
 use support::shop::names_only;
-use support::{FakeUpstream, Fault};
+use support::{FakeUpstream, Fault, Faults};
 
 const ROOT: &str = "/odata/v4/shop";
 

@@ -6,7 +6,7 @@ mod support;
 use serde_json::json;
 use support::gateway::{BehindGateway, Client, Gateway, Replica, Shape, TRACK};
 use support::shop::{Churn, ROOT, customer, shop};
-use support::{EntitySetDef, FakeUpstream, LinkStyle};
+use support::{EntitySetDef, FakeUpstream, Faults, LinkStyle};
 
 #[tokio::test]
 async fn tracked_read_returns_everything_and_an_absolute_delta_link_c1_c3_c4_c9() {

@@ -1,10 +1,10 @@
 //! Page hooks: test code run on each collection page the sample service is asked for, before it
-//! answers, to change its data in the middle of an enumeration. Built on the service's
-//! [`Layer`], so the service itself knows nothing of them.
+//! answers, to change its data in the middle of an enumeration. Held by the tests' layer
+//! (`layer.rs`), so the service itself knows nothing of them.
 
-use odata_sample_service::{Layer, RecordedRequest, Service};
-use std::sync::Arc;
+use odata_sample_service::{RecordedRequest, Service};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// What a hook learns about the collection request that triggered it.
 pub struct PageRequest<'a> {
@@ -21,33 +21,54 @@ pub struct PageRequest<'a> {
 /// Signature of a hook run on each GET collection request before answering.
 pub type Hook = dyn Fn(&PageRequest<'_>) + Send + Sync;
 
-/// A hook and how many pages it has seen, which is what its indexes count.
-struct HookLayer {
-    hook: Box<Hook>,
+/// The hook, if set, and how many pages it has seen, which is what its indexes count.
+#[derive(Default)]
+pub struct HookSlot {
+    hook: Mutex<Option<Arc<Hook>>>,
     seen: AtomicUsize,
 }
 
-impl Layer for HookLayer {
-    fn before_page(&self, service: &Service, request: &RecordedRequest, set: &str) {
-        (self.hook)(&PageRequest {
-            upstream: service,
-            request,
-            set,
-            index: self.seen.fetch_add(1, Ordering::SeqCst),
-        });
+impl HookSlot {
+    /// Runs the hook on a GET collection request; any other request passes untouched. The hook
+    /// runs with no lock held, so it may call anything on the service, faults included.
+    pub fn run(&self, upstream: &Service, request: &RecordedRequest) {
+        let Some(set) = request.collection_set.as_deref() else {
+            return;
+        };
+        let hook = self
+            .hook
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(hook) = hook {
+            hook(&PageRequest {
+                upstream,
+                request,
+                set,
+                index: self.seen.fetch_add(1, Ordering::SeqCst),
+            });
+        }
+    }
+
+    /// Sets (or with `None` removes) the hook; its indexes start again at 0.
+    fn set(&self, hook: Option<Arc<Hook>>) {
+        let mut slot = self.hook.lock().unwrap_or_else(PoisonError::into_inner);
+        *slot = hook;
+        self.seen.store(0, Ordering::SeqCst);
     }
 }
 
 /// Page hooks on the sample service, called like its own methods (`up.set_hook(..)`).
 pub trait PageHooks {
-    /// Runs `hook` on every GET collection request, before it is answered, replacing any hook
-    /// set before. A panic inside it only kills that connection (the client sees a transport
-    /// error), so record what you want to check and assert in the test body instead.
+    /// Runs `hook` on every GET collection request, before it is answered (and before any fault
+    /// fires on it), replacing any hook set before. A panic inside it only kills that connection
+    /// (the client sees a transport error), so record what you want to check and assert in the
+    /// test body instead.
     fn set_hook<F>(&self, hook: F)
     where
         F: Fn(&PageRequest<'_>) + Send + Sync + 'static;
 
-    /// Removes the hook.
+    /// Removes the hook (faults stay).
     fn clear_hook(&self);
 }
 
@@ -56,13 +77,10 @@ impl PageHooks for Service {
     where
         F: Fn(&PageRequest<'_>) + Send + Sync + 'static,
     {
-        self.set_layer(Arc::new(HookLayer {
-            hook: Box::new(hook),
-            seen: AtomicUsize::new(0),
-        }));
+        super::layer::of(self).hook.set(Some(Arc::new(hook)));
     }
 
     fn clear_hook(&self) {
-        self.clear_layer();
+        super::layer::of(self).hook.set(None);
     }
 }

@@ -44,9 +44,6 @@ fn entity_response(
     let shaper = Shaper {
         sets: &st.sets,
         etags: st.knobs.etags,
-        rotate: st.knobs.reorder.then_some(st.responses),
-        drop_keys: false,
-        respell_keys: st.knobs.respell_keys,
         ieee754: false,
     };
     let context = format!(
@@ -58,7 +55,7 @@ fn entity_response(
         "@odata.context".to_string(),
         Node::string(up.link(st.knobs.link_style, &context)),
     )];
-    members.extend(shaper.entity(&store.def, row, opts.select.as_deref(), &opts.expand, 0));
+    members.extend(shaper.entity(&store.def, row, opts.select.as_deref(), &opts.expand));
     let body = Node::Object(members).to_json(st.knobs.pretty);
     let mut response = respond(status, Some(JSON), ReplyBody::full(body));
     if st.knobs.etags {
@@ -74,8 +71,7 @@ pub(crate) fn get_entity(
     set: &str,
     key: &str,
 ) -> Result<Response<ReplyBody>, ODataError> {
-    let mut guard = up.lock();
-    guard.responses += 1;
+    let guard = up.lock();
     let st = &*guard;
     let (store, index) = locate(st, set, key)?;
     let pairs = split_query(req.query())?;
@@ -177,7 +173,6 @@ pub(crate) fn post_entity(
 ) -> Result<Response<ReplyBody>, ODataError> {
     let mut data = json_object(req)?;
     let mut guard = up.lock();
-    guard.responses += 1;
     let st = &mut *guard;
     let store = find_set_mut(&mut st.sets, set)
         .ok_or_else(|| ODataError::not_found(format!("entity set '{set}' not found")))?;
@@ -220,7 +215,6 @@ pub(crate) fn write_entity(
 ) -> Result<Response<ReplyBody>, ODataError> {
     let patch = json_object(req)?;
     let mut guard = up.lock();
-    guard.responses += 1;
     let (_, index) = locate(&guard, set, key)?;
     {
         let st = &mut *guard;

@@ -1,5 +1,5 @@
-//! Routing: records each request, dispatches it by path and method, and
-//! adds the headers every answer gets.
+//! Routing: records each request, hands it to the layer if one is set, dispatches it by path and
+//! method, and adds the headers every answer gets.
 
 use super::collection::{get_collection, get_count};
 use super::csdl;
@@ -10,7 +10,7 @@ use super::render::Node;
 use super::reply::{JSON, ReplyBody, error_response, respond, set_header};
 use super::request::RecordedRequest;
 use super::route::{Route, route};
-use super::service::Service;
+use super::service::{LayerFuture, Next, Service};
 use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
@@ -48,31 +48,12 @@ pub(crate) async fn handle(upstream: Service, request: Request<Incoming>) -> Res
         st.requests.push(recorded.clone());
         (recorded, st.knobs.clone())
     };
-    let revoked = recorded
-        .headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| knobs.revoked_credentials.iter().any(|r| r == v));
-    let mut response = if revoked {
-        let error = ODataError {
-            status: 401,
-            message: "the access token was revoked".into(),
-        };
-        let mut response = error_response(&error, None);
-        set_header(
-            &mut response,
-            "www-authenticate",
-            "Bearer error=\"invalid_token\"",
-        );
-        response
-    } else {
-        dispatch(&upstream, &recorded, route).await
-    };
+    let mut response = dispatch(&upstream, &recorded, route).await;
     let already_encoded = response.headers().contains_key("content-encoding");
     if knobs.gzip
         && response.status().is_success()
         && !already_encoded
-        && super::reply::accepts_gzip(&recorded)
+        && recorded.accepts_gzip()
         && let Some(body) = response.body().gzipped()
     {
         *response.body_mut() = body;
@@ -92,24 +73,39 @@ pub(crate) async fn handle(upstream: Service, request: Request<Incoming>) -> Res
     response
 }
 
-/// Answers a routed request; a batch's parts come back here through [`boxed_dispatch`].
+/// Answers a routed request, through the layer if one is set; a batch's parts come back here
+/// through [`boxed_dispatch`].
 async fn dispatch(up: &Service, req: &RecordedRequest, route: Route) -> Response<ReplyBody> {
+    match up.layer() {
+        Some(layer) => {
+            let next = Next {
+                service: up,
+                answer: boxed_answer,
+            };
+            layer.answer(req, next).await
+        }
+        None => answer(up, req, route).await,
+    }
+}
+
+/// [`answer`] as a layer's [`Next`] runs it: on a request the layer may have altered, so the
+/// route is read from its path again.
+fn boxed_answer<'r>(up: &'r Service, req: &'r RecordedRequest) -> LayerFuture<'r> {
+    Box::pin(async move { answer(up, req, route(&up.shared.root, req.path())).await })
+}
+
+/// The service's own answer to a routed request.
+async fn answer(up: &Service, req: &RecordedRequest, route: Route) -> Response<ReplyBody> {
     let method = &req.method;
     let result = match route {
         Route::Collection(set) if method == Method::GET => {
-            return get_collection(up, req, &set).await;
+            return get_collection(up, req, &set);
         }
         Route::ServiceDoc if method == Method::GET => Ok(service_document(up)),
         Route::Batch if method == Method::POST => {
             return super::batch::answer(up, req, boxed_dispatch).await;
         }
-        Route::Metadata if method == Method::GET => {
-            let delay = up.lock().metadata_delay;
-            if let Some(delay) = delay {
-                tokio::time::sleep(delay).await;
-            }
-            metadata(up)
-        }
+        Route::Metadata if method == Method::GET => metadata(up),
         Route::Collection(set) if method == Method::POST => post_entity(up, req, &set),
         Route::Count(set) if method == Method::GET => get_count(up, req, &set),
         Route::Entity { set, key } => match *method {

@@ -13,28 +13,31 @@
 //! `If-Match`); JSON and multipart `$batch`. [`catalog`] adds a product catalog and the random
 //! changes that keep it moving.
 //!
-//! Settings change how it answers (page size, link style, count placement, ETags, gzip, ...);
-//! [`Fault`]s make single answers misbehave (status, delay, reset, malformed or truncated
-//! bodies, duplicate or missing keys), for the tests of a client's failure handling. A
-//! [`Layer`] runs code in front of its answers; the tests' page hooks (`tests/support/hooks.rs`)
-//! are one, built outside the service.
+//! Settings change how it answers, each within what a correct service may do (page size, link
+//! style, count placement, ETags, gzip, `OData-Version`, HTTP/1.0, filter capabilities, ...).
+//! Misbehaviour is not the service's: a [`Layer`] in front of its answers sees every request
+//! (and every part of a `$batch`), and may answer itself, after a wait if it likes, ask the
+//! service through [`Next`] (the request as it came or altered), and rewrite or break off the
+//! [`Reply`]. The gateway's tests build their failing, slow, truncating, looping upstreams and
+//! their page hooks on it (`tests/support/faults.rs`, `hooks.rs`).
 //!
 //! ## Layout
 //! Each module imports only modules listed before it (no import circles): the model at the
 //! bottom, the accept loop at the top.
-//! - `knobs`: the settings and faults. `model`: entity-set definitions, the row store in key
+//! - `knobs`: the settings. `model`: entity-set definitions, the row store in key
 //!   order, key predicates and ETags.
 //! - `value`: Edm-typed comparison of JSON values. `filter`: the `$filter` parser and evaluator.
 //! - `query`: system query options, parsed and applied (filter, order, skip, top, select,
 //!   expand), and next-link queries built from the request's own encoded options.
 //! - `render`: JSON with member order kept; `csdl`: the generated `$metadata`.
-//! - `request`: a request as the service reads and records it. `reply`: the body type (which can
-//!   break on purpose), headers, errors, gzip.
-//! - [`service`](Service): the handle: data, settings, faults, the [`Layer`] in front of its
-//!   answers, the request log.
+//! - `request`: a request as the service reads and records it. `reply`: [`Reply`] and its body
+//!   type (which a layer can make break off), headers, errors, gzip.
+//! - [`service`](Service): the handle: data, settings, the [`Layer`] in front of its answers and
+//!   the [`Next`] it answers through, the request log.
 //! - `route`: what a path addresses. `collection`, `entity`, `batch`: the answers; a batch is
 //!   handed the dispatch it answers its parts with, so it does not import the handler.
-//! - `handler`: records a request, dispatches it by route and method, adds the common headers.
+//! - `handler`: records a request, hands it to the layer (if any) or dispatches it by route and
+//!   method, adds the common headers.
 //! - `server`: the accept loop ([`serve`]) and [`Server`], the service on a local port.
 //! - [`catalog`]: the demo's product catalog and its change generator.
 #![forbid(unsafe_code)]
@@ -57,8 +60,9 @@ mod server;
 mod service;
 mod value;
 
-pub use knobs::{CountMode, Fault, LinkStyle};
+pub use knobs::{CountMode, LinkStyle};
 pub use model::{EntitySetDef, NavDef, PropDef};
+pub use reply::{Reply, ReplyBody, error_reply, json_reply};
 pub use request::RecordedRequest;
 pub use server::{Server, serve};
-pub use service::{DEFAULT_ROOT, Layer, Service};
+pub use service::{DEFAULT_ROOT, Layer, LayerFuture, Next, Service};

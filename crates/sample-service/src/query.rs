@@ -116,13 +116,19 @@ pub(crate) fn split_query(raw: &str) -> Result<Vec<(String, String)>, ODataError
 /// the client wrote them (so nothing is decoded and written again), minus the old `$skiptoken`,
 /// plus `$skiptoken=<offset>` at the end.
 pub(crate) fn next_link_query(raw: &str, offset: usize) -> String {
+    replace_option(raw, "$skiptoken", Some(&offset.to_string()))
+}
+
+/// `raw` (a query as sent) without option `name` (compared decoded), and with `name=value`
+/// (`value` already encoded) at the end when given; the other options stay as they were written.
+pub(crate) fn replace_option(raw: &str, name: &str, value: Option<&str>) -> String {
     raw.split('&')
         .filter(|part| {
-            let name = part.split_once('=').map_or(*part, |(name, _)| name);
-            !part.is_empty() && percent_decode_str(name).decode_utf8_lossy() != "$skiptoken"
+            let option = part.split_once('=').map_or(*part, |(option, _)| option);
+            !part.is_empty() && percent_decode_str(option).decode_utf8_lossy() != name
         })
         .map(str::to_owned)
-        .chain(std::iter::once(format!("$skiptoken={offset}")))
+        .chain(value.map(|value| format!("{name}={value}")))
         .collect::<Vec<_>>()
         .join("&")
 }

@@ -1,9 +1,8 @@
 //! JSON output with explicit member order.
 //!
 //! `serde_json::Map` is sorted alphabetically in this build, but OData
-//! responses need `@odata.context` first and `@odata.nextLink` last, and the
-//! reorder knob needs arbitrary property orders; so responses are assembled
-//! as [`Node`] trees and written out by hand.
+//! responses need `@odata.context` first, `@odata.nextLink` last and properties in declaration
+//! order; so responses are assembled as [`Node`] trees and written out by hand.
 
 use super::model::{EntitySetDef, SetStore, etag, find_set};
 use super::query::{Expand, select_rows};
@@ -76,20 +75,6 @@ impl Node {
     }
 }
 
-/// The same key value spelled another way: a GUID in upper case, a decimal string with one more
-/// trailing zero.
-fn respelled(value: Value) -> Value {
-    match value {
-        Value::String(s) if s.len() == 36 && s.bytes().filter(|b| *b == b'-').count() == 4 => {
-            Value::String(s.to_ascii_uppercase())
-        }
-        Value::String(s) if s.contains('.') && s.parse::<f64>().is_ok() => {
-            Value::String(format!("{s}0"))
-        }
-        other => other,
-    }
-}
-
 /// Knob values that shape entities, gathered so the shaping functions do not
 /// need the whole state.
 #[derive(Clone, Copy)]
@@ -98,12 +83,6 @@ pub(crate) struct Shaper<'a> {
     pub sets: &'a [SetStore],
     /// Emit `@odata.etag`.
     pub etags: bool,
-    /// `Some(seed)` rotates each entity's properties by `seed + ordinal`.
-    pub rotate: Option<usize>,
-    /// Omit key properties (the DropKey fault); top level only.
-    pub drop_keys: bool,
-    /// Spell key values another way (`Service::set_respell_keys`); top level only.
-    pub respell_keys: bool,
     /// The request accepts `IEEE754Compatible=true`: `Edm.Int64` and `Edm.Decimal` values are
     /// written as strings, as OData JSON says.
     pub ieee754: bool,
@@ -131,17 +110,13 @@ impl Shaper<'_> {
         row: &Map<String, Value>,
         select: Option<&[String]>,
         expand: &[Expand],
-        ordinal: usize,
     ) -> Vec<(String, Node)> {
         let wanted = |name: &str| select.is_none_or(|s| s.iter().any(|x| x == name || x == "*"));
         let mut members: Vec<(String, Node)> = property_order(def, row)
             .into_iter()
-            .filter(|name| wanted(name) && !(self.drop_keys && def.is_key(name)))
+            .filter(|name| wanted(name))
             .map(|name| {
                 let mut value = row.get(&name).cloned().unwrap_or(Value::Null);
-                if self.respell_keys && def.is_key(&name) {
-                    value = respelled(value);
-                }
                 if self.ieee754
                     && matches!(def.edm_type(&name), Some("Edm.Int64" | "Edm.Decimal"))
                     && let Value::Number(n) = &value
@@ -158,12 +133,6 @@ impl Shaper<'_> {
                 members.push((name, Node::Value(Value::from(total))));
             }
             members.push((item.nav.name.clone(), children));
-        }
-        if let Some(seed) = self.rotate
-            && !members.is_empty()
-        {
-            let by = (seed + ordinal) % members.len();
-            members.rotate_left(by);
         }
         if self.etags {
             members.insert(0, ("@odata.etag".to_string(), Node::string(etag(row))));
@@ -193,21 +162,14 @@ impl Shaper<'_> {
                 .is_some_and(|v| !v.is_null() && json_eq(fk_type, v, parent_key))
         });
         let (rows, total) = select_rows(related, &target.def, &item.options);
-        let nested = Shaper {
-            drop_keys: false,
-            respell_keys: false,
-            ..*self
-        };
         let children = rows
             .into_iter()
-            .enumerate()
-            .map(|(i, r)| {
-                Node::Object(nested.entity(
+            .map(|r| {
+                Node::Object(self.entity(
                     &target.def,
                     r,
                     item.options.select.as_deref(),
                     &item.options.expand,
-                    i,
                 ))
             })
             .collect();

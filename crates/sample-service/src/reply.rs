@@ -1,5 +1,5 @@
-//! Building responses: the body type (which can break on purpose), headers, status, OData error
-//! bodies, gzip.
+//! Building responses: the body type (which a [`Layer`](crate::Layer) can make break), headers,
+//! status, OData error bodies, gzip.
 
 use super::knobs::Knobs;
 use super::query::{FilterRules, ODataError};
@@ -37,6 +37,22 @@ pub(crate) fn respond(
         set_header(&mut response, "content-type", content_type);
     }
     response
+}
+
+/// A JSON answer (`application/json;odata.metadata=minimal`) with `status` and `body`, for a
+/// layer that answers itself.
+pub fn json_reply(status: u16, body: ReplyBody) -> Reply {
+    respond(status, Some(JSON), body)
+}
+
+/// An OData error answer as the service writes its own, with `Retry-After` if given, for a
+/// layer that refuses a request.
+pub fn error_reply(status: u16, message: &str, retry_after: Option<u64>) -> Reply {
+    let error = ODataError {
+        status,
+        message: message.to_owned(),
+    };
+    error_response(&error, retry_after)
 }
 
 /// `{"error":{"code":"<status>","message":"..."}}`, as CAP answers.
@@ -77,21 +93,6 @@ pub(crate) fn prefers(req: &RecordedRequest, token: &str) -> bool {
         .any(|p| p.trim().eq_ignore_ascii_case(token))
 }
 
-/// Whether a request's `Accept-Encoding` names gzip (weights are not read:
-/// the gateway sends a plain `gzip`).
-pub(crate) fn accepts_gzip(req: &RecordedRequest) -> bool {
-    req.headers
-        .get_all("accept-encoding")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|c| {
-            c.split(';')
-                .next()
-                .is_some_and(|c| c.trim().eq_ignore_ascii_case("gzip"))
-        })
-}
-
 /// `data` gzip-compressed.
 pub(crate) fn gzip(data: &[u8]) -> Vec<u8> {
     use std::io::Write;
@@ -100,26 +101,13 @@ pub(crate) fn gzip(data: &[u8]) -> Vec<u8> {
     encoder.finish().expect("gzip into memory")
 }
 
-/// A 200 whose small gzip body inflates to `decoded_bytes` blanks.
-pub(crate) fn gzip_bomb(decoded_bytes: usize) -> Response<ReplyBody> {
-    use std::io::Write;
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    let blanks = vec![b' '; 64 * 1024];
-    let mut left = decoded_bytes;
-    while left > 0 {
-        let n = left.min(blanks.len());
-        encoder.write_all(&blanks[..n]).expect("gzip into memory");
-        left -= n;
-    }
-    let body = encoder.finish().expect("gzip into memory");
-    let mut response = respond(200, Some(JSON), ReplyBody::full(body));
-    set_header(&mut response, "content-encoding", "gzip");
-    response
-}
+/// An answer of the service, as a [`Layer`](crate::Layer) receives, alters or makes one.
+pub type Reply = Response<ReplyBody>;
 
-/// Response body: either complete, or a prefix followed by an error so that
-/// hyper aborts the connection mid-body (the ResetMidBody fault).
-pub(crate) struct ReplyBody {
+/// The body of a [`Reply`]: either complete, or a prefix followed by an error so that the
+/// connection breaks off mid-body, which a layer cannot otherwise produce from outside the
+/// server.
+pub struct ReplyBody {
     data: Option<Bytes>,
     /// Set for a broken body; the pause lets hyper flush the prefix to the
     /// socket before the error tears the connection down.
@@ -128,7 +116,7 @@ pub(crate) struct ReplyBody {
 
 impl ReplyBody {
     /// A complete body.
-    pub(crate) fn full(data: impl Into<Bytes>) -> ReplyBody {
+    pub fn full(data: impl Into<Bytes>) -> ReplyBody {
         let data: Bytes = data.into();
         ReplyBody {
             data: (!data.is_empty()).then_some(data),
@@ -141,6 +129,11 @@ impl ReplyBody {
         ReplyBody::full(Bytes::new())
     }
 
+    /// The bytes the body sends (only the prefix, for a broken one).
+    pub fn bytes(&self) -> Bytes {
+        self.data.clone().unwrap_or_default()
+    }
+
     /// The same body gzip-compressed; `None` for a broken one, which is
     /// sent as it is.
     pub(crate) fn gzipped(&self) -> Option<ReplyBody> {
@@ -151,8 +144,9 @@ impl ReplyBody {
         Some(ReplyBody::full(gzip(&data)))
     }
 
-    /// The first half of `data`, then a connection error.
-    pub(crate) fn broken(data: Bytes) -> ReplyBody {
+    /// The first half of `data`, then a connection reset. The answer's `Content-Length`, if
+    /// set, is sent as it is, so the client sees a body cut short.
+    pub fn broken(data: Bytes) -> ReplyBody {
         let half = data.slice(..data.len() / 2);
         ReplyBody {
             data: (!half.is_empty()).then_some(half),
@@ -177,7 +171,7 @@ impl Body for ReplyBody {
             self.break_after = None;
             return Poll::Ready(Some(Err(std::io::Error::new(
                 std::io::ErrorKind::ConnectionReset,
-                "injected fault: connection reset mid-body",
+                "the body was broken off mid-way",
             ))));
         }
         Poll::Ready(None)

@@ -1,5 +1,6 @@
 //! A request as the service reads and records it.
 
+use super::query::replace_option;
 use bytes::Bytes;
 use http::{HeaderMap, Method};
 use percent_encoding::percent_decode_str;
@@ -16,8 +17,8 @@ pub struct RecordedRequest {
     pub headers: HeaderMap,
     /// Request body.
     pub body: Bytes,
-    /// `Some(set)` when this was a GET of a defined entity set's collection,
-    /// i.e. a request that counts for faults and that a [`Layer`](crate::Layer) sees.
+    /// `Some(set)` when this is a GET of an entity set's collection (of a defined set, for a
+    /// whole request; of any set, for a part of a `$batch`).
     pub collection_set: Option<String>,
 }
 
@@ -55,9 +56,39 @@ impl RecordedRequest {
             .map(|(_, v)| v)
     }
 
+    /// A copy whose query has option `name` removed, or set to `value` (text as it goes in a
+    /// URL) at its end: what a [`Layer`](crate::Layer) asks the service instead.
+    pub fn with_option(&self, name: &str, value: Option<&str>) -> RecordedRequest {
+        let query = replace_option(self.query(), name, value);
+        let path_and_query = if query.is_empty() {
+            self.path().to_owned()
+        } else {
+            format!("{}?{query}", self.path())
+        };
+        RecordedRequest {
+            path_and_query,
+            ..self.clone()
+        }
+    }
+
     /// A header value, if present and valid text.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Whether `Accept-Encoding` names gzip (weights are not read: the gateway sends a plain
+    /// `gzip`).
+    pub fn accepts_gzip(&self) -> bool {
+        self.headers
+            .get_all("accept-encoding")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|c| {
+                c.split(';')
+                    .next()
+                    .is_some_and(|c| c.trim().eq_ignore_ascii_case("gzip"))
+            })
     }
 
     /// The body parsed as JSON, if it is JSON.

@@ -51,7 +51,7 @@ pub async fn serve(
             .serve_connection(TokioIo::new(stream), handler)
             .into_owned();
         let connection = graceful.watch(connection);
-        // Errors here are clients going away or injected resets; nobody is there to hear of
+        // Errors here are clients going away or bodies a layer broke off; nobody is there to hear of
         // them.
         connections.spawn(async move {
             let _ = connection.await;

@@ -1,22 +1,18 @@
-//! The service's public face: starting it, seeding data, turning knobs,
-//! injecting faults and inspecting the requests it received.
+//! The service's public face: starting it, seeding data, turning knobs, the [`Layer`] in front
+//! of its answers, and inspecting the requests it received.
 
-use super::knobs::{CountMode, Fault, Knobs, LinkStyle};
+use super::knobs::{CountMode, Knobs, LinkStyle};
 use super::model::{EntitySetDef, SetStore, etag, find_set, find_set_mut};
+use super::reply::Reply;
 use super::request::RecordedRequest;
 use serde_json::Value;
+use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// The service root path [`Server::start`](crate::Server::start) serves.
 pub const DEFAULT_ROOT: &str = "/odata/v4/shop";
-
-/// A fault waiting for its request.
-pub(crate) struct PendingFault {
-    /// The fault.
-    pub fault: Fault,
-    /// Collection-request counter when pushed.
-    pub pushed_at: usize,
-}
 
 /// Everything mutable; guarded by one mutex that is never held across an await.
 #[derive(Default)]
@@ -29,20 +25,12 @@ pub(crate) struct State {
     pub metadata: Option<String>,
     /// Answer `$metadata` with 404, like a service that does not publish it.
     pub metadata_missing: bool,
-    /// Wait this long before answering `$metadata`, like a service that builds it slowly.
-    pub metadata_delay: Option<std::time::Duration>,
     /// Send this `ETag` with `$metadata`.
     pub metadata_etag: Option<String>,
-    /// Faults not yet fired.
-    pub faults: Vec<PendingFault>,
-    /// GET collection requests received so far.
-    pub collection_counter: usize,
     /// The layer, if set.
     pub layer: Option<Arc<dyn Layer>>,
     /// Every request received.
     pub requests: Vec<RecordedRequest>,
-    /// Bumped per rendered response; seeds the property rotation.
-    pub responses: usize,
 }
 
 /// Immutable addressing plus the state.
@@ -161,6 +149,11 @@ impl Service {
         }
     }
 
+    /// The definition of a set, if it is defined.
+    pub fn definition(&self, set: &str) -> Option<EntitySetDef> {
+        find_set(&self.lock().sets, set).map(|s| s.def.clone())
+    }
+
     /// All rows of a set in key order (empty if the set is unknown).
     pub fn rows(&self, set: &str) -> Vec<Value> {
         let st = self.lock();
@@ -211,11 +204,6 @@ impl Service {
         self.lock().metadata_etag = etag.map(str::to_owned);
     }
 
-    /// Wait `delay` before answering each `$metadata` request (`None`: answer at once).
-    pub fn set_metadata_delay(&self, delay: Option<std::time::Duration>) {
-        self.lock().metadata_delay = delay;
-    }
-
     /// Recorded `$metadata` requests.
     pub fn metadata_requests(&self) -> usize {
         self.lock()
@@ -240,11 +228,6 @@ impl Service {
         self.lock().knobs.link_style = style;
     }
 
-    /// Emit entity properties in a different order in every response.
-    pub fn set_reorder_properties(&self, on: bool) {
-        self.lock().knobs.reorder = on;
-    }
-
     /// Pretty-print JSON responses.
     pub fn set_pretty(&self, on: bool) {
         self.lock().knobs.pretty = on;
@@ -253,12 +236,6 @@ impl Service {
     /// When `@odata.count` is emitted. Default [`CountMode::EveryPage`].
     pub fn set_count_mode(&self, mode: CountMode) {
         self.lock().knobs.count_mode = mode;
-    }
-
-    /// Silently end every collection after `n` entities (no nextLink),
-    /// while `@odata.count` keeps reporting the real total.
-    pub fn set_truncate_after(&self, n: Option<usize>) {
-        self.lock().knobs.truncate_after = n;
     }
 
     /// `OData-Version` response header value; `None` omits the header.
@@ -271,53 +248,16 @@ impl Service {
         self.lock().knobs.etags = on;
     }
 
-    /// Answer 400 to any `$filter` that uses `in`.
+    /// Answer 400 to any `$filter` that uses `in`, as a service that implements OData 4.0's
+    /// `$filter`, which has no `in` (4.01 added it), does.
     pub fn set_reject_in(&self, on: bool) {
         self.lock().knobs.reject_in = on;
     }
 
-    /// Answer 400 to any `$filter` that uses `or`.
+    /// Answer 400 to any `$filter` that uses `or`, as a service whose filter restrictions allow
+    /// only conjunctions does.
     pub fn set_reject_or(&self, on: bool) {
         self.lock().knobs.reject_or = on;
-    }
-
-    /// Answer every request whose `Authorization` is exactly `value` with 401 and a
-    /// `WWW-Authenticate` challenge, as an identity provider's revoked token is.
-    pub fn revoke_credential(&self, value: &str) {
-        self.lock()
-            .knobs
-            .revoked_credentials
-            .push(value.to_string());
-    }
-
-    /// Spell key values of collection answers another way while `on`, as servers do that format
-    /// one value differently in different answers: GUIDs in upper case, decimals sent as strings
-    /// with a trailing zero (`"1.5"` → `"1.50"`). The value stays the same.
-    pub fn set_respell_keys(&self, on: bool) {
-        self.lock().knobs.respell_keys = on;
-    }
-
-    /// Make paging loop: a nextLink onward to offset `at` or beyond points back at offset `back`
-    /// instead (a server whose paging state is broken). `None` ends the loop.
-    pub fn set_next_link_cycle(&self, cycle: Option<(usize, usize)>) {
-        self.lock().knobs.next_link_cycle = cycle;
-    }
-
-    /// Answer `status` to any collection `$filter` containing ` in (` (JayStack's server answers
-    /// 500); `None` serves them again.
-    pub fn set_in_filter_status(&self, status: Option<u16>) {
-        self.lock().knobs.in_filter_status = status;
-    }
-
-    /// Ignore `$skip` on collections, as if every request started at the first row.
-    pub fn set_ignore_skip(&self, on: bool) {
-        self.lock().knobs.ignore_skip = on;
-    }
-
-    /// Write `raw` (JSON text, e.g. `18446744073709551615` or `-1`) as `@odata.count` instead of
-    /// the real count; `None` writes the real count again.
-    pub fn set_count_text(&self, raw: Option<&str>) {
-        self.lock().knobs.count_text = raw.map(str::to_string);
     }
 
     /// gzip every successful answer (`Content-Encoding: gzip`) to a request
@@ -331,22 +271,8 @@ impl Service {
         self.lock()
             .requests
             .iter()
-            .filter(|r| super::reply::accepts_gzip(r))
+            .filter(|r| r.accepts_gzip())
             .count()
-    }
-
-    /// Track changes like a service with change tracking of its own (odatapy's server): a
-    /// collection request that prefers `odata.track-changes` (or `track-changes`) is answered
-    /// with `Preference-Applied` and, on its last page, an `@odata.deltaLink` carrying a
-    /// `$deltatoken` of the service's (which it then ignores, answering the whole collection).
-    pub fn set_own_change_tracking(&self, on: bool) {
-        self.lock().knobs.own_change_tracking = on;
-    }
-
-    /// With [`Service::set_own_change_tracking`] on: write the delta link on the last page of
-    /// every collection read, whether the request asked for change tracking or not.
-    pub fn set_unasked_delta_links(&self, on: bool) {
-        self.lock().knobs.unasked_delta_links = on;
     }
 
     /// Answer every request in HTTP/1.0, as old servers and some proxies in front of them do.
@@ -354,27 +280,26 @@ impl Service {
         self.lock().knobs.http10 = on;
     }
 
-    /// Queues a fault; see [`Fault`] for how requests are counted.
-    pub fn push_fault(&self, fault: Fault) {
-        let mut st = self.lock();
-        let pushed_at = st.collection_counter;
-        st.faults.push(PendingFault { fault, pushed_at });
-    }
-
-    /// Faults not yet fired.
-    pub fn pending_faults(&self) -> usize {
-        self.lock().faults.len()
-    }
-
-    /// Drops all queued faults.
-    pub fn clear_faults(&self) {
-        self.lock().faults.clear();
-    }
-
     /// Puts `layer` in front of the service's answers, replacing any layer set before; see
-    /// [`Layer`] for when it runs.
+    /// [`Layer`] for what it sees.
     pub fn set_layer(&self, layer: Arc<dyn Layer>) {
         self.lock().layer = Some(layer);
+    }
+
+    /// The layer in front of the service if it is an `L`; otherwise puts `make()` there
+    /// (replacing any other layer) and returns it. One lock for both, so that two callers
+    /// racing to install the same kind of layer end up sharing one.
+    pub fn layer_or_set<L: Layer>(&self, make: impl FnOnce() -> L) -> Arc<L> {
+        let mut st = self.lock();
+        if let Some(current) = st.layer.clone() {
+            let current: Arc<dyn Any + Send + Sync> = current;
+            if let Ok(layer) = current.downcast::<L>() {
+                return layer;
+            }
+        }
+        let layer = Arc::new(make());
+        st.layer = Some(layer.clone());
+        layer
     }
 
     /// Removes the layer.
@@ -392,7 +317,7 @@ impl Service {
         self.lock().requests.clone()
     }
 
-    /// Forgets recorded requests (fault counting is unaffected).
+    /// Forgets recorded requests.
     pub fn clear_requests(&self) {
         self.lock().requests.clear();
     }
@@ -416,13 +341,47 @@ impl Service {
     }
 }
 
+/// The future a [`Layer`] answers with.
+pub type LayerFuture<'a> = Pin<Box<dyn Future<Output = Reply> + Send + 'a>>;
+
+/// How the service answers a request by itself, without its layer; [`Next`] carries it so that
+/// this module need not import the dispatcher (which imports it).
+pub(crate) type Answer = for<'r> fn(&'r Service, &'r RecordedRequest) -> LayerFuture<'r>;
+
 /// Code run in front of the service's answers, for what a plain OData service does not do: the
 /// tests build their misbehaving upstreams on it (`tests/support`), so the service itself stays
 /// an honest one.
-pub trait Layer: Send + Sync {
-    /// Runs on every GET of an entity-set collection (a part of a batch too) before it is
-    /// answered, without the service's lock held, so it may call any method of `service`, for
-    /// example to change data in the middle of an enumeration. A panic inside it only kills that
-    /// connection (the client sees a transport error).
-    fn before_page(&self, service: &Service, request: &RecordedRequest, set: &str);
+///
+/// The layer sees every request the service receives, and every part of a `$batch` as a request
+/// of its own, after it was recorded (so [`Service::requests`] shows what the client sent) and
+/// before the service's common headers (`OData-Version`, gzip) are added. It runs without the
+/// service's lock held, so it may call any method of the service, for example to change data in
+/// the middle of an enumeration. A panic inside it only kills that connection (the client sees a
+/// transport error).
+pub trait Layer: Any + Send + Sync {
+    /// Answers `request`: by passing it, or an altered copy, to [`Next::run`] and returning the
+    /// service's answer, as it is or rewritten; or by answering itself, after any wait. An
+    /// implementation returns `Box::pin(async move { ... })`.
+    fn answer<'a>(&'a self, request: &'a RecordedRequest, next: Next<'a>) -> LayerFuture<'a>;
+}
+
+/// The service behind a [`Layer`], for one request.
+pub struct Next<'a> {
+    /// The service.
+    pub(crate) service: &'a Service,
+    /// Its own answer.
+    pub(crate) answer: Answer,
+}
+
+impl<'a> Next<'a> {
+    /// The service, to read or change its data and settings.
+    pub fn service(&self) -> &'a Service {
+        self.service
+    }
+
+    /// The service's own answer to `request`, which may differ from the request the layer was
+    /// given (another query, other headers); it is not recorded again.
+    pub async fn run(self, request: &RecordedRequest) -> Reply {
+        (self.answer)(self.service, request).await
+    }
 }

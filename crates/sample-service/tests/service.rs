@@ -1,5 +1,5 @@
-//! Exercises the sample service over real HTTP: paging, queries, writes, settings and faults,
-//! so the gateway's tests can rely on its behaviour.
+//! Exercises the sample service over real HTTP: paging, queries, writes, settings and the layer
+//! in front of its answers, so the gateway's tests can rely on its behaviour.
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
@@ -8,7 +8,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use odata_sample_service::{
-    CountMode, EntitySetDef, Fault, Layer, LinkStyle, RecordedRequest, Server,
+    CountMode, EntitySetDef, Layer, LayerFuture, LinkStyle, Next, RecordedRequest, ReplyBody,
+    Server,
 };
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Value, json};
@@ -286,12 +287,15 @@ struct DeleteOnSecondPage {
 }
 
 impl Layer for DeleteOnSecondPage {
-    fn before_page(&self, service: &odata_sample_service::Service, _: &RecordedRequest, set: &str) {
-        let mut seen = self.seen.lock().expect("layer log");
-        if seen.len() == 1 {
-            service.delete("Customers", json!(1));
+    fn answer<'a>(&'a self, request: &'a RecordedRequest, next: Next<'a>) -> LayerFuture<'a> {
+        if let Some(set) = &request.collection_set {
+            let mut seen = self.seen.lock().expect("layer log");
+            if seen.len() == 1 {
+                next.service().delete("Customers", json!(1));
+            }
+            seen.push(set.clone());
         }
-        seen.push(set.to_string());
+        Box::pin(next.run(request))
     }
 }
 
@@ -314,6 +318,135 @@ async fn a_layer_sees_each_page_first_and_deleting_during_enumeration_shifts_off
     up.clear_layer();
     walk(&up.url("Customers"), &[]).await;
     assert_eq!(layer.seen.lock().expect("layer log").len(), 2, "cleared");
+}
+
+/// Answers the second request itself, after a wait, with a 503; passes every other one on.
+#[derive(Default)]
+struct FailSecond {
+    seen: Mutex<Vec<String>>,
+}
+
+impl Layer for FailSecond {
+    fn answer<'a>(&'a self, request: &'a RecordedRequest, next: Next<'a>) -> LayerFuture<'a> {
+        Box::pin(async move {
+            let second = {
+                let mut seen = self.seen.lock().expect("layer log");
+                seen.push(request.path_and_query.clone());
+                seen.len() == 2
+            };
+            if !second {
+                return next.run(request).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mut reply = http::Response::new(ReplyBody::full("{}"));
+            *reply.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            reply
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_layer_can_answer_instead_of_the_service_after_a_wait() {
+    let up = shop().await;
+    let layer = Arc::new(FailSecond::default());
+    up.set_layer(layer.clone());
+    assert_eq!(get(&up.url("Customers")).await.status, StatusCode::OK);
+    let started = Instant::now();
+    let reply = get(&up.url("Customers(1)")).await;
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.text(), "{}");
+    // The layer's answer still gets the headers of every answer, and the request was recorded.
+    assert_eq!(reply.header("odata-version"), Some("4.0"));
+    assert_eq!(up.requests().len(), 2);
+    assert_eq!(get(&up.url("Customers(1)")).await.status, StatusCode::OK);
+    assert_eq!(layer.seen.lock().expect("layer log").len(), 3);
+}
+
+/// Asks the service for one entity less than requested, marks its answer with a header, and
+/// breaks off the body of a request that asks for it.
+struct Rewrite;
+
+impl Layer for Rewrite {
+    fn answer<'a>(&'a self, request: &'a RecordedRequest, next: Next<'a>) -> LayerFuture<'a> {
+        Box::pin(async move {
+            let mut asked = request.clone();
+            asked.path_and_query = request.path_and_query.replace("$top=3", "$top=2");
+            let mut reply = next.run(&asked).await;
+            reply
+                .headers_mut()
+                .insert("x-layer", http::HeaderValue::from_static("seen"));
+            if request.header("x-break").is_some() {
+                let bytes = reply.body().bytes();
+                *reply.body_mut() = ReplyBody::broken(bytes);
+            }
+            reply
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_layer_can_ask_the_service_another_request_and_rewrite_or_break_its_answer() {
+    let up = shop().await;
+    up.set_layer(Arc::new(Rewrite));
+    let reply = get(&up.url("Customers?$top=3")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(ids(&reply.json()), [1, 2].map(Value::from));
+    assert_eq!(reply.header("x-layer"), Some("seen"));
+    // The request log keeps what the client sent.
+    assert_eq!(up.requests()[0].query_param("$top").as_deref(), Some("3"));
+
+    let response = client()
+        .request(request(
+            Method::GET,
+            &up.url("Customers"),
+            &[("x-break", "1")],
+            None,
+        ))
+        .await
+        .expect("headers arrive before the break");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.into_body().collect().await.is_err(),
+        "the body must break off"
+    );
+}
+
+#[tokio::test]
+async fn a_layer_sees_each_part_of_a_batch_as_a_request() {
+    let up = shop().await;
+    let layer = Arc::new(FailSecond::default());
+    up.set_layer(layer.clone());
+    let batch = json!({"requests": [
+        {"id": "1", "method": "GET", "url": "Customers(1)"},
+        {"id": "2", "method": "GET", "url": "Customers(2)"},
+    ]});
+    let reply = send(Method::POST, &up.url("$batch"), &[], Some(&batch)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let statuses: Vec<Value> = reply.json()["responses"]
+        .as_array()
+        .expect("responses")
+        .iter()
+        .map(|r| r["status"].clone())
+        .collect();
+    // The batch itself is the first request the layer sees; its first part, the second.
+    assert_eq!(statuses, [503, 200].map(Value::from));
+    let seen = layer.seen.lock().expect("layer log").clone();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen[0].ends_with("/$batch"), "{seen:?}");
+}
+
+#[tokio::test]
+async fn layer_or_set_keeps_a_layer_of_the_type_asked_for_and_replaces_another() {
+    let up = shop().await;
+    let first = up.layer_or_set(FailSecond::default);
+    let again = up.layer_or_set(FailSecond::default);
+    assert!(Arc::ptr_eq(&first, &again));
+    up.set_layer(Arc::new(Rewrite));
+    let other = up.layer_or_set(FailSecond::default);
+    assert!(!Arc::ptr_eq(&first, &other));
+    assert_eq!(get(&up.url("Customers")).await.status, StatusCode::OK);
+    assert_eq!(other.seen.lock().expect("layer log").len(), 1);
 }
 
 async fn filter_ids(up: &Server, set: &str, filter: &str) -> (StatusCode, Vec<Value>) {
@@ -514,99 +647,12 @@ async fn orderby_top_skip_count_search() {
 }
 
 #[tokio::test]
-async fn status_fault_then_recovery() {
-    let up = shop().await;
-    up.push_fault(Fault::Status {
-        page: 1,
-        status: 503,
-        retry_after: Some(7),
-    });
-    assert_eq!(get(&up.url("Customers")).await.status, StatusCode::OK);
-    // Non-collection requests do not count.
-    assert_eq!(get(&up.url("Customers(1)")).await.status, StatusCode::OK);
-    let reply = get(&up.url("Customers")).await;
-    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(reply.header("retry-after"), Some("7"));
-    assert_eq!(reply.json()["error"]["code"], "503");
-    assert_eq!(up.pending_faults(), 0);
-    assert_eq!(get(&up.url("Customers")).await.status, StatusCode::OK);
-}
-
-#[tokio::test]
-async fn malformed_and_reset_faults() {
-    let up = shop().await;
-    up.push_fault(Fault::Malformed { page: 0 });
-    let reply = get(&up.url("Customers")).await;
-    assert_eq!(reply.status, StatusCode::OK);
-    assert!(serde_json::from_slice::<Value>(&reply.body).is_err());
-
-    up.push_fault(Fault::ResetMidBody { page: 0 });
-    let response = client()
-        .request(request(Method::GET, &up.url("Customers"), &[], None))
-        .await
-        .expect("headers arrive before the reset");
-    assert_eq!(response.status(), StatusCode::OK);
-    assert!(
-        response.into_body().collect().await.is_err(),
-        "body must break"
-    );
-
-    assert_eq!(get(&up.url("Customers")).await.status, StatusCode::OK);
-}
-
-#[tokio::test]
-async fn delay_fault() {
-    let up = shop().await;
-    up.push_fault(Fault::Delay { page: 0, ms: 200 });
-    let started = Instant::now();
-    assert_eq!(get(&up.url("Customers")).await.status, StatusCode::OK);
-    assert!(started.elapsed() >= Duration::from_millis(200));
-}
-
-#[tokio::test]
-async fn next_link_drop_key_and_duplicate_faults() {
-    let up = shop().await;
-    up.set_page_size(Some(2));
-
-    up.push_fault(Fault::NextLinkTo {
-        page: 0,
-        url: "http://other.invalid/steal?$skiptoken=2".to_string(),
-    });
-    let page = get(&up.url("Customers")).await.json();
-    assert_eq!(
-        page["@odata.nextLink"],
-        "http://other.invalid/steal?$skiptoken=2"
-    );
-
-    up.push_fault(Fault::DropKey { page: 0 });
-    let page = get(&up.url("Customers")).await.json();
-    for entity in page["value"].as_array().expect("value") {
-        assert!(entity.get("ID").is_none());
-        assert!(entity.get("name").is_some());
-    }
-
-    up.push_fault(Fault::DuplicateAcrossPages { page: 1 });
-    let pages = walk(&up.url("Customers"), &[]).await;
-    assert_eq!(all_ids(&pages), [1, 2, 2, 3, 4, 5].map(Value::from));
-}
-
-#[tokio::test]
-async fn reorder_and_pretty() {
+async fn stable_and_pretty_output() {
     let up = shop().await;
     let url = up.url("Customers?$filter=ID%20eq%201");
     let (a, b) = (get(&url).await, get(&url).await);
-    assert_eq!(a.body, b.body, "stable output without reordering");
+    assert_eq!(a.body, b.body, "the same answer, byte for byte");
 
-    up.set_reorder_properties(true);
-    let (c, d) = (get(&url).await, get(&url).await);
-    assert_ne!(
-        c.body, d.body,
-        "property order must change between responses"
-    );
-    assert_eq!(c.json(), a.json());
-    assert_eq!(d.json(), a.json());
-
-    up.set_reorder_properties(false);
     up.set_pretty(true);
     let pretty = get(&url).await;
     assert!(pretty.text().contains('\n'));
@@ -917,7 +963,7 @@ async fn headers_echoed_and_requests_recorded() {
 }
 
 #[tokio::test]
-async fn count_modes_and_truncation() {
+async fn count_modes() {
     let up = shop().await;
     up.set_page_size(Some(2));
     let url = up.url("Customers?$count=true");
@@ -935,12 +981,6 @@ async fn count_modes_and_truncation() {
         counts(&walk(&url, &[]).await),
         [Value::Null, Value::Null, Value::Null]
     );
-
-    up.set_count_mode(CountMode::EveryPage);
-    up.set_truncate_after(Some(3));
-    let pages = walk(&url, &[]).await;
-    assert_eq!(all_ids(&pages), [1, 2, 3].map(Value::from));
-    assert_eq!(counts(&pages), [5, 5].map(Value::from));
 }
 
 #[tokio::test]
