@@ -55,6 +55,10 @@ impl Running {
     }
 }
 
+/// Longest a stopping gateway waits for compactions under way (each is one transaction per batch,
+/// so one cut short loses nothing).
+const COMPACTION_SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Bind the listeners of `app` and serve until `shutdown` is cancelled.
 pub async fn start(app: App, shutdown: CancellationToken) -> std::io::Result<Running> {
     let listener = TcpListener::bind(app.config.listen).await?;
@@ -72,9 +76,10 @@ pub async fn start(app: App, shutdown: CancellationToken) -> std::io::Result<Run
         }
         let retention = tokio::spawn(crate::track::retention::run(app.clone(), token.clone()));
         let schedule = tokio::spawn(crate::track::schedule::run(app.clone(), token.clone()));
-        serve(app, listener, token).await;
+        serve(app.clone(), listener, token).await;
         let _ = retention.await;
         let _ = schedule.await;
+        app.feeds.compactions_ended(COMPACTION_SHUTDOWN_WAIT).await;
     });
     Ok(Running {
         addr,

@@ -123,6 +123,39 @@ async fn several_pollers_cause_one_enumeration_per_interval() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn background_refreshes_start_once_per_interval_however_long_each_takes() {
+    let up = names_only(5).await;
+    let gw = Gateway::start_with(
+        &up.base_url(),
+        Some("poll_interval = \"10s\"\n[identity]\nmode = \"shared\"\n"),
+        |_| {},
+    )
+    .await;
+    let client = Client::default();
+    let mut link = delta_link(&client, &gw, &[]).await;
+    up.clear_requests();
+    // From now on every enumeration takes 4 s, 40 % of the interval.
+    for page in 0..20 {
+        up.push_fault(support::Fault::Delay { page, ms: 4_000 });
+    }
+    for second in 1..=60 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let asked = tokio::time::Instant::now();
+        let r = client.get(&link, &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "a poll at {second} s waited for a refresh"
+        );
+        link = r.json()["@odata.deltaLink"].as_str().unwrap().to_owned();
+    }
+    // Started every 9.5 to 10 s from the last start: six in the minute. Timed from the last
+    // one's end instead, they would be 13.5 to 14 s apart: four.
+    let n = enumerations(&up).len();
+    assert!((6..=7).contains(&n), "{n} background enumerations in 60 s");
+}
+
+#[tokio::test(start_paused = true)]
 async fn idle_feeds_leave_the_schedule() {
     let up = names_only(5).await;
     let gw = Gateway::start_with(

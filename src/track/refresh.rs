@@ -571,12 +571,15 @@ async fn catch_up(
 /// apart from the refresh: the refresh's answer does not wait for it, and the next refresh hashes
 /// its pages while it runs. A failure leaves the marks for the next run.
 fn compact_in_background(shared: &Arc<Shared>, feed: FeedId) {
-    if !shared.feeds.start_compaction(feed) {
+    let Some(claim) = shared.feeds.start_compaction(feed) else {
         return;
-    }
-    let shared = shared.clone();
+    };
+    let store = shared.store.clone();
     tokio::task::spawn_blocking(move || {
-        match shared.store.compact_superseded(feed) {
+        let outcome = store.compact_superseded(feed);
+        // The store before the claim: a shutdown that waited for the claims finds it closed.
+        drop(store);
+        match outcome {
             Ok(removed) => {
                 tracing::debug!(feed = %feed_label(feed), removed, "superseded states removed")
             }
@@ -584,7 +587,7 @@ fn compact_in_background(shared: &Arc<Shared>, feed: FeedId) {
                 tracing::warn!(feed = %feed_label(feed), error = %e, "removing superseded states failed; the next publish retries")
             }
         }
-        shared.feeds.end_compaction(feed);
+        drop(claim);
     });
 }
 

@@ -33,7 +33,22 @@ pub struct Feeds {
     published: Mutex<HashMap<FeedId, Published>>,
     /// Feeds whose superseded states are being removed after a publish: one such run per feed
     /// (a later publish's marks are taken by the run under way or by the next).
-    compacting: Mutex<std::collections::HashSet<FeedId>>,
+    compacting: Arc<Mutex<std::collections::HashSet<FeedId>>>,
+}
+
+/// A claimed compaction of one feed ([`Feeds::start_compaction`]), released when dropped.
+pub(crate) struct CompactionClaim {
+    set: Arc<Mutex<std::collections::HashSet<FeedId>>>,
+    feed: FeedId,
+}
+
+impl Drop for CompactionClaim {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.feed);
+    }
 }
 
 /// A feed's last successful refresh and whether another is under way: what a request needs to
@@ -81,20 +96,32 @@ impl StoredFeeds {
 const FEED_CAP_RETRY_AFTER_SECS: u64 = 60;
 
 impl Feeds {
-    /// Claim the compaction of `feed`'s superseded states; false while another run has it.
-    pub(crate) fn start_compaction(&self, feed: FeedId) -> bool {
-        self.compacting
+    /// Claim the compaction of `feed`'s superseded states; `None` while another run has it.
+    pub(crate) fn start_compaction(&self, feed: FeedId) -> Option<CompactionClaim> {
+        let claimed = self
+            .compacting
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(feed)
+            .insert(feed);
+        claimed.then(|| CompactionClaim {
+            set: self.compacting.clone(),
+            feed,
+        })
     }
 
-    /// Release what [`Feeds::start_compaction`] claimed.
-    pub(crate) fn end_compaction(&self, feed: FeedId) {
-        self.compacting
+    /// Wait, at most `bound`, until no compaction runs: at shutdown, so that the store is closed
+    /// when the gateway has stopped.
+    pub(crate) async fn compactions_ended(&self, bound: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + bound;
+        while !self
+            .compacting
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&feed);
+            .is_empty()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     /// The slot of a feed, created on first use.
