@@ -284,3 +284,145 @@ async fn sigkill_of_the_replica_refreshing_a_feed_frees_it_for_another_that_lose
         assert_eq!(r.status, 200, "{link}: {}", r.text());
     }
 }
+
+/// A first tracked read streams its first pages while the load runs; their next link, sent by a
+/// proxy to another replica, waits there for the load to be published and goes on with its rows,
+/// instead of failing as if the load had been cut short (C12, C3).
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set ODG_TEST_POSTGRES to a database URL"]
+async fn a_next_link_of_a_first_read_still_loading_on_one_replica_is_served_by_another() {
+    let store = fresh_database("streamed").await;
+    let up = shop_paged(200, 20).await;
+    let (a, b) = (
+        replica_on(&up.base_url(), &store).await,
+        replica_on(&up.base_url(), &store).await,
+    );
+    // The load's seventh upstream page is slow (the sixth request is the check of the client's
+    // credentials before its first page is served from the store).
+    up.push_fault(Fault::Delay { page: 6, ms: 1500 });
+    let client = Client::default();
+    let prefer = [("Prefer", "odata.track-changes, odata.maxpagesize=10")];
+    let r = client
+        .get(&a.url(&format!("{ROOT}/Customers")), &prefer)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let page = r.json();
+    let mut ids: Vec<i64> = page["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["ID"].as_i64().unwrap())
+        .collect();
+    assert!(
+        page.get("@odata.deltaLink").is_none(),
+        "the first page came before the load ended"
+    );
+    let next = page["@odata.nextLink"].as_str().expect("a next link");
+    let (rest, link) = client.read_all(&on(&b, next), &[]).await;
+    ids.extend(rest.iter().map(|e| e["ID"].as_i64().unwrap()));
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=200).collect::<Vec<_>>());
+    // And the delta link B gave works on A.
+    up.delete("Customers", json!(7));
+    let r = client.get(&on(&a, &link), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["value"].as_array().map(Vec::len), Some(1));
+}
+
+/// Requests a replica classified as tracked (first reads, their pages and deltas).
+fn tracked_requests(gw: &Gateway) -> u64 {
+    ["initial", "page", "delta"]
+        .into_iter()
+        .map(|kind| {
+            gw.shared
+                .metrics
+                .requests
+                .get_or_create(&odata_delta_gateway::metrics::RequestKind::new(kind))
+                .get()
+        })
+        .sum()
+}
+
+/// Three replicas on one database behind a real nginx that sends each request to the next of them
+/// in turn: a sync client that talks to nginx only converges over random CRUD rounds in both
+/// payload shapes (C28), every replica serves part of its requests, and a delta link answers the
+/// same on each replica asked directly (C9, C22 for the links, which point at nginx).
+#[tokio::test]
+#[ignore = "needs PostgreSQL (set ODG_TEST_POSTGRES to a database URL) and a real nginx; run by .ci/run"]
+async fn a_replica_behind_nginx_round_robin_over_three_gateways_converges_in_both_shapes_c28() {
+    use support::nginx::{Nginx, nginx_binary};
+
+    let binary = nginx_binary().expect("nginx is not installed: this test needs a real nginx");
+    let store = fresh_database("nginx").await;
+    let up = shop_paged(80, 9).await;
+    let mut gateways = Vec::new();
+    for _ in 0..3 {
+        let store = store.clone();
+        gateways.push(
+            Gateway::start_with(&up.base_url(), None, move |f| {
+                f.store = Some(store);
+                f.trusted_proxies = vec!["127.0.0.1".into()];
+            })
+            .await,
+        );
+    }
+    let ports: Vec<u16> = gateways.iter().map(|g| g.addr.port()).collect();
+    let nginx = Nginx::round_robin(&binary, &ports);
+    let public = nginx.public_base();
+    let before: Vec<u64> = gateways.iter().map(tracked_requests).collect();
+    let client = Client::default();
+    let mut last_link = None;
+    for shape in [Shape::V40, Shape::V401] {
+        let mut replica = Replica::new("Customers", &["ID"], shape);
+        // Pages of 20, so that next links too are followed on other replicas than their issuer's.
+        replica.page_size = Some(20);
+        replica
+            .initial(&client, &format!("{public}{ROOT}/Customers"))
+            .await
+            .unwrap();
+        let mut churn = Churn::new(0xc0ffee + shape as u64, 1000 + 100 * shape as i64);
+        for round in 0..8 {
+            churn.round(&up, 12);
+            replica
+                .sync(&client)
+                .await
+                .unwrap_or_else(|r| panic!("{shape:?} round {round}: {} {}", r.status, r.text()));
+            let expected = replica.expected(&up.rows("Customers"), |_| true);
+            assert_eq!(replica.rows, expected, "{shape:?} round {round}");
+        }
+        assert!(
+            replica.issued.iter().all(|l| l.starts_with(&public)),
+            "a link off nginx: {:?}",
+            replica.issued
+        );
+        last_link = replica.delta_link.clone();
+    }
+    let served: Vec<u64> = gateways
+        .iter()
+        .zip(&before)
+        .map(|(g, b)| tracked_requests(g) - b)
+        .collect();
+    assert!(
+        served.iter().all(|&n| n > 0),
+        "every replica serves some of the requests: {served:?}"
+    );
+    eprintln!("tracked requests served by each replica: {served:?}");
+
+    // One link, issued through nginx by whichever replica, asked of each replica directly: each
+    // verifies it with the shared secret and answers the same change from the shared store.
+    let link = last_link.expect("a delta link");
+    let path = link.strip_prefix(&public).expect("a link on nginx");
+    let id = up.rows("Customers")[0]["ID"].clone();
+    assert!(up.update("Customers", id.clone(), json!({"name": "once more"})));
+    for (i, gw) in gateways.iter().enumerate() {
+        let r = client
+            .get(&gw.url(path), &[("OData-MaxVersion", "4.01")])
+            .await;
+        assert_eq!(r.status, 200, "replica {i}: {}", r.text());
+        let page = r.json();
+        let entries = page["value"].as_array().unwrap();
+        assert_eq!(entries.len(), 1, "replica {i}: {page}");
+        assert_eq!(entries[0]["ID"], id, "replica {i}: {page}");
+        assert_eq!(entries[0]["name"], "once more", "replica {i}: {page}");
+    }
+}

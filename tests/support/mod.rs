@@ -5,8 +5,8 @@
 //! `odata_sample_service::Server`, [`Upstream`] its data, settings, faults and request log.
 //! `gateway` runs the gateway in front of it; `hooks` runs test code on each page it is asked
 //! for; `shop` is the `Customers` service most tests use; `receiver` takes the
-//! callbacks and webhook notifications the gateway sends; `postgres` is the server of the replica
-//! tests.
+//! callbacks and webhook notifications the gateway sends; `nginx` runs a real nginx in front of
+//! gateways; `postgres` is the server of the replica tests.
 
 // Each test binary that does `mod support;` uses a different subset of the
 // items; what one binary leaves unused is not dead.
@@ -14,6 +14,7 @@
 
 pub mod gateway;
 pub mod hooks;
+pub mod nginx;
 pub mod postgres;
 pub mod receiver;
 pub mod shop;
