@@ -156,7 +156,8 @@ impl Error {
         }
     }
 
-    /// The response: status, OData error JSON, and `Location` for an expired token.
+    /// The response: status, OData error JSON, `Location` for an expired token, and `Retry-After`
+    /// for a limit or a store failure.
     pub fn into_response(self, version: ODataVersion) -> Response<Body> {
         if let Error::Store(detail) | Error::Internal(detail) = &self {
             tracing::error!(error = %detail, "request failed");
@@ -187,6 +188,14 @@ impl Error {
         {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
         }
+        if let Error::Store(_) = &self {
+            // A store that fails is mostly one restarting or failing over (a PostgreSQL restart
+            // takes seconds), and the next request opens a new connection: worth a retry soon.
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(STORE_RETRY_AFTER_SECS),
+            );
+        }
         if let Error::Expired { location } = &self
             && let Ok(v) = HeaderValue::from_str(location)
         {
@@ -195,6 +204,9 @@ impl Error {
         response
     }
 }
+
+/// `Retry-After` of a 503 for a store failure.
+const STORE_RETRY_AFTER_SECS: u64 = 2;
 
 impl From<crate::store::StoreError> for Error {
     fn from(e: crate::store::StoreError) -> Self {
@@ -249,6 +261,9 @@ mod tests {
             assert_eq!(response.headers()["odata-version"], "4.0");
             if expired {
                 assert_eq!(response.headers()["location"], "http://gw/S");
+            }
+            if status == 503 {
+                assert_eq!(response.headers()["retry-after"], "2");
             }
             let bytes = response.into_body().collect().await.unwrap().to_bytes();
             let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();

@@ -10,7 +10,10 @@
 //! Schema migrations are numbered and applied at start, each once, under an advisory lock so that
 //! replicas starting together do not race. Every statement is bounded in time twice: the server
 //! cancels it after `statement_timeout`, and the client gives up after the same time plus the
-//! pool's wait for a connection, so a partitioned database answers 503 instead of hanging.
+//! pool's wait for a connection, so a partitioned database answers 503 instead of hanging. TCP
+//! keepalive on every connection notices a server gone without closing its sockets. The pool hands
+//! out no connection whose session ended (its recycling checks that first), so once a restarted
+//! server is back the next call opens a new connection and service resumes by itself.
 //! Every write that must be all-or-nothing (a batch, a publish, a drop) is one transaction.
 //!
 //! The trait is synchronous (its callers run in `spawn_blocking`); this store owns a small tokio
@@ -22,10 +25,13 @@
 //! database such a refresh may be running on another replica. The next settle of the feed discards
 //! it instead.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
 use super::*;
@@ -84,6 +90,7 @@ pub struct PgStore {
     pool: Pool,
     runtime: Option<tokio::runtime::Runtime>,
     limits: PgLimits,
+    held: Held,
 }
 
 impl Drop for PgStore {
@@ -206,6 +213,13 @@ impl PgStore {
         }
         config.options(options.trim());
         config.connect_timeout(limits.pool_wait);
+        // This side notices a server gone without a word (a lost machine, a cut network) in the
+        // same time as the server notices a lock holder gone (see `AdvisoryLock`).
+        config
+            .keepalives(true)
+            .keepalives_idle(KEEPALIVE_IDLE)
+            .keepalives_interval(KEEPALIVE_INTERVAL)
+            .keepalives_retries(KEEPALIVE_COUNT);
         config.application_name("odata-delta-gateway");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -235,6 +249,7 @@ impl PgStore {
             pool,
             runtime: Some(runtime),
             limits,
+            held: Held::default(),
         };
         let schema = schema.map(str::to_string);
         store.run(move |pool| async move {
@@ -378,18 +393,115 @@ async fn stream_rows<T: Send + 'static>(
     Ok(())
 }
 
-/// A feed's refresh lock: a session-level advisory lock held on a connection of its own. An
-/// advisory lock rather than a lease row, because PostgreSQL releases it by itself when the
-/// holder's connection goes, so a replica killed mid-refresh frees the feed at once instead of
-/// after a lease's expiry, and there is no clock to trust across machines. Dropping it closes the
-/// connection (it is taken out of the pool, never returned holding the lock).
-struct AdvisoryLock(Option<deadpool_postgres::Object>);
+// DESIGN: one refresh per feed across replicas is a session-level advisory lock
+// (`pg_advisory_lock`) held on a connection of its own for as long as the refresh runs, not a lease
+// row with a holder and an expiry.
+// - PostgreSQL releases it by itself when the holder's session ends: a replica killed mid-refresh
+//   (its kernel closes the socket) frees the feed at once, and the next replica that asks takes
+//   over; a lease would stay taken until it expired. There is no expiry to choose, no renewal task
+//   whose stall would hand a live refresh's feed to another, and no clock to trust across
+//   machines.
+// - A holder that vanishes without closing its socket (a lost machine, a cut network) is noticed by
+//   TCP keepalive: the lock's session asks the server to probe after KEEPALIVE_IDLE of silence,
+//   every KEEPALIVE_INTERVAL, and to drop the session after KEEPALIVE_COUNT unanswered probes, so
+//   the lock goes at most KEEPALIVE_IDLE + KEEPALIVE_INTERVAL × KEEPALIVE_COUNT (7 s) after the
+//   holder's last packet; that is below the default statement timeout (10 s) that bounds another
+//   replica's wait for it, so a waiting request is mostly served rather than answered 503. (The
+//   kernel answers probes for a process that is merely stopped, so a frozen replica keeps its
+//   lock until it is killed.)
+// - A session can end while its refresh goes on reading the upstream (the server restarted, the
+//   network broke), and another replica may then take the lock and settle the feed. So the
+//   refresh's writes — settle, its batches and its publish — run on the lock's own connection
+//   ([`PgStore::fenced`]): once its session is gone they fail, and the refresh commits nothing,
+//   instead of publishing over the other replica's work. That is the fence a lease would need a
+//   token column and a check in every write for.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(3);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVE_COUNT: u32 = 4;
+
+/// The connections holding this store's feed locks, by feed.
+type Held = Arc<Mutex<HashMap<FeedId, Arc<tokio::sync::Mutex<ClientWrapper>>>>>;
+
+/// A feed's refresh lock: the connection that holds it, taken out of the pool (never returned
+/// holding the lock) and closed when this is dropped, which ends the session and so the lock.
+struct AdvisoryLock {
+    feed: FeedId,
+    connection: Arc<tokio::sync::Mutex<ClientWrapper>>,
+    held: Held,
+}
 
 impl Drop for AdvisoryLock {
     fn drop(&mut self) {
-        if let Some(object) = self.0.take() {
-            drop(deadpool_postgres::Object::take(object));
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if held
+            .get(&self.feed)
+            .is_some_and(|c| Arc::ptr_eq(c, &self.connection))
+        {
+            held.remove(&self.feed);
         }
+    }
+}
+
+/// A connection for one store call: from the pool, or the one holding a feed's lock.
+enum Conn {
+    /// Boxed: a pooled object is large beside a guard, and one allocation is nothing beside the
+    /// round trip it serves.
+    Pooled(Box<deadpool_postgres::Object>),
+    Lock(tokio::sync::OwnedMutexGuard<ClientWrapper>),
+}
+
+impl Deref for Conn {
+    type Target = ClientWrapper;
+
+    fn deref(&self) -> &ClientWrapper {
+        match self {
+            Conn::Pooled(object) => object,
+            Conn::Lock(guard) => guard,
+        }
+    }
+}
+
+impl DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut ClientWrapper {
+        match self {
+            Conn::Pooled(object) => object,
+            Conn::Lock(guard) => guard,
+        }
+    }
+}
+
+/// The connection `fenced` chose: the lock's, which must still be open, or one from the pool.
+async fn connection(
+    pool: &Pool,
+    lock: Option<Arc<tokio::sync::Mutex<ClientWrapper>>>,
+) -> Result<Conn, StoreError> {
+    let Some(lock) = lock else {
+        return pool
+            .get()
+            .await
+            .map(|object| Conn::Pooled(Box::new(object)))
+            .map_err(pool_error);
+    };
+    let guard = lock.lock_owned().await;
+    if guard.is_closed() {
+        return Err(StoreError::new(
+            "postgres: the session holding the feed's refresh lock ended (the server restarted \
+             or the connection broke); this refresh commits nothing",
+        ));
+    }
+    Ok(Conn::Lock(guard))
+}
+
+impl PgStore {
+    /// The connection holding `feed`'s lock, when this store holds it: a refresh's writes go
+    /// through it, so that they fail rather than land once the lock is lost (see the DESIGN note
+    /// above). Without a lock (the conformance suite, maintenance) a pooled connection is used.
+    fn fenced(&self, feed: FeedId) -> Option<Arc<tokio::sync::Mutex<ClientWrapper>>> {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&feed)
+            .cloned()
     }
 }
 
@@ -407,15 +519,38 @@ impl FeedStore for PgStore {
 
     fn lock_feed(&self, feed: FeedId) -> Result<Option<FeedLock>, StoreError> {
         let key = lock_key(feed);
-        let object = self.run(move |pool| async move {
-            let client = pool.get().await.map_err(pool_error)?;
+        let client = self.run(move |pool| async move {
+            let object = pool.get().await.map_err(pool_error)?;
+            // Out of the pool before anything is set on it: this session is closed, not reused.
+            let client = deadpool_postgres::Object::take(object);
+            // The server probes this session's peer, so that the lock of a holder gone without
+            // closing its socket goes in bounded time (see the DESIGN note above).
+            client
+                .batch_execute(&format!(
+                    "SET tcp_keepalives_idle = {}; SET tcp_keepalives_interval = {}; \
+                     SET tcp_keepalives_count = {}",
+                    KEEPALIVE_IDLE.as_secs(),
+                    KEEPALIVE_INTERVAL.as_secs(),
+                    KEEPALIVE_COUNT
+                ))
+                .await
+                .map_err(pg_error)?;
             client
                 .execute("SELECT pg_advisory_lock($1)", &[&key])
                 .await
                 .map_err(pg_error)?;
             Ok(client)
         })?;
-        Ok(Some(FeedLock::new(AdvisoryLock(Some(object)))))
+        let connection = Arc::new(tokio::sync::Mutex::new(client));
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(feed, connection.clone());
+        Ok(Some(FeedLock::new(AdvisoryLock {
+            feed,
+            connection,
+            held: self.held.clone(),
+        })))
     }
 
     fn token_secret(&self) -> Result<Vec<u8>, StoreError> {
@@ -551,8 +686,9 @@ impl FeedStore for PgStore {
     }
 
     fn settle(&self, feed: FeedId, purge_before_ms: u64) -> Result<Settled, StoreError> {
+        let lock = self.fenced(feed);
         self.run(move |pool| async move {
-            let client = pool.get().await.map_err(pool_error)?;
+            let client = connection(&pool, lock).await?;
             let f = &feed.0[..];
             // Each statement is atomic and safe to repeat; together they need not be one. Rows
             // above the published version exist only when a refresh wrote and did not publish
@@ -706,8 +842,9 @@ impl FeedStore for PgStore {
             .filter(|p| p.existed)
             .map(|p| i(p.row))
             .collect();
+        let lock = self.fenced(feed);
         self.run(move |pool| async move {
-            let mut client = pool.get().await.map_err(pool_error)?;
+            let mut client = connection(&pool, lock).await?;
             let tx = client.transaction().await.map_err(pg_error)?;
             let f = &feed.0[..];
             let v = i(version.0);
@@ -746,8 +883,9 @@ impl FeedStore for PgStore {
 
     fn publish(&self, feed: FeedId, meta: &FeedMeta, now_ms: u64) -> Result<(), StoreError> {
         let mut meta = meta.clone();
+        let lock = self.fenced(feed);
         self.run(move |pool| async move {
-            let mut client = pool.get().await.map_err(pool_error)?;
+            let mut client = connection(&pool, lock).await?;
             let tx = client.transaction().await.map_err(pg_error)?;
             let previous = read_feed(&*tx, feed, true).await?;
             meta.last_used_ms = meta
@@ -1094,4 +1232,120 @@ fn feed_id(bytes: &[u8]) -> Result<FeedId, StoreError> {
         .try_into()
         .map(FeedId)
         .map_err(|_| StoreError::new("a stored feed id is corrupt"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::conformance::{live, meta};
+    use super::*;
+
+    /// A store on a fresh schema of the test database.
+    fn store() -> PgStore {
+        let url =
+            std::env::var("ODG_TEST_POSTGRES").expect("ODG_TEST_POSTGRES names the test database");
+        let mut salt = [0u8; 4];
+        getrandom::fill(&mut salt).unwrap();
+        let schema = format!("t_lock_{:08x}", u32::from_be_bytes(salt));
+        PgStore::open(&url, Some(&schema), PgLimits::default()).unwrap()
+    }
+
+    /// Runs `sql` (one row, one text column) on the connection holding `feed`'s lock.
+    fn on_lock(store: &PgStore, feed: FeedId, sql: &'static str) -> String {
+        let held = store.fenced(feed).expect("the lock's connection");
+        store
+            .run(move |_| async move {
+                let client = held.lock().await;
+                let row = client.query_one(sql, &[]).await.map_err(pg_error)?;
+                Ok(row.get::<_, String>(0))
+            })
+            .unwrap()
+    }
+
+    /// Whether another session can take `feed`'s lock now (and lets it go again).
+    fn free(store: &PgStore, feed: FeedId) -> bool {
+        let key = lock_key(feed);
+        store
+            .run(move |pool| async move {
+                let client = pool.get().await.map_err(pool_error)?;
+                let row = client
+                    .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+                    .await
+                    .map_err(pg_error)?;
+                let taken: bool = row.get(0);
+                if taken {
+                    client
+                        .execute("SELECT pg_advisory_unlock($1)", &[&key])
+                        .await
+                        .map_err(pg_error)?;
+                }
+                Ok(taken)
+            })
+            .unwrap()
+    }
+
+    fn eventually(what: &str, test: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !test() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    #[ignore = "needs PostgreSQL: set ODG_TEST_POSTGRES to a database URL"]
+    fn a_feed_lock_is_a_session_of_its_own_that_the_server_probes_and_drops_with_it() {
+        let store = store();
+        let feed = FeedId([0x51; 16]);
+        let lock = store.lock_feed(feed).unwrap();
+        assert!(!free(&store, feed), "held");
+        // Over TCP the server probes the holder (a Unix socket would show 0: no keepalive there).
+        assert_eq!(on_lock(&store, feed, "SHOW tcp_keepalives_idle"), "3");
+        assert_eq!(on_lock(&store, feed, "SHOW tcp_keepalives_interval"), "1");
+        assert_eq!(on_lock(&store, feed, "SHOW tcp_keepalives_count"), "4");
+        drop(lock);
+        assert!(store.fenced(feed).is_none());
+        eventually("the lock goes with its session", || free(&store, feed));
+    }
+
+    #[test]
+    #[ignore = "needs PostgreSQL: set ODG_TEST_POSTGRES to a database URL"]
+    fn a_refresh_whose_lock_session_ended_can_write_nothing() {
+        let store = store();
+        let feed = FeedId([0x52; 16]);
+        let lock = store.lock_feed(feed).unwrap();
+        let rows = [PendingRow {
+            row: 0,
+            existed: false,
+            state: live(1, "one"),
+        }];
+        store.write_pending(feed, Version(1), &rows).unwrap();
+        // The session ends under the refresh, as in a server restart; nobody else holds the lock.
+        let pid: i32 = on_lock(&store, feed, "SELECT pg_backend_pid()::text")
+            .parse()
+            .unwrap();
+        store
+            .run(move |pool| async move {
+                let client = pool.get().await.map_err(pool_error)?;
+                client
+                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .map_err(pg_error)?;
+                Ok(())
+            })
+            .unwrap();
+        eventually("the lock's session is gone", || free(&store, feed));
+        for outcome in [
+            store.write_pending(feed, Version(1), &rows),
+            store.publish(feed, &meta(1, 1, 1), 1),
+            store.settle(feed, 0).map(|_| ()),
+        ] {
+            let e = outcome.expect_err("a write without the lock");
+            assert!(e.to_string().contains("refresh lock"), "{e}");
+        }
+        drop(lock);
+        // Nothing was published; the next holder settles the batch away.
+        assert!(store.feed(feed).unwrap().is_none());
+        let _again = store.lock_feed(feed).unwrap();
+        assert_eq!(store.settle(feed, 0).unwrap().discarded, 1);
+    }
 }

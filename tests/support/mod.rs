@@ -7,7 +7,8 @@
 //! delays, truncation, reordering, duplicate or missing keys, cycles, revoked credentials) and
 //! `hooks` runs test code on each page it is asked for, both in the one `layer` the service
 //! holds. `gateway` runs the gateway in front of it; `shop` is the `Customers` service most tests
-//! use; `receiver` takes the callbacks and webhook notifications the gateway sends.
+//! use; `receiver` takes the callbacks and webhook notifications the gateway sends; `nginx` runs a real nginx in
+//! front of gateways; `postgres` is the server of the replica tests.
 
 // Each test binary that does `mod support;` uses a different subset of the
 // items; what one binary leaves unused is not dead.
@@ -17,6 +18,8 @@ pub mod faults;
 pub mod gateway;
 pub mod hooks;
 pub mod layer;
+pub mod nginx;
+pub mod postgres;
 pub mod receiver;
 pub mod shop;
 

@@ -52,6 +52,12 @@ pub fn customer(i: i64) -> Value {
     json!({"ID": i, "name": format!("Customer {i}"), "city": city, "score": i * 7 % 100})
 }
 
+/// A patch of customer `i`'s score that tells round `round` apart (round 0 is the score
+/// [`customer`] inserts).
+pub fn rescored(i: i64, round: i64) -> Value {
+    json!({"score": i * 7 % 100 + 1000 * round})
+}
+
 /// Random inserts, updates and deletes of customers, reproducible from a seed (xorshift).
 pub struct Churn {
     rng: u64,

@@ -220,7 +220,8 @@ pub(super) async fn streamed_rows(
 /// A next link of a streamed first read: rows of the running load as it writes them, and once it
 /// is published the rest of the published version with the delta link, as for any initial
 /// response. A load that failed, or was cut short by a restart, cannot be continued: its error (or
-/// a 502) says to read again.
+/// a 502) says to read again. A next link of a load running on another replica waits for it to be
+/// published.
 pub(super) async fn streaming_page(
     shared: &Arc<Shared>,
     req: &TrackedRequest,
@@ -260,6 +261,7 @@ pub(super) async fn streaming_page(
         )
     };
     let take = u64::from(page_size).min(remaining);
+    let mut waited_elsewhere = false;
     loop {
         let store = shared.store.clone();
         let published =
@@ -298,6 +300,16 @@ pub(super) async fn streaming_page(
             return live_page(of, cursor, None, false, None).await;
         }
         let (Some(p), Some(rx)) = (state, rx.as_mut()) else {
+            // On a store shared by several replicas the load may be running on another one (a
+            // proxy sent this request here), which holds the feed's refresh lock until it has
+            // published or failed: wait for that once, then look again. A wait longer than the
+            // store's statement timeout answers 503, and the retry finds the load published.
+            if shared.store.is_shared() && !waited_elsewhere {
+                waited_elsewhere = true;
+                let store = shared.store.clone();
+                drop(tokio::task::spawn_blocking(move || store.lock_feed(feed)).await??);
+                continue;
+            }
             return Err(interrupted());
         };
         if p.def.id() != feed
