@@ -345,6 +345,16 @@ pub struct SubscriptionRow {
     pub missed: u64,
 }
 
+/// The refreshes of a feed that ended well, as a store shared by replicas records them
+/// ([`FeedStore::feed_and_refreshes`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RefreshMark {
+    /// How many, since the feed was created.
+    pub count: u64,
+    /// When the last one ended (unix ms; 0 for none).
+    pub at_ms: u64,
+}
+
 /// A held [`FeedStore::lock_feed`]; released when dropped, and by the store when the process
 /// holding it dies.
 pub struct FeedLock(#[allow(dead_code)] Box<dyn Send + Sync>);
@@ -396,17 +406,22 @@ pub trait FeedStore: Send + Sync {
         false
     }
 
-    /// A feed's meta with its refresh count: how many refreshes of the feed ended well, a publish
-    /// or not. A replica that waited for [`FeedStore::lock_feed`] compares the counts before and
-    /// after to tell that another replica refreshed the feed meanwhile, even one that found no
-    /// change. A store with one writer keeps no count (0).
-    fn feed_and_refreshes(&self, feed: FeedId) -> Result<(Option<FeedMeta>, u64), StoreError> {
-        Ok((self.feed(feed)?, 0))
+    /// A feed's meta with its refresh mark: how many refreshes of the feed ended well, a publish
+    /// or not, and when the last one did. A replica that waited for [`FeedStore::lock_feed`]
+    /// compares the counts before and after to tell that another replica refreshed the feed
+    /// meanwhile, even one that found no change, and a replica whose own refresh is old takes one
+    /// of another replica young enough as its own. A store with one writer keeps no mark.
+    fn feed_and_refreshes(
+        &self,
+        feed: FeedId,
+    ) -> Result<(Option<FeedMeta>, RefreshMark), StoreError> {
+        Ok((self.feed(feed)?, RefreshMark::default()))
     }
 
-    /// Count a refresh of `feed` that found no change (a publish counts itself).
-    fn count_unchanged_refresh(&self, feed: FeedId) -> Result<(), StoreError> {
-        let _ = feed;
+    /// Count a refresh of `feed` that found no change, ended at `now_ms` (a publish counts
+    /// itself).
+    fn count_unchanged_refresh(&self, feed: FeedId, now_ms: u64) -> Result<(), StoreError> {
+        let _ = (feed, now_ms);
         Ok(())
     }
 

@@ -603,3 +603,41 @@ async fn a_webhook_is_notified_once_per_change_across_replicas_and_by_the_surviv
     assert_eq!(delta.status, 200, "{}", delta.text());
     assert_eq!(delta.json()["value"][0]["name"], "after A");
 }
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set ODG_TEST_POSTGRES to a database URL"]
+async fn two_replicas_scheduling_one_feed_enumerate_it_about_once_per_interval_between_them() {
+    use std::time::Duration;
+    let store = fresh_database("schedules").await;
+    let up = support::shop::names_only(5).await;
+    let (a, b) = (
+        polling_replica_on(&up.base_url(), &store).await,
+        polling_replica_on(&up.base_url(), &store).await,
+    );
+    let client = Client::default();
+    let r = client
+        .get(&a.url(&format!("{ROOT}/Customers")), &TRACK)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let link = r.json()["@odata.deltaLink"].as_str().unwrap().to_owned();
+    // The feed goes on both replicas' schedules.
+    let r = client.get(&on(&b, &link), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    up.clear_requests();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let n = enumerations(&up, "Customers");
+    // A 1 s interval over 8 s: about eight between the two schedules, not sixteen. Each replica
+    // takes the other's refresh when it is younger than 90 % of the interval.
+    assert!(
+        (6..=11).contains(&n),
+        "{n} enumerations in 8 s by two schedules of 1 s"
+    );
+    // And both still answer from what the schedules keep fresh.
+    up.update("Customers", json!(2), json!({"name": "seen by both"}));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for gw in [&a, &b] {
+        let r = client.get(&on(gw, &link), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["value"][0]["name"], "seen by both");
+    }
+}

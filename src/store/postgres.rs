@@ -52,7 +52,8 @@ CREATE TABLE odg_versions (feed bytea NOT NULL, version bigint NOT NULL, committ
     PRIMARY KEY (feed, version));
 CREATE TABLE odg_subscriptions (id bytea PRIMARY KEY, body bytea NOT NULL);
 ", "
-ALTER TABLE odg_feeds ADD COLUMN refreshes bigint NOT NULL DEFAULT 0;
+ALTER TABLE odg_feeds ADD COLUMN refreshes bigint NOT NULL DEFAULT 0,
+    ADD COLUMN refreshed_ms bigint NOT NULL DEFAULT 0;
 CREATE TABLE odg_deliveries (id bytea PRIMARY KEY, version bigint NOT NULL, until_ms bigint NOT NULL);
 "];
 
@@ -614,30 +615,41 @@ impl FeedStore for PgStore {
         })
     }
 
-    fn feed_and_refreshes(&self, feed: FeedId) -> Result<(Option<FeedMeta>, u64), StoreError> {
+    fn feed_and_refreshes(
+        &self,
+        feed: FeedId,
+    ) -> Result<(Option<FeedMeta>, RefreshMark), StoreError> {
         self.run(move |pool| async move {
             let client = pool.get().await.map_err(pool_error)?;
             let row = client
                 .query_opt(
-                    &format!("SELECT {FEED_COLUMNS}, refreshes FROM odg_feeds WHERE feed = $1"),
+                    &format!(
+                        "SELECT {FEED_COLUMNS}, refreshes, refreshed_ms FROM odg_feeds WHERE feed = $1"
+                    ),
                     &[&&feed.0[..]],
                 )
                 .await
                 .map_err(pg_error)?;
             match row {
-                None => Ok((None, 0)),
-                Some(row) => Ok((Some(feed_meta(&row)?), u(row.get("refreshes")))),
+                None => Ok((None, RefreshMark::default())),
+                Some(row) => Ok((
+                    Some(feed_meta(&row)?),
+                    RefreshMark {
+                        count: u(row.get("refreshes")),
+                        at_ms: u(row.get("refreshed_ms")),
+                    },
+                )),
             }
         })
     }
 
-    fn count_unchanged_refresh(&self, feed: FeedId) -> Result<(), StoreError> {
+    fn count_unchanged_refresh(&self, feed: FeedId, now_ms: u64) -> Result<(), StoreError> {
         self.run(move |pool| async move {
             let client = pool.get().await.map_err(pool_error)?;
             client
                 .execute(
-                    "UPDATE odg_feeds SET refreshes = refreshes + 1 WHERE feed = $1",
-                    &[&&feed.0[..]],
+                    "UPDATE odg_feeds SET refreshes = refreshes + 1, refreshed_ms = $2 WHERE feed = $1",
+                    &[&&feed.0[..], &i(now_ms)],
                 )
                 .await
                 .map_err(pg_error)?;
@@ -894,8 +906,8 @@ impl FeedStore for PgStore {
                 .max(previous.as_ref().map_or(0, |m| m.last_used_ms));
             write_feed(&*tx, feed, &meta).await?;
             tx.execute(
-                "UPDATE odg_feeds SET refreshes = refreshes + 1 WHERE feed = $1",
-                &[&&feed.0[..]],
+                "UPDATE odg_feeds SET refreshes = refreshes + 1, refreshed_ms = $2 WHERE feed = $1",
+                &[&&feed.0[..], &i(now_ms)],
             )
             .await
             .map_err(pg_error)?;

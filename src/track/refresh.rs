@@ -56,6 +56,9 @@ pub struct RefreshInput {
     /// A successful refresh younger than this is reused: the larger of `min_refresh_interval` and
     /// the feed's `poll_interval`, lowered by a client's `Cache-Control`.
     pub max_age: Duration,
+    /// With a store shared by replicas: a refresh another replica ended less than this long ago
+    /// is taken as this one's (`max_age`, or for the schedule most of the interval).
+    pub replica_max_age: Duration,
     /// How much older than `max_age` the last refresh may be while another one is running, for a
     /// request answered from the store instead of waiting for it (RFC 5861's
     /// stale-while-revalidate): a feed's `poll_interval` for a client that did not ask for a
@@ -148,7 +151,8 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
     let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
         let started = Instant::now();
         shared.feeds.refresh_started(input.feed);
-        let outcome = run(&shared, &mut guard, &input).await;
+        let mut elsewhere = None;
+        let outcome = run(&shared, &mut guard, &input, &mut elsewhere).await;
         drop(permit);
         if guard.index.is_some() {
             let stored = guard.meta.as_ref().is_some_and(|m| !m.dropped);
@@ -165,7 +169,11 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
             // published state, and the next refresh loads it again.
             guard.index = None;
         }
-        let finished_at = SystemTime::now();
+        // A refresh another replica ran is as old as it is, not as this request.
+        let age = elsewhere.unwrap_or_default();
+        let finished_at = SystemTime::now()
+            .checked_sub(age)
+            .unwrap_or_else(SystemTime::now);
         let elapsed = started.elapsed();
         shared
             .metrics
@@ -201,7 +209,8 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
                 tracing::warn!(set = %input.set.name, feed = %feed_label(input.feed), error = %e, "refresh failed; nothing committed");
             }
         }
-        let finished = tokio::time::Instant::now();
+        let now = tokio::time::Instant::now();
+        let finished = now.checked_sub(age).unwrap_or(now);
         let published = outcome.as_ref().ok().map(|&version| Published {
             version,
             finished,
@@ -269,10 +278,13 @@ const BATCH_BYTES: usize = 8 << 20;
 /// The store's page size, which an update of a stored row dirties (see [`Pass::push`]).
 const STORE_PAGE_BYTES: usize = 4096;
 
+/// Refresh the feed. Where another replica's refresh is taken instead, `elsewhere` says how long
+/// ago it ended.
 async fn run(
     shared: &Arc<Shared>,
     slot: &mut Slot,
     input: &RefreshInput,
+    elsewhere: &mut Option<Duration>,
 ) -> Result<Version, Error> {
     let now = shared.clock.now_ms();
     let purge_before = super::retention::purge_before_ms(now, shared.config.token_ttl);
@@ -287,7 +299,7 @@ async fn run(
     };
     let store = shared.store.clone();
     let _lock = tokio::task::spawn_blocking(move || store.lock_feed(feed)).await??;
-    if let Some((_, refreshes_before)) = before {
+    if let Some((_, before)) = before {
         let store = shared.store.clone();
         let (stored, refreshes) =
             tokio::task::spawn_blocking(move || store.feed_and_refreshes(feed)).await??;
@@ -300,10 +312,14 @@ async fn run(
         // Another replica refreshed the feed while this one waited for the lock, publishing or
         // finding nothing new: its refresh was running when this request asked and ended after,
         // which is what joining a running refresh of this process gives too (single flight), so
-        // its version is the answer.
-        if refreshes != refreshes_before
+        // its version is the answer. So is one it ended recently enough for this request.
+        let age = Duration::from_millis(shared.clock.now_ms().saturating_sub(refreshes.at_ms));
+        let waited_for = refreshes.count != before.count;
+        let young = refreshes.count > 0 && age < input.replica_max_age;
+        if (waited_for || young)
             && let Some(meta) = stored.filter(|m| !m.dropped)
         {
+            *elsewhere = Some(if waited_for { Duration::ZERO } else { age });
             return Ok(Version(meta.version));
         }
     }
@@ -434,7 +450,8 @@ async fn run(
         if shared.store.is_shared() {
             // Replicas waiting for this lock take this refresh as theirs.
             let store = shared.store.clone();
-            tokio::task::spawn_blocking(move || store.count_unchanged_refresh(feed)).await??;
+            let now = shared.clock.now_ms();
+            tokio::task::spawn_blocking(move || store.count_unchanged_refresh(feed, now)).await??;
         }
         return Ok(Version(current));
     }

@@ -156,6 +156,11 @@ impl TrackedRequest {
             service_root: self.service_root.clone(),
             headers: forwarded_headers(&self.headers),
             max_age: freshness::max_age(shared.config.min_refresh_interval, poll, &self.headers),
+            replica_max_age: freshness::max_age(
+                shared.config.min_refresh_interval,
+                poll,
+                &self.headers,
+            ),
             stale_while_refreshing: match freshness::client_max_age(&self.headers) {
                 None => poll.unwrap_or_default(),
                 Some(_) => std::time::Duration::ZERO,

@@ -194,6 +194,9 @@ fn background_input(shared: &Shared, input: &RefreshInput, interval: Duration) -
     let mut input = input.clone();
     input.background = true;
     input.max_age = interval / 2;
+    // Another replica's schedule refreshing the feed keeps it fresh for this one too: its refresh
+    // is taken unless nearly an interval old, so one replica's schedule does the enumerating.
+    input.replica_max_age = interval - interval / 10;
     input.stale_while_refreshing = Duration::ZERO;
     if shared.config.identity == IdentityScope::Shared {
         input.headers = shared

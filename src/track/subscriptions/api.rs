@@ -345,6 +345,7 @@ async fn arm(caller: &Caller<'_>, def: &FeedDef) -> Result<(), Error> {
         service_root: caller.service.route.upstream.clone(),
         headers: forwarded_headers(&caller.headers),
         max_age: interval / 2,
+        replica_max_age: interval / 2,
         stale_while_refreshing: std::time::Duration::ZERO,
         background: false,
     };
