@@ -115,7 +115,7 @@ async fn several_pollers_cause_one_enumeration_per_interval() {
             *link = r.json()["@odata.deltaLink"].as_str().unwrap().to_owned();
         }
     }
-    // Refreshes start every 9.5 to 10 s: six in a minute (seven with slow ones), none asked for
+    // Refreshes start every 9.75 to 10 s: six in a minute (seven with slow ones), none asked for
     // by the 300 delta requests.
     let n = enumerations(&up).len() - 1;
     assert!((6..=7).contains(&n), "{n} background enumerations in 60 s");
@@ -149,8 +149,8 @@ async fn background_refreshes_start_once_per_interval_however_long_each_takes() 
         );
         link = r.json()["@odata.deltaLink"].as_str().unwrap().to_owned();
     }
-    // Started every 9.5 to 10 s from the last start: six in the minute. Timed from the last
-    // one's end instead, they would be 13.5 to 14 s apart: four.
+    // Started every 9.75 to 10 s from the last start: six in the minute. Timed from the last
+    // one's end instead, they would be 13.75 to 14 s apart: four.
     let n = enumerations(&up).len();
     assert!((6..=7).contains(&n), "{n} background enumerations in 60 s");
 }

@@ -214,13 +214,13 @@ fn background_input(shared: &Shared, input: &RefreshInput, interval: Duration) -
 /// or deleted.
 const SUBSCRIPTION_SYNC: Duration = Duration::from_secs(2);
 
-/// 95 to 100 % of the interval, at random: feeds that joined together drift apart, and, timed
+/// 97.5 to 100 % of the interval, at random: feeds that joined together drift apart, and, timed
 /// from the start of the last refresh, the next one starts before the last one's answer is
 /// `interval` old, so that clients keep being answered from the store (while it runs, by the
 /// stale-while-refreshing grace), at about one enumeration per interval.
 fn jittered(interval: Duration) -> Duration {
     let r = (getrandom::u64().unwrap_or(0) % 1000) as u32;
-    (interval - interval / 20).saturating_add(interval / 20 * r / 1000)
+    (interval - interval / 40).saturating_add(interval / 40 * r / 1000)
 }
 
 /// Run the schedule until `shutdown`. A refresh under way is not cancelled halfway by it (it runs
@@ -294,13 +294,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn jitter_stays_between_95_and_100_percent_of_the_interval() {
+    fn jitter_stays_between_97_5_and_100_percent_of_the_interval() {
         let ten = Duration::from_secs(10);
         let mut seen = std::collections::HashSet::new();
         for _ in 0..1000 {
             let d = jittered(ten);
             assert!(
-                d < Duration::from_millis(10000) && d >= Duration::from_millis(9500),
+                d < Duration::from_millis(10000) && d >= Duration::from_millis(9750),
                 "{d:?}"
             );
             seen.insert(d);
