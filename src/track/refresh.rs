@@ -22,7 +22,7 @@ use url::Url;
 
 use crate::Shared;
 use crate::error::{Error, UpstreamFailure};
-use crate::store::{EntityRow, FeedMeta, PendingRow};
+use crate::store::{EntityRow, FeedMeta, PendingRow, StoreError};
 
 use super::feed::{
     FeedDef, FeedId, Generation, Index, IndexEntry, LastRefresh, LoadProgress, ProgressSender,
@@ -255,8 +255,11 @@ struct Pass<'a> {
     /// Changed rows not yet written, and their size.
     batch: Vec<PendingRow>,
     batch_bytes: usize,
-    /// Rows written at the pending version so far.
+    /// Rows written at the pending version so far (or being written).
     written: u64,
+    /// The batch being written while the next pages are read: at most one, so that a refresh holds
+    /// two batches at most and writes them in order.
+    in_flight: Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
     /// On a feed's first load: where the rows written so far are announced, so that the first read
     /// can be served while the load runs. Rows are then written after every upstream page.
     progress: Option<ProgressSender>,
@@ -396,6 +399,7 @@ async fn run(
         batch: Vec::new(),
         batch_bytes: 0,
         written: 0,
+        in_flight: None,
         progress,
         digest_in_worker: true,
         cursor: 0,
@@ -407,26 +411,37 @@ async fn run(
 
     // An index just read from the store knows no raw bytes: digest from the start.
     pass.digest_in_worker = index.raw_at(0).is_none();
-    pass.enumerate(index).await?;
-    let candidates: Vec<(KeyHash, u64)> = index
-        .iter()
-        .filter(|(_, e)| e.is_live() && e.seen != pass.generation)
-        .map(|(k, e)| (*k, e.row))
-        .collect();
-    let removals = pass.confirm(index, candidates, &mut slot.confirm).await?;
-    for (key, reason) in &removals {
-        if let Some(entry) = index.get_mut(&key.key_hash) {
-            entry.content = IndexEntry::REMOVED;
-            entry.raw = RawHash::UNKNOWN;
+    let confirm = &mut slot.confirm;
+    let compared = async {
+        pass.enumerate(index).await?;
+        let candidates: Vec<(KeyHash, u64)> = index
+            .iter()
+            .filter(|(_, e)| e.is_live() && e.seen != pass.generation)
+            .map(|(k, e)| (*k, e.row))
+            .collect();
+        let removals = pass.confirm(index, candidates, confirm).await?;
+        for (key, reason) in &removals {
+            if let Some(entry) = index.get_mut(&key.key_hash) {
+                entry.content = IndexEntry::REMOVED;
+                entry.raw = RawHash::UNKNOWN;
+            }
+            let state = EntityRow::removed(key.key_hash, *reason, &key.predicate, &key.key_members);
+            pass.push(PendingRow {
+                row: key.row,
+                existed: true,
+                state,
+            });
         }
-        let state = EntityRow::removed(key.key_hash, *reason, &key.predicate, &key.key_members);
-        pass.push(PendingRow {
-            row: key.row,
-            existed: true,
-            state,
-        });
+        pass.flush_all().await?;
+        Ok::<_, Error>(removals)
     }
-    pass.flush().await?;
+    .await;
+    if compared.is_err() {
+        // Nothing of this refresh may land after it ended: the next one's settle discards what it
+        // wrote only once it is all written.
+        pass.abandon_write().await;
+    }
+    let removals = compared?;
 
     let live = index.values().filter(|e| e.is_live()).count() as u64;
     if live > shared.config.limits.max_entities_per_feed {
@@ -640,27 +655,57 @@ impl Pass<'_> {
         Ok(())
     }
 
-    /// Write the queued rows at the pending version.
+    /// Start writing the queued rows at the pending version, once the batch before them is
+    /// written: the store writes one batch while the refresh reads and hashes the next pages.
     async fn flush(&mut self) -> Result<(), Error> {
         if self.batch.is_empty() {
             return Ok(());
         }
+        self.written_so_far().await?;
         let rows = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
         self.written += rows.len() as u64;
         let store = self.shared.store.clone();
         let feed = self.input.feed;
         let version = self.pending_version;
-        tokio::task::spawn_blocking(move || store.write_pending(feed, version, &rows)).await??;
-        if let Some(progress) = &self.progress {
-            // Every row numbered so far was in this batch or an earlier one.
-            let written = self.next_row;
-            progress.send_modify(|p| {
-                if let Some(p) = p {
-                    p.written = written;
-                }
-            });
-        }
+        // Every row numbered so far is in this batch or an earlier one: announced to a first read
+        // served meanwhile as soon as they are written.
+        let written = self.next_row;
+        let progress = self.progress.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            store.write_pending(feed, version, &rows)?;
+            if let Some(progress) = progress {
+                progress.send_modify(|p| {
+                    if let Some(p) = p {
+                        p.written = written;
+                    }
+                });
+            }
+            Ok(())
+        });
+        self.in_flight = Some(task);
         Ok(())
+    }
+
+    /// Write the queued rows and wait until every batch is written.
+    async fn flush_all(&mut self) -> Result<(), Error> {
+        self.flush().await?;
+        self.written_so_far().await
+    }
+
+    /// Wait for the batch being written.
+    async fn written_so_far(&mut self) -> Result<(), Error> {
+        match self.in_flight.take() {
+            Some(task) => Ok(task.await??),
+            None => Ok(()),
+        }
+    }
+
+    /// The refresh failed: wait for the batch being written, whatever its outcome, so that none of
+    /// its rows lands after the refresh ended.
+    async fn abandon_write(&mut self) {
+        if let Some(task) = self.in_flight.take() {
+            let _ = task.await;
+        }
     }
 }
