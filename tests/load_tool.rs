@@ -3,6 +3,9 @@
 //! pass-through run, and the chart.
 
 #[allow(dead_code)]
+#[path = "../examples/load/cap.rs"]
+mod cap;
+#[allow(dead_code)]
 #[path = "../examples/load/chart.rs"]
 mod chart;
 #[allow(dead_code)]
@@ -126,4 +129,36 @@ async fn a_tiny_always_fresh_run_measures_latency_enumerations_and_throughput() 
     assert!(report.closed_requests > 0 && report.closed_errors == 0);
     let table = fresh::table(&report);
     assert!(table.contains("p99") && table.contains("enumerations per interval"));
+}
+
+/// The CAP measurement at 2,000 rows in pages of 500: CAP started by the interop script, every
+/// figure taken, and each delta holding exactly the rows patched through CAP's API (the run
+/// fails otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs node and npm for SAP CAP; .ci/run runs it with --ignored"]
+async fn a_tiny_run_against_sap_cap_measures_every_figure() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/cap-upstream");
+    let settings = cap::Settings {
+        gateway: gateway_binary(),
+        rows: 2_000,
+        page_size: 500,
+        rounds: 2,
+        updated_per_mille: 10,
+        dir,
+        timeout: Duration::from_secs(60),
+    };
+    let report = cap::run(&settings).await.expect("a CAP run");
+    assert_eq!(report.first_read.entries, 2_000);
+    assert_eq!(report.direct.0.len(), 2);
+    assert_eq!(report.direct_as_gateway.0.len(), 2);
+    assert_eq!(report.poll_changed.0.len(), 2);
+    assert_eq!(report.poll_unchanged.0.len(), 2);
+    assert!(report.patched > 0);
+    assert!(report.peak_rss_kib > 0);
+    let table = cap::table(&report);
+    assert!(
+        table.contains("2000 rows of Customers in pages of 500"),
+        "{table}"
+    );
+    assert!(table.contains("≤ 1.10x"), "{table}");
 }

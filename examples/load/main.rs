@@ -7,10 +7,12 @@
 //! cargo run --release --example load -- passthrough
 //! cargo run --release --example load -- sweep --sizes 10k,100k,1m --chart docs/scale.svg
 //! cargo run --release --example load -- fresh --entities 100k --clients 200
+//! cargo run --release --example load -- cap --rows 100k
 //! ```
 //!
 //! All traffic stays on 127.0.0.1; every loop is bounded in count and time.
 
+mod cap;
 mod chart;
 mod client;
 mod fresh;
@@ -81,6 +83,32 @@ enum Mode {
         /// Seconds of the closed-loop run.
         #[arg(long, default_value_t = 10)]
         closed_seconds: u64,
+        /// The gateway binary.
+        #[arg(long, default_value_os_t = default_gateway())]
+        gateway: PathBuf,
+    },
+    /// The gateway in front of a real SAP CAP service (started with
+    /// tests/interop/start-cap-upstream.sh; needs node and npm): direct read, first tracked read,
+    /// polls after 1% of the rows were patched and with nothing changed, peak RSS.
+    Cap {
+        /// Rows of Customers.
+        #[arg(long, default_value = "100k", value_parser = parse_count)]
+        rows: u32,
+        /// CAP's server-driven page size.
+        #[arg(long, default_value_t = 1000)]
+        page_size: u32,
+        /// Direct reads and poll pairs; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Per mille of the rows patched before each changed poll.
+        #[arg(long, default_value_t = 10)]
+        updated_per_mille: u32,
+        /// CAP's install and work folder.
+        #[arg(long, default_value_os_t = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/cap-upstream"))]
+        dir: PathBuf,
+        /// Longest wait for one whole HTTP answer, in seconds.
+        #[arg(long, default_value_t = 900)]
+        timeout_secs: u64,
         /// The gateway binary.
         #[arg(long, default_value_os_t = default_gateway())]
         gateway: PathBuf,
@@ -260,6 +288,33 @@ async fn run(mode: Mode) -> Result<(), String> {
             };
             let report = fresh::run(&settings).await?;
             println!("{}", fresh::table(&report));
+        }
+        Mode::Cap {
+            rows,
+            page_size,
+            rounds,
+            updated_per_mille,
+            dir,
+            timeout_secs,
+            gateway,
+        } => {
+            if rounds == 0 || rounds > 100 || updated_per_mille > 1000 {
+                return Err("--rounds takes 1 to 100, --updated-per-mille at most 1000".into());
+            }
+            if page_size == 0 || page_size > 100_000 {
+                return Err("--page-size takes 1 to 100000".into());
+            }
+            let settings = cap::Settings {
+                gateway,
+                rows,
+                page_size,
+                rounds,
+                updated_per_mille,
+                dir,
+                timeout: Duration::from_secs(timeout_secs.max(1)),
+            };
+            let report = cap::run(&settings).await?;
+            println!("{}", cap::table(&report));
         }
         Mode::Passthrough {
             concurrency,

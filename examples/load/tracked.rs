@@ -33,7 +33,7 @@ pub struct Settings {
 pub struct Times(pub Vec<f64>);
 
 impl Times {
-    fn push(&mut self, d: Duration) {
+    pub fn push(&mut self, d: Duration) {
         self.0.push(d.as_secs_f64());
         self.0.sort_by(f64::total_cmp);
     }
