@@ -59,6 +59,10 @@ impl Running {
 /// so one cut short loses nothing).
 const COMPACTION_SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Longest a stopping gateway waits for refreshes still ending once no request waits for them (a
+/// refresh killed half-way commits nothing, so one cut short loses nothing either).
+const REFRESH_SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Bind the listeners of `app` and serve until `shutdown` is cancelled.
 pub async fn start(app: App, shutdown: CancellationToken) -> std::io::Result<Running> {
     let listener = TcpListener::bind(app.config.listen).await?;
@@ -79,6 +83,7 @@ pub async fn start(app: App, shutdown: CancellationToken) -> std::io::Result<Run
         serve(app.clone(), listener, token).await;
         let _ = retention.await;
         let _ = schedule.await;
+        app.feeds.refreshes_ended(REFRESH_SHUTDOWN_WAIT).await;
         app.feeds.compactions_ended(COMPACTION_SHUTDOWN_WAIT).await;
     });
     Ok(Running {

@@ -87,7 +87,15 @@ async fn a_first_load_written_in_batches_gives_exact_reads_and_deltas_even_after
 async fn a_failed_first_load_leaves_nothing_behind() {
     let up = names_only(45_000).await;
     up.set_page_size(Some(5000));
-    let gw = Gateway::start(&up.base_url()).await;
+    // One scope for everyone: no upstream authorization check per streamed page, which would
+    // count as a collection request and could take the fault meant for the enumeration, leaving
+    // the load to succeed behind the client's back.
+    let gw = Gateway::start_with(
+        &up.base_url(),
+        Some("[identity]\nmode = \"shared\"\n"),
+        |_| {},
+    )
+    .await;
     let client = Client::default();
     // Pages 0..=5 are read and more than one batch of rows is written before page 6 fails.
     up.push_fault(Fault::Status {

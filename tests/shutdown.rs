@@ -157,3 +157,32 @@ async fn sigterm_during_a_refresh_shorter_than_the_grace_answers_it_then_exits_0
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["value"].as_array().unwrap().len(), 1);
 }
+
+/// A refresh whose client went away goes on in a task of its own; a stopping gateway waits for
+/// it, so that the store is closed once the gateway has stopped and the data dir opens at once
+/// (before, the store stayed open under the stopped gateway until that refresh ended).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_its_client_left_has_ended_and_closed_the_store_once_the_gateway_stopped() {
+    let up = FakeUpstream::start().await;
+    up.define_set(EntitySetDef::new("Customers", "Customer").key("ID", "Edm.Int32"));
+    up.insert_many("Customers", (1..=10).map(|i| json!({ "ID": i })));
+    let gw = Gateway::start(&up.base_url()).await;
+    let url = gw.url("/odata/v4/shop/Customers");
+    up.push_fault(Fault::Delay { page: 0, ms: 500 });
+    let client = Client::default();
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(150),
+        client.get(&url, &[("Prefer", "odata.track-changes")]),
+    )
+    .await;
+    assert!(
+        gave_up.is_err(),
+        "the client gives up before the upstream answers"
+    );
+    let dir = gw.stop().await;
+    let store = odata_delta_gateway::store::Store::open(dir.path())
+        .expect("the store is closed once the gateway has stopped");
+    let sizes = store.sizes().unwrap();
+    assert_eq!(sizes.feeds, 1, "the refresh ended and published: {sizes:?}");
+    assert_eq!(sizes.entity_states, 10, "{sizes:?}");
+}

@@ -147,6 +147,9 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
         }
     };
     let shared = shared.clone();
+    // Counted until everything of it is dropped, the store included: a stopping gateway waits for
+    // it, so the store is closed once the gateway has stopped.
+    let counted = shared.feeds.refresh_task();
     // In the span of the request that started it, so that its log lines carry that request id.
     let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
         let started = Instant::now();
@@ -224,11 +227,15 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
             outcome: outcome.clone(),
             background: input.background,
         });
-        outcome.map(|version| Fresh {
+        let fresh = outcome.map(|version| Fresh {
             version,
             finished_at,
             by_this_request: true,
-        })
+        });
+        drop(guard);
+        drop(shared);
+        drop(counted);
+        fresh
     }));
     task.await?
 }

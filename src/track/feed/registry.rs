@@ -3,6 +3,7 @@
 //! tokens are issued.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -34,6 +35,17 @@ pub struct Feeds {
     /// Feeds whose superseded states are being removed after a publish: one such run per feed
     /// (a later publish's marks are taken by the run under way or by the next).
     compacting: Arc<Mutex<std::collections::HashSet<FeedId>>>,
+    /// Refresh tasks under way ([`Feeds::refresh_task`]).
+    refreshing: Arc<AtomicUsize>,
+}
+
+/// A refresh task under way ([`Feeds::refresh_task`]), counted until dropped.
+pub(crate) struct RefreshTask(Arc<AtomicUsize>);
+
+impl Drop for RefreshTask {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A claimed compaction of one feed ([`Feeds::start_compaction`]), released when dropped.
@@ -112,16 +124,25 @@ impl Feeds {
     /// Wait, at most `bound`, until no compaction runs: at shutdown, so that the store is closed
     /// when the gateway has stopped.
     pub(crate) async fn compactions_ended(&self, bound: std::time::Duration) {
-        let deadline = tokio::time::Instant::now() + bound;
-        while !self
-            .compacting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        wait_until(bound, || {
+            self.compacting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+        })
+        .await;
+    }
+
+    /// Count a refresh task until the returned value is dropped.
+    pub(crate) fn refresh_task(&self) -> RefreshTask {
+        self.refreshing.fetch_add(1, Ordering::SeqCst);
+        RefreshTask(Arc::clone(&self.refreshing))
+    }
+
+    /// Wait, at most `bound`, until no refresh task runs: at shutdown, after the listeners
+    /// closed, so that the store is closed when the gateway has stopped.
+    pub(crate) async fn refreshes_ended(&self, bound: std::time::Duration) {
+        wait_until(bound, || self.refreshing.load(Ordering::SeqCst) == 0).await;
     }
 
     /// The slot of a feed, created on first use.
@@ -353,6 +374,14 @@ impl Feeds {
     /// Whether no feed is in memory.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Poll `done` every 10 ms until it holds or `bound` has passed.
+async fn wait_until(bound: std::time::Duration, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + bound;
+    while !done() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
 
