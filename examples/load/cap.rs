@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 
 use crate::client::{self, HttpClient, Read};
 use crate::gateway::Gateway;
-use crate::tracked::{Times, rss_target_kib, secs};
+use crate::tracked::{Times, expect, failed, poll, rss_target_kib, secs};
 use crate::upstream::mix;
 
 /// How to run the CAP measurement.
@@ -144,7 +144,12 @@ pub async fn run(s: &Settings) -> Result<Report, String> {
     let rows = u64::from(s.rows);
     let limit = rows / u64::from(s.page_size.max(1)) + 100;
     let direct_url = format!("{}/Customers", cap.base);
-    let as_gateway_url = format!("{direct_url}?$orderby=ID&$count=true");
+    let direct = Direct {
+        plain: direct_url.clone(),
+        as_gateway: format!("{direct_url}?$orderby=ID&$count=true"),
+        timeout: s.timeout,
+        limit,
+    };
     let mut report = Report {
         rows,
         page_size: s.page_size,
@@ -165,15 +170,7 @@ pub async fn run(s: &Settings) -> Result<Report, String> {
     let tracked_url = gateway.url(&format!("{service_path}/Customers"));
 
     progress("direct reads of CAP");
-    direct_reads(
-        &http,
-        &direct_url,
-        &as_gateway_url,
-        s.timeout,
-        limit,
-        &mut report,
-    )
-    .await?;
+    direct.read(&http, &mut report).await?;
 
     progress("first tracked read through the gateway");
     let before = gateway.usage()?;
@@ -200,19 +197,9 @@ pub async fn run(s: &Settings) -> Result<Report, String> {
         report.patched = ids.len() as u64;
 
         if round > 0 {
-            direct_reads(
-                &http,
-                &direct_url,
-                &as_gateway_url,
-                s.timeout,
-                limit,
-                &mut report,
-            )
-            .await?;
+            direct.read(&http, &mut report).await?;
         }
-        let read = client::read_all(&http, &delta, false, s.timeout, limit, |_| {})
-            .await
-            .map_err(|e| failed(&mut gateway, e))?;
+        let (read, _) = poll(&http, &mut gateway, &delta, s.timeout, limit).await?;
         expect(
             read.entries,
             ids.len() as u64,
@@ -223,9 +210,7 @@ pub async fn run(s: &Settings) -> Result<Report, String> {
             .delta_link
             .ok_or("a delta ended without a delta link")?;
 
-        let read = client::read_all(&http, &delta, false, s.timeout, limit, |_| {})
-            .await
-            .map_err(|e| failed(&mut gateway, e))?;
+        let (read, _) = poll(&http, &mut gateway, &delta, s.timeout, limit).await?;
         expect(read.entries, 0, "the delta with nothing changed")?;
         report.poll_unchanged.push(read.elapsed);
         delta = read
@@ -238,26 +223,38 @@ pub async fn run(s: &Settings) -> Result<Report, String> {
     Ok(report)
 }
 
-/// One direct read of CAP as a client would make it, one with the gateway's query.
-async fn direct_reads(
-    http: &HttpClient,
-    plain: &str,
-    as_gateway: &str,
+/// The direct reads of CAP taken each round: one as a client would make it, one with the
+/// gateway's query.
+struct Direct {
+    plain: String,
+    as_gateway: String,
     timeout: Duration,
     limit: u64,
-    report: &mut Report,
-) -> Result<(), String> {
-    let read = client::read_all(http, plain, false, timeout, limit, |_| {}).await?;
-    expect(read.entries, report.rows, "the direct read")?;
-    report.direct.push(read.elapsed);
-    let read = client::read_all(http, as_gateway, false, timeout, limit, |_| {}).await?;
-    expect(
-        read.entries,
-        report.rows,
-        "the direct read with the gateway's query",
-    )?;
-    report.direct_as_gateway.push(read.elapsed);
-    Ok(())
+}
+
+impl Direct {
+    async fn read(&self, http: &HttpClient, report: &mut Report) -> Result<(), String> {
+        let read =
+            client::read_all(http, &self.plain, false, self.timeout, self.limit, |_| {}).await?;
+        expect(read.entries, report.rows, "the direct read")?;
+        report.direct.push(read.elapsed);
+        let read = client::read_all(
+            http,
+            &self.as_gateway,
+            false,
+            self.timeout,
+            self.limit,
+            |_| {},
+        )
+        .await?;
+        expect(
+            read.entries,
+            report.rows,
+            "the direct read with the gateway's query",
+        )?;
+        report.direct_as_gateway.push(read.elapsed);
+        Ok(())
+    }
 }
 
 /// `per_mille`/1000 of the IDs 1..=rows, distinct, a different choice each round.
@@ -325,26 +322,6 @@ async fn patch(
     tokio::time::timeout(timeout, send)
         .await
         .map_err(|_| format!("PATCH {url}: no answer within {timeout:?}"))?
-}
-
-fn failed(gateway: &mut Gateway, error: String) -> String {
-    let state = if gateway.alive() {
-        "still running"
-    } else {
-        "exited"
-    };
-    format!(
-        "{error}\nthe gateway has {state}; its log ends with:\n{}",
-        gateway.log_tail()
-    )
-}
-
-fn expect(got: u64, want: u64, what: &str) -> Result<(), String> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(format!("{what} returned {got} entries, expected {want}"))
-    }
 }
 
 fn verdict(ratio: f64, target: f64) -> String {

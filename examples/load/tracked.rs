@@ -227,7 +227,8 @@ pub async fn run(s: &Settings) -> Result<Report, String> {
     Ok(report)
 }
 
-async fn poll(
+/// Follow a delta link to its end; the read and the gateway CPU seconds it cost.
+pub async fn poll(
     http: &HttpClient,
     gateway: &mut Gateway,
     delta: &str,
@@ -242,7 +243,8 @@ async fn poll(
     Ok((read, after.cpu_s - before.cpu_s))
 }
 
-fn failed(gateway: &mut Gateway, error: String) -> String {
+/// `error`, with whether the gateway still runs and the end of its log.
+pub fn failed(gateway: &mut Gateway, error: String) -> String {
     let state = if gateway.alive() {
         "still running"
     } else {
@@ -254,7 +256,8 @@ fn failed(gateway: &mut Gateway, error: String) -> String {
     )
 }
 
-fn expect(got: u64, want: u64, what: &str) -> Result<(), String> {
+/// An error unless `got` entries are the `want` expected.
+pub fn expect(got: u64, want: u64, what: &str) -> Result<(), String> {
     if got == want {
         Ok(())
     } else {
