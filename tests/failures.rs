@@ -8,6 +8,7 @@ mod support;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use odata_sample_service::{Layer, LayerFuture, Next, RecordedRequest, error_reply};
 use serde_json::{Value, json};
 use support::gateway::{BehindGateway, Client, Gateway, Replica, Shape, TRACK};
 use support::{EntitySetDef, FakeUpstream, Fault, Faults, PageHooks};
@@ -528,4 +529,93 @@ async fn an_upstream_refusing_count_or_orderby_is_read_without_them() {
         !pages[1].contains("count") && !pages[1].contains("orderby"),
         "{pages:?}"
     );
+}
+
+/// The upstream's pages of `Customers` as requested, in order.
+fn customer_pages(up: &FakeUpstream) -> Vec<String> {
+    up.requests()
+        .iter()
+        .filter(|r| r.collection_set.as_deref() == Some("Customers"))
+        .map(|r| r.path_and_query.clone())
+        .collect()
+}
+
+fn asks_count(page: &str) -> bool {
+    page.contains("$count=true")
+}
+
+/// The upstream copies `$count=true` into its nextLinks, as SAP CAP does, and would count the whole
+/// collection again for every page. The count is asked for on the first page of each refresh only,
+/// and a truncation past the first page is still read past (C27).
+#[tokio::test]
+async fn the_upstream_counts_once_per_refresh_and_truncation_is_still_noticed() {
+    let BehindGateway { up, gw, client } = BehindGateway::over(shop(45, 10).await).await;
+    up.clear_requests();
+    let (entities, link) = client
+        .read_tracked(&gw.url(&format!("{ROOT}/Customers")))
+        .await;
+    assert_eq!(entities.len(), 45);
+    let pages = customer_pages(&up);
+    assert_eq!(pages.len(), 5, "{pages:?}");
+    assert!(asks_count(&pages[0]), "{pages:?}");
+    assert!(pages[1..].iter().all(|p| !asks_count(p)), "{pages:?}");
+
+    // The upstream now stops after 25 rows without a nextLink: the count of the first page shows
+    // the shortfall, the rest is read with $skip, and nothing is reported removed.
+    up.insert("Customers", customer(46));
+    up.set_truncate_after(Some(25));
+    up.clear_requests();
+    let page = client.get(&link, &[]).await.json();
+    assert_eq!(ids(&page), vec!["+46"], "{page}");
+    let pages = customer_pages(&up);
+    assert!(asks_count(&pages[0]), "{pages:?}");
+    assert!(pages.iter().any(|p| p.contains("$skip=")), "{pages:?}");
+    assert_eq!(
+        pages.iter().filter(|p| asks_count(p)).count(),
+        1,
+        "{pages:?}"
+    );
+}
+
+/// Refuses a page that continues a `Customers` read without `$count` (as an upstream that checks
+/// its links might).
+struct LinksAsWritten;
+
+impl Layer for LinksAsWritten {
+    fn answer<'a>(&'a self, request: &'a RecordedRequest, next: Next<'a>) -> LayerFuture<'a> {
+        let page = &request.path_and_query;
+        if request.collection_set.as_deref() == Some("Customers")
+            && page.contains("$skiptoken=")
+            && !asks_count(page)
+        {
+            let reply = error_reply(400, "this link was not issued", None);
+            return Box::pin(async move { reply });
+        }
+        Box::pin(next.run(request))
+    }
+}
+
+/// An upstream that refuses its nextLink without `$count` gets that link and every later one as it
+/// wrote them, and the read completes.
+#[tokio::test]
+async fn an_upstream_refusing_its_next_link_without_count_gets_its_links_as_written() {
+    let BehindGateway { up, gw, client } = BehindGateway::over(shop(45, 10).await).await;
+    up.set_layer(Arc::new(LinksAsWritten));
+    up.clear_requests();
+    let (entities, link) = client
+        .read_tracked(&gw.url(&format!("{ROOT}/Customers")))
+        .await;
+    assert_eq!(entities.len(), 45);
+    let pages = customer_pages(&up);
+    assert_eq!(pages.len(), 6, "{pages:?}");
+    assert!(!asks_count(&pages[1]), "{pages:?}");
+    assert!(
+        pages
+            .iter()
+            .enumerate()
+            .all(|(i, p)| i == 1 || asks_count(p)),
+        "{pages:?}"
+    );
+    let page = client.get(&link, &[]).await.json();
+    assert_eq!(ids(&page), Vec::<String>::new(), "{page}");
 }

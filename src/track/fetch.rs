@@ -149,6 +149,9 @@ impl Fetcher {
             OnRefusal::FallBack if status.as_u16() != 429 => {
                 return Err(rejected());
             }
+            OnRefusal::Reworded if status == http::StatusCode::BAD_REQUEST => {
+                return Err(rejected());
+            }
             OnRefusal::PassOn
                 if status.is_client_error() && !matches!(status.as_u16(), 408 | 429) =>
             {
@@ -258,6 +261,9 @@ pub enum OnRefusal {
     /// A 4xx refuses the client's own query or credentials (the first page of a read): the
     /// client gets the upstream's status and message.
     PassOn,
+    /// A link of the upstream's that we reworded: a 400 refuses the rewording ([`rejected`]),
+    /// and the caller follows the link as written; anything else fails the refresh as with `Fail`.
+    Reworded,
 }
 
 /// The message of an upstream OData error body, shortened; a generic one when there is none.

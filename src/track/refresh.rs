@@ -253,6 +253,11 @@ struct Pass<'a> {
     /// Hashes of the nextLinks followed, to notice one that points back at a page already read.
     /// At most one per page, so the page cap bounds it.
     links: HashSet<[u8; 16]>,
+    /// Whether nextLinks are followed as the upstream wrote them, `$count` included: set when an
+    /// upstream refused a link without it. Otherwise `$count=true` is taken out of nextLinks once
+    /// a page has reported the count, so the upstream counts once per refresh rather than once
+    /// per page (SAP CAP counts the whole collection again for every page that asks).
+    count_in_links: bool,
     /// The version this refresh writes at and publishes if it finds a difference.
     pending_version: Version,
     /// Rows numbered from here on were first seen by this refresh.
@@ -400,6 +405,7 @@ async fn run(
         .ieee754(input.def.query.ieee754()),
         tally: Tally::default(),
         links: HashSet::new(),
+        count_in_links: false,
         pending_version,
         first_new_row: next_row,
         next_row,

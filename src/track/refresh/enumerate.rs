@@ -5,17 +5,68 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
+use percent_encoding::percent_decode_str;
 use url::Url;
 
 use crate::error::{Error, UpstreamFailure};
 use crate::odata::page::PageError;
 use crate::odata::query::{encode_pairs, encode_path};
 use crate::track::feed::Index;
-use crate::track::fetch::{OnRefusal, Prefetch};
+use crate::track::fetch::{OnRefusal, Prefetch, is_rejected};
 
 use super::Pass;
 use super::page::{HashingPage, Scanned, scan};
 use super::tally::{ReadOn, Verdict};
+
+/// A page being fetched; for a nextLink whose `$count` was taken out, the link as the upstream
+/// wrote it, fetched instead if the upstream refuses the shorter one.
+struct NextPage {
+    fetch: Prefetch,
+    as_written: Option<Url>,
+}
+
+impl NextPage {
+    fn start(pass: &Pass<'_>, url: Url, as_written: Option<Url>, on_refusal: OnRefusal) -> Self {
+        NextPage {
+            fetch: Prefetch::start(&pass.fetcher, url, on_refusal),
+            as_written,
+        }
+    }
+
+    /// The page's body. An upstream that refuses a nextLink without `$count` gets every later
+    /// link as it wrote it.
+    async fn wait(mut self, pass: &mut Pass<'_>) -> Result<Bytes, Error> {
+        match (self.fetch.wait().await, self.as_written) {
+            (Err(e), Some(url)) if is_rejected(&e) => {
+                tracing::info!(set = %pass.set_name(), "the upstream refused its nextLink without $count; following its links as written");
+                pass.count_in_links = true;
+                Prefetch::start(&pass.fetcher, url, OnRefusal::Fail)
+                    .wait()
+                    .await
+            }
+            (result, _) => result,
+        }
+    }
+}
+
+/// `url` without the `$count` system query option, or `None` when it has none. Every other part of
+/// the query is kept byte for byte: the rest of a nextLink is the upstream's to interpret.
+pub(super) fn without_count(url: &Url) -> Option<Url> {
+    let query = url.query()?;
+    let is_count = |part: &str| {
+        let name = part.split('=').next().unwrap_or_default();
+        let name = percent_decode_str(name).decode_utf8_lossy();
+        name.eq_ignore_ascii_case("$count")
+    };
+    if !query.split('&').any(is_count) {
+        return None;
+    }
+    let kept: Vec<&str> = query.split('&').filter(|p| !is_count(p)).collect();
+    let mut out = url.clone();
+    let kept = kept.join("&");
+    out.set_query((!kept.is_empty()).then_some(kept.as_str()));
+    Some(out)
+}
 
 /// The short, fixed-size identity of a link, for the set of links followed.
 pub(super) fn link_hash(url: &Url) -> [u8; 16] {
@@ -72,18 +123,21 @@ impl Pass<'_> {
         // Results are applied in page order, so that a key seen twice keeps its last state.
         let url = self.collection_url(pairs);
         self.links.insert(link_hash(&url));
-        let mut next = Some(Prefetch::start(&self.fetcher, url, on_refusal));
+        let mut next = Some(NextPage::start(self, url, None, on_refusal));
         let mut hashing: VecDeque<HashingPage> = VecDeque::new();
         loop {
-            let Some(mut fetch) = next.take() else {
+            let Some(page) = next.take() else {
                 break;
             };
-            let body = fetch.wait().await?;
+            let body = page.wait(self).await?;
             let scanned = self.scan_page(&body).await?;
             if let Some(link) = &scanned.next_link {
                 let url = crate::upstream::resolve_link(&self.input.service_root, link)?;
                 self.follow(&url)?;
-                next = Some(Prefetch::start(&self.fetcher, url, OnRefusal::Fail));
+                next = Some(match self.uncounted(&url) {
+                    Some(shorter) => NextPage::start(self, shorter, Some(url), OnRefusal::Reworded),
+                    None => NextPage::start(self, url, None, OnRefusal::Fail),
+                });
             }
             hashing.push_back(HashingPage::start(
                 body,
@@ -99,6 +153,15 @@ impl Pass<'_> {
             self.apply_page(hashing.pop_front(), index).await?;
         }
         Ok(())
+    }
+
+    /// The nextLink `url` without its `$count`, when the count has been reported already and the
+    /// upstream has not refused such a link in this refresh.
+    fn uncounted(&self, url: &Url) -> Option<Url> {
+        if self.count_in_links || self.tally.reported.is_none() {
+            return None;
+        }
+        without_count(url)
     }
 
     /// Note a nextLink about to be followed; one seen before in this refresh is a cycle, which would
@@ -202,5 +265,42 @@ impl Pass<'_> {
             }
             Verdict::Complete | Verdict::ReadOn { .. } => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stripped(link: &str) -> Option<String> {
+        without_count(&Url::parse(link).unwrap()).map(String::from)
+    }
+
+    #[test]
+    fn count_is_taken_out_of_a_next_link_and_the_rest_kept_as_written() {
+        assert_eq!(
+            stripped("http://u/svc/Books?$orderby=ID&$count=true&$skiptoken=1000").as_deref(),
+            Some("http://u/svc/Books?$orderby=ID&$skiptoken=1000")
+        );
+        assert_eq!(
+            stripped("http://u/svc/Books?%24COUNT=true&$skiptoken=a%2Bb%3D&$filter=x%20eq%201")
+                .as_deref(),
+            Some("http://u/svc/Books?$skiptoken=a%2Bb%3D&$filter=x%20eq%201")
+        );
+        assert_eq!(
+            stripped("http://u/svc/Books?$count=true").as_deref(),
+            Some("http://u/svc/Books")
+        );
+    }
+
+    #[test]
+    fn a_link_without_count_or_with_count_only_inside_expand_is_left_alone() {
+        assert_eq!(stripped("http://u/svc/Books?$skiptoken=5"), None);
+        assert_eq!(stripped("http://u/svc/Books"), None);
+        assert_eq!(
+            stripped("http://u/svc/Books?$expand=Items($count=true)&$skiptoken=5"),
+            None
+        );
+        assert_eq!(stripped("http://u/svc/Books?countries=2&x$count=1"), None);
     }
 }
