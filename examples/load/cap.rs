@@ -45,8 +45,9 @@ pub struct Report {
     pub page_size: u32,
     /// The client reading CAP directly, following every link.
     pub direct: Times,
-    /// The same with the query the gateway enumerates with (`$orderby` by key, `$count=true`),
-    /// which costs CAP more: it counts the rows again for every page.
+    /// The same in the order the gateway enumerates in (`$orderby` by key). The gateway also asks
+    /// for `$count=true` on the first page of each refresh, which CAP answers in a few
+    /// milliseconds; it takes the option out of the nextLinks, where CAP would count every page.
     pub direct_as_gateway: Times,
     /// The first tracked read through the gateway.
     pub first_read: Read,
@@ -146,7 +147,7 @@ pub async fn run(s: &Settings) -> Result<Report, String> {
     let direct_url = format!("{}/Customers", cap.base);
     let direct = Direct {
         plain: direct_url.clone(),
-        as_gateway: format!("{direct_url}?$orderby=ID&$count=true"),
+        as_gateway: format!("{direct_url}?$orderby=ID"),
         timeout: s.timeout,
         limit,
     };
@@ -223,8 +224,8 @@ pub async fn run(s: &Settings) -> Result<Report, String> {
     Ok(report)
 }
 
-/// The direct reads of CAP taken each round: one as a client would make it, one with the
-/// gateway's query.
+/// The direct reads of CAP taken each round: one as a client would make it, one in the gateway's
+/// order.
 struct Direct {
     plain: String,
     as_gateway: String,
@@ -250,7 +251,7 @@ impl Direct {
         expect(
             read.entries,
             report.rows,
-            "the direct read with the gateway's query",
+            "the direct read in the gateway's order",
         )?;
         report.direct_as_gateway.push(read.elapsed);
         Ok(())
@@ -348,7 +349,7 @@ pub fn table(r: &Report) -> String {
             r.direct.show()
         ),
         format!(
-            "| direct read with the gateway's query (`$orderby=ID&$count=true`) | {} | {:.2}x | — | |",
+            "| direct read in the gateway's order (`$orderby=ID`) | {} | {:.2}x | — | |",
             r.direct_as_gateway.show(),
             as_gateway / direct
         ),

@@ -60,6 +60,29 @@ impl<'a> Page<'a> {
     }
 }
 
+/// The nextLink of a page that ends with it, read from the last bytes without parsing the page:
+/// `…,"@odata.nextLink":"LINK"}` (or `@nextLink`), where LINK holds no escape, as most servers
+/// write it. Lets the next page be asked for while this one is parsed; the parse has the last word
+/// (a page whose parsed link differs, or that has none, drops what was asked on this guess).
+pub fn tail_next_link(body: &[u8]) -> Option<&str> {
+    const TAIL: usize = 8 * 1024;
+    let tail = &body[body.len().saturating_sub(TAIL)..];
+    let rest = tail.trim_ascii_end().strip_suffix(b"}")?;
+    let rest = rest.trim_ascii_end().strip_suffix(b"\"")?;
+    let open = rest.iter().rposition(|&b| b == b'"')?;
+    let link = &rest[open + 1..];
+    if link.is_empty() || link.iter().any(|&b| b == b'\\' || b < 0x20) {
+        return None;
+    }
+    let before = rest[..open].trim_ascii_end().strip_suffix(b":")?;
+    let before = before.trim_ascii_end();
+    let before = before
+        .strip_suffix(b"\"@odata.nextLink\"")
+        .or_else(|| before.strip_suffix(b"\"@nextLink\""))?;
+    before.trim_ascii_end().strip_suffix(b",")?;
+    std::str::from_utf8(link).ok()
+}
+
 /// A count as JSON text: digits, bare or quoted; more digits than `u64` holds saturate.
 fn parse_count(raw: &str) -> Option<u64> {
     let text = raw
@@ -75,6 +98,31 @@ fn parse_count(raw: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_next_link_at_the_end_of_a_page_is_read_from_its_tail() {
+        let page = |s: &str| tail_next_link(s.as_bytes()).map(str::to_owned);
+        let cap = r#"{"@odata.context":"$metadata#C","value":[{"ID":1}],"@odata.nextLink":"C?$skiptoken=1000"}"#;
+        assert_eq!(page(cap).as_deref(), Some("C?$skiptoken=1000"));
+        assert_eq!(
+            page("{\"value\":[] ,\n \"@nextLink\" : \"http://u/C?p=2\" }\n").as_deref(),
+            Some("http://u/C?p=2")
+        );
+        for other in [
+            // Escaped, first, nested, last page, another member, not JSON at all.
+            r#"{"value":[],"@odata.nextLink":"C?$filter=a%20eq%20\"x\""}"#,
+            r#"{"@odata.nextLink":"C?p=2","value":[]}"#,
+            r#"{"value":[{"x":{"a":1,"@odata.nextLink":"C?evil"}}]}"#,
+            r#"{"value":[],"x":{"@odata.nextLink":"C?evil"}}"#,
+            r#"{"value":[{"ID":1}]}"#,
+            r#"{"value":[],"@odata.deltaLink":"C?d=1"}"#,
+            r#"{"value":[],"@odata.nextLink":""}"#,
+            r#""@odata.nextLink":"C"}"#,
+            "",
+        ] {
+            assert_eq!(page(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn a_page_yields_raw_entities_and_paging_controls() {

@@ -254,9 +254,9 @@ struct Pass<'a> {
     /// At most one per page, so the page cap bounds it.
     links: HashSet<[u8; 16]>,
     /// Whether nextLinks are followed as the upstream wrote them, `$count` included: set when an
-    /// upstream refused a link without it. Otherwise `$count=true` is taken out of nextLinks once
-    /// a page has reported the count, so the upstream counts once per refresh rather than once
-    /// per page (SAP CAP counts the whole collection again for every page that asks).
+    /// upstream refused a link without it. Otherwise `$count=true` is taken out of nextLinks: the
+    /// first page reports the count, and the upstream counts once per refresh rather than once per
+    /// page (SAP CAP counts the whole collection again for every page that asks).
     count_in_links: bool,
     /// The version this refresh writes at and publishes if it finds a difference.
     pending_version: Version,

@@ -9,7 +9,7 @@ use percent_encoding::percent_decode_str;
 use url::Url;
 
 use crate::error::{Error, UpstreamFailure};
-use crate::odata::page::PageError;
+use crate::odata::page::{PageError, tail_next_link};
 use crate::odata::query::{encode_pairs, encode_path};
 use crate::track::feed::Index;
 use crate::track::fetch::{OnRefusal, Prefetch, is_rejected};
@@ -130,13 +130,18 @@ impl Pass<'_> {
                 break;
             };
             let body = page.wait(self).await?;
+            // The next page is asked for while this one is parsed when its link can be read off
+            // the end of the body; the parse confirms the guess or drops that request.
+            let guessed = tail_next_link(&body)
+                .and_then(|link| crate::upstream::resolve_link(&self.input.service_root, link).ok())
+                .map(|url| (url.clone(), self.next_page(url)));
             let scanned = self.scan_page(&body).await?;
             if let Some(link) = &scanned.next_link {
                 let url = crate::upstream::resolve_link(&self.input.service_root, link)?;
                 self.follow(&url)?;
-                next = Some(match self.uncounted(&url) {
-                    Some(shorter) => NextPage::start(self, shorter, Some(url), OnRefusal::Reworded),
-                    None => NextPage::start(self, url, None, OnRefusal::Fail),
+                next = Some(match guessed {
+                    Some((guess, page)) if guess == url => page,
+                    _ => self.next_page(url),
                 });
             }
             hashing.push_back(HashingPage::start(
@@ -155,13 +160,14 @@ impl Pass<'_> {
         Ok(())
     }
 
-    /// The nextLink `url` without its `$count`, when the count has been reported already and the
-    /// upstream has not refused such a link in this refresh.
-    fn uncounted(&self, url: &Url) -> Option<Url> {
-        if self.count_in_links || self.tally.reported.is_none() {
-            return None;
+    /// Start fetching the page of nextLink `url`: without its `$count` unless the upstream has
+    /// refused such a link in this refresh. The first page asked for the count; later pages need
+    /// not (an upstream that ignores `$count` is not affected either way).
+    fn next_page(&self, url: Url) -> NextPage {
+        match without_count(&url).filter(|_| !self.count_in_links) {
+            Some(shorter) => NextPage::start(self, shorter, Some(url), OnRefusal::Reworded),
+            None => NextPage::start(self, url, None, OnRefusal::Fail),
         }
-        without_count(url)
     }
 
     /// Note a nextLink about to be followed; one seen before in this refresh is a cycle, which would
