@@ -619,3 +619,44 @@ async fn an_upstream_refusing_its_next_link_without_count_gets_its_links_as_writ
     let page = client.get(&link, &[]).await.json();
     assert_eq!(ids(&page), Vec::<String>::new(), "{page}");
 }
+
+/// Answers the page after the first with a body that is no collection but ends with a nextLink,
+/// while armed.
+struct BadPageGoodTail(AtomicBool);
+
+impl Layer for BadPageGoodTail {
+    fn answer<'a>(&'a self, request: &'a RecordedRequest, next: Next<'a>) -> LayerFuture<'a> {
+        let second = request.collection_set.as_deref() == Some("Customers")
+            && request.path_and_query.contains("$skiptoken=10");
+        if second && self.0.load(Ordering::SeqCst) {
+            let mut reply = http::Response::new(odata_sample_service::ReplyBody::full(
+                r#"{"value":5,"@odata.nextLink":"Customers?$skiptoken=20"}"#,
+            ));
+            reply.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            return Box::pin(async move { reply });
+        }
+        Box::pin(next.run(request))
+    }
+}
+
+/// The next page is asked for as soon as its link can be read off the end of a body; when the
+/// body then fails to parse, the refresh fails with nothing committed (C28), and the same link
+/// later gives exactly the changes.
+#[tokio::test]
+async fn a_page_that_ends_with_a_next_link_but_does_not_parse_fails_the_refresh() {
+    let BehindGateway { up, gw, client } = BehindGateway::over(shop(45, 10).await).await;
+    let layer = Arc::new(BadPageGoodTail(AtomicBool::new(false)));
+    up.set_layer(layer.clone());
+    let link = delta_link(&client, &gw, "").await;
+    up.update("Customers", json!(44), json!({"name": "changed"}));
+    layer.0.store(true, Ordering::SeqCst);
+    let r = client.get(&link, &[]).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.json()["error"]["code"].as_str().is_some(), "{}", r.text());
+    layer.0.store(false, Ordering::SeqCst);
+    let page = client.get(&link, &[]).await.json();
+    assert_eq!(ids(&page), vec!["+44"], "{page}");
+}
