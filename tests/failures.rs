@@ -515,12 +515,7 @@ async fn an_upstream_refusing_count_or_orderby_is_read_without_them() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["value"].as_array().unwrap().len(), 12);
-    let pages: Vec<String> = up
-        .requests()
-        .iter()
-        .filter(|r| r.collection_set.as_deref() == Some("Customers"))
-        .map(|r| r.path_and_query.clone())
-        .collect();
+    let pages = customer_pages(&up);
     assert!(
         pages[0].contains("count") && pages[0].contains("orderby"),
         "{pages:?}"
@@ -529,6 +524,19 @@ async fn an_upstream_refusing_count_or_orderby_is_read_without_them() {
         !pages[1].contains("count") && !pages[1].contains("orderby"),
         "{pages:?}"
     );
+}
+
+/// A first tracked read of all `Customers`, and the upstream pages it asked for, in order.
+async fn first_read_pages(
+    up: &FakeUpstream,
+    gw: &Gateway,
+    client: &Client,
+) -> (Vec<Value>, String, Vec<String>) {
+    up.clear_requests();
+    let (entities, link) = client
+        .read_tracked(&gw.url(&format!("{ROOT}/Customers")))
+        .await;
+    (entities, link, customer_pages(up))
 }
 
 /// The upstream's pages of `Customers` as requested, in order.
@@ -550,12 +558,8 @@ fn asks_count(page: &str) -> bool {
 #[tokio::test]
 async fn the_upstream_counts_once_per_refresh_and_truncation_is_still_noticed() {
     let BehindGateway { up, gw, client } = BehindGateway::over(shop(45, 10).await).await;
-    up.clear_requests();
-    let (entities, link) = client
-        .read_tracked(&gw.url(&format!("{ROOT}/Customers")))
-        .await;
+    let (entities, link, pages) = first_read_pages(&up, &gw, &client).await;
     assert_eq!(entities.len(), 45);
-    let pages = customer_pages(&up);
     assert_eq!(pages.len(), 5, "{pages:?}");
     assert!(asks_count(&pages[0]), "{pages:?}");
     assert!(pages[1..].iter().all(|p| !asks_count(p)), "{pages:?}");
@@ -601,12 +605,8 @@ impl Layer for LinksAsWritten {
 async fn an_upstream_refusing_its_next_link_without_count_gets_its_links_as_written() {
     let BehindGateway { up, gw, client } = BehindGateway::over(shop(45, 10).await).await;
     up.set_layer(Arc::new(LinksAsWritten));
-    up.clear_requests();
-    let (entities, link) = client
-        .read_tracked(&gw.url(&format!("{ROOT}/Customers")))
-        .await;
+    let (entities, link, pages) = first_read_pages(&up, &gw, &client).await;
     assert_eq!(entities.len(), 45);
-    let pages = customer_pages(&up);
     assert_eq!(pages.len(), 6, "{pages:?}");
     assert!(!asks_count(&pages[1]), "{pages:?}");
     assert!(

@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 
 use crate::client::{self, HttpClient, Read};
 use crate::gateway::Gateway;
-use crate::tracked::{Times, expect, failed, poll, rss_target_kib, secs};
+use crate::tracked::{Times, expect, poll, rss_target_kib, secs, timed_read};
 use crate::upstream::mix;
 
 /// How to run the CAP measurement.
@@ -174,13 +174,10 @@ pub async fn run(s: &Settings) -> Result<Report, String> {
     direct.read(&http, &mut report).await?;
 
     progress("first tracked read through the gateway");
-    let before = gateway.usage()?;
-    let first = client::read_all(&http, &tracked_url, true, s.timeout, limit, |_| {})
-        .await
-        .map_err(|e| failed(&mut gateway, e))?;
-    let after = gateway.usage()?;
+    let (first, cpu_s, _) =
+        timed_read(&http, &mut gateway, &tracked_url, true, s.timeout, limit).await?;
     expect(first.entries, rows, "the first tracked read")?;
-    report.first_read_cpu = after.cpu_s - before.cpu_s;
+    report.first_read_cpu = cpu_s;
     let mut delta = first
         .delta_link
         .clone()

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::client::{self, HttpClient, Read};
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Usage};
 use crate::upstream::{Collection, PAGE, SERVICE, Upstream};
 
 /// How to run one size.
@@ -166,13 +166,10 @@ pub async fn run(s: &Settings) -> Result<Report, String> {
     )?;
     let tracked_url = gateway.url(&format!("{SERVICE}/Items"));
     progress(n, "first tracked read through the gateway");
-    let before = gateway.usage()?;
-    let first = client::read_all(&http, &tracked_url, true, s.timeout, limit, |_| {})
-        .await
-        .map_err(|e| failed(&mut gateway, e))?;
-    let after = gateway.usage()?;
+    let (first, cpu_s, after) =
+        timed_read(&http, &mut gateway, &tracked_url, true, s.timeout, limit).await?;
     expect(first.entries, n, "the first tracked read")?;
-    report.first_read_cpu = after.cpu_s - before.cpu_s;
+    report.first_read_cpu = cpu_s;
     report.rss_after_first_kib = after.rss_kib;
     report.store_after_first = gateway.store_bytes();
     let mut delta = first
@@ -235,12 +232,26 @@ pub async fn poll(
     timeout: Duration,
     limit: u64,
 ) -> Result<(Read, f64), String> {
+    let (read, cpu_s, _) = timed_read(http, gateway, delta, false, timeout, limit).await?;
+    Ok((read, cpu_s))
+}
+
+/// Read `url` to its end through the gateway (with the track-changes preference when `track`):
+/// the read, the gateway CPU seconds it cost, and the gateway's usage after it.
+pub async fn timed_read(
+    http: &HttpClient,
+    gateway: &mut Gateway,
+    url: &str,
+    track: bool,
+    timeout: Duration,
+    limit: u64,
+) -> Result<(Read, f64, Usage), String> {
     let before = gateway.usage()?;
-    let read = client::read_all(http, delta, false, timeout, limit, |_| {})
+    let read = client::read_all(http, url, track, timeout, limit, |_| {})
         .await
         .map_err(|e| failed(gateway, e))?;
     let after = gateway.usage()?;
-    Ok((read, after.cpu_s - before.cpu_s))
+    Ok((read, after.cpu_s - before.cpu_s, after))
 }
 
 /// `error`, with whether the gateway still runs and the end of its log.

@@ -40,9 +40,7 @@ impl NextPage {
             (Err(e), Some(url)) if is_rejected(&e) => {
                 tracing::info!(set = %pass.set_name(), "the upstream refused its nextLink without $count; following its links as written");
                 pass.count_in_links = true;
-                Prefetch::start(&pass.fetcher, url, OnRefusal::Fail)
-                    .wait()
-                    .await
+                pass.fetcher.get_page(&url, OnRefusal::Fail).await
             }
             (result, _) => result,
         }
@@ -52,18 +50,19 @@ impl NextPage {
 /// `url` without the `$count` system query option, or `None` when it has none. Every other part of
 /// the query is kept byte for byte: the rest of a nextLink is the upstream's to interpret.
 pub(super) fn without_count(url: &Url) -> Option<Url> {
-    let query = url.query()?;
-    let is_count = |part: &str| {
+    let is_count = |part: &&str| {
         let name = part.split('=').next().unwrap_or_default();
-        let name = percent_decode_str(name).decode_utf8_lossy();
-        name.eq_ignore_ascii_case("$count")
+        percent_decode_str(name)
+            .decode_utf8_lossy()
+            .eq_ignore_ascii_case("$count")
     };
-    if !query.split('&').any(is_count) {
+    let query = url.query()?;
+    if !query.split('&').any(|part| is_count(&part)) {
         return None;
     }
-    let kept: Vec<&str> = query.split('&').filter(|p| !is_count(p)).collect();
+    let kept = query.split('&').filter(|part| !is_count(part));
+    let kept = kept.collect::<Vec<_>>().join("&");
     let mut out = url.clone();
-    let kept = kept.join("&");
     out.set_query((!kept.is_empty()).then_some(kept.as_str()));
     Some(out)
 }
