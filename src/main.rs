@@ -11,29 +11,25 @@ use tokio_util::sync::CancellationToken;
 
 mod demo;
 
-/// glibc's malloc gives every thread that allocates under contention an arena of its own, up to
-/// eight per core. A refresh builds page buffers and rows on blocking-pool threads and frees them
-/// on others, so memory freed in one arena is not reused by the next and the resident size grows
-/// far past what is live: at a million entities, peak RSS measured 206–216 MiB with the default
-/// against 148 MiB with two arenas, at no measurable cost in time. An operator's own
-/// `MALLOC_ARENA_MAX` is left alone.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn limit_malloc_arenas() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
-        return;
-    }
-    // SAFETY: `mallopt` only tunes the allocator; it runs first thing in `main`, before any other
-    // thread exists, and a refusal (return 0) leaves the defaults in place.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
+/// The binary allocates through jemalloc. A refresh allocates page buffers and rows on the
+/// blocking pool and frees them on other threads, and glibc's malloc spent a sixth of a first
+/// read's CPU on that (its arena locks and the futex calls behind them); jemalloc's thread caches
+/// and one arena give the same work about 15% less CPU in all, and a lower peak RSS.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn limit_malloc_arenas() {}
+/// jemalloc's options, read before `main`: one arena (the work is a pipeline across threads, not
+/// independent threads, so per-core arenas only kept memory apart), small thread caches, and
+/// freed pages returned to the system a second after they fall idle, by jemalloc's own
+/// background thread. An operator's `_RJEM_MALLOC_CONF` is applied after these and wins.
+#[cfg(not(target_env = "msvc"))]
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static malloc_conf: &[u8; 86] =
+    b"narenas:1,tcache_max:4096,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 fn main() -> ExitCode {
-    limit_malloc_arenas();
     let cli = Cli::parse();
     if let Some(Command::Feeds(args)) = &cli.command {
         // No runtime and no logging: a short synchronous look at the store.
