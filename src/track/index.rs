@@ -240,6 +240,13 @@ impl Index {
             *existing = entry;
             return Ok(());
         }
+        self.insert_new(key, entry)
+    }
+
+    /// Add `key`, which the caller has just looked up and not found: [`Index::insert`] without
+    /// the lookup.
+    pub fn insert_new(&mut self, key: KeyHash, entry: IndexEntry) -> Result<(), IndexFull> {
+        debug_assert!(self.position(&key).is_none(), "insert_new of a key present");
         let position = match self.vacant.pop() {
             Some(p) => {
                 self.entries[p as usize] = (key, entry);

@@ -15,6 +15,15 @@ use crate::track::index::RawHash;
 use super::Pass;
 use super::page::{ChangedEntity, HashingPage, PageDigests, PageEntity, digest_all, rows_all};
 
+/// What [`Pass::note`] found for one entity.
+struct Noted {
+    /// The entity's row, and whether that row had a published state before this refresh, when
+    /// the entity is new or changed and so is to be written.
+    write: Option<(u64, bool)>,
+    /// Whether this refresh saw the key before (the upstream listed it twice).
+    seen_before: bool,
+}
+
 /// Up to this many entities of a page are digested or compacted on the refresh's own task: a few
 /// microseconds each, less than a hand-off to the blocking pool and back.
 const INLINE_ENTITIES: usize = 64;
@@ -141,11 +150,9 @@ impl Pass<'_> {
             if let Some(found) = found.as_deref_mut() {
                 found.insert(digest.key_hash);
             }
-            let seen_before = index
-                .get(&digest.key_hash)
-                .is_some_and(|e| e.seen == self.generation);
-            if let Some((row, existed)) = self.note(&digest, entity.raw, index)? {
-                repeated |= seen_before;
+            let noted = self.note(&digest, entity.raw, index)?;
+            if let Some((row, existed)) = noted.write {
+                repeated |= noted.seen_before;
                 changed.push((span, digest, row, existed));
             }
         }
@@ -190,25 +197,23 @@ impl Pass<'_> {
 
     /// Note one hashed entity in the diff. A key seen twice in one refresh counts once; its last
     /// state wins. The index entry takes the new state at once (a new key gets the next row
-    /// number). Returns the entity's row, and whether that row had a published state before this
-    /// refresh, when the entity is new or changed and so is to be written.
-    fn note(
-        &mut self,
-        digest: &Digest,
-        raw: RawHash,
-        index: &mut Index,
-    ) -> Result<Option<(u64, bool)>, Error> {
+    /// number). One lookup of the key in the index, which for a first load is a miss per entity.
+    fn note(&mut self, digest: &Digest, raw: RawHash, index: &mut Index) -> Result<Noted, Error> {
         match index.find_mut(&digest.key_hash) {
             Some((position, entry)) => {
                 // The upstream's order continues after it (see `expect_in_order`).
                 self.cursor = position + 1;
-                if entry.seen != self.generation {
+                let seen_before = entry.seen == self.generation;
+                if !seen_before {
                     self.tally.sighting();
                 }
                 entry.seen = self.generation;
                 entry.raw = raw;
                 if entry.content == digest.content {
-                    return Ok(None);
+                    return Ok(Noted {
+                        write: None,
+                        seen_before,
+                    });
                 }
                 entry.content = digest.content;
                 if entry.row >= self.first_new_row
@@ -220,14 +225,17 @@ impl Pass<'_> {
                         }
                     });
                 }
-                Ok(Some((entry.row, entry.row < self.first_new_row)))
+                Ok(Noted {
+                    write: Some((entry.row, entry.row < self.first_new_row)),
+                    seen_before,
+                })
             }
             None => {
                 self.tally.sighting();
                 let row = self.next_row;
                 self.next_row += 1;
                 index
-                    .insert(
+                    .insert_new(
                         digest.key_hash,
                         IndexEntry {
                             row,
@@ -245,7 +253,10 @@ impl Pass<'_> {
                             ),
                         )
                     })?;
-                Ok(Some((row, false)))
+                Ok(Noted {
+                    write: Some((row, false)),
+                    seen_before: false,
+                })
             }
         }
     }
