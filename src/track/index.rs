@@ -199,6 +199,17 @@ impl Index {
         self.table.is_empty()
     }
 
+    /// Make room for `additional` more entries at once, rather than growing by doubling (each
+    /// doubling copies the entries and rehashes the table, and holds both sizes for a moment).
+    pub fn reserve(&mut self, additional: usize) {
+        self.entries.reserve(additional);
+        let (entries, hasher) = (&self.entries, &self.hasher);
+        self.table.reserve(additional, |&p| {
+            use std::hash::BuildHasher;
+            hasher.hash_one(entries[p as usize].0)
+        });
+    }
+
     /// The entry of `key`.
     pub fn get(&self, key: &KeyHash) -> Option<&IndexEntry> {
         self.position(key).map(|p| &self.entries[p as usize].1)
@@ -352,6 +363,25 @@ mod tests {
         assert_eq!(index.iter().count(), index.len());
         // The vacated positions were taken again before the array grew.
         assert_eq!(index.entries.len(), 1000);
+    }
+
+    #[test]
+    fn room_made_at_once_holds_the_entries_without_growing_and_keeps_those_present() {
+        let mut index = Index::default();
+        index.insert(key(0), entry(0, b"x")).unwrap();
+        index.reserve(5000);
+        let (entries, table) = (index.entries.capacity(), index.table.capacity());
+        assert!(entries >= 5001 && table >= 5001, "{entries} {table}");
+        for i in 1..5001 {
+            index.insert_new(key(i), entry(u64::from(i), b"y")).unwrap();
+        }
+        assert_eq!(
+            (index.entries.capacity(), index.table.capacity()),
+            (entries, table)
+        );
+        assert_eq!(index.get(&key(0)).map(|e| e.row), Some(0));
+        assert_eq!(index.get(&key(5000)).map(|e| e.row), Some(5000));
+        assert_eq!(index.len(), 5001);
     }
 
     #[test]

@@ -67,6 +67,10 @@ pub(super) fn without_count(url: &Url) -> Option<Url> {
     Some(out)
 }
 
+/// Most index entries made room for from an upstream's `@odata.count`: the count is the
+/// upstream's word, and a larger feed still grows past this as it is read.
+const MAX_RESERVED_ENTRIES: u64 = 1 << 22;
+
 /// The short, fixed-size identity of a link, for the set of links followed.
 pub(super) fn link_hash(url: &Url) -> [u8; 16] {
     let hash = blake3::hash(url.as_str().as_bytes());
@@ -135,6 +139,13 @@ impl Pass<'_> {
                 .and_then(|link| crate::upstream::resolve_link(&self.input.service_root, link).ok())
                 .map(|url| (url.clone(), self.next_page(url)));
             let scanned = self.scan_page(&body).await?;
+            if index.is_empty()
+                && let Some(count) = scanned.count
+            {
+                // A first load: the index takes the upstream's count at once.
+                let limit = self.shared.config.limits.max_entities_per_feed;
+                index.reserve(count.min(limit).min(MAX_RESERVED_ENTRIES) as usize);
+            }
             if let Some(link) = &scanned.next_link {
                 let url = crate::upstream::resolve_link(&self.input.service_root, link)?;
                 self.follow(&url)?;
