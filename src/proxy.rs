@@ -3,6 +3,7 @@
 //! `Content-Location` and in JSON bodies (`@odata.nextLink`, `@odata.context`, …) are rewritten to
 //! the gateway's public base while the body streams, so a client never leaves the gateway.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -251,6 +252,12 @@ fn too_large(limit: u64) -> Error {
 /// rewritten too when the gateway serves the service under another path, so that they do not
 /// resolve outside the route.
 pub struct LinkRewriter {
+    rules: Arc<Rules>,
+    carry: BytesMut,
+}
+
+/// What a [`LinkRewriter`] looks for and what it writes instead, for one pair of roots.
+struct Rules {
     patterns: Vec<(Vec<u8>, Vec<u8>)>,
     /// One substring searcher per pattern, in the same order.
     finders: Vec<memchr::memmem::Finder<'static>>,
@@ -259,12 +266,41 @@ pub struct LinkRewriter {
     /// The gateway's service root (absolute).
     to: String,
     longest: usize,
-    carry: BytesMut,
 }
 
-impl LinkRewriter {
-    /// Rewrite `from` (an absolute service root, no trailing slash) to `to`.
-    pub fn new(from: &str, to: &str) -> Self {
+/// Pairs of roots whose rules each thread keeps (a route and the public roots it is reached by).
+const RECENT_RULES: usize = 8;
+
+thread_local! {
+    /// The rules built last on this thread, newest last: every pass-through needs them, and
+    /// building the substring searchers cost more than the rest of relaying a small answer.
+    static RECENT: RefCell<Vec<(Box<str>, Box<str>, Arc<Rules>)>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Rules {
+    /// The rules for `from` → `to`, from this thread's recent ones when it has them.
+    fn of(from: &str, to: &str) -> Arc<Rules> {
+        RECENT.with(|recent| {
+            let mut recent = recent.borrow_mut();
+            if let Some(i) = recent
+                .iter()
+                .position(|(f, t, _)| **f == *from && **t == *to)
+            {
+                let entry = recent.remove(i);
+                let rules = entry.2.clone();
+                recent.push(entry);
+                return rules;
+            }
+            let rules = Arc::new(Rules::build(from, to));
+            if recent.len() >= RECENT_RULES {
+                recent.remove(0);
+            }
+            recent.push((from.into(), to.into(), rules.clone()));
+            rules
+        })
+    }
+
+    fn build(from: &str, to: &str) -> Self {
         let from = from.trim_end_matches('/');
         let to = to.trim_end_matches('/');
         let escaped = |s: &str| s.replace('/', "\\/").into_bytes();
@@ -295,12 +331,21 @@ impl LinkRewriter {
             .iter()
             .map(|(p, _)| memchr::memmem::Finder::new(p).into_owned())
             .collect();
-        LinkRewriter {
+        Rules {
             patterns,
             finders,
             root_relative,
             to: to.to_owned(),
             longest,
+        }
+    }
+}
+
+impl LinkRewriter {
+    /// Rewrite `from` (an absolute service root, no trailing slash) to `to`.
+    pub fn new(from: &str, to: &str) -> Self {
+        LinkRewriter {
+            rules: Rules::of(from, to),
             carry: BytesMut::new(),
         }
     }
@@ -308,11 +353,11 @@ impl LinkRewriter {
     /// Rewrite a whole string (a header value, absolute or root-relative); `None` when it does not
     /// point at the upstream's service root.
     pub fn rewrite_str(&self, s: &str) -> Option<String> {
-        if let Some(path) = &self.root_relative
+        if let Some(path) = &self.rules.root_relative
             && let Some(rest) = s.strip_prefix(path.as_str())
             && is_delimiter(rest.bytes().next())
         {
-            return Some(format!("{}{rest}", self.to));
+            return Some(format!("{}{rest}", self.rules.to));
         }
         if foreign_delta_link(s.as_bytes(), true) == Some(true) {
             return None;
@@ -346,7 +391,7 @@ impl LinkRewriter {
     /// Whether `data` holds anything this rewriter would replace; a body for which this is false
     /// can be relayed as it is.
     pub fn may_rewrite(&self, data: &[u8]) -> bool {
-        self.finders.iter().any(|f| f.find(data).is_some())
+        self.rules.finders.iter().any(|f| f.find(data).is_some())
     }
 
     /// Copy `data` to `out` with replacements. Unless `last`, stop where a match could still be
@@ -358,16 +403,16 @@ impl LinkRewriter {
         let limit = if last {
             data.len()
         } else {
-            data.len().saturating_sub(self.longest)
+            data.len().saturating_sub(self.rules.longest)
         };
         // Per pattern, its next occurrence at or after `i` (`Some(None)`: none left), found with
         // a vectorized substring search instead of looking at every byte; `None` until searched.
-        let mut next: Vec<Option<Option<usize>>> = vec![None; self.patterns.len()];
+        let mut next: Vec<Option<Option<usize>>> = vec![None; self.rules.patterns.len()];
         let mut i = 0;
         let mut replaced = 0;
         while i < limit {
             let mut candidate: Option<usize> = None;
-            for (finder, slot) in self.finders.iter().zip(next.iter_mut()) {
+            for (finder, slot) in self.rules.finders.iter().zip(next.iter_mut()) {
                 if matches!(slot, Some(Some(at)) if *at < i) {
                     *slot = None;
                 }
@@ -385,7 +430,7 @@ impl LinkRewriter {
                 break;
             };
             out.extend_from_slice(&data[i..at]);
-            let matched = self.patterns.iter().find(|(pattern, _)| {
+            let matched = self.rules.patterns.iter().find(|(pattern, _)| {
                 data[at..].starts_with(pattern)
                     && is_delimiter(data.get(at + pattern.len()).copied())
             });
@@ -600,13 +645,44 @@ mod tests {
         assert!(h.contains_key("authorization"));
     }
 
+    #[test]
+    fn rules_are_kept_per_pair_of_roots_and_never_mixed_up() {
+        let a = LinkRewriter::new(FROM, TO);
+        let b = LinkRewriter::new(FROM, "http://other/gw");
+        assert!(Arc::ptr_eq(&a.rules, &LinkRewriter::new(FROM, TO).rules));
+        assert!(!Arc::ptr_eq(&a.rules, &b.rules));
+        assert_eq!(
+            a.rewrite_str(&format!("{FROM}/X")).as_deref(),
+            Some(format!("{TO}/X").as_str())
+        );
+        assert_eq!(
+            b.rewrite_str(&format!("{FROM}/X")).as_deref(),
+            Some("http://other/gw/X")
+        );
+        // More pairs than the thread keeps: the oldest is built again, and still right.
+        for i in 0..RECENT_RULES + 2 {
+            let r = LinkRewriter::new(FROM, &format!("http://gw{i}/s"));
+            assert_eq!(
+                r.rewrite_str(&format!("{FROM}/X")),
+                Some(format!("http://gw{i}/s/X"))
+            );
+        }
+        RECENT.with(|recent| assert_eq!(recent.borrow().len(), RECENT_RULES));
+        let again = LinkRewriter::new(FROM, TO);
+        assert!(!Arc::ptr_eq(&a.rules, &again.rules), "built again");
+        assert_eq!(
+            again.rewrite_str(&format!("{FROM}/X")).as_deref(),
+            Some(format!("{TO}/X").as_str())
+        );
+    }
+
     /// The rewriter as first written, one byte at a time: the reference for the substring search.
     fn bytewise(r: &LinkRewriter, data: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         let mut i = 0;
         'outer: while i < data.len() {
             if matches!(data[i], b'h' | b'"') {
-                for (pattern, replacement) in &r.patterns {
+                for (pattern, replacement) in &r.rules.patterns {
                     if data[i..].starts_with(pattern)
                         && is_delimiter(data.get(i + pattern.len()).copied())
                     {
