@@ -271,10 +271,13 @@ struct Rules {
 /// Pairs of roots whose rules each thread keeps (a route and the public roots it is reached by).
 const RECENT_RULES: usize = 8;
 
+/// A thread's recent rules: upstream root, public root, and their rules, newest last.
+type RecentRules = Vec<(Box<str>, Box<str>, Arc<Rules>)>;
+
 thread_local! {
     /// The rules built last on this thread, newest last: every pass-through needs them, and
     /// building the substring searchers cost more than the rest of relaying a small answer.
-    static RECENT: RefCell<Vec<(Box<str>, Box<str>, Arc<Rules>)>> = const { RefCell::new(Vec::new()) };
+    static RECENT: RefCell<RecentRules> = const { RefCell::new(Vec::new()) };
 }
 
 impl Rules {
