@@ -155,7 +155,7 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
         let started = Instant::now();
         shared.feeds.refresh_started(input.feed);
         let mut elsewhere = None;
-        let outcome = run(&shared, &mut guard, &input, &mut elsewhere).await;
+        let outcome = failing_on_panic(run(&shared, &mut guard, &input, &mut elsewhere)).await;
         drop(permit);
         if guard.index.is_some() {
             let stored = guard.meta.as_ref().is_some_and(|m| !m.dropped);
@@ -238,6 +238,28 @@ pub async fn ensure_fresh(shared: &Arc<Shared>, input: RefreshInput) -> Result<F
         fresh
     }));
     task.await?
+}
+
+/// Runs a refresh so that a panic in it ends it as a failed refresh: the bookkeeping after it still
+/// runs, so readers of a streamed first load are told it failed instead of waiting for their
+/// timeout, and the slot's index, which may hold what the refresh saw but never published, is
+/// dropped rather than compared against by the next refresh.
+async fn failing_on_panic<T>(
+    refresh: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    use futures_util::FutureExt;
+    std::panic::AssertUnwindSafe(refresh)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|payload| {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            tracing::error!(panic = %what, "a refresh panicked; it ends as failed");
+            Err(Error::Internal(format!("the refresh failed: {what}")))
+        })
 }
 
 /// The state of one refresh while it runs.
@@ -720,5 +742,44 @@ impl Pass<'_> {
         if let Some(task) = self.in_flight.take() {
             let _ = task.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refresh_that_panics_ends_as_a_failed_refresh_with_its_message() {
+        let outcome: Result<Version, Error> = failing_on_panic(async {
+            let page: Vec<u8> = Vec::new();
+            if page.is_empty() {
+                panic!("page {} out of range", 3);
+            }
+            Ok(Version(1))
+        })
+        .await;
+        match outcome {
+            Err(Error::Internal(message)) => assert!(message.contains("page 3 out of range")),
+            other => panic!("expected an internal error, got {other:?}"),
+        }
+        let literal: Result<Version, Error> =
+            failing_on_panic(async { panic!("a literal message") }).await;
+        assert!(matches!(literal, Err(Error::Internal(m)) if m.contains("a literal message")));
+    }
+
+    #[tokio::test]
+    async fn a_refresh_that_does_not_panic_keeps_its_outcome() {
+        assert_eq!(
+            failing_on_panic(async { Ok::<_, Error>(Version(7)) })
+                .await
+                .unwrap(),
+            Version(7)
+        );
+        let failed = failing_on_panic(async {
+            Err::<Version, _>(Error::Internal("the upstream said no".into()))
+        })
+        .await;
+        assert!(matches!(failed, Err(Error::Internal(m)) if m == "the upstream said no"));
     }
 }
