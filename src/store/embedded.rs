@@ -148,6 +148,72 @@ pub struct RedbStore {
     db: Arc<Database>,
     /// The file, for its size.
     path: std::path::PathBuf,
+    /// Hands the pages of unpublished batches to the disk while a refresh runs.
+    writeback: Arc<Writeback>,
+}
+
+/// Bytes of batches written since the last hand-off after which the file's dirty pages are handed
+/// to the disk in the background.
+const WRITEBACK_BYTES: usize = 32 << 20;
+
+/// Background write-back of the store file. Batches commit without waiting for the disk, and the
+/// publish that makes a refresh durable then waits for every page they wrote: for a first load of
+/// a million rows, half a gigabyte, in the time the last client page waits for its delta link. A
+/// thread of its own syncs the file every [`WRITEBACK_BYTES`] of batches instead, so the publish
+/// finds most of them on disk already. A sync only makes durable earlier what the operating
+/// system may write back at any moment anyway, so the store's crash safety does not change.
+struct Writeback {
+    /// Bytes of batches written since the last hand-off.
+    since: std::sync::atomic::AtomicUsize,
+    /// Wakes the thread; holds one request at most, so a slow disk coalesces them. `None` where
+    /// the thread could not be started (the publish then syncs everything, as without it).
+    wake: Option<std::sync::mpsc::SyncSender<()>>,
+    /// Syncs done.
+    #[cfg(test)]
+    synced: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Writeback {
+    /// A write-back thread for the file at `path`; it ends when the store's last handle is gone.
+    fn start(path: &Path) -> Self {
+        let synced = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        let started = std::fs::File::open(path).and_then(|file| {
+            let synced = synced.clone();
+            std::thread::Builder::new()
+                .name("store-writeback".into())
+                .spawn(move || {
+                    while woken.recv().is_ok() {
+                        if let Err(e) = file.sync_data() {
+                            tracing::debug!(error = %e, "the store's background write-back stopped");
+                            return;
+                        }
+                        synced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                })
+        });
+        if let Err(e) = &started {
+            tracing::debug!(error = %e, "no background write-back of the store");
+        }
+        Writeback {
+            since: std::sync::atomic::AtomicUsize::new(0),
+            wake: started.ok().map(|_| wake),
+            #[cfg(test)]
+            synced,
+        }
+    }
+
+    /// Note `bytes` more written by a batch; past [`WRITEBACK_BYTES`], wake the thread.
+    fn wrote(&self, bytes: usize) {
+        use std::sync::atomic::Ordering;
+        let Some(wake) = &self.wake else { return };
+        let since = self.since.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if since >= WRITEBACK_BYTES {
+            self.since.store(0, Ordering::Relaxed);
+            // Full: a sync is about to run, and it takes these pages too.
+            let _ = wake.try_send(());
+        }
+    }
 }
 
 impl RedbStore {
@@ -168,6 +234,7 @@ impl RedbStore {
             .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
         let store = RedbStore {
             db: Arc::new(db),
+            writeback: Arc::new(Writeback::start(&path)),
             path: path.clone(),
         };
         store.init(&path)?;
@@ -484,6 +551,12 @@ impl RedbStore {
             }
         }
         tx.commit()?;
+        // A row replacing a stored one dirties a page of its own; new rows share pages.
+        let bytes = rows
+            .iter()
+            .map(|p| p.state.as_bytes().len() + if p.existed { 4096 } else { 64 })
+            .sum();
+        self.writeback.wrote(bytes);
         Ok(())
     }
 
@@ -979,6 +1052,7 @@ impl RedbStore {
             Ok(db) => {
                 let store = RedbStore {
                     db: Arc::new(db),
+                    writeback: Arc::new(Writeback::start(&path)),
                     path: path.clone(),
                 };
                 store.init(&path)?;
@@ -1212,6 +1286,57 @@ mod tests {
             .unwrap();
         assert_eq!(page.len(), 1);
         assert_eq!(page[0].2.body(), b"b1");
+    }
+
+    #[test]
+    fn large_batches_are_handed_to_the_disk_in_the_background_and_small_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let feed = FeedId([6; 16]);
+        let synced = {
+            let store = RedbStore::open(dir.path()).unwrap();
+            let synced = store.writeback.synced.clone();
+            let body = "x".repeat(2000);
+            let batch = |from: u64, n: u64| -> Vec<PendingRow> {
+                (from..from + n)
+                    .map(|row| PendingRow {
+                        row,
+                        existed: false,
+                        state: live(row, &body),
+                    })
+                    .collect()
+            };
+            store
+                .write_pending(feed, Version(1), &batch(0, 100))
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            assert_eq!(synced.load(std::sync::atomic::Ordering::Relaxed), 0);
+            // Past the threshold (2 kB rows, 20,000 of them): the thread syncs the file.
+            for start in (100..20_100).step_by(5_000) {
+                store
+                    .write_pending(feed, Version(1), &batch(start, 5_000))
+                    .unwrap();
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while synced.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                assert!(std::time::Instant::now() < deadline, "no background sync");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            store.publish(feed, &meta(1, 20_100, 20_100), 1).unwrap();
+            synced
+        };
+        // The thread ends with the store, and the file opens again with everything published.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while Arc::strong_count(&synced) > 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the thread outlived the store"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let store = RedbStore::open(dir.path()).unwrap();
+        let mut loaded = 0;
+        store.load_index(feed, |_| loaded += 1).unwrap();
+        assert_eq!(loaded, 20_100);
     }
 
     #[test]
