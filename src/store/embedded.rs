@@ -154,7 +154,7 @@ pub struct RedbStore {
 
 /// Bytes of batches written since the last hand-off after which the file's dirty pages are handed
 /// to the disk in the background.
-const WRITEBACK_BYTES: usize = 32 << 20;
+const WRITEBACK_BYTES: usize = 8 << 20;
 
 /// Background write-back of the store file. Batches commit without waiting for the disk, and the
 /// publish that makes a refresh durable then waits for every page they wrote: for a first load of
