@@ -152,18 +152,31 @@ pub struct RedbStore {
     writeback: Arc<Writeback>,
 }
 
-/// Bytes of batches written since the last hand-off after which the file's dirty pages are handed
-/// to the disk in the background.
-const WRITEBACK_BYTES: usize = 8 << 20;
+/// When the background write-back syncs the store file: once batches not yet published hold
+/// `after` bytes, every `every` bytes of batches.
+#[derive(Clone, Copy, Debug)]
+struct WritebackAt {
+    after: usize,
+    every: usize,
+}
+
+/// A refresh that writes less than 64 MiB before its publish (100k rows of ~300 B) leaves its
+/// pages to the publish's one sync, as it always did; a larger one has them synced every 8 MiB.
+const WRITEBACK_AT: WritebackAt = WritebackAt {
+    after: 64 << 20,
+    every: 8 << 20,
+};
 
 /// Background write-back of the store file. Batches commit without waiting for the disk, and the
 /// publish that makes a refresh durable then waits for every page they wrote: for a first load of
 /// a million rows, half a gigabyte, in the time the last client page waits for its delta link. A
-/// thread of its own syncs the file every [`WRITEBACK_BYTES`] of batches instead, so the publish
-/// finds most of them on disk already. A sync only makes durable earlier what the operating
+/// thread of its own syncs the file while a large refresh writes instead (see [`WRITEBACK_AT`]),
+/// so the publish finds most pages on disk. A sync only makes durable earlier what the operating
 /// system may write back at any moment anyway, so the store's crash safety does not change.
 struct Writeback {
-    /// Bytes of batches written since the last hand-off.
+    at: WritebackAt,
+    /// Bytes of batches written since the last publish, and since the last hand-off.
+    unpublished: std::sync::atomic::AtomicUsize,
     since: std::sync::atomic::AtomicUsize,
     /// Wakes the thread; holds one request at most, so a slow disk coalesces them. `None` where
     /// the thread could not be started (the publish then syncs everything, as without it).
@@ -175,7 +188,7 @@ struct Writeback {
 
 impl Writeback {
     /// A write-back thread for the file at `path`; it ends when the store's last handle is gone.
-    fn start(path: &Path) -> Self {
+    fn start(path: &Path, at: WritebackAt) -> Self {
         let synced = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
         let started = std::fs::File::open(path).and_then(|file| {
@@ -196,6 +209,8 @@ impl Writeback {
             tracing::debug!(error = %e, "no background write-back of the store");
         }
         Writeback {
+            at,
+            unpublished: std::sync::atomic::AtomicUsize::new(0),
             since: std::sync::atomic::AtomicUsize::new(0),
             wake: started.ok().map(|_| wake),
             #[cfg(test)]
@@ -203,16 +218,24 @@ impl Writeback {
         }
     }
 
-    /// Note `bytes` more written by a batch; past [`WRITEBACK_BYTES`], wake the thread.
+    /// Note `bytes` more written by a batch, and wake the thread when it is time.
     fn wrote(&self, bytes: usize) {
         use std::sync::atomic::Ordering;
         let Some(wake) = &self.wake else { return };
+        let unpublished = self.unpublished.fetch_add(bytes, Ordering::Relaxed) + bytes;
         let since = self.since.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        if since >= WRITEBACK_BYTES {
+        if unpublished >= self.at.after && since >= self.at.every {
             self.since.store(0, Ordering::Relaxed);
             // Full: a sync is about to run, and it takes these pages too.
             let _ = wake.try_send(());
         }
+    }
+
+    /// A publish synced the file: what the batches wrote is on disk.
+    fn published(&self) {
+        use std::sync::atomic::Ordering;
+        self.unpublished.store(0, Ordering::Relaxed);
+        self.since.store(0, Ordering::Relaxed);
     }
 }
 
@@ -234,7 +257,7 @@ impl RedbStore {
             .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
         let store = RedbStore {
             db: Arc::new(db),
-            writeback: Arc::new(Writeback::start(&path)),
+            writeback: Arc::new(Writeback::start(&path, WRITEBACK_AT)),
             path: path.clone(),
         };
         store.init(&path)?;
@@ -582,6 +605,7 @@ impl RedbStore {
             tx.open_table(PENDING)?.remove(&feed.0)?;
         }
         tx.commit()?;
+        self.writeback.published();
         Ok(())
     }
 
@@ -1052,7 +1076,7 @@ impl RedbStore {
             Ok(db) => {
                 let store = RedbStore {
                     db: Arc::new(db),
-                    writeback: Arc::new(Writeback::start(&path)),
+                    writeback: Arc::new(Writeback::start(&path, WRITEBACK_AT)),
                     path: path.clone(),
                 };
                 store.init(&path)?;
@@ -1205,6 +1229,7 @@ mod tests {
     use super::*;
     use crate::store::conformance::{live, meta};
     use redb::ReadableTableMetadata;
+    use std::sync::atomic::AtomicU64;
 
     #[test]
     fn rows_round_trip() {
@@ -1289,54 +1314,74 @@ mod tests {
     }
 
     #[test]
-    fn large_batches_are_handed_to_the_disk_in_the_background_and_small_ones_are_not() {
+    fn large_refreshes_are_handed_to_the_disk_in_the_background_and_small_ones_are_not() {
+        use std::sync::atomic::Ordering;
+        use std::time::{Duration, Instant};
         let dir = tempfile::tempdir().unwrap();
         let feed = FeedId([6; 16]);
+        let wait_for_sync = |synced: &AtomicU64, n: u64| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while synced.load(Ordering::Relaxed) < n {
+                assert!(Instant::now() < deadline, "no background sync");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        let body = "x".repeat(2000);
+        let batch = |from: u64, n: u64| -> Vec<PendingRow> {
+            (from..from + n)
+                .map(|row| PendingRow {
+                    row,
+                    existed: false,
+                    state: live(row, &body),
+                })
+                .collect()
+        };
         let synced = {
-            let store = RedbStore::open(dir.path()).unwrap();
+            let mut store = RedbStore::open(dir.path()).unwrap();
+            // Small thresholds: syncs once 1 MiB is unpublished, every 256 KiB.
+            store.writeback = Arc::new(Writeback::start(
+                &file_path(dir.path()),
+                WritebackAt {
+                    after: 1 << 20,
+                    every: 256 << 10,
+                },
+            ));
             let synced = store.writeback.synced.clone();
-            let body = "x".repeat(2000);
-            let batch = |from: u64, n: u64| -> Vec<PendingRow> {
-                (from..from + n)
-                    .map(|row| PendingRow {
-                        row,
-                        existed: false,
-                        state: live(row, &body),
-                    })
-                    .collect()
-            };
+            // 200 kB: left to the publish.
             store
                 .write_pending(feed, Version(1), &batch(0, 100))
                 .unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(200));
-            assert_eq!(synced.load(std::sync::atomic::Ordering::Relaxed), 0);
-            // Past the threshold (2 kB rows, 20,000 of them): the thread syncs the file.
-            for start in (100..20_100).step_by(5_000) {
+            std::thread::sleep(Duration::from_millis(200));
+            assert_eq!(synced.load(Ordering::Relaxed), 0);
+            // Past 1 MiB unpublished: synced in the background.
+            for start in (100..700).step_by(100) {
                 store
-                    .write_pending(feed, Version(1), &batch(start, 5_000))
+                    .write_pending(feed, Version(1), &batch(start, 100))
                     .unwrap();
             }
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-            while synced.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-                assert!(std::time::Instant::now() < deadline, "no background sync");
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            store.publish(feed, &meta(1, 20_100, 20_100), 1).unwrap();
+            wait_for_sync(&synced, 1);
+            store.publish(feed, &meta(1, 700, 700), 1).unwrap();
+            // After the publish the count starts again: a refresh of 300 kB (more than `every`,
+            // less than `after`) is left to its publish.
+            let before = synced.load(Ordering::Relaxed);
+            store
+                .write_pending(feed, Version(2), &batch(700, 150))
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            assert_eq!(synced.load(Ordering::Relaxed), before);
+            store.publish(feed, &meta(2, 850, 850), 2).unwrap();
             synced
         };
         // The thread ends with the store, and the file opens again with everything published.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while Arc::strong_count(&synced) > 1 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the thread outlived the store"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
+            assert!(Instant::now() < deadline, "the thread outlived the store");
+            std::thread::sleep(Duration::from_millis(10));
         }
         let store = RedbStore::open(dir.path()).unwrap();
         let mut loaded = 0;
         store.load_index(feed, |_| loaded += 1).unwrap();
-        assert_eq!(loaded, 20_100);
+        assert_eq!(loaded, 850);
     }
 
     #[test]
