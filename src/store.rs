@@ -258,6 +258,19 @@ pub struct PendingRow {
     pub state: EntityRow,
 }
 
+/// The store's page size, which an update of a stored row dirties (see [`PendingRow::write_cost`]).
+const STORE_PAGE_BYTES: usize = 4096;
+
+impl PendingRow {
+    /// What writing the row costs a store transaction, in bytes held until its commit and written
+    /// by it. A row that replaces one already stored lands at a random place of the table, and its
+    /// write copies a whole page, so it counts as a page beside its own bytes; new rows append and
+    /// share pages.
+    pub fn write_cost(&self) -> usize {
+        self.state.len() + if self.existed { STORE_PAGE_BYTES } else { 0 }
+    }
+}
+
 /// What the maintenance before a refresh did.
 #[derive(Clone, Debug, Default)]
 pub struct Settled {

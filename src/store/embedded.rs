@@ -255,12 +255,17 @@ impl RedbStore {
             .set_cache_size(cache_bytes)
             .create(&path)
             .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+        Self::opened(db, path)
+    }
+
+    /// The store on an opened database: initialized, with what a crash cut short discarded.
+    fn opened(db: Database, path: std::path::PathBuf) -> Result<Self, StoreError> {
         let store = RedbStore {
             db: Arc::new(db),
             writeback: Arc::new(Writeback::start(&path, WRITEBACK_AT)),
-            path: path.clone(),
+            path,
         };
-        store.init(&path)?;
+        store.init(&store.path)?;
         store.recover()?;
         Ok(store)
     }
@@ -574,12 +579,8 @@ impl RedbStore {
             }
         }
         tx.commit()?;
-        // A row replacing a stored one dirties a page of its own; new rows share pages.
-        let bytes = rows
-            .iter()
-            .map(|p| p.state.as_bytes().len() + if p.existed { 4096 } else { 64 })
-            .sum();
-        self.writeback.wrote(bytes);
+        self.writeback
+            .wrote(rows.iter().map(PendingRow::write_cost).sum());
         Ok(())
     }
 
@@ -1073,16 +1074,7 @@ impl RedbStore {
             .set_cache_size(crate::config::DEFAULT_STORE_CACHE_BYTES)
             .create(&path);
         match opened {
-            Ok(db) => {
-                let store = RedbStore {
-                    db: Arc::new(db),
-                    writeback: Arc::new(Writeback::start(&path, WRITEBACK_AT)),
-                    path: path.clone(),
-                };
-                store.init(&path)?;
-                store.recover()?;
-                Ok(store)
-            }
+            Ok(db) => Ok(Self::opened(db, path)?),
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(OpenExistingError::InUse),
             Err(e) => Err(StoreError(format!("cannot open {}: {e}", path.display())).into()),
         }

@@ -312,9 +312,6 @@ struct Pass<'a> {
 const BATCH_ROWS: usize = 20_000;
 const BATCH_BYTES: usize = 8 << 20;
 
-/// The store's page size, which an update of a stored row dirties (see [`Pass::push`]).
-const STORE_PAGE_BYTES: usize = 4096;
-
 /// Refresh the feed. Where another replica's refresh is taken instead, `elsewhere` says how long
 /// ago it ended.
 async fn run(
@@ -672,11 +669,9 @@ impl Pass<'_> {
         self.input.set.key.iter().map(|k| k.name.as_str()).collect()
     }
 
-    /// Queue a changed row for the store. A row that replaces one already stored lands at a random
-    /// place of the table, and its write holds a whole copied page in the transaction until the
-    /// commit, so it counts as a page beside its own bytes; new rows append and share pages.
+    /// Queue a changed row for the store; the batch's size counts what writing it costs.
     fn push(&mut self, row: PendingRow) {
-        self.batch_bytes += row.state.len() + if row.existed { STORE_PAGE_BYTES } else { 0 };
+        self.batch_bytes += row.write_cost();
         self.batch.push(row);
     }
 
